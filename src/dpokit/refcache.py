@@ -1,0 +1,77 @@
+"""Reference log-probs computed once, before training, and cached on disk.
+
+The cache key hashes the reference weights' fingerprint, every token id of the dataset (so the
+tokenizer, format and truncation settings are all in it) and the precision, so a second run
+with the same model and data loads the file instead of running the reference again.
+
+    >>> ref = precompute_reference_logps(policy, pairs, collate, cache_dir)   # doctest: +SKIP
+    >>> ref.chosen.shape                                                        # (N,)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class ReferenceLogps:
+    """chosen / rejected: (N,) fp32 reference log-probs, indexed by ``pair_index``."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+    def attach(self, batch) -> None:
+        """Fill ``batch.ref_chosen_logps`` / ``ref_rejected_logps`` from the table."""
+        index = batch.pair_index.to(self.chosen.device)
+        batch.ref_chosen_logps = self.chosen[index].to(batch.pair_index.device)  # (B,)
+        batch.ref_rejected_logps = self.rejected[index].to(batch.pair_index.device)  # (B,)
+
+
+def cache_key(policy_fingerprint: str, data_fingerprint: str, precision: str) -> str:
+    text = "\n".join([policy_fingerprint, data_fingerprint, precision, "dpokit-ref-v1"])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@torch.inference_mode()
+def compute_reference_logps(policy, dataset: Sequence, collate: Callable, batch_size: int,
+                            device: torch.device, autocast: Callable | None = None,
+                            progress: Callable | None = None) -> ReferenceLogps:
+    """Run the reference once over ``dataset`` (in order) and return its log-probs."""
+    n = len(dataset)
+    chosen = torch.empty(n, dtype=torch.float32)
+    rejected = torch.empty(n, dtype=torch.float32)
+    starts = range(0, n, batch_size)
+    for start in progress(starts) if progress else starts:
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, n))]).to(device)
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            out = policy.reference_logps(batch)
+        chosen[batch.pair_index.cpu()] = out.chosen.float().cpu()
+        rejected[batch.pair_index.cpu()] = out.rejected.float().cpu()
+    return ReferenceLogps(chosen, rejected)
+
+
+def load_or_compute(cache_dir: str | Path | None, key: str, compute: Callable[[], ReferenceLogps],
+                    log: Callable[[str], None] = print) -> ReferenceLogps:
+    """Return the cached table for ``key``, computing and saving it (atomically) if absent."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        log(f"reference log-probs: reusing {path}")
+        return ReferenceLogps(saved["chosen"], saved["rejected"])
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"chosen": result.chosen, "rejected": result.rejected}, tmp)
+    os.replace(tmp, path)
+    log(f"reference log-probs: cached in {path}")
+    return result

@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer and tiny Llama models, built in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "the movie was wonderful and the acting was great",
+    "the film was dull, boring and far too long",
+    "write one sentence from a positive movie review",
+    "write one sentence from a negative movie review",
+    "a charming, funny and moving story",
+    "tedious, silly and badly written",
+    "what is the capital of france? the capital of france is paris.",
+] * 3
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
+                                   bos_token="<|im_start|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=False,
+                         attn_implementation="sdpa", **overrides)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture()
+def tiny_llama(tokenizer):
+    return make_tiny_llama(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny Llama and the tiny tokenizer saved as an ordinary HF folder."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+POSITIVE = ["a charming, funny and moving story", "the movie was wonderful",
+            "the acting was great", "wonderful and charming", "a great, moving film",
+            "funny and wonderful acting"]
+NEGATIVE = ["tedious, silly and badly written", "the film was dull", "far too long and boring",
+            "dull and tedious", "a silly, boring film", "badly written and too long"]
+
+
+def sentiment_rows(n_repeat: int = 2) -> list[dict]:
+    """A tiny learnable preference task: answer with the requested sentiment."""
+    rows = []
+    for _ in range(n_repeat):
+        for pos, neg in zip(POSITIVE, NEGATIVE):
+            rows.append({"prompt": "write one sentence from a positive movie review",
+                         "chosen": " " + pos, "rejected": " " + neg})
+            rows.append({"prompt": "write one sentence from a negative movie review",
+                         "chosen": " " + neg, "rejected": " " + pos})
+    return rows
+
+
+@pytest.fixture()
+def collate(tokenizer):
+    from dpokit.data import collate_pairs
+
+    return partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)

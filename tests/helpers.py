@@ -1,0 +1,45 @@
+"""Build tiny trainers in-process for the trajectory tests."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from conftest import make_tiny_llama, sentiment_rows
+from dpokit.config import load_config
+from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
+from dpokit.data.loading import Record
+from dpokit.policy import CausalLMPolicy
+from dpokit.trainer import Trainer
+
+
+def tiny_pairs(tokenizer, rows=None):
+    rows = rows if rows is not None else sentiment_rows()
+    records = [Record("mem.jsonl", i + 1, r) for i, r in enumerate(rows)]
+    return build_pairs(records, tokenizer, TokenizeSettings(max_length=64, max_prompt_length=32))
+
+
+def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lora=False,
+                 model_seed=0, **cfg):
+    defaults = dict(output_dir=str(tmp_path / "out"), lora=lora, progress_bar=False,
+                    tensorboard=False, precompute_ref_logps=False, learning_rate=1e-3,
+                    batch_size=4, max_grad_norm=None)
+    defaults.update(cfg)
+    config = load_config(None, **defaults)
+    model = model if model is not None else make_tiny_llama(len(tokenizer), seed=model_seed)
+    reference = "copy"
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        reference = "adapter"
+    from dpokit.losses import get_loss
+
+    if not get_loss(config.loss).needs_reference:
+        reference = "none"
+    policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8)
+    train = tiny_pairs(tokenizer, rows)
+    evaluation = tiny_pairs(tokenizer, eval_rows) if eval_rows is not None else None
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
+    fps = (train.fingerprint(), evaluation.fingerprint() if evaluation else "")
+    return Trainer(config, policy, train, collate, evaluation, data_fingerprints=fps,
+                   log=lambda _: None)
