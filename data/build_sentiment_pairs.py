@@ -5,7 +5,7 @@ Source: `gensim/test/test_data/pang_lee_polarity.cor` in the PyPI wheel `gensim=
 Pang & Lee's sentence polarity dataset v1.0). See `data/README.md` for licence notes.
 
 Each pair asks for a review sentence of a given polarity; the chosen answer is a real
-sentence of that polarity and the rejected one a real sentence of the other. Every sentence
+sentence of that polarity and the rejected one a real sentence of the other, of similar length. Every sentence
 appears once as chosen and once as rejected (under the opposite instruction), so a model
 that ignores the instruction scores exactly 50% on the ranking task.
 
@@ -54,7 +54,9 @@ def main(source: str, out_dir: str = str(Path(__file__).parent)) -> None:
     }
     for split, pools in splits.items():
         rows = []
-        pos, neg = pools["pos"], pools["neg"]
+        # Pair sentences of similar length, so that a pair is decided by its content (and the
+        # instruction), not by one sentence being three times longer than the other.
+        pos, neg = sorted(pools["pos"], key=len), sorted(pools["neg"], key=len)
         for i in range(len(pos)):
             # A positive request: chosen positive, rejected negative; and the mirror pair.
             rows.append({"prompt": rng.choice(PROMPTS["pos"]), "chosen": pos[i], "rejected": neg[i]})

@@ -6,16 +6,17 @@ from functools import partial
 
 from conftest import make_tiny_llama, sentiment_rows
 from dpokit.config import load_config
-from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
+from dpokit.data import TokenizeSettings, build_pairs, build_unpaired, collate_pairs
 from dpokit.data.loading import Record
 from dpokit.policy import CausalLMPolicy
-from dpokit.trainer import Trainer
+from dpokit.trainer import Trainer, build_objective
 
 
-def tiny_pairs(tokenizer, rows=None):
+def tiny_pairs(tokenizer, rows=None, unpaired=False, extra_columns=()):
     rows = rows if rows is not None else sentiment_rows()
     records = [Record("mem.jsonl", i + 1, r) for i, r in enumerate(rows)]
-    return build_pairs(records, tokenizer, TokenizeSettings(max_length=64, max_prompt_length=32))
+    settings = TokenizeSettings(max_length=64, max_prompt_length=32, extra_columns=extra_columns)
+    return (build_unpaired if unpaired else build_pairs)(records, tokenizer, settings)
 
 
 def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lora=False,
@@ -32,13 +33,14 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
         reference = "adapter"
-    from dpokit.losses import get_loss
-
-    if not get_loss(config.loss).needs_reference:
+    objective = build_objective(config)
+    if not objective.needs_reference:
         reference = "none"
-    policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8)
-    train = tiny_pairs(tokenizer, rows)
-    evaluation = tiny_pairs(tokenizer, eval_rows) if eval_rows is not None else None
+    policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8,
+                            ld_alpha=config.ld_alpha)
+    kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
+    train = tiny_pairs(tokenizer, rows, **kind)
+    evaluation = tiny_pairs(tokenizer, eval_rows, **kind) if eval_rows is not None else None
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
     fps = (train.fingerprint(), evaluation.fingerprint() if evaluation else "")
     return Trainer(config, policy, train, collate, evaluation, data_fingerprints=fps,

@@ -51,10 +51,23 @@ class TrainConfig:
     chat_template_for_strings: bool = False
     on_bad_rows: str = "error"  # error | skip
     # --- loss --------------------------------------------------------------------------------
-    loss: str = "sigmoid"
+    loss: str | list[str] = "sigmoid"  # a registered name, or a list to mix (see loss_weights)
+    loss_weights: list[float] | None = None
     beta: float = 0.1
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
+    nll_weight: float = 1.0  # cpo / orpo
+    discopop_tau: float = 0.05
+    rdpo_alpha: float = 0.01
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+    odpo_alpha: float = 1.0  # offset = odpo_alpha * log(1 + score_chosen - score_rejected)
+    f_divergence: str = "reverse_kl"  # reverse_kl | forward_kl | js | alpha
+    f_alpha: float = 0.5
+    wpo: bool = False  # weight pairs by their probability under the policy (WPO)
+    ld_alpha: float | None = None  # LD-DPO: weight of tokens past the shorter completion
+    ref_sync_every: int | None = None  # TR-DPO: update the reference every N steps
+    ref_sync_alpha: float = 1.0  # TR-DPO: 1.0 = hard copy, < 1 = soft (EMA) update
     precompute_ref_logps: bool = True
     ref_cache_dir: str | None = None  # default: <cache root>/ref_logps
     # --- optimization ------------------------------------------------------------------------
@@ -87,6 +100,7 @@ class TrainConfig:
             "dtype": ("float32", "bfloat16"), "reference": ("auto", "copy", "adapter", "none"),
             "logprob_impl": ("chunked", "plain"), "on_bad_rows": ("error", "skip"),
             "lr_scheduler": ("linear", "cosine", "constant"), "mixed_precision": ("no", "bf16"),
+            "f_divergence": ("reverse_kl", "forward_kl", "js", "alpha"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -97,6 +111,17 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reference == "adapter" and not self.lora:
             raise ConfigError("reference='adapter' needs lora=true; use reference='copy'")
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ConfigError(f"ld_alpha must be in [0, 1], got {self.ld_alpha}")
+        if self.ref_sync_every is not None:
+            if self.ref_sync_every < 1 or not 0.0 < self.ref_sync_alpha <= 1.0:
+                raise ConfigError("ref_sync_every must be >= 1 and ref_sync_alpha in (0, 1]")
+            if self.lora or self.reference == "adapter":
+                raise ConfigError("TR-DPO reference syncing needs a separate reference copy: "
+                                  "use lora=false (reference=copy)")
+            if self.precompute_ref_logps:
+                raise ConfigError("TR-DPO changes the reference during training: set "
+                                  "precompute_ref_logps=false")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -135,10 +160,22 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if origin is str and isinstance(value, str):
             return value
         if origin is list and isinstance(value, list):
+            item = (typing.get_args(option) or (object,))[0]
+            if item is float:
+                return [_coerce_float(v, name, where) for v in value]
             return value
         if origin is list and isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
     raise ConfigError(f"{where}: {name}={value!r} is not a {hint}")
+
+
+def _coerce_float(value: Any, name: str, where: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} holds {value!r}, not a number") from None
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None,

@@ -36,6 +36,7 @@ def comparison_table(before: dict, after: dict) -> str:
     """A small text table of held-out figures before and after training."""
     rows = [
         ("preference accuracy (own log-prob ranking)", "eval/logp_accuracy", "{:.3f}"),
+        ("  same, log-prob per token", "eval/logp_accuracy_per_token", "{:.3f}"),
         ("implicit-reward accuracy", "eval/rewards/accuracies", "{:.3f}"),
         ("mean implicit-reward margin", "eval/rewards/margins", "{:+.4f}"),
         ("DPO loss", "eval/loss", "{:.4f}"),

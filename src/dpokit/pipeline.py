@@ -13,11 +13,17 @@ from functools import partial
 import torch
 
 from .config import TrainConfig
-from .data import PreferencePairs, TokenizeSettings, build_pairs, collate_pairs, load_records
-from .losses import get_loss
+from .data import (
+    PreferencePairs,
+    TokenizeSettings,
+    build_pairs,
+    build_unpaired,
+    collate_pairs,
+    load_records,
+)
 from .models import load_causal_lm, load_tokenizer
 from .policy import CausalLMPolicy
-from .trainer import Trainer
+from .trainer import Trainer, build_objective
 
 
 @dataclass
@@ -31,7 +37,7 @@ class Run:
 
 
 def resolve_reference(cfg: TrainConfig) -> str:
-    needs = get_loss(cfg.loss).needs_reference
+    needs = build_objective(cfg).needs_reference
     if cfg.reference != "auto":
         if needs and cfg.reference == "none":
             raise ValueError(f"loss {cfg.loss!r} needs a reference model; reference=none refused")
@@ -50,9 +56,11 @@ def apply_lora(model, cfg: TrainConfig):
 
 
 def load_pairs(cfg: TrainConfig, tokenizer, log=print) -> tuple[PreferencePairs, PreferencePairs | None]:
+    objective = build_objective(cfg)
     settings = TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                                 chat_template_for_strings=cfg.chat_template_for_strings,
-                                extra_columns=get_loss(cfg.loss).extra_columns)
+                                extra_columns=objective.extra_columns, offset_alpha=cfg.odpo_alpha)
+    build = build_unpaired if objective.unpaired else build_pairs
     train_records = load_records(cfg.train_data, cfg.train_split)
     eval_records = None
     if cfg.eval_data:
@@ -63,13 +71,13 @@ def load_pairs(cfg: TrainConfig, tokenizer, log=print) -> tuple[PreferencePairs,
         n_eval = max(1, int(len(order) * cfg.eval_fraction))
         eval_records = [train_records[i] for i in sorted(order[:n_eval])]
         train_records = [train_records[i] for i in sorted(order[n_eval:])]
-    train = build_pairs(train_records, tokenizer, settings, cfg.on_bad_rows)
+    train = build(train_records, tokenizer, settings, cfg.on_bad_rows)
     log(f"train data {cfg.train_data}: {train.report.summary()}")
     for example in train.report.first_skipped:
         log(f"  skipped: {example}")
     evaluation = None
     if eval_records:
-        evaluation = build_pairs(eval_records, tokenizer, settings, cfg.on_bad_rows)
+        evaluation = build(eval_records, tokenizer, settings, cfg.on_bad_rows)
         log(f"eval data {cfg.eval_data or 'held out from train'}: {evaluation.report.summary()}")
     return train, evaluation
 
@@ -85,7 +93,7 @@ def build_policy(cfg: TrainConfig, tokenizer=None) -> CausalLMPolicy:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=cfg.logprob_impl,
-                          chunk_size=cfg.lm_head_chunk_size)
+                          chunk_size=cfg.lm_head_chunk_size, ld_alpha=cfg.ld_alpha)
 
 
 def build_run(cfg: TrainConfig, log=print) -> Run:

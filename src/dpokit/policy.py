@@ -70,6 +70,24 @@ class Policy(Protocol):
     def save_pretrained(self, directory: str | Path) -> None: ...
 
 
+def ld_token_weights(completion_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """LD-DPO token weights for the paired layout (chosen rows, then rejected rows).
+
+    The first min(|y_w|, |y_l|) completion tokens of both rows weigh 1, the rest ``alpha``
+    (Liu et al. 2024, LD-DPO: log π = public part + α·verbose part).
+
+    >>> m = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)  # B=1: |y_w|=3, |y_l|=1
+    >>> ld_token_weights(m, 0.5).tolist()
+    [[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]]
+    """
+    counts = completion_mask.sum(dim=1)  # (2B,)
+    b = counts.shape[0] // 2
+    shared = torch.minimum(counts[:b], counts[b:]).repeat(2)  # (2B,)
+    position = completion_mask.long().cumsum(dim=1) - 1  # (2B, T): index within the completion
+    verbose = completion_mask & (position >= shared[:, None])  # (2B, T)
+    return torch.where(verbose, alpha, 1.0).float()
+
+
 def _unwrap_peft(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -85,10 +103,13 @@ class CausalLMPolicy:
     frozen deep copy made now), or ``"none"`` (reference-free losses).
     logprob_impl: ``"chunked"`` (LM head on completion positions only, chunked, recomputing
     backward) or ``"plain"`` (its twin: full logits on completion positions).
+    ld_alpha: LD-DPO (Liu et al. 2024): tokens past the shorter completion of a pair count with
+    weight ``ld_alpha`` in both completions' log-probs (policy and reference); None = 1.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
-                 logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 1024):
+                 logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 1024,
+                 ld_alpha: float | None = None):
         if reference == "adapter" and not _is_peft(model):
             raise ValueError("reference='adapter' needs a peft model (use LoRA) or 'copy'")
         if logprob_impl not in ("chunked", "plain"):
@@ -98,6 +119,7 @@ class CausalLMPolicy:
         self.reference_mode = reference
         self.logprob_impl = logprob_impl
         self.chunk_size = chunk_size
+        self.ld_alpha = ld_alpha
         self.scorer: nn.Module = _Scorer(self, model)
         self.reference_model: nn.Module | None = None
         if reference == "copy":
@@ -122,6 +144,15 @@ class CausalLMPolicy:
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def sync_reference(self, alpha: float = 1.0) -> None:
+        """TR-DPO (Gorbatovski et al. 2024): θ_ref <- α·θ + (1-α)·θ_ref; α = 1 is a hard copy."""
+        if self.reference_model is None:
+            raise RuntimeError("reference syncing needs reference='copy'")
+        policy_params = dict(_unwrap_peft(self.model).named_parameters())
+        for name, ref in self.reference_model.named_parameters():
+            ref.lerp_(policy_params[name].detach().to(ref.dtype), alpha)
 
     def prepare(self, accelerator) -> None:
         """Hand the trainable module to accelerate (device, DDP/FSDP wrapping)."""
@@ -178,13 +209,16 @@ class CausalLMPolicy:
 
     def _pair_logps(self, model: nn.Module, batch) -> PairLogps:
         scorer = self.scorer if model is self.model else _Scorer(self, model)
-        seq, counts = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+        weights = None if self.ld_alpha is None else ld_token_weights(batch.completion_mask, self.ld_alpha)
+        seq, counts = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask,
+                             token_weights=weights)
         b = seq.shape[0] // 2
         return PairLogps(seq[:b], seq[b:], counts[:b], counts[b:])
 
     def sequence_logps(self, model: nn.Module, input_ids, attention_mask, completion_mask,
-                       position_ids=None):
-        """(R, T) rows -> ((R,) summed completion log-probs, (R,) completion token counts)."""
+                       position_ids=None, token_weights=None):
+        """(R, T) rows -> ((R,) summed completion log-probs, (R,) completion token counts).
+        ``token_weights`` (R, T), if given, weights each completion token's log-prob."""
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
@@ -194,6 +228,8 @@ class CausalLMPolicy:
         targets = input_ids[:, 1:][predicts]  # (N,)
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(predicts)
         token_logps = self._head_logps(base, h, targets)  # (N,) fp32
+        if token_weights is not None:
+            token_logps = token_logps * token_weights[:, 1:][predicts]  # (N,)
         seq = sum_per_sequence(token_logps, rows[predicts], hidden.shape[0])  # (R,)
         return seq, predicts.sum(dim=1)
 
@@ -233,6 +269,7 @@ class _Scorer(nn.Module):
         self.model = model
         self._policy = [policy]  # a list, so the policy is not registered as a submodule
 
-    def forward(self, input_ids, attention_mask, completion_mask, position_ids=None):
+    def forward(self, input_ids, attention_mask, completion_mask, position_ids=None,
+                token_weights=None):
         return self._policy[0].sequence_logps(self.model, input_ids, attention_mask,
-                                              completion_mask, position_ids)
+                                              completion_mask, position_ids, token_weights)

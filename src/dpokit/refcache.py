@@ -4,8 +4,8 @@ The cache key hashes the reference weights' fingerprint, every token id of the d
 tokenizer, format and truncation settings are all in it) and the precision, so a second run
 with the same model and data loads the file instead of running the reference again.
 
-    >>> ref = precompute_reference_logps(policy, pairs, collate, cache_dir)   # doctest: +SKIP
-    >>> ref.chosen.shape                                                        # (N,)
+    >>> table = load_or_compute(cache_dir, key, compute)   # doctest: +SKIP
+    >>> table.chosen.shape                                 # (N,)  # doctest: +SKIP
 """
 
 from __future__ import annotations

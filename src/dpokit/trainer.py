@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-from .losses import LossParams, LossSpec, get_loss
+from .losses import LossParams
+from .objective import Objective
 from .policy import PairLogps, Policy
 from .refcache import ReferenceLogps, cache_key, compute_reference_logps, load_or_compute
 
@@ -59,16 +60,14 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def loss_inputs(spec: LossSpec, policy: PairLogps, ref_chosen, ref_rejected):
-    """Per-sequence log-probs as the loss wants them: summed, or averaged per token."""
-    chosen, rejected = policy.chosen, policy.rejected
-    if spec.length_normalized:
-        chosen = chosen / policy.chosen_tokens.clamp(min=1)  # (B,)
-        rejected = rejected / policy.rejected_tokens.clamp(min=1)  # (B,)
-        if ref_chosen is not None:
-            ref_chosen = ref_chosen / policy.chosen_tokens.clamp(min=1)
-            ref_rejected = ref_rejected / policy.rejected_tokens.clamp(min=1)
-    return chosen, rejected, ref_chosen, ref_rejected
+def build_objective(cfg: TrainConfig) -> Objective:
+    params = LossParams(
+        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+        nll_weight=cfg.nll_weight, discopop_tau=cfg.discopop_tau, rdpo_alpha=cfg.rdpo_alpha,
+        kto_desirable_weight=cfg.kto_desirable_weight,
+        kto_undesirable_weight=cfg.kto_undesirable_weight)
+    return Objective.from_names(cfg.loss, cfg.loss_weights, params, f_divergence=cfg.f_divergence,
+                                f_alpha=cfg.f_alpha, wpo=cfg.wpo)
 
 
 class Trainer:
@@ -85,12 +84,18 @@ class Trainer:
         self.eval_data = eval_data
         self.collate = collate
         self.log = log
-        self.spec = get_loss(cfg.loss)
-        self.params = LossParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-                                 simpo_gamma=cfg.simpo_gamma)
-        if self.spec.needs_reference and not policy.has_reference:
+        self.objective = build_objective(cfg)
+        if self.objective.needs_reference and not policy.has_reference:
             raise ValueError(f"loss {cfg.loss!r} needs a reference model, but the policy has none "
                              f"(reference='none'); use reference: copy (or adapter with LoRA)")
+        if cfg.ref_sync_every and not hasattr(policy, "sync_reference"):
+            raise ValueError("ref_sync_every (TR-DPO) needs a policy with sync_reference()")
+        for data, name in ((train_data, "train"), (eval_data, "eval")):
+            missing = [c for c in self.objective.extra_columns
+                       if data is not None and len(data) and c not in getattr(data[0], "extras", {})]
+            if missing:
+                raise ValueError(f"loss {cfg.loss!r} reads the column(s) {missing}, which the "
+                                 f"{name} data does not supply")
         self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
         self.data_fingerprints = data_fingerprints
         self.output_dir = Path(cfg.output_dir)
@@ -128,13 +133,13 @@ class Trainer:
 
     # --- reference -----------------------------------------------------------------------
     def _precompute_reference(self) -> None:
-        if not (self.spec.needs_reference and self.cfg.precompute_ref_logps):
+        if not (self.objective.needs_reference and self.cfg.precompute_ref_logps):
             return
         from .models import cache_root
 
         cache_dir = self.cfg.ref_cache_dir or str(cache_root() / "ref_logps")
         fingerprint = getattr(self.policy, "fingerprint", lambda: None)()
-        precision = self.cfg.mixed_precision
+        precision = f"{self.cfg.mixed_precision}/ld_alpha={self.cfg.ld_alpha}"
         for name, data in (("train", self.train_data), ("eval", self.eval_data)):
             if data is None:
                 continue
@@ -143,17 +148,17 @@ class Trainer:
                 data_fp = self.data_fingerprints[0 if name == "train" else 1]
                 key = cache_key(fingerprint, data_fp, precision)
 
-            def compute(data=data):
+            def compute(data=data, name=name):
                 self.log(f"reference log-probs: computing for {len(data)} {name} pairs")
                 return compute_reference_logps(self.policy, data, self.collate,
                                                self.cfg.eval_batch_size, self.accelerator.device,
-                                               self.accelerator.autocast)
+                                               self.accelerator.autocast, self._progress(f"ref {name}"))
 
             table = load_or_compute(cache_dir if key else None, key or "", compute, self.log)
             setattr(self, f"{name}_ref", table)
 
     def _reference(self, batch, table: ReferenceLogps | None):
-        if not self.spec.needs_reference:
+        if not self.objective.needs_reference:
             return None, None
         if table is not None:
             table.attach(batch)
@@ -167,10 +172,7 @@ class Trainer:
         ref_chosen, ref_rejected = self._reference(batch, table)
         with self.accelerator.autocast():
             out = self.policy.logps(batch)
-        chosen, rejected, ref_c, ref_r = loss_inputs(self.spec, out, ref_chosen, ref_rejected)
-        result = self.spec.fn(chosen.float(), rejected.float(), ref_c, ref_r, self.params,
-                              batch.extras)
-        return result, out
+        return self.objective(out, ref_chosen, ref_rejected, batch.extras), out
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value).all():
@@ -208,6 +210,8 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self.cfg.ref_sync_every and self.step % self.cfg.ref_sync_every == 0:
+            self.policy.sync_reference(self.cfg.ref_sync_alpha)  # TR-DPO
         totals = self.accelerator.reduce(totals.to(self.accelerator.device), "sum").cpu()
         seconds = time.perf_counter() - started
         metrics = _metrics_from_sums(totals, step_pairs)
@@ -225,16 +229,20 @@ class Trainer:
         table = self.eval_ref if data is self.eval_data else table
         self.policy.train(False)
         totals = torch.zeros(7, dtype=torch.float64)
-        own_correct = 0
+        own_correct = own_correct_per_token = 0
         for start in range(0, len(data), self.cfg.eval_batch_size):
             batch = self.collate([data[i] for i in range(start, min(start + self.cfg.eval_batch_size, len(data)))])
             batch = batch.to(self.accelerator.device)
             result, out = self._forward_loss(batch, table)
             totals += _pair_sums(result, out)
             own_correct += int((out.chosen > out.rejected).sum())
+            per_token_c = out.chosen / out.chosen_tokens.clamp(min=1)  # (B,)
+            per_token_r = out.rejected / out.rejected_tokens.clamp(min=1)  # (B,)
+            own_correct_per_token += int((per_token_c > per_token_r).sum())
         self.policy.train(True)
         metrics = {f"eval/{k}": v for k, v in _metrics_from_sums(totals, len(data)).items()}
         metrics["eval/logp_accuracy"] = own_correct / len(data)
+        metrics["eval/logp_accuracy_per_token"] = own_correct_per_token / len(data)
         metrics["step"] = self.step
         return metrics
 
@@ -288,6 +296,14 @@ class Trainer:
         self.step = json.loads((path / "state.json").read_text())["step"]
 
     # --- logging -------------------------------------------------------------------------
+    def _progress(self, desc: str):
+        """A tqdm wrapper for iterables when progress bars are on (main process only)."""
+        if not (self.cfg.progress_bar and self.accelerator.is_main_process):
+            return None
+        from tqdm.auto import tqdm
+
+        return lambda items: tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+
     def _emit(self, metrics: dict) -> None:
         if not self.accelerator.is_main_process:
             return

@@ -8,10 +8,11 @@ from .preference import (
     TokenizedPair,
     TokenizeSettings,
     build_pairs,
+    build_unpaired,
     tokenize_record,
 )
 
 __all__ = [
     "DataError", "DataReport", "PreferenceBatch", "PreferencePairs", "Record", "TokenizeSettings",
-    "TokenizedPair", "build_pairs", "collate_pairs", "load_records", "tokenize_record",
+    "TokenizedPair", "build_pairs", "build_unpaired", "collate_pairs", "load_records", "tokenize_record",
 ]

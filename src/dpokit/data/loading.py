@@ -3,7 +3,7 @@
 Every record keeps where it came from (file and 1-based row), so later errors can name them.
 
     >>> records = load_records("data/sentiment_pairs.eval.jsonl")   # doctest: +SKIP
-    >>> records[0].source, records[0].row
+    >>> records[0].source, records[0].row                          # doctest: +SKIP
     ('data/sentiment_pairs.eval.jsonl', 1)
 """
 

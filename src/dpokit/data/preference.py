@@ -41,6 +41,7 @@ class TokenizeSettings:
     max_prompt_length: int = 512
     chat_template_for_strings: bool = False  # render standard string rows as a chat turn
     extra_columns: tuple[str, ...] = ()  # numeric per-pair columns carried to the loss
+    offset_alpha: float = 1.0  # ODPO: offset = alpha * log(1 + score_chosen - score_rejected)
 
 
 @dataclass
@@ -176,28 +177,38 @@ def _tokenize(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
-                    report: DataReport, index: int) -> TokenizedPair:
-    """Validate and tokenize one row, raising :class:`DataError` for a bad one."""
-    chosen = _check_text(record, "chosen")
-    rejected = _check_text(record, "rejected")
-    if "prompt" in record.values:
-        prompt = _check_text(record, "prompt")
-    else:
-        prompt, chosen, rejected = _split_implicit(record, chosen, rejected)
-    if chosen == rejected:
-        raise DataError(record.source, record.row, "chosen", "chosen identical to rejected")
+def _extras(record: Record, settings: TokenizeSettings) -> dict[str, float]:
     extras = {}
     for name in settings.extra_columns:
         value = record.values.get(name)
+        if value is None and name == "offset" and {"score_chosen", "score_rejected"} <= record.values.keys():
+            value = _offset_from_scores(record, settings.offset_alpha)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DataError(record.source, record.row, name,
                             f"missing column or not a finite number: {value!r}")
         extras[name] = float(value)
+    return extras
 
+
+def _offset_from_scores(record: Record, alpha: float) -> float:
+    """ODPO offset α·log(1 + s_w - s_l) from ``score_chosen`` / ``score_rejected`` columns."""
+    s_w, s_l = record.values["score_chosen"], record.values["score_rejected"]
+    for name, v in (("score_chosen", s_w), ("score_rejected", s_l)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(record.source, record.row, name, f"not a finite number: {v!r}")
+    if s_w < s_l:
+        raise DataError(record.source, record.row, "score_chosen",
+                        f"score_chosen {s_w} is below score_rejected {s_l}")
+    return alpha * math.log1p(s_w - s_l)
+
+
+def _tokenize_completions(record: Record, tokenizer, settings: TokenizeSettings, prompt: Any,
+                          named: list[tuple[str, Any]]) -> tuple[list[int], list[list[int]], int]:
+    """Tokenize one prompt and its completions; return (prompt ids, completion ids, number
+    truncated). The prompt is checked against the length limits; completions are cut to fit."""
     prompt_ids: list[int] | None = None
     completions = []
-    for name, completion in (("chosen", chosen), ("rejected", rejected)):
+    for name, completion in named:
         prompt_text, completion_text, special, has_eos = _render(
             tokenizer, prompt, completion, record, name, settings)
         ids = _tokenize(tokenizer, prompt_text, special)
@@ -205,7 +216,7 @@ def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
             prompt_ids = ids
         elif ids != prompt_ids:  # message-list completions could carry their own context
             raise DataError(record.source, record.row, name,
-                            "chosen and rejected render different prompts")
+                            "completions render different prompts")
         completion_ids = _tokenize(tokenizer, completion_text, False)
         if not has_eos and tokenizer.eos_token_id is not None:
             completion_ids.append(tokenizer.eos_token_id)
@@ -223,25 +234,87 @@ def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
                         f"prompt too long: {len(prompt_ids)} tokens leave no room in max_length="
                         f"{settings.max_length}")
     truncated = sum(len(ids) > room for ids in completions)
-    completions = [ids[:room] for ids in completions]
-    if completions[0] == completions[1]:
+    return prompt_ids, [ids[:room] for ids in completions], truncated
+
+
+def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
+                    report: DataReport, index: int) -> TokenizedPair:
+    """Validate and tokenize one paired row, raising :class:`DataError` for a bad one."""
+    chosen = _check_text(record, "chosen")
+    rejected = _check_text(record, "rejected")
+    if "prompt" in record.values:
+        prompt = _check_text(record, "prompt")
+    else:
+        prompt, chosen, rejected = _split_implicit(record, chosen, rejected)
+    if chosen == rejected:
+        raise DataError(record.source, record.row, "chosen", "chosen identical to rejected")
+    extras = _extras(record, settings)
+    prompt_ids, (chosen_ids, rejected_ids), truncated = _tokenize_completions(
+        record, tokenizer, settings, prompt, [("chosen", chosen), ("rejected", rejected)])
+    if chosen_ids == rejected_ids:
         raise DataError(record.source, record.row, "chosen",
                         "chosen identical to rejected after truncation")
     report.truncated_completions += truncated  # counted only for rows that are kept
-    return TokenizedPair(index, prompt_ids, completions[0], completions[1], extras,
+    return TokenizedPair(index, prompt_ids, chosen_ids, rejected_ids, extras,
                          record.source, record.row)
+
+
+_TRUE = {True, 1, "1", "true", "True", "yes"}
+_FALSE = {False, 0, "0", "false", "False", "no"}
+
+
+def tokenize_unpaired_record(record: Record, tokenizer, settings: TokenizeSettings,
+                             report: DataReport, index: int) -> TokenizedPair:
+    """Validate and tokenize a (prompt, completion, label) row. The KL completion
+    (``rejected_ids``) is filled in by :func:`build_unpaired`."""
+    prompt = _check_text(record, "prompt")
+    completion = _check_text(record, "completion")
+    if "label" not in record.values:
+        raise DataError(record.source, record.row, "label", "missing column: 'label'")
+    label = record.values["label"]
+    if isinstance(label, float) and label in (0.0, 1.0):
+        label = int(label)
+    if label not in _TRUE and label not in _FALSE:
+        raise DataError(record.source, record.row, "label",
+                        f"not a boolean: {label!r} (use true/false or 1/0)")
+    extras = _extras(record, settings)
+    extras["label"] = 1.0 if label in _TRUE else 0.0
+    prompt_ids, (completion_ids,), truncated = _tokenize_completions(
+        record, tokenizer, settings, prompt, [("completion", completion)])
+    report.truncated_completions += truncated
+    return TokenizedPair(index, prompt_ids, completion_ids, [], extras, record.source, record.row)
+
+
+def build_unpaired(records: list[Record], tokenizer, settings: TokenizeSettings,
+                   on_bad_rows: OnBadRows = "error") -> PreferencePairs:
+    """Tokenize unpaired rows (KTO format). Row i's mismatched KL completion is the completion of
+    kept row i+1 (cyclically), cut to fit row i's length budget; this fixed pairing lets the
+    reference log-probs of the KL completions be precomputed like any other."""
+    pairs = _build(records, tokenizer, settings, on_bad_rows, tokenize_unpaired_record)
+    if len(pairs) < 2:
+        raise DataError(records[0].source, None, None, "unpaired data needs at least 2 rows")
+    items = pairs.pairs
+    for i, item in enumerate(items):
+        other = items[(i + 1) % len(items)].chosen_ids
+        item.rejected_ids = other[: settings.max_length - len(item.prompt_ids)]
+    return pairs
 
 
 def build_pairs(records: list[Record], tokenizer, settings: TokenizeSettings,
                 on_bad_rows: OnBadRows = "error") -> PreferencePairs:
-    """Tokenize every record; a bad row raises, or with ``on_bad_rows="skip"`` is counted."""
+    """Tokenize every paired record; a bad row raises, or with ``on_bad_rows="skip"`` is
+    skipped and counted by reason."""
+    return _build(records, tokenizer, settings, on_bad_rows, tokenize_record)
+
+
+def _build(records, tokenizer, settings, on_bad_rows, tokenize_one) -> PreferencePairs:
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
     report = DataReport()
     pairs: list[TokenizedPair] = []
     for record in records:
         try:
-            pairs.append(tokenize_record(record, tokenizer, settings, report, len(pairs)))
+            pairs.append(tokenize_one(record, tokenizer, settings, report, len(pairs)))
         except DataError as err:
             if on_bad_rows == "error":
                 raise

@@ -5,7 +5,7 @@
     False
 """
 
-from . import paired, reference_free  # noqa: F401  (registers the losses)
+from . import paired, reference_free, unpaired  # noqa: F401  (registers the losses)
 from .registry import LossOutput, LossParams, LossSpec, available_losses, get_loss, register_loss
 
 __all__ = ["LossOutput", "LossParams", "LossSpec", "available_losses", "get_loss", "register_loss"]

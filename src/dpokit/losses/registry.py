@@ -41,8 +41,13 @@ class LossParams:
     """Hyper-parameters shared by the loss functions (each reads only the ones it uses)."""
 
     beta: float = 0.1
-    label_smoothing: float = 0.0  # cDPO / robust: assumed probability that a label is flipped
+    label_smoothing: float = 0.0  # cDPO / robust / EXO / AOT: assumed label-flip probability
     simpo_gamma: float = 0.5  # SimPO target reward margin (gamma, not gamma/beta)
+    nll_weight: float = 1.0  # CPO / ORPO: weight of the chosen NLL term
+    discopop_tau: float = 0.05  # DiscoPOP temperature of the log-ratio modulation
+    rdpo_alpha: float = 0.01  # R-DPO: length penalty per token of length difference
+    kto_desirable_weight: float = 1.0  # KTO lambda_D
+    kto_undesirable_weight: float = 1.0  # KTO lambda_U
 
 
 LossFn = Callable[..., LossOutput]
@@ -55,6 +60,12 @@ class LossSpec:
     needs_reference: the loss reads reference log-probs (a frozen copy, or the adapter disabled).
     length_normalized: log-probs are averaged over completion tokens instead of summed.
     extra_columns: per-pair dataset columns the loss reads from ``extras``.
+    unpaired: rows are (prompt, completion, label); ``chosen`` holds the completion's log-probs,
+        ``rejected`` those of a mismatched completion (the KL sample), ``extras["label"]`` 1/0.
+    batch_level: the per-pair losses depend on the other pairs of the micro-batch (sorting,
+        batch means), so accumulation is not exactly a bigger batch.
+
+    The trainer always adds ``extras["chosen_tokens"]`` / ``extras["rejected_tokens"]`` (B,).
     """
 
     name: str
@@ -65,6 +76,8 @@ class LossSpec:
     paper: str = ""
     formula: str = ""
     aliases: tuple[str, ...] = field(default=())
+    unpaired: bool = False
+    batch_level: bool = False
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -72,12 +85,13 @@ _REGISTRY: dict[str, LossSpec] = {}
 
 def register_loss(name: str, *, needs_reference: bool, length_normalized: bool = False,
                   extra_columns: tuple[str, ...] = (), paper: str = "", formula: str = "",
-                  aliases: tuple[str, ...] = ()) -> Callable[[LossFn], LossFn]:
+                  aliases: tuple[str, ...] = (), unpaired: bool = False,
+                  batch_level: bool = False) -> Callable[[LossFn], LossFn]:
     """Decorator: add ``fn`` to the registry under ``name`` (and ``aliases``)."""
 
     def wrap(fn: LossFn) -> LossFn:
         spec = LossSpec(name, fn, needs_reference, length_normalized, extra_columns, paper,
-                        formula, aliases)
+                        formula, aliases, unpaired, batch_level)
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"loss {key!r} is registered twice")

@@ -1,0 +1,49 @@
+"""Unpaired losses: rows are (prompt, completion, label), no chosen/rejected pairing.
+
+Layout, per row: ``chosen`` = log π(y|x) of the row's completion, ``rejected`` = log π(y'|x) of
+a mismatched completion y' (another row's; the KL sample), ``extras["label"]`` = 1 for a
+desirable completion, 0 for an undesirable one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import LossOutput, LossParams, register_loss
+
+
+@register_loss("kto", needs_reference=True, unpaired=True, batch_level=True,
+               paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization",
+               formula="λ_D(1 - σ(β(r - z0))) if desirable, λ_U(1 - σ(β(z0 - r))) if not")
+def kto_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
+    """KTO. r = log-ratio of the completion; z0 = max(0, mean log-ratio of the mismatched
+    completions), the batch estimate of KL(π || π_ref), detached."""
+    ratio = chosen - ref_chosen  # (B,) r_θ(x, y)
+    z0 = (rejected - ref_rejected).mean().clamp(min=0).detach()  # scalar KL estimate
+    desirable = extras["label"] > 0.5  # (B,)
+    # KTO value function, Ethayarajh et al. 2024: v = λ_D σ(β(r - z0)) or λ_U σ(β(z0 - r))
+    losses = torch.where(
+        desirable,
+        params.kto_desirable_weight * (1 - torch.sigmoid(params.beta * (ratio - z0))),
+        params.kto_undesirable_weight * (1 - torch.sigmoid(params.beta * (z0 - ratio))),
+    )
+    reward = (params.beta * ratio).detach()
+    baseline = (params.beta * z0).expand_as(reward)
+    return LossOutput(losses, torch.where(desirable, reward, baseline),
+                      torch.where(desirable, baseline, reward))
+
+
+@register_loss("apo_zero_unpaired", needs_reference=True, unpaired=True,
+               paper="D'Oosterlinck et al. 2024, APO-zero for unpaired data",
+               formula="1 - σ(β·r) if desirable, σ(β·r) if not")
+def apo_zero_unpaired_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams,
+                           extras=None):
+    """APO-zero with labels: push desirable completions up and undesirable ones down."""
+    ratio = chosen - ref_chosen  # (B,)
+    desirable = extras["label"] > 0.5
+    # APO-zero (unpaired), D'Oosterlinck et al. 2024
+    losses = torch.where(desirable, 1 - torch.sigmoid(params.beta * ratio),
+                         torch.sigmoid(params.beta * ratio))
+    reward = (params.beta * ratio).detach()
+    zero = torch.zeros_like(reward)
+    return LossOutput(losses, torch.where(desirable, reward, zero), torch.where(desirable, zero, reward))
