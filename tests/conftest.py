@@ -94,7 +94,7 @@ def sentiment_rows(n_repeat: int = 2) -> list[dict]:
     """A tiny learnable preference task: answer with the requested sentiment."""
     rows = []
     for _ in range(n_repeat):
-        for pos, neg in zip(POSITIVE, NEGATIVE):
+        for pos, neg in zip(POSITIVE, NEGATIVE, strict=False):
             rows.append({"prompt": "write one sentence from a positive movie review",
                          "chosen": " " + pos, "rejected": " " + neg})
             rows.append({"prompt": "write one sentence from a negative movie review",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from conftest import make_tiny_llama, sentiment_rows
+
 from dpokit.config import load_config
 from dpokit.data import TokenizeSettings, build_pairs, build_unpaired, collate_pairs
 from dpokit.data.loading import Record

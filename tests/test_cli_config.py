@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import sentiment_rows, write_jsonl
+
 from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
 

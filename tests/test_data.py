@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import write_jsonl
+
 from dpokit.data import DataError, TokenizeSettings, build_pairs, collate_pairs, load_records
 from dpokit.data.loading import Record
 

@@ -24,7 +24,7 @@ def test_chunked_matches_plain_values_and_grads(chunk_size):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     ga = torch.autograd.grad((a * upstream).sum(), (h, w))
     gb = torch.autograd.grad((b * upstream).sum(), (h, w))
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=False):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 
@@ -75,7 +75,7 @@ def test_policy_logps_match_hf_forward_values_and_grads(tiny_llama, impl, n_pair
     naive = _reference_logps(tiny_llama, batch)
     naive.sum().backward()
     torch.testing.assert_close(ours, naive, atol=1e-5, rtol=1e-5)
-    for g, p in zip(ours_grads, tiny_llama.parameters()):
+    for g, p in zip(ours_grads, tiny_llama.parameters(), strict=False):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
     expected_counts = torch.tensor([len(p.chosen_ids) for p in _pairs()[:n_pairs]])
     assert torch.equal(out.chosen_tokens, expected_counts)

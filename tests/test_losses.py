@@ -164,7 +164,7 @@ def test_rewards_detached_and_loss_decreases_with_chosen_ratio(name):
         assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
         assert out.losses.requires_grad
         values.append(out.losses.item())
-    assert all(a >= b for a, b in zip(values, values[1:])), values
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False)), values
     assert values[0] > values[-1]
 
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import NEGATIVE, POSITIVE, sentiment_rows
 from helpers import tiny_trainer
+
 from dpokit.trainer import NonFiniteError
 
 
@@ -187,9 +187,8 @@ def test_final_model_loads_back_with_transformers_or_peft(tmp_path, tokenizer, l
     trainer.policy.model.eval()
     expected = trainer.policy.model(input_ids=ids).logits
     if lora:
-        from peft import PeftModel
-
         from conftest import make_tiny_llama
+        from peft import PeftModel
 
         loaded = PeftModel.from_pretrained(make_tiny_llama(len(tokenizer)), final)
     else:

@@ -75,7 +75,7 @@ def cmd_quickstart(overrides: list[str]) -> int:
     print("\n" + comparison_table(before, after))
     print(f"\n(held-out: {len(run.eval_pairs)} pairs from sentences never seen in training; "
           f"50% is the no-skill level by construction)\n")
-    for prompt, b, a in zip(QUICKSTART_PROMPTS, before_text, after_text):
+    for prompt, b, a in zip(QUICKSTART_PROMPTS, before_text, after_text, strict=False):
         print(f"prompt: {prompt}\n  before: {b}\n  after:  {a}\n")
     minutes = (time.perf_counter() - started) / 60
     print(f"{result.step} steps in {minutes:.1f} min; LoRA adapter saved to {final}")
@@ -86,7 +86,7 @@ def cmd_losses() -> int:
     from .losses import available_losses
 
     seen = set()
-    for name, spec in sorted(available_losses().items()):
+    for _name, spec in sorted(available_losses().items()):
         if spec.name in seen:
             continue
         seen.add(spec.name)

@@ -97,7 +97,7 @@ class Objective:
         extras["chosen_tokens"] = out.chosen_tokens.float()  # (B,)
         extras["rejected_tokens"] = out.rejected_tokens.float()  # (B,)
         total, first = None, None
-        for spec, weight in zip(self.specs, self.weights):
+        for spec, weight in zip(self.specs, self.weights, strict=False):
             args = self._inputs(spec, out, ref_chosen, ref_rejected)
             result = spec.fn(*args, self.params, extras)
             total = weight * result.losses if total is None else total + weight * result.losses

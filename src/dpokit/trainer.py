@@ -18,8 +18,8 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,7 +96,9 @@ class Trainer:
             if missing:
                 raise ValueError(f"loss {cfg.loss!r} reads the column(s) {missing}, which the "
                                  f"{name} data does not supply")
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        # accelerate's state is a per-process singleton that refuses a second mixed_precision,
+        # so the trainer applies its own autocast (cfg.mixed_precision) around the forwards.
+        self.accelerator = accelerator or Accelerator()
         self.data_fingerprints = data_fingerprints
         self.output_dir = Path(cfg.output_dir)
         self.world = self.accelerator.num_processes
@@ -116,6 +118,12 @@ class Trainer:
         self.train_ref: ReferenceLogps | None = None
         self.eval_ref: ReferenceLogps | None = None
         self._writer = None
+
+    def autocast(self):
+        """bf16 autocast for the forwards when ``mixed_precision=bf16``; losses stay fp32."""
+        device_type = self.accelerator.device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16,
+                              enabled=self.cfg.mixed_precision == "bf16")
 
     # --- data order ----------------------------------------------------------------------
     def _step_micro_batches(self, step: int) -> tuple[list[list[int]], int]:
@@ -152,7 +160,7 @@ class Trainer:
                 self.log(f"reference log-probs: computing for {len(data)} {name} pairs")
                 return compute_reference_logps(self.policy, data, self.collate,
                                                self.cfg.eval_batch_size, self.accelerator.device,
-                                               self.accelerator.autocast, self._progress(f"ref {name}"))
+                                               self.autocast, self._progress(f"ref {name}"))
 
             table = load_or_compute(cache_dir if key else None, key or "", compute, self.log)
             setattr(self, f"{name}_ref", table)
@@ -163,14 +171,14 @@ class Trainer:
         if table is not None:
             table.attach(batch)
             return batch.ref_chosen_logps, batch.ref_rejected_logps
-        with torch.no_grad(), self.accelerator.autocast():
+        with torch.no_grad(), self.autocast():
             ref = self.policy.reference_logps(batch)
         return ref.chosen.float(), ref.rejected.float()
 
     # --- one micro-batch -----------------------------------------------------------------
     def _forward_loss(self, batch, table: ReferenceLogps | None):
         ref_chosen, ref_rejected = self._reference(batch, table)
-        with self.accelerator.autocast():
+        with self.autocast():
             out = self.policy.logps(batch)
         return self.objective(out, ref_chosen, ref_rejected, batch.extras), out
 
@@ -395,7 +403,7 @@ def _pair_sums(result, out: PairLogps) -> torch.Tensor:
 
 
 def _metrics_from_sums(totals: torch.Tensor, pairs: int) -> dict:
-    return {key: float(value) / pairs for key, value in zip(_SUM_KEYS, totals)}
+    return {key: float(value) / pairs for key, value in zip(_SUM_KEYS, totals, strict=False)}
 
 
 def _format_eval(m: dict) -> str:

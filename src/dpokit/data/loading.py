@@ -64,7 +64,7 @@ def _read_json(path: Path) -> list[Record]:
         lengths = {len(value[c]) for c in columns}
         if len(lengths) != 1:
             raise DataError(str(path), None, None, "columns have different lengths")
-        value = [dict(zip(columns, items)) for items in zip(*value.values())]
+        value = [dict(zip(columns, items, strict=False)) for items in zip(*value.values(), strict=False)]
     if not isinstance(value, list):
         raise DataError(str(path), None, None, "expected a list of objects or a dict of columns")
     records = []

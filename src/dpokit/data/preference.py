@@ -259,8 +259,8 @@ def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
                          record.source, record.row)
 
 
-_TRUE = {True, 1, "1", "true", "True", "yes"}
-_FALSE = {False, 0, "0", "false", "False", "no"}
+_TRUE = {True, "1", "true", "True", "yes"}
+_FALSE = {False, "0", "false", "False", "no"}
 
 
 def tokenize_unpaired_record(record: Record, tokenizer, settings: TokenizeSettings,
