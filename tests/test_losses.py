@@ -419,3 +419,11 @@ def test_wpo_weights_pairs_by_policy_probability():
     obj(logps, torch.tensor([-1.5]), torch.tensor([-1.5]), {}).losses.sum().backward()
     # the weight is detached: the gradient is the weighted DPO gradient
     assert chosen.grad.item() == pytest.approx(-0.1 * sigmoid(-0.1) * math.exp(-0.75), rel=1e-6)
+
+
+def test_readme_table_lists_every_registered_loss():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in NAMES:
+        assert f"| `{name}`" in readme, f"README's loss table lacks {name}"

@@ -82,18 +82,24 @@ def cmd_quickstart(overrides: list[str]) -> int:
     return 0
 
 
+def loss_needs(spec) -> str:
+    """What a registered loss needs, in words (the README's loss table uses the same)."""
+    needs = ["reference" if spec.needs_reference else "no reference"]
+    if spec.length_normalized:
+        needs.append("length-normalized")
+    if spec.unpaired:
+        needs.append("unpaired rows (prompt, completion, label)")
+    needs += [f"column `{c}`" for c in spec.extra_columns]
+    return ", ".join(needs)
+
+
 def cmd_losses() -> int:
     from .losses import available_losses
 
-    seen = set()
-    for _name, spec in sorted(available_losses().items()):
-        if spec.name in seen:
-            continue
-        seen.add(spec.name)
-        needs = ["reference" if spec.needs_reference else "no reference"]
-        if spec.length_normalized:
-            needs.append("length-normalized")
-        print(f"{spec.name:<12} {spec.formula:<50} {', '.join(needs)}  [{spec.paper}]")
+    specs = {spec.name: spec for spec in available_losses().values()}
+    for name in sorted(specs):
+        print(f"{name:<18} {loss_needs(specs[name]):<44} {specs[name].paper}")
+        print(f"{'':<18} {specs[name].formula}")
     return 0
 
 
