@@ -107,3 +107,11 @@ def collate(tokenizer):
     from dpokit.data import collate_pairs
 
     return partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
+
+
+def completion_mask(batch):
+    """(R, T) bool: the scored token positions of a ``padded`` batch (a token at t is scored
+    from the hidden state at t - 1)."""
+    mask = torch.zeros(batch.input_ids.numel(), dtype=torch.bool)
+    mask[batch.score_source + 1] = True
+    return mask.view(batch.input_ids.shape)

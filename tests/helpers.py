@@ -42,7 +42,8 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
     kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
     train = tiny_pairs(tokenizer, rows, **kind)
     evaluation = tiny_pairs(tokenizer, eval_rows, **kind) if eval_rows is not None else None
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id,
+                      layout=config.batch_layout, max_row_tokens=config.max_row_tokens)
     fps = (train.fingerprint(), evaluation.fingerprint() if evaluation else "")
     return Trainer(config, policy, train, collate, evaluation, data_fingerprints=fps,
                    log=lambda _: None)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from conftest import write_jsonl
 
 from dpokit.data import DataError, TokenizeSettings, build_pairs, collate_pairs, load_records
@@ -25,9 +26,11 @@ def test_standard_boundary_and_eos(tokenizer):
     assert p.chosen_ids == ids(tokenizer, " wonderful") + [tokenizer.eos_token_id]
     assert p.rejected_ids == ids(tokenizer, " dull") + [tokenizer.eos_token_id]
     batch = collate_pairs([p], pad_token_id=tokenizer.pad_token_id)
-    # Only completion tokens are scored: the mask covers exactly the chosen ids in row 0.
-    scored = batch.input_ids[0][batch.completion_mask[0]].tolist()
-    assert scored == p.chosen_ids
+    # Only completion tokens are scored: exactly the chosen ids for sequence 0, each predicted
+    # from the position just before it.
+    assert batch.score_target[batch.score_sequence == 0].tolist() == p.chosen_ids
+    assert batch.score_target[batch.score_sequence == 1].tolist() == p.rejected_ids
+    assert torch.equal(batch.input_ids.view(-1)[batch.score_source + 1], batch.score_target)
     assert batch.input_ids[0, : len(p.prompt_ids)].tolist() == p.prompt_ids
 
 

@@ -6,6 +6,7 @@ the fp32 plain path to 5e-2 per token log-prob (bf16 has an 8-bit mantissa).
 
 import pytest
 import torch
+from conftest import completion_mask
 
 from dpokit.data import TokenizedPair, collate_pairs
 from dpokit.logprobs import token_logps_chunked, token_logps_plain
@@ -59,7 +60,7 @@ def _reference_logps(model, batch):
     """Naive: the HF forward's full logits, log_softmax, completion tokens only."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
     logp = torch.log_softmax(logits[:, :-1], -1).gather(2, batch.input_ids[:, 1:, None]).squeeze(2)
-    return (logp * batch.completion_mask[:, 1:]).sum(1)
+    return (logp * completion_mask(batch)[:, 1:]).sum(1)
 
 
 @pytest.mark.parametrize("impl", ["chunked", "plain"])

@@ -136,8 +136,9 @@ def test_ld_dpo_weights_tokens_past_the_shorter_completion(tiny_llama):
     torch.testing.assert_close(zero.rejected, short.rejected)
     half = CausalLMPolicy(tiny_llama, ld_alpha=0.5).logps(batch)
     torch.testing.assert_close(half.chosen, (plain.chosen + short.chosen) / 2)
-    w = ld_token_weights(batch.completion_mask, 0.25)
-    assert w[0][batch.completion_mask[0]].tolist() == [1.0, 1.0, 0.25, 0.25, 0.25]
+    w = ld_token_weights(batch.score_sequence, batch.score_position, 2, 0.25)
+    assert w[batch.score_sequence == 0].tolist() == [1.0, 1.0, 0.25, 0.25, 0.25]
+    assert w[batch.score_sequence == 2].tolist() == [1.0, 1.0]
 
 
 def test_tr_dpo_syncs_the_reference(tmp_path, tokenizer):

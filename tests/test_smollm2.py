@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import completion_mask
 
 from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
 from dpokit.data.loading import Record
@@ -59,7 +60,7 @@ def test_chunked_forward_matches_hf_logits_on_the_real_model(smol):
         ours = CausalLMPolicy(model, tok, chunk_size=3).logps(batch)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, batch.input_ids[:, 1:, None])
-        naive = (logp.squeeze(2) * batch.completion_mask[:, 1:]).sum(1)
+        naive = (logp.squeeze(2) * completion_mask(batch)[:, 1:]).sum(1)
     torch.testing.assert_close(torch.cat([ours.chosen, ours.rejected]), naive, atol=2e-4, rtol=1e-5)
     assert ours.chosen > ours.rejected  # the real model knows Paris
 
@@ -79,3 +80,22 @@ def test_two_lora_dpo_steps_under_bf16(tmp_path):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in result.history)
     assert result.history[0]["loss"] == pytest.approx(0.6931, abs=0.01)  # policy == reference
     assert run.policy.reference_mode == "adapter"
+
+
+def test_prefix_sharing_and_packing_exact_on_the_real_model(smol):
+    """fp32 tolerance 2e-4 on summed log-probs of ~10-40 tokens (30 layers of reordered sums)."""
+    from dpokit.policy import CausalLMPolicy
+
+    model, tok = smol
+    rows = [Record("mem", 1, {"prompt": "Name a fruit.", "chosen": " An apple, crisp and red.",
+                              "rejected": " A chair."}),
+            Record("mem", 2, {"prompt": "Describe the sea in a long sentence, please.",
+                              "chosen": " Blue.", "rejected": " The sea is wide, deep and restless."})]
+    pairs = build_pairs(rows, tok, TokenizeSettings(chat_template_for_strings=True)).pairs
+    policy = CausalLMPolicy(model, tok)
+    with torch.no_grad():
+        plain = policy.logps(collate_pairs(pairs, tok.pad_token_id, "padded"))
+        for layout in ("packed", "prefix_shared"):
+            fast = policy.logps(collate_pairs(pairs, tok.pad_token_id, layout))
+            torch.testing.assert_close(fast.chosen, plain.chosen, atol=2e-4, rtol=0)
+            torch.testing.assert_close(fast.rejected, plain.rejected, atol=2e-4, rtol=0)

@@ -50,6 +50,8 @@ class TrainConfig:
     max_prompt_length: int = 256
     chat_template_for_strings: bool = False
     on_bad_rows: str = "error"  # error | skip
+    batch_layout: str = "prefix_shared"  # prefix_shared | packed | padded (the plain twin)
+    max_row_tokens: int | None = None  # packed row cap; None: the longest pair or sequence
     # --- loss --------------------------------------------------------------------------------
     loss: str | list[str] = "sigmoid"  # a registered name, or a list to mix (see loss_weights)
     loss_weights: list[float] | None = None
@@ -101,6 +103,7 @@ class TrainConfig:
             "logprob_impl": ("chunked", "plain"), "on_bad_rows": ("error", "skip"),
             "lr_scheduler": ("linear", "cosine", "constant"), "mixed_precision": ("no", "bf16"),
             "f_divergence": ("reverse_kl", "forward_kl", "js", "alpha"),
+            "batch_layout": ("prefix_shared", "packed", "padded"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -87,6 +87,10 @@ def build_policy(cfg: TrainConfig, tokenizer=None) -> CausalLMPolicy:
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     model = load_causal_lm(cfg.model, dtype=dtype)
     model.config.use_cache = False
+    attention = getattr(model.config, "_attn_implementation", "sdpa")
+    if cfg.batch_layout != "padded" and attention not in ("sdpa", "eager"):
+        raise ValueError(f"batch_layout={cfg.batch_layout!r} needs a 4-D attention mask, which "
+                         f"attn_implementation={attention!r} does not take; use batch_layout=padded")
     reference = resolve_reference(cfg)
     if cfg.lora:
         model = apply_lora(model, cfg)
@@ -101,7 +105,8 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     train, evaluation = load_pairs(cfg, tokenizer, log)
     policy = build_policy(cfg, tokenizer)
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, layout=cfg.batch_layout,
+                      max_row_tokens=cfg.max_row_tokens)
     fingerprints = (train.fingerprint(), evaluation.fingerprint() if evaluation else "")
     trainer = Trainer(cfg, policy, train, collate, evaluation, data_fingerprints=fingerprints, log=log)
     return Run(cfg, tokenizer, policy, train, evaluation, trainer)

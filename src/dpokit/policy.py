@@ -70,22 +70,19 @@ class Policy(Protocol):
     def save_pretrained(self, directory: str | Path) -> None: ...
 
 
-def ld_token_weights(completion_mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """LD-DPO token weights for the paired layout (chosen rows, then rejected rows).
+def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
+                     num_pairs: int, alpha: float) -> torch.Tensor:
+    """LD-DPO weights of the scored tokens (Liu et al. 2024: log π = public part + α·verbose
+    part): the first min(|y_w|, |y_l|) tokens of both completions of a pair weigh 1, the rest α.
 
-    The first min(|y_w|, |y_l|) completion tokens of both rows weigh 1, the rest ``alpha``
-    (Liu et al. 2024, LD-DPO: log π = public part + α·verbose part).
-
-    >>> m = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)  # B=1: |y_w|=3, |y_l|=1
-    >>> ld_token_weights(m, 0.5).tolist()
-    [[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]]
+    >>> seq = torch.tensor([0, 0, 0, 1])        # B=1: chosen has 3 tokens, rejected 1
+    >>> ld_token_weights(seq, torch.tensor([0, 1, 2, 0]), 1, 0.5).tolist()
+    [1.0, 0.5, 0.5, 1.0]
     """
-    counts = completion_mask.sum(dim=1)  # (2B,)
-    b = counts.shape[0] // 2
-    shared = torch.minimum(counts[:b], counts[b:]).repeat(2)  # (2B,)
-    position = completion_mask.long().cumsum(dim=1) - 1  # (2B, T): index within the completion
-    verbose = completion_mask & (position >= shared[:, None])  # (2B, T)
-    return torch.where(verbose, alpha, 1.0).float()
+    counts = torch.bincount(score_sequence, minlength=2 * num_pairs)  # (2B,)
+    shared = torch.minimum(counts[:num_pairs], counts[num_pairs:])  # (B,)
+    limit = shared[score_sequence % num_pairs]  # (N,)
+    return torch.where(score_position < limit, 1.0, alpha).float()
 
 
 def _unwrap_peft(model: nn.Module) -> nn.Module:
@@ -209,29 +206,33 @@ class CausalLMPolicy:
 
     def _pair_logps(self, model: nn.Module, batch) -> PairLogps:
         scorer = self.scorer if model is self.model else _Scorer(self, model)
-        weights = None if self.ld_alpha is None else ld_token_weights(batch.completion_mask, self.ld_alpha)
-        seq, counts = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask,
-                             token_weights=weights)
-        b = seq.shape[0] // 2
+        b = batch.num_pairs
+        weights = None
+        if self.ld_alpha is not None:
+            weights = ld_token_weights(batch.score_sequence, batch.score_position, b, self.ld_alpha)
+        seq, counts = scorer(batch.input_ids, batch.attention_mask, batch.position_ids,
+                             batch.score_source, batch.score_target, batch.score_sequence,
+                             2 * b, weights)
         return PairLogps(seq[:b], seq[b:], counts[:b], counts[b:])
 
-    def sequence_logps(self, model: nn.Module, input_ids, attention_mask, completion_mask,
-                       position_ids=None, token_weights=None):
-        """(R, T) rows -> ((R,) summed completion log-probs, (R,) completion token counts).
-        ``token_weights`` (R, T), if given, weights each completion token's log-prob."""
+    def sequence_logps(self, model: nn.Module, input_ids, attention_mask, position_ids,
+                       score_source, score_target, score_sequence, num_sequences: int,
+                       token_weights=None):
+        """Run the body once, score the N completion tokens, sum them per sequence.
+
+        input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.PreferenceBatch`;
+        returns ((num_sequences,) summed log-probs, (num_sequences,) token counts).
+        """
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, use_cache=False).last_hidden_state  # (R, T, H)
-        predicts = completion_mask[:, 1:]  # (R, T-1): position t predicts token t+1
-        h = hidden[:, :-1][predicts]  # (N, H), only positions that predict completion tokens
-        targets = input_ids[:, 1:][predicts]  # (N,)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(predicts)
-        token_logps = self._head_logps(base, h, targets)  # (N,) fp32
+        h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
+        token_logps = self._head_logps(base, h, score_target)  # (N,) fp32
         if token_weights is not None:
-            token_logps = token_logps * token_weights[:, 1:][predicts]  # (N,)
-        seq = sum_per_sequence(token_logps, rows[predicts], hidden.shape[0])  # (R,)
-        return seq, predicts.sum(dim=1)
+            token_logps = token_logps * token_weights  # (N,)
+        seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (2B,)
+        return seq, torch.bincount(score_sequence, minlength=num_sequences)
 
     def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = base.get_output_embeddings()
@@ -269,7 +270,5 @@ class _Scorer(nn.Module):
         self.model = model
         self._policy = [policy]  # a list, so the policy is not registered as a submodule
 
-    def forward(self, input_ids, attention_mask, completion_mask, position_ids=None,
-                token_weights=None):
-        return self._policy[0].sequence_logps(self.model, input_ids, attention_mask,
-                                              completion_mask, position_ids, token_weights)
+    def forward(self, *args):
+        return self._policy[0].sequence_logps(self.model, *args)
