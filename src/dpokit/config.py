@@ -86,6 +86,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # no | bf16 (autocast; the loss math stays fp32)
     seed: int = 0
+    shuffle: bool = True  # False: pairs in file order (benchmarks, curricula)
     # --- evaluation, logging, checkpoints ----------------------------------------------------
     eval_every: int | None = None  # steps; None: only at the end
     eval_batch_size: int = 8

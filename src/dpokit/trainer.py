@@ -131,8 +131,11 @@ class Trainer:
         global pair count. The order is a seeded permutation per epoch, so it is a pure
         function of (seed, step): resuming needs only the step."""
         epoch, offset = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_data), generator=g).tolist()
+        if self.cfg.shuffle:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(self.train_data), generator=g).tolist()
+        else:
+            order = list(range(len(self.train_data)))
         per_step = self.cfg.batch_size * self.cfg.grad_accum_steps * self.world
         chunk = order[offset * per_step:(offset + 1) * per_step]
         mine = chunk[self.rank::self.world]

@@ -1,0 +1,337 @@
+"""dpokit vs TRL's DPOTrainer, side by side, and the plain-training floor.
+
+Every measurement runs in a fresh subprocess (so peak memory is its own), alternating the
+systems round by round. Both train the same model on the same pairs in the same order
+(sequential sampling) with the same hyper-parameters (AdamW, constant lr, clip 1.0, beta 0.1,
+bf16 autocast). TRL runs its fastest configuration on this machine (performance notes:
+bf16, no gradient checkpointing, precompute_ref_log_probs=True); dpokit runs its defaults
+(prefix sharing + packing, precomputed reference, chunked LM head).
+
+    pip install trl==1.16.0            # benchmark only; never a dpokit dependency
+    python bench/bench_dpo.py                              # all workloads, 2 rounds
+    python bench/bench_dpo.py --workloads tiny-llama --steps 4 --rounds 1
+
+Reported per run: median seconds per step over steps 2..N, pairs/s, tokens/s (real tokens of
+prompt+chosen and prompt+rejected, the same count for both systems), peak memory (RSS on the
+CPU, max allocated on CUDA), and the first losses. ``floor`` is a plain forward+backward of
+the same model over the same unique tokens (the prefix-shared rows dpokit runs) with an
+ordinary next-token loss; dpokit/floor is the overhead of preference training.
+The same script runs unchanged on a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = {
+    # name: (model, lora, batch pairs, prompt token range, completion token range, max_length)
+    "smollm2-full": ("smollm2", False, 4, (20, 400), (20, 300), 1024),
+    "smollm2-lora": ("smollm2", True, 4, (20, 400), (20, 300), 1024),
+    "tiny-llama": ("tiny", False, 8, (20, 400), (20, 300), 1024),
+    "smollm2-long": ("smollm2", True, 1, (900, 1000), (900, 1000), 2048),
+}
+
+
+def device_type() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def peak_memory_gb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB
+
+
+# --- data ----------------------------------------------------------------------------------
+def sentences() -> list[str]:
+    texts = []
+    for split in ("train", "eval"):
+        for line in (ROOT / "data" / f"sentiment_pairs.{split}.jsonl").read_text().splitlines():
+            texts.append(json.loads(line)["chosen"])
+    return sorted(set(texts))
+
+
+def text_of_length(tokenizer, pool: list[str], n_tokens: int, rng: random.Random) -> str:
+    """Real review sentences concatenated, cut to exactly ``n_tokens`` tokens."""
+    ids: list[int] = []
+    while len(ids) < n_tokens:
+        ids += tokenizer(" " + rng.choice(pool), add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[:n_tokens])
+
+
+def make_pairs(tokenizer, n: int, prompt_range, completion_range, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    pool = sentences()
+    rows = []
+    for _ in range(n):
+        prompt = "Continue the review: " + text_of_length(tokenizer, pool, rng.randint(*prompt_range), rng)
+        rows.append({"prompt": prompt,
+                     "chosen": text_of_length(tokenizer, pool, rng.randint(*completion_range), rng),
+                     "rejected": text_of_length(tokenizer, pool, rng.randint(*completion_range), rng)})
+    return rows
+
+
+# --- models --------------------------------------------------------------------------------
+def model_path(name: str, workdir: Path) -> str:
+    """A local HF folder: the embedded SmolLM2, or a tiny Llama with SmolLM2's 49k vocabulary."""
+    from dpokit.models import embedded_smollm2_dir
+
+    smol = embedded_smollm2_dir()
+    if name == "smollm2":
+        return str(smol)
+    target = workdir / "tiny-llama"
+    if not (target / "config.json").exists():
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688,
+                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=2048, tie_word_embeddings=True)
+        LlamaForCausalLM(config).save_pretrained(target)
+        AutoTokenizer.from_pretrained(smol).save_pretrained(target)
+    return str(target)
+
+
+# --- workers (each runs in its own process) -------------------------------------------------
+def worker_dpokit(args, rows, path) -> dict:
+    from functools import partial
+
+    import torch
+
+    from dpokit.config import load_config
+    from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
+    from dpokit.data.loading import Record
+    from dpokit.models import load_tokenizer
+    from dpokit.pipeline import build_policy
+    from dpokit.trainer import Trainer
+
+    cfg = load_config(None, model=path, lora=args.lora, learning_rate=args.lr, lr_scheduler="constant",
+                      batch_size=args.batch, max_steps=args.steps, mixed_precision=args.precision,
+                      max_length=args.max_length, max_prompt_length=args.max_length, beta=0.1,
+                      shuffle=False, progress_bar=False, tensorboard=False, eval_data=None,
+                      output_dir=tempfile.mkdtemp(), ref_cache_dir=None, batch_layout=args.layout,
+                      precompute_ref_logps=True, max_grad_norm=1.0)
+    tok = load_tokenizer(path)
+    pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
+                        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length))
+    policy = build_policy(cfg, tok)
+    trainer = Trainer(cfg, policy, pairs, partial(collate_pairs, pad_token_id=tok.pad_token_id,
+                                                  layout=cfg.batch_layout), log=lambda _: None)
+    times = []
+    step = trainer._train_step
+
+    def timed():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metrics = step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        return metrics
+
+    trainer._train_step = timed
+    history = trainer.train().history
+    return {"times": times, "losses": [m["loss"] for m in history]}
+
+
+def worker_trl(args, rows, path) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    times, losses = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    config = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
+                       learning_rate=args.lr, lr_scheduler_type="constant", max_steps=args.steps,
+                       beta=0.1, max_length=args.max_length, bf16=args.precision == "bf16",
+                       gradient_checkpointing=False, precompute_ref_log_probs=True,
+                       logging_steps=1, report_to="none", save_strategy="no", max_grad_norm=1.0,
+                       train_sampling_strategy="sequential", use_cpu=device_type() == "cpu",
+                       dataloader_num_workers=0, seed=0, warmup_steps=0)
+    trainer = DPOTrainer(model=model, args=config, processing_class=tok, peft_config=peft_config,
+                         train_dataset=datasets.Dataset.from_list(rows), callbacks=[Clock()])
+    trainer.train()
+    return {"times": times, "losses": losses}
+
+
+def worker_floor(args, rows, path) -> dict:
+    """Plain forward + backward over the unique tokens of each step (prefix-shared rows)."""
+    import torch
+
+    from dpokit.config import load_config
+    from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
+    from dpokit.data.loading import Record
+    from dpokit.models import load_causal_lm, load_tokenizer
+    from dpokit.pipeline import apply_lora
+
+    tok = load_tokenizer(path)
+    model = load_causal_lm(path)
+    if args.lora:
+        model = apply_lora(model, load_config(None, lora=True))
+    device = device_type()
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr)
+    pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
+                        TokenizeSettings(max_length=args.max_length, max_prompt_length=args.max_length))
+    times, losses = [], []
+    for step in range(args.steps):
+        batch = collate_pairs(pairs.pairs[step * args.batch:(step + 1) * args.batch],
+                              tok.pad_token_id, "prefix_shared").to(device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids).logits  # (R, T, V)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                 batch.input_ids[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss))
+    return {"times": times, "losses": losses}
+
+
+def run_worker(args) -> None:
+    rows = json.loads(Path(args.data).read_text())
+    fn = {"dpokit": worker_dpokit, "trl": worker_trl, "floor": worker_floor}[args.worker]
+    result = fn(args, rows, args.model_path)
+    result["peak_memory_gb"] = peak_memory_gb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- the driver ----------------------------------------------------------------------------
+def summarize(result: dict, rows: list[dict], tok, batch: int) -> dict:
+    times = result["times"][1:] or result["times"]  # step 1 warms up
+    median = statistics.median(times)
+    tokens = [sum(len(tok(r["prompt"])["input_ids"]) * 2 + len(tok(r["chosen"])["input_ids"])
+                  + len(tok(r["rejected"])["input_ids"]) for r in rows[i * batch:(i + 1) * batch])
+              for i in range(len(result["times"]))]
+    tokens_per_step = statistics.mean(tokens[1:] or tokens)
+    return {"s_per_step": median, "pairs_per_s": batch / median,
+            "tokens_per_s": tokens_per_step / median, "peak_gb": result["peak_memory_gb"],
+            "losses": [round(x, 4) for x in result["losses"][:3]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="smollm2-full,smollm2-lora,tiny-llama")
+    parser.add_argument("--systems", default="trl,dpokit,floor")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "no"])
+    parser.add_argument("--layout", default="prefix_shared")
+    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--out", default=None, help="write the summary JSON here")
+    # worker-only arguments
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+
+    from transformers import AutoTokenizer
+
+    workdir = Path(tempfile.mkdtemp(prefix="dpokit-bench-"))
+    report = {}
+    for name in args.workloads.split(","):
+        model, lora, batch, prompt_range, completion_range, max_length = WORKLOADS[name]
+        path = model_path(model, workdir)
+        tok = AutoTokenizer.from_pretrained(path)
+        rows = make_pairs(tok, batch * args.steps, prompt_range, completion_range)
+        data = workdir / f"{name}.json"
+        data.write_text(json.dumps(rows))
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(args.rounds):
+            for system in args.systems.split(","):
+                cmd = [sys.executable, __file__, "--worker", system, "--data", str(data),
+                       "--model-path", path, "--batch", str(batch), "--max-length", str(max_length),
+                       "--steps", str(args.steps), "--precision", args.precision,
+                       "--layout", args.layout, "--lr", str(args.lr)] + (["--lora"] if lora else [])
+                env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TOKENIZERS_PARALLELISM="false")
+                started = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"{system} on {name} failed")
+                summary = summarize(json.loads(line[7:]), rows, tok, batch)
+                runs.setdefault(system, []).append(summary)
+                print(f"[{name} round {round_ + 1}] {system:<6} {summary['s_per_step']:.2f} s/step "
+                      f"{summary['pairs_per_s']:.3f} pairs/s  peak {summary['peak_gb']:.2f} GB  "
+                      f"losses {summary['losses']}  ({time.perf_counter() - started:.0f} s)", flush=True)
+        report[name] = {s: {k: (statistics.median([r[k] for r in rs]) if k != "losses" else rs[0][k])
+                            for k in rs[0]} for s, rs in runs.items()}
+    print_report(report)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+def print_report(report: dict) -> None:
+    print(f"\n{'workload':<14} {'system':<7} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} "
+          f"{'peak GB':>8}  first losses")
+    for name, systems in report.items():
+        for system, r in systems.items():
+            print(f"{name:<14} {system:<7} {r['s_per_step']:>7.2f} {r['pairs_per_s']:>8.3f} "
+                  f"{r['tokens_per_s']:>9.1f} {r['peak_gb']:>8.2f}  {r['losses']}")
+        d, t, f = systems.get("dpokit"), systems.get("trl"), systems.get("floor")
+        if d and t:
+            print(f"{'':<14} dpokit/TRL: throughput x{d['pairs_per_s'] / t['pairs_per_s']:.2f}, "
+                  f"peak memory x{d['peak_gb'] / t['peak_gb']:.2f}")
+        if d and f:
+            print(f"{'':<14} dpokit step / plain floor step: x{d['s_per_step'] / f['s_per_step']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
