@@ -122,12 +122,14 @@ def worker_dpokit(args, rows, path) -> dict:
     from dpokit.pipeline import build_policy
     from dpokit.trainer import Trainer
 
-    cfg = load_config(None, model=path, lora=args.lora, learning_rate=args.lr, lr_scheduler="constant",
-                      batch_size=args.batch, max_steps=args.steps, mixed_precision=args.precision,
-                      max_length=args.max_length, max_prompt_length=args.max_length, beta=0.1,
-                      shuffle=False, progress_bar=False, tensorboard=False, eval_data=None,
-                      output_dir=tempfile.mkdtemp(), ref_cache_dir=None, batch_layout=args.layout,
-                      precompute_ref_logps=True, max_grad_norm=1.0)
+    base = dict(model=path, lora=args.lora, learning_rate=args.lr, lr_scheduler="constant",
+                batch_size=args.batch, max_steps=args.steps, mixed_precision=args.precision,
+                max_length=args.max_length, max_prompt_length=args.max_length, beta=0.1,
+                shuffle=False, progress_bar=False, tensorboard=False, eval_data=None,
+                output_dir=tempfile.mkdtemp(), ref_cache_dir=None, batch_layout=args.layout,
+                precompute_ref_logps=True, max_grad_norm=1.0)
+    overridden = {item.partition("=")[0] for item in args.dpokit_set}
+    cfg = load_config(None, args.dpokit_set, **{k: v for k, v in base.items() if k not in overridden})
     tok = load_tokenizer(path)
     pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
                         TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length))
@@ -270,6 +272,8 @@ def main() -> None:
     parser.add_argument("--layout", default="prefix_shared")
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--out", default=None, help="write the summary JSON here")
+    parser.add_argument("--dpokit-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra dpokit config overrides (A/B of dpokit variants)")
     # worker-only arguments
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -299,6 +303,7 @@ def main() -> None:
                        "--model-path", path, "--batch", str(batch), "--max-length", str(max_length),
                        "--steps", str(args.steps), "--precision", args.precision,
                        "--layout", args.layout, "--lr", str(args.lr)] + (["--lora"] if lora else [])
+                cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
                 env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TOKENIZERS_PARALLELISM="false")
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

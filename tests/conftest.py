@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -102,11 +101,16 @@ def sentiment_rows(n_repeat: int = 2) -> list[dict]:
     return rows
 
 
-@pytest.fixture()
-def collate(tokenizer):
-    from dpokit.data import collate_pairs
-
-    return partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
+def held_out_rows() -> list[dict]:
+    """Sentence pairs never paired together in ``sentiment_rows`` (shifted by one)."""
+    rows = []
+    for i, pos in enumerate(POSITIVE):
+        neg = NEGATIVE[(i + 1) % len(NEGATIVE)]
+        rows.append({"prompt": "write one sentence from a positive movie review",
+                     "chosen": " " + pos, "rejected": " " + neg})
+        rows.append({"prompt": "write one sentence from a negative movie review",
+                     "chosen": " " + neg, "rejected": " " + pos})
+    return rows
 
 
 def completion_mask(batch):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import NEGATIVE, POSITIVE, sentiment_rows
+from conftest import held_out_rows, sentiment_rows
 from helpers import tiny_trainer
 
 from dpokit.data import (
@@ -14,18 +14,6 @@ from dpokit.data import (
 )
 from dpokit.data.loading import Record
 from dpokit.policy import CausalLMPolicy, ld_token_weights
-
-
-def held_out_rows():
-    """Sentence pairs never paired in training (shifted by one)."""
-    rows = []
-    for i, pos in enumerate(POSITIVE):
-        neg = NEGATIVE[(i + 1) % len(NEGATIVE)]
-        rows.append({"prompt": "write one sentence from a positive movie review",
-                     "chosen": " " + pos, "rejected": " " + neg})
-        rows.append({"prompt": "write one sentence from a negative movie review",
-                     "chosen": " " + neg, "rejected": " " + pos})
-    return rows
 
 
 def unpaired_rows(rows):

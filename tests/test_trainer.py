@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import NEGATIVE, POSITIVE, sentiment_rows
+from conftest import held_out_rows, sentiment_rows
 from helpers import tiny_trainer
 
 from dpokit.trainer import NonFiniteError
@@ -95,25 +95,13 @@ def test_nonfinite_gradient_stops(tmp_path, tokenizer):
         trainer.train()
 
 
-def _held_out_rows():
-    """Pairs of sentences never paired together in training (shifted by one)."""
-    rows = []
-    for i, pos in enumerate(POSITIVE):
-        neg = NEGATIVE[(i + 1) % len(NEGATIVE)]
-        rows.append({"prompt": "write one sentence from a positive movie review",
-                     "chosen": " " + pos, "rejected": " " + neg})
-        rows.append({"prompt": "write one sentence from a negative movie review",
-                     "chosen": " " + neg, "rejected": " " + pos})
-    return rows
-
-
 @pytest.mark.parametrize("loss,lora", [("sigmoid", False), ("sigmoid", True), ("ipo", False),
                                        ("hinge", False), ("robust", False), ("simpo", False)])
 def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, lora):
     extra = {"label_smoothing": 0.1} if loss == "robust" else {}
     if loss == "simpo":
         extra = {"beta": 2.0}
-    trainer = tiny_trainer(tmp_path, tokenizer, rows=sentiment_rows(2), eval_rows=_held_out_rows(),
+    trainer = tiny_trainer(tmp_path, tokenizer, rows=sentiment_rows(2), eval_rows=held_out_rows(),
                            loss=loss, lora=lora, learning_rate=3e-3 if lora else 1e-3,
                            num_epochs=6, batch_size=8, **extra)
     before = trainer.evaluate()
@@ -195,3 +183,20 @@ def test_final_model_loads_back_with_transformers_or_peft(tmp_path, tokenizer, l
         loaded = AutoModelForCausalLM.from_pretrained(final)
     torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
     assert (final / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tokenizer, lora):
+    from conftest import make_tiny_llama
+
+    grads = []
+    for checkpointing in (False, True):
+        model = make_tiny_llama(len(tokenizer))
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainer = tiny_trainer(tmp_path / str(checkpointing), tokenizer, model=model, lora=lora,
+                               max_steps=1, batch_size=8)
+        grads.append(_grads_at_first_step(trainer)[0])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)

@@ -71,6 +71,7 @@ class TrainConfig:
     ref_sync_every: int | None = None  # TR-DPO: update the reference every N steps
     ref_sync_alpha: float = 1.0  # TR-DPO: 1.0 = hard copy, < 1 = soft (EMA) update
     precompute_ref_logps: bool = True
+    ref_precision: str = "auto"  # auto (= mixed_precision) | fp32 | bf16: the reference forward
     ref_cache_dir: str | None = None  # default: <cache root>/ref_logps
     # --- optimization ------------------------------------------------------------------------
     learning_rate: float = 5e-6
@@ -105,6 +106,7 @@ class TrainConfig:
             "lr_scheduler": ("linear", "cosine", "constant"), "mixed_precision": ("no", "bf16"),
             "f_divergence": ("reverse_kl", "forward_kl", "js", "alpha"),
             "batch_layout": ("prefix_shared", "packed", "padded"),
+            "ref_precision": ("auto", "fp32", "bf16"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

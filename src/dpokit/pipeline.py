@@ -93,6 +93,7 @@ def build_policy(cfg: TrainConfig, tokenizer=None) -> CausalLMPolicy:
                          f"attn_implementation={attention!r} does not take; use batch_layout=padded")
     reference = resolve_reference(cfg)
     if cfg.lora:
+        torch.manual_seed(cfg.seed)  # LoRA's initialization draws from the global generator
         model = apply_lora(model, cfg)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -119,11 +119,17 @@ class Trainer:
         self.eval_ref: ReferenceLogps | None = None
         self._writer = None
 
-    def autocast(self):
+    def autocast(self, bf16: bool | None = None):
         """bf16 autocast for the forwards when ``mixed_precision=bf16``; losses stay fp32."""
         device_type = self.accelerator.device.type
-        return torch.autocast(device_type, dtype=torch.bfloat16,
-                              enabled=self.cfg.mixed_precision == "bf16")
+        enabled = self.cfg.mixed_precision == "bf16" if bf16 is None else bf16
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
+    def reference_autocast(self):
+        """The reference forward's precision (``ref_precision``; auto follows training)."""
+        if self.cfg.ref_precision == "auto":
+            return self.autocast()
+        return self.autocast(self.cfg.ref_precision == "bf16")
 
     # --- data order ----------------------------------------------------------------------
     def _step_micro_batches(self, step: int) -> tuple[list[list[int]], int]:
@@ -150,7 +156,9 @@ class Trainer:
 
         cache_dir = self.cfg.ref_cache_dir or str(cache_root() / "ref_logps")
         fingerprint = getattr(self.policy, "fingerprint", lambda: None)()
-        precision = f"{self.cfg.mixed_precision}/ld_alpha={self.cfg.ld_alpha}"
+        bf16 = self.cfg.ref_precision == "bf16" or (
+            self.cfg.ref_precision == "auto" and self.cfg.mixed_precision == "bf16")
+        precision = f"{'bf16' if bf16 else 'fp32'}/ld_alpha={self.cfg.ld_alpha}"
         for name, data in (("train", self.train_data), ("eval", self.eval_data)):
             if data is None:
                 continue
@@ -163,7 +171,8 @@ class Trainer:
                 self.log(f"reference log-probs: computing for {len(data)} {name} pairs")
                 return compute_reference_logps(self.policy, data, self.collate,
                                                self.cfg.eval_batch_size, self.accelerator.device,
-                                               self.autocast, self._progress(f"ref {name}"))
+                                               self.reference_autocast,
+                                               self._progress(f"ref {name}"))
 
             table = load_or_compute(cache_dir if key else None, key or "", compute, self.log)
             setattr(self, f"{name}_ref", table)
@@ -174,7 +183,7 @@ class Trainer:
         if table is not None:
             table.attach(batch)
             return batch.ref_chosen_logps, batch.ref_rejected_logps
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.reference_autocast():
             ref = self.policy.reference_logps(batch)
         return ref.chosen.float(), ref.rejected.float()
 
