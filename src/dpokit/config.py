@@ -30,7 +30,7 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = "smollm2"  # local folder, hub name, or the embedded default "smollm2"
     tokenizer: str | None = None  # defaults to `model`
-    dtype: str = "float32"  # weights: float32 | bfloat16
+    dtype: str = "auto"  # weights: auto (bf16 frozen base for LoRA under bf16, else fp32) | float32 | bfloat16
     lora: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
@@ -101,7 +101,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         choices = {
-            "dtype": ("float32", "bfloat16"), "reference": ("auto", "copy", "adapter", "none"),
+            "dtype": ("auto", "float32", "bfloat16"), "reference": ("auto", "copy", "adapter", "none"),
             "logprob_impl": ("chunked", "plain"), "on_bad_rows": ("error", "skip"),
             "lr_scheduler": ("linear", "cosine", "constant"), "mixed_precision": ("no", "bf16"),
             "f_divergence": ("reverse_kl", "forward_kl", "js", "alpha"),

@@ -84,7 +84,10 @@ def load_pairs(cfg: TrainConfig, tokenizer, log=print) -> tuple[PreferencePairs,
 
 def build_policy(cfg: TrainConfig, tokenizer=None) -> CausalLMPolicy:
     tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or cfg.model)
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    # LoRA under bf16 autocast: the frozen base is only ever read in bf16, so keep it in bf16
+    # (half the weight memory, no per-step casts); trained weights stay fp32.
+    bf16_base = cfg.dtype == "auto" and cfg.lora and cfg.mixed_precision == "bf16"
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or bf16_base else torch.float32
     model = load_causal_lm(cfg.model, dtype=dtype)
     model.config.use_cache = False
     attention = getattr(model.config, "_attn_implementation", "sdpa")

@@ -85,6 +85,23 @@ def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
     return torch.where(score_position < limit, 1.0, alpha).float()
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, T, T) bool -> additive mask in the attention's dtype (0 or the dtype's minimum).
+
+    Made once per forward in the dtype attention runs in, every layer shares it: a bool mask
+    would be converted (and, under autocast, kept for backward) once per layer, 30 copies of
+    T x T on SmolLM2, 0.5 GB at T = 2,800.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(dtype).min)
+
+
+def _compute_dtype(base: nn.Module, device_type: str) -> torch.dtype:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return next(base.parameters()).dtype
+
+
 def _unwrap_peft(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -225,6 +242,8 @@ class CausalLMPolicy:
         """
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
+        if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+            attention_mask = additive_mask(attention_mask, _compute_dtype(base, input_ids.device.type))
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, use_cache=False).last_hidden_state  # (R, T, H)
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only

@@ -40,21 +40,31 @@ def cache_key(policy_fingerprint: str, data_fingerprint: str, precision: str) ->
 
 
 @torch.inference_mode()
-def compute_reference_logps(policy, dataset: Sequence, collate: Callable, batch_size: int,
-                            device: torch.device, autocast: Callable | None = None,
+def compute_reference_logps(policy, dataset: Sequence, collate: Callable,
+                            batches: Sequence[Sequence[int]], device: torch.device,
+                            autocast: Callable | None = None,
                             progress: Callable | None = None) -> ReferenceLogps:
-    """Run the reference once over ``dataset`` (in order) and return its log-probs."""
-    n = len(dataset)
-    chosen = torch.empty(n, dtype=torch.float32)
-    rejected = torch.empty(n, dtype=torch.float32)
-    starts = range(0, n, batch_size)
-    for start in progress(starts) if progress else starts:
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, n))]).to(device)
+    """Run the reference once over ``batches`` (lists of dataset indices) and return its
+    log-probs; indices in no batch stay 0 (another process computes them).
+
+    Pass the batches training will use: bf16 rounding depends on what shares a row, so
+    computing the reference on the same batch composition makes the policy/reference
+    log-ratio exactly 0 at the start instead of bf16 noise (~0.3 nats on a 2,000-token pair).
+    """
+    chosen = torch.zeros(len(dataset), dtype=torch.float32)
+    rejected = torch.zeros(len(dataset), dtype=torch.float32)
+    for indices in progress(batches) if progress else batches:
+        batch = collate([dataset[i] for i in indices]).to(device)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
             out = policy.reference_logps(batch)
         chosen[batch.pair_index.cpu()] = out.chosen.float().cpu()
         rejected[batch.pair_index.cpu()] = out.rejected.float().cpu()
     return ReferenceLogps(chosen, rejected)
+
+
+def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
+    """[[0, 1, ..., batch_size-1], [batch_size, ...], ...] covering range(n)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
 def load_or_compute(cache_dir: str | Path | None, key: str, compute: Callable[[], ReferenceLogps],

@@ -29,7 +29,13 @@ from .config import TrainConfig
 from .losses import LossParams
 from .objective import Objective
 from .policy import PairLogps, Policy
-from .refcache import ReferenceLogps, cache_key, compute_reference_logps, load_or_compute
+from .refcache import (
+    ReferenceLogps,
+    cache_key,
+    compute_reference_logps,
+    load_or_compute,
+    sequential_batches,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -149,6 +155,14 @@ class Trainer:
         return micro, len(chunk)
 
     # --- reference -----------------------------------------------------------------------
+    def _reference_batches(self, name: str) -> list[list[int]]:
+        """The batches the reference is precomputed on: training's epoch-0 micro-batches of
+        this process (the same row composition as the first training pass), or the eval
+        batches, which :meth:`evaluate` uses in the same order."""
+        if name == "eval":
+            return sequential_batches(len(self.eval_data), self.cfg.eval_batch_size)
+        return [mb for step in range(self.steps_per_epoch) for mb in self._step_micro_batches(step)[0]]
+
     def _precompute_reference(self) -> None:
         if not (self.objective.needs_reference and self.cfg.precompute_ref_logps):
             return
@@ -158,21 +172,27 @@ class Trainer:
         fingerprint = getattr(self.policy, "fingerprint", lambda: None)()
         bf16 = self.cfg.ref_precision == "bf16" or (
             self.cfg.ref_precision == "auto" and self.cfg.mixed_precision == "bf16")
-        precision = f"{'bf16' if bf16 else 'fp32'}/ld_alpha={self.cfg.ld_alpha}"
         for name, data in (("train", self.train_data), ("eval", self.eval_data)):
             if data is None:
                 continue
+            batches = self._reference_batches(name)
             key = None
             if fingerprint is not None and self.data_fingerprints is not None:
                 data_fp = self.data_fingerprints[0 if name == "train" else 1]
-                key = cache_key(fingerprint, data_fp, precision)
+                # bf16 numerics depend on the batch composition, so it is part of the key
+                layout = json.dumps([bf16, self.cfg.ld_alpha, self.world, self.rank,
+                                     repr(getattr(self.collate, "keywords", "")), batches])
+                key = cache_key(fingerprint, data_fp, layout)
 
-            def compute(data=data, name=name):
+            def compute(data=data, name=name, batches=batches):
                 self.log(f"reference log-probs: computing for {len(data)} {name} pairs")
-                return compute_reference_logps(self.policy, data, self.collate,
-                                               self.cfg.eval_batch_size, self.accelerator.device,
-                                               self.reference_autocast,
-                                               self._progress(f"ref {name}"))
+                table = compute_reference_logps(self.policy, data, self.collate, batches,
+                                                self.accelerator.device, self.reference_autocast,
+                                                self._progress(f"ref {name}"))
+                if self.world > 1:  # each process computed its own micro-batches
+                    table.chosen = self.accelerator.reduce(table.chosen.to(self.accelerator.device), "sum").cpu()
+                    table.rejected = self.accelerator.reduce(table.rejected.to(self.accelerator.device), "sum").cpu()
+                return table
 
             table = load_or_compute(cache_dir if key else None, key or "", compute, self.log)
             setattr(self, f"{name}_ref", table)
@@ -250,9 +270,8 @@ class Trainer:
         self.policy.train(False)
         totals = torch.zeros(7, dtype=torch.float64)
         own_correct = own_correct_per_token = 0
-        for start in range(0, len(data), self.cfg.eval_batch_size):
-            batch = self.collate([data[i] for i in range(start, min(start + self.cfg.eval_batch_size, len(data)))])
-            batch = batch.to(self.accelerator.device)
+        for indices in sequential_batches(len(data), self.cfg.eval_batch_size):
+            batch = self.collate([data[i] for i in indices]).to(self.accelerator.device)
             result, out = self._forward_loss(batch, table)
             totals += _pair_sums(result, out)
             own_correct += int((out.chosen > out.rejected).sum())

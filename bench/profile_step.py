@@ -1,0 +1,52 @@
+"""Where a dpokit training step spends its time: torch.profiler over a few steps.
+
+    python bench/profile_step.py                       # SmolLM2 + LoRA, bf16, prefix sharing
+    python bench/profile_step.py lora=false batch_layout=padded
+
+Prints the operators with the most self time; key=value arguments override the dpokit config.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dpo import make_pairs  # noqa: E402
+
+from dpokit.config import load_config  # noqa: E402
+from dpokit.data import TokenizeSettings, build_pairs, collate_pairs  # noqa: E402
+from dpokit.data.loading import Record  # noqa: E402
+from dpokit.models import load_tokenizer  # noqa: E402
+from dpokit.pipeline import build_policy  # noqa: E402
+from dpokit.trainer import Trainer  # noqa: E402
+
+
+def main(overrides: list[str]) -> None:
+    base = dict(model="smollm2", lora=True, mixed_precision="bf16", batch_size=4, max_steps=4,
+                max_length=1024, max_prompt_length=1024, shuffle=False, progress_bar=False,
+                tensorboard=False, eval_data=None, output_dir=tempfile.mkdtemp(),
+                ref_cache_dir=None, learning_rate=5e-6)
+    overridden = {o.partition("=")[0] for o in overrides}
+    cfg = load_config(None, overrides, **{k: v for k, v in base.items() if k not in overridden})
+    tok = load_tokenizer(cfg.model)
+    rows = make_pairs(tok, cfg.batch_size * cfg.max_steps, (20, 400), (20, 300))
+    pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
+                        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length))
+    trainer = Trainer(cfg, build_policy(cfg, tok), pairs,
+                      partial(collate_pairs, pad_token_id=tok.pad_token_id, layout=cfg.batch_layout),
+                      log=lambda _: None)
+    trainer._precompute_reference()
+    trainer._train_step()  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            trainer._train_step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
