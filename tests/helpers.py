@@ -38,7 +38,8 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
     if not objective.needs_reference:
         reference = "none"
     policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8,
-                            ld_alpha=config.ld_alpha)
+                            ld_alpha=config.ld_alpha,
+                            segment_attention=config.segment_attention and config.batch_layout != "padded")
     kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
     train = tiny_pairs(tokenizer, rows, **kind)
     evaluation = tiny_pairs(tokenizer, eval_rows, **kind) if eval_rows is not None else None

@@ -21,9 +21,9 @@ PAIRS = [
 ]
 
 
-def logps_and_grads(model, batch):
+def logps_and_grads(model, batch, segment_attention=False):
     model.zero_grad()
-    out = CausalLMPolicy(model, chunk_size=5).logps(batch)
+    out = CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention).logps(batch)
     values = torch.cat([out.chosen, out.rejected])
     weights = torch.linspace(0.5, 1.5, values.shape[0])  # distinct upstream grads per sequence
     (values * weights).sum().backward()
@@ -31,14 +31,16 @@ def logps_and_grads(model, batch):
     return values.detach(), torch.cat([out.chosen_tokens, out.rejected_tokens]), grads
 
 
+@pytest.mark.parametrize("segment_attention", [False, True])
 @pytest.mark.parametrize("layout", ["packed", "prefix_shared"])
 @pytest.mark.parametrize("n_pairs,max_row_tokens", [(1, None), (4, None), (4, 64), (4, 1)])
-def test_layout_matches_padded(layout, n_pairs, max_row_tokens):
+def test_layout_matches_padded(layout, n_pairs, max_row_tokens, segment_attention):
+    """Both attention paths: the dense 4-D mask and per-segment attention (its fast twin)."""
     model = make_tiny_llama(64)
     pairs = PAIRS[:n_pairs]
-    plain = logps_and_grads(model, collate_pairs(pairs, 0, "padded"))
+    plain = logps_and_grads(make_tiny_llama(64), collate_pairs(pairs, 0, "padded"))
     batch = collate_pairs(pairs, 0, layout, max_row_tokens=max_row_tokens)
-    fast = logps_and_grads(model, batch)
+    fast = logps_and_grads(model, batch, segment_attention)
     torch.testing.assert_close(fast[0], plain[0], atol=1e-5, rtol=0)
     assert torch.equal(fast[1], plain[1])
     for name in plain[2]:
@@ -73,23 +75,41 @@ def test_prefix_shared_mask_and_positions():
     assert sources == [1, 4, 5]
 
 
-def test_sibling_completion_cannot_leak():
+@pytest.mark.parametrize("segment_attention", [False, True])
+def test_sibling_completion_cannot_leak(segment_attention):
     model = make_tiny_llama(64)
+    policy = CausalLMPolicy(model, segment_attention=segment_attention)
     a = collate_pairs([TokenizedPair(0, [5, 6], [7, 8, 9], [10, 2])], 0, "prefix_shared")
     b = collate_pairs([TokenizedPair(0, [5, 6], [30, 31, 32], [10, 2])], 0, "prefix_shared")
     with torch.no_grad():
-        ra = CausalLMPolicy(model).logps(a).rejected
-        rb = CausalLMPolicy(model).logps(b).rejected
+        ra, rb = policy.logps(a).rejected, policy.logps(b).rejected
     torch.testing.assert_close(ra, rb, atol=0, rtol=0)
+
+
+def test_segment_attention_falls_back_to_sdpa_without_a_plan():
+    """Generation and padded batches carry no segment plan: plain SDPA, same logits."""
+    model = make_tiny_llama(64).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        CausalLMPolicy(model, segment_attention=True)
+        after = model(input_ids=ids).logits
+        generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    assert model.config._attn_implementation == "dpokit_sdpa"
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+    assert generated.shape == (1, 7)
 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_training_trajectory_is_the_same_in_every_layout(tmp_path, tokenizer, lora):
     losses = {}
-    for layout in ("padded", "packed", "prefix_shared"):
-        trainer = tiny_trainer(tmp_path / layout, tokenizer, lora=lora, max_steps=4, batch_size=3,
-                               batch_layout=layout, learning_rate=1e-2)
-        losses[layout] = [m["loss"] for m in trainer.train().history]
-    assert losses["padded"][-1] != pytest.approx(losses["padded"][0], rel=1e-3)
-    for layout in ("packed", "prefix_shared"):
-        assert losses[layout] == pytest.approx(losses["padded"], abs=2e-5)
+    for layout, segments in (("padded", False), ("packed", False), ("prefix_shared", False),
+                             ("packed", True), ("prefix_shared", True)):
+        trainer = tiny_trainer(tmp_path / f"{layout}{segments}", tokenizer, lora=lora, max_steps=4,
+                               batch_size=3, batch_layout=layout, learning_rate=1e-2,
+                               segment_attention=segments)
+        losses[layout, segments] = [m["loss"] for m in trainer.train().history]
+    plain = losses["padded", False]
+    assert plain[-1] != pytest.approx(plain[0], rel=1e-3)
+    for key, values in losses.items():
+        assert values == pytest.approx(plain, abs=2e-5), key

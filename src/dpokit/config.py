@@ -39,7 +39,7 @@ class TrainConfig:
     reference: str = "auto"  # auto | copy | adapter | none
     gradient_checkpointing: bool = False
     logprob_impl: str = "chunked"  # chunked | plain
-    lm_head_chunk_size: int = 1024
+    lm_head_chunk_size: int = 256  # rows of (chunk x vocab) fp32 logits live at once
     # --- data --------------------------------------------------------------------------------
     train_data: str = "data/sentiment_pairs.train.jsonl"
     eval_data: str | None = "data/sentiment_pairs.eval.jsonl"
@@ -52,6 +52,7 @@ class TrainConfig:
     on_bad_rows: str = "error"  # error | skip
     batch_layout: str = "prefix_shared"  # prefix_shared | packed | padded (the plain twin)
     max_row_tokens: int | None = None  # packed row cap; None: the longest pair or sequence
+    segment_attention: bool = True  # packed rows: per-segment attention, not a dense 4-D mask
     # --- loss --------------------------------------------------------------------------------
     loss: str | list[str] = "sigmoid"  # a registered name, or a list to mix (see loss_weights)
     loss_weights: list[float] | None = None

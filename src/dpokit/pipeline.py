@@ -101,7 +101,8 @@ def build_policy(cfg: TrainConfig, tokenizer=None) -> CausalLMPolicy:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=cfg.logprob_impl,
-                          chunk_size=cfg.lm_head_chunk_size, ld_alpha=cfg.ld_alpha)
+                          chunk_size=cfg.lm_head_chunk_size, ld_alpha=cfg.ld_alpha,
+                          segment_attention=cfg.segment_attention and cfg.batch_layout != "padded")
 
 
 def build_run(cfg: TrainConfig, log=print) -> Run:

@@ -119,11 +119,13 @@ class CausalLMPolicy:
     backward) or ``"plain"`` (its twin: full logits on completion positions).
     ld_alpha: LD-DPO (Liu et al. 2024): tokens past the shorter completion of a pair count with
     weight ``ld_alpha`` in both completions' log-probs (policy and reference); None = 1.
+    segment_attention: run packed / prefix-shared batches with per-segment attention
+    (``dpokit.attention``) instead of a dense 4-D mask; the mask path is its plain twin.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 1024,
-                 ld_alpha: float | None = None):
+                 ld_alpha: float | None = None, segment_attention: bool = False):
         if reference == "adapter" and not _is_peft(model):
             raise ValueError("reference='adapter' needs a peft model (use LoRA) or 'copy'")
         if logprob_impl not in ("chunked", "plain"):
@@ -134,6 +136,11 @@ class CausalLMPolicy:
         self.logprob_impl = logprob_impl
         self.chunk_size = chunk_size
         self.ld_alpha = ld_alpha
+        self.segment_attention = False
+        if segment_attention:
+            from .attention import enable
+
+            self.segment_attention = enable(_unwrap_peft(model))
         self.scorer: nn.Module = _Scorer(self, model)
         self.reference_model: nn.Module | None = None
         if reference == "copy":
@@ -229,12 +236,12 @@ class CausalLMPolicy:
             weights = ld_token_weights(batch.score_sequence, batch.score_position, b, self.ld_alpha)
         seq, counts = scorer(batch.input_ids, batch.attention_mask, batch.position_ids,
                              batch.score_source, batch.score_target, batch.score_sequence,
-                             2 * b, weights)
+                             2 * b, weights, batch.segments)
         return PairLogps(seq[:b], seq[b:], counts[:b], counts[b:])
 
     def sequence_logps(self, model: nn.Module, input_ids, attention_mask, position_ids,
                        score_source, score_target, score_sequence, num_sequences: int,
-                       token_weights=None):
+                       token_weights=None, segments=None):
         """Run the body once, score the N completion tokens, sum them per sequence.
 
         input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.PreferenceBatch`;
@@ -242,10 +249,13 @@ class CausalLMPolicy:
         """
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
-        if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+        extra = {}
+        if segments is not None and self.segment_attention:
+            attention_mask, extra = None, {"dpokit_segments": segments}  # see dpokit.attention
+        elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
             attention_mask = additive_mask(attention_mask, _compute_dtype(base, input_ids.device.type))
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids, use_cache=False).last_hidden_state  # (R, T, H)
+                         position_ids=position_ids, use_cache=False, **extra).last_hidden_state  # (R, T, H)
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
         token_logps = self._head_logps(base, h, score_target)  # (N,) fp32
         if token_weights is not None:

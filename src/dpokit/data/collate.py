@@ -51,6 +51,9 @@ class PreferenceBatch:
     extras: name -> (B,) float tensors from extra dataset columns.
     ref_chosen_logps / ref_rejected_logps: (B,) precomputed reference log-probs, or None.
     num_tokens: tokens actually run through the model (no padding).
+    segments: for ``packed`` / ``prefix_shared``, per row the segments as (start, prompt
+        length, first completion length, second completion length or 0); None for ``padded``.
+        Segment attention (``dpokit.attention``) runs from these instead of the 4-D mask.
     """
 
     input_ids: torch.Tensor
@@ -65,6 +68,7 @@ class PreferenceBatch:
     ref_chosen_logps: torch.Tensor | None = None
     ref_rejected_logps: torch.Tensor | None = None
     num_tokens: int = 0
+    segments: list[list[tuple[int, int, int, int]]] | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -90,6 +94,7 @@ class _Segment:
     positions: list[int]
     branch: list[int]  # 0 prompt, 1 first completion, 2 second completion
     scores: list[tuple[int, int, int, int]]  # (source offset, target id, sequence, position)
+    shape: tuple[int, int, int]  # prompt, first completion, second completion (or 0) lengths
 
 
 def _segment(prompt: list[int], completions: list[tuple[list[int], int]]) -> _Segment:
@@ -105,7 +110,8 @@ def _segment(prompt: list[int], completions: list[tuple[list[int], int]]) -> _Se
         tokens += completion
         positions += range(len(prompt), len(prompt) + len(completion))
         branch += [b] * len(completion)
-    return _Segment(tokens, positions, branch, scores)
+    lengths = [len(c) for c, _ in completions] + [0]
+    return _Segment(tokens, positions, branch, scores, (len(prompt), lengths[0], lengths[1]))
 
 
 def _pack(segments: list[_Segment], capacity: int) -> list[list[int]]:
@@ -153,10 +159,13 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, layout: Lay
     segment_ids = torch.full((len(rows), length), -1, dtype=torch.long)  # (R, T), -1 = padding
     branch_ids = torch.zeros((len(rows), length), dtype=torch.long)  # (R, T)
     scores = []
+    plan: list[list[tuple[int, int, int, int]]] = []
     for r, row in enumerate(rows):
         offset = 0
+        plan.append([])
         for i in row:
             s = segments[i]
+            plan[-1].append((offset, *s.shape))
             n = len(s.tokens)
             input_ids[r, offset:offset + n] = torch.tensor(s.tokens)
             position_ids[r, offset:offset + n] = torch.tensor(s.positions)
@@ -177,7 +186,7 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, layout: Lay
         score_source=score[:, 0], score_target=score[:, 1], score_sequence=score[:, 2],
         score_position=score[:, 3],
         pair_index=torch.tensor([p.index for p in pairs], dtype=torch.long),
-        extras=extras, num_tokens=int(real.sum()),
+        extras=extras, num_tokens=int(real.sum()), segments=None if layout == "padded" else plan,
     )
 
 
