@@ -22,7 +22,10 @@ QUICKSTART_PROMPTS = [
 
 
 def _quiet_libraries() -> None:
+    import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -69,7 +72,7 @@ def cmd_quickstart(overrides: list[str]) -> int:
     before = run.trainer.evaluate()
     before_text = generate(run.policy, run.tokenizer, QUICKSTART_PROMPTS)
     result = run.trainer.train()
-    after = run.trainer.evaluate()
+    after = result.eval_history[-1]  # the trainer evaluates at the end of training
     after_text = generate(run.policy, run.tokenizer, QUICKSTART_PROMPTS)
     final = run.trainer.save_final()
     print("\n" + comparison_table(before, after))
