@@ -1,0 +1,30 @@
+"""Run by test_two_processes_equal_one: a few training steps, in 1 or 2 processes (gloo, CPU)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from conftest import make_tokenizer  # noqa: E402
+from helpers import tiny_trainer  # noqa: E402
+
+
+def main(out_dir: str, batch_size: int, lora: bool) -> None:
+    trainer = tiny_trainer(Path(out_dir), make_tokenizer(), lora=lora, max_steps=3,
+                           batch_size=batch_size, learning_rate=1e-2, max_grad_norm=1.0,
+                           precompute_ref_logps=True, ref_cache_dir=None)
+    history = trainer.train().history
+    params = {n: float(p.detach().double().sum()) for n, p in trainer.policy.model.named_parameters()
+              if p.requires_grad}
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(out_dir, "result.json").write_text(json.dumps(
+            {"losses": [m["loss"] for m in history], "grad_norms": [m["grad_norm"] for m in history],
+             "params": params, "world": trainer.world}))
+    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1")
