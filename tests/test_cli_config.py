@@ -68,3 +68,19 @@ def test_cli_lists_losses(capsys):
     out = capsys.readouterr().out
     for name in ("sigmoid", "robust", "ipo", "hinge", "simpo"):
         assert name in out
+
+
+def test_cli_trains_kto_on_unpaired_rows(tmp_path, tiny_model_dir, capsys):
+    rows = []
+    for r in sentiment_rows(1):
+        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+    data = write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    out = tmp_path / "run"
+    code = main(["train", f"model={tiny_model_dir}", f"train_data={data}", "eval_data=null",
+                 "loss=kto", "lora=false", "max_steps=2", "batch_size=4", f"output_dir={out}",
+                 f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false", "tensorboard=false"])
+    assert code == 0, capsys.readouterr().err
+    assert "24 pairs kept" in capsys.readouterr().out
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
