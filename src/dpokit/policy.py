@@ -96,10 +96,11 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ~mask, torch.finfo(dtype).min)
 
 
-def _compute_dtype(base: nn.Module, device_type: str) -> torch.dtype:
+def _compute_dtype(device_type: str, weights_dtype: torch.dtype) -> torch.dtype:
+    """The dtype matmuls run in: autocast's when it is on, else the weights'."""
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
-    return next(base.parameters()).dtype
+    return weights_dtype
 
 
 def _unwrap_peft(model: nn.Module) -> nn.Module:
@@ -253,7 +254,8 @@ class CausalLMPolicy:
         if segments is not None and self.segment_attention:
             attention_mask, extra = None, {"dpokit_segments": segments}  # see dpokit.attention
         elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
-            attention_mask = additive_mask(attention_mask, _compute_dtype(base, input_ids.device.type))
+            attention_mask = additive_mask(attention_mask, _compute_dtype(input_ids.device.type,
+                                                                    next(base.parameters()).dtype))
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, use_cache=False, **extra).last_hidden_state  # (R, T, H)
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
@@ -266,8 +268,7 @@ class CausalLMPolicy:
     def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = base.get_output_embeddings()
         device_type = h.device.type
-        compute_dtype = (torch.get_autocast_dtype(device_type)
-                         if torch.is_autocast_enabled(device_type) else head.weight.dtype)
+        compute_dtype = _compute_dtype(device_type, head.weight.dtype)
         simple_head = (type(head) is nn.Linear and head.bias is None
                        and getattr(base.config, "final_logit_softcapping", None) is None
                        and getattr(base.config, "logit_scale", None) is None)

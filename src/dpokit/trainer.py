@@ -131,11 +131,14 @@ class Trainer:
         enabled = self.cfg.mixed_precision == "bf16" if bf16 is None else bf16
         return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
-    def reference_autocast(self):
-        """The reference forward's precision (``ref_precision``; auto follows training)."""
+    def reference_in_bf16(self) -> bool:
+        """The reference forward's precision: ``ref_precision``, where auto follows training."""
         if self.cfg.ref_precision == "auto":
-            return self.autocast()
-        return self.autocast(self.cfg.ref_precision == "bf16")
+            return self.cfg.mixed_precision == "bf16"
+        return self.cfg.ref_precision == "bf16"
+
+    def reference_autocast(self):
+        return self.autocast(self.reference_in_bf16())
 
     # --- data order ----------------------------------------------------------------------
     def _step_micro_batches(self, step: int) -> tuple[list[list[int]], int]:
@@ -170,8 +173,7 @@ class Trainer:
 
         cache_dir = self.cfg.ref_cache_dir or str(cache_root() / "ref_logps")
         fingerprint = getattr(self.policy, "fingerprint", lambda: None)()
-        bf16 = self.cfg.ref_precision == "bf16" or (
-            self.cfg.ref_precision == "auto" and self.cfg.mixed_precision == "bf16")
+        bf16 = self.reference_in_bf16()
         for name, data in (("train", self.train_data), ("eval", self.eval_data)):
             if data is None:
                 continue
