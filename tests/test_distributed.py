@@ -18,8 +18,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, world: int, batch_size: int, lora: bool) -> dict:
-    out.mkdir(parents=True)
+def _run(out: Path, world: int, batch_size: int, lora: bool, tries: int = 3) -> dict:
+    """Launch the workers; a rendezvous port taken between probing and binding is retried."""
+    out.mkdir(parents=True, exist_ok=True)
+    for _ in range(tries - 1):
+        try:
+            return _launch(out, world, batch_size, lora)
+        except PortTaken:
+            continue
+    return _launch(out, world, batch_size, lora)
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _launch(out: Path, world: int, batch_size: int, lora: bool) -> dict:
     port = str(_free_port())
     procs = []
     for rank in range(world):
@@ -33,6 +47,8 @@ def _run(out: Path, world: int, batch_size: int, lora: bool) -> dict:
                                        "1" if lora else "0"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
+    if any(p.returncode for p in procs) and any("Address already in use" in o for o in outputs):
+        raise PortTaken(port)
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
     return json.loads((out / "result.json").read_text())
 
