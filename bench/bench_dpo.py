@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # dpokit without installing it (the GPU machine)
 WORKLOADS = {
     # name: (model, lora, batch pairs, prompt token range, completion token range, max_length)
     "smollm2-full": ("smollm2", False, 4, (20, 400), (20, 300), 1024),
@@ -88,25 +89,64 @@ def make_pairs(tokenizer, n: int, prompt_range, completion_range, seed: int = 0)
 
 
 # --- models --------------------------------------------------------------------------------
-def model_path(name: str, workdir: Path) -> str:
-    """A local HF folder: the embedded SmolLM2, or a tiny Llama with SmolLM2's 49k vocabulary."""
+SHAPE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "chat_template.jinja")
+
+
+def export_shape(target: Path) -> None:
+    """Copy SmolLM2's config and tokenizer, without weights (~3.5 MB), into ``target``.
+
+    The embedded model (a 98 MB GGUF file) is too big to travel to a machine that cannot
+    install it; with ``--shape-dir`` the benchmark rebuilds the same architecture there."""
+    import shutil
+
     from dpokit.models import embedded_smollm2_dir
 
-    smol = embedded_smollm2_dir()
-    if name == "smollm2":
-        return str(smol)
-    target = workdir / "tiny-llama"
-    if not (target / "config.json").exists():
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    source = embedded_smollm2_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SHAPE_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    print(f"wrote {', '.join(sorted(p.name for p in target.iterdir()))} to {target}")
 
+
+def _random_init(config, tokenizer_dir: Path, target: Path) -> str:
+    """Save a Llama with ``config`` and seed-0 random weights, plus the tokenizer, to ``target``."""
+    import shutil
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    if not (target / "config.json").exists():
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688,
-                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=2048, tie_word_embeddings=True)
         LlamaForCausalLM(config).save_pretrained(target)
-        AutoTokenizer.from_pretrained(smol).save_pretrained(target)
+        for name in SHAPE_FILES[2:]:
+            if (tokenizer_dir / name).is_file():
+                shutil.copy2(tokenizer_dir / name, target / name)
     return str(target)
+
+
+def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
+    """A local HF folder: the embedded SmolLM2 (or, with ``shape_dir``, its architecture with
+    random weights: the same shapes, tokens and FLOPs), or a tiny Llama with SmolLM2's 49k
+    vocabulary."""
+    from transformers import LlamaConfig
+
+    if shape_dir is None:
+        from dpokit.models import embedded_smollm2_dir
+
+        smol = embedded_smollm2_dir()
+    else:
+        smol = shape_dir
+    if name == "smollm2":
+        if shape_dir is None:
+            return str(smol)
+        return _random_init(LlamaConfig.from_pretrained(shape_dir), shape_dir,
+                            workdir / "smollm2-random")
+    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True)
+    return _random_init(config, smol, workdir / "tiny-llama")
 
 
 # --- workers (each runs in its own process) -------------------------------------------------
@@ -199,7 +239,9 @@ def worker_trl(args, rows, path) -> dict:
 
 
 def worker_floor(args, rows, path) -> dict:
-    """Plain forward + backward over the unique tokens of each step (prefix-shared rows)."""
+    """Plain forward + backward over the unique tokens of each step (prefix-shared rows), with
+    an ordinary next-token loss on every real token (padding at row ends is not scored: its
+    attention rows are empty, and scoring it gives NaN gradients on some weights)."""
     import torch
 
     from dpokit.config import load_config
@@ -222,6 +264,11 @@ def worker_floor(args, rows, path) -> dict:
     for step in range(args.steps):
         batch = collate_pairs(pairs.pairs[step * args.batch:(step + 1) * args.batch],
                               tok.pad_token_id, "prefix_shared").to(device)
+        real = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)  # (R, T)
+        for row, segments in enumerate(batch.segments):
+            for start, p, c, n in segments:
+                real[row, start:start + p + c + n] = True
+        labels = batch.input_ids.masked_fill(~real, -100)  # (R, T): no loss on row padding
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -229,7 +276,7 @@ def worker_floor(args, rows, path) -> dict:
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids).logits  # (R, T, V)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                 batch.input_ids[:, 1:].flatten())
+                                                 labels[:, 1:].flatten())  # mean over real tokens
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -272,6 +319,11 @@ def main() -> None:
     parser.add_argument("--layout", default="prefix_shared")
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--out", default=None, help="write the summary JSON here")
+    parser.add_argument("--shape-dir", type=Path, default=None, metavar="DIR",
+                        help="smollm2 workloads on SmolLM2's architecture with random weights, "
+                             "config and tokenizer from DIR (see --export-shape)")
+    parser.add_argument("--export-shape", type=Path, default=None, metavar="DIR",
+                        help="write SmolLM2's config and tokenizer (no weights) to DIR and exit")
     parser.add_argument("--dpokit-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra dpokit config overrides (A/B of dpokit variants)")
     # worker-only arguments
@@ -284,6 +336,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
+    if args.export_shape:
+        return export_shape(args.export_shape)
 
     from transformers import AutoTokenizer
 
@@ -291,7 +345,7 @@ def main() -> None:
     report = {}
     for name in args.workloads.split(","):
         model, lora, batch, prompt_range, completion_range, max_length = WORKLOADS[name]
-        path = model_path(model, workdir)
+        path = model_path(model, workdir, args.shape_dir)
         tok = AutoTokenizer.from_pretrained(path)
         rows = make_pairs(tok, batch * args.steps, prompt_range, completion_range)
         data = workdir / f"{name}.json"
@@ -304,7 +358,8 @@ def main() -> None:
                        "--steps", str(args.steps), "--precision", args.precision,
                        "--layout", args.layout, "--lr", str(args.lr)] + (["--lora"] if lora else [])
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
-                env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TOKENIZERS_PARALLELISM="false")
+                python_path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+                env = dict(os.environ, PYTHONPATH=python_path, TOKENIZERS_PARALLELISM="false")
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The CUDA checks and throughput figure, prepared here and run in one call on a GPU machine.
+#
+# Here, once (needs this repo's .venv and PyPI):  bash bench/gpu_run.sh --prepare
+#   -> .gpu/whl: wheels the GPU image lacks (trl, datasets and their missing needs), plus
+#      transformers 5.24 so both machines run the same version (~15 MB);
+#   -> .gpu/smollm2-shape: SmolLM2's config and tokenizer without weights (~3.5 MB). The
+#      embedded model (a 98 MB GGUF) is over the 64 MiB a device call can carry, so the GPU
+#      benchmark runs SmolLM2's architecture with seed-0 random weights: the same shapes,
+#      tokens and FLOPs, so the same speed (first losses are then both ~0.693).
+# There, with the device tool:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=560)
+#   writes cuda_check.log, bench.log and bench.json to $OUT. Arguments after the script's
+#   name go to bench_dpo.py (e.g. --steps 20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--prepare" ]]; then
+  rm -rf .gpu && mkdir -p .gpu/whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .gpu/whl \
+    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0
+  .venv/bin/python bench/bench_dpo.py --export-shape .gpu/smollm2-shape
+  du -sh .gpu
+  exit 0
+fi
+
+OUT="${OUT:-$(mktemp -d)}"
+[[ -d .gpu/whl ]] || { echo "no .gpu/: run 'bash bench/gpu_run.sh --prepare' first and carry .gpu"; exit 2; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .gpu/whl/*.whl
+export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, transformers, peft, accelerate, trl, datasets, pyarrow; \
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, \
+'accelerate', accelerate.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__, \
+'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available())"
+
+set -o pipefail
+python3 bench/cuda_check.py 2>&1 | tee "$OUT/cuda_check.log" || echo "cuda_check FAILED (see above)"
+# ~0.1-0.5 s per step there: 12 steps each, one round; the long workload last.
+python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 \
+  --workloads smollm2-lora,smollm2-full,tiny-llama,smollm2-long --out "$OUT/bench.json" \
+  "$@" 2>&1 | tee "$OUT/bench.log"  # extra arguments override these (argparse: last wins)
