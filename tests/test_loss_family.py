@@ -101,6 +101,7 @@ def test_unpaired_data_and_kl_completions(tokenizer):
     assert [p.extras["label"] for p in pairs] == [1.0, 0.0, 1.0]
     # row i's KL completion is row i+1's completion (cyclic)
     assert [p.rejected_ids for p in pairs] == [pairs[1].chosen_ids, pairs[2].chosen_ids, pairs[0].chosen_ids]
+    assert pairs.report.summary().startswith("3 unpaired rows kept; 0 skipped")
     bad = [Record("u.jsonl", 1, {"prompt": "p", "completion": "c", "label": "maybe"})]
     with pytest.raises(DataError, match="row 1, field 'label': not a boolean"):
         build_unpaired(bad, tokenizer, TokenizeSettings())

@@ -57,7 +57,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
 
 
 def token_logps_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                        chunk_size: int = 1024,
+                        chunk_size: int = 256,
                         compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """(N, H) hidden, (V, H) head weight, (N,) targets -> (N,) fp32 log-probs of the targets.
 

@@ -125,7 +125,7 @@ class CausalLMPolicy:
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
-                 logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 1024,
+                 logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
                  ld_alpha: float | None = None, segment_attention: bool = False):
         if reference == "adapter" and not _is_peft(model):
             raise ValueError("reference='adapter' needs a peft model (use LoRA) or 'copy'")

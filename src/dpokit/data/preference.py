@@ -65,6 +65,7 @@ class DataReport:
     skipped: Counter = field(default_factory=Counter)
     first_skipped: list[str] = field(default_factory=list)  # up to 5 located examples
     truncated_completions: int = 0
+    unit: str = "pairs"  # what is counted: "pairs", or "unpaired rows" (KTO)
 
     def skip(self, err: DataError) -> None:
         self.skipped[err.reason.split(":")[0]] += 1
@@ -73,7 +74,7 @@ class DataReport:
 
     def summary(self) -> str:
         total = sum(self.skipped.values())
-        text = (f"{self.kept} pairs kept; {total} skipped; "
+        text = (f"{self.kept} {self.unit} kept; {total} skipped; "
                 f"{self.truncated_completions} completions truncated")
         if total:
             text += " (" + ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) + ")"
@@ -290,7 +291,8 @@ def build_unpaired(records: list[Record], tokenizer, settings: TokenizeSettings,
     """Tokenize unpaired rows (KTO format). Row i's mismatched KL completion is the completion of
     kept row i+1 (cyclically), cut to fit row i's length budget; this fixed pairing lets the
     reference log-probs of the KL completions be precomputed like any other."""
-    pairs = _build(records, tokenizer, settings, on_bad_rows, tokenize_unpaired_record)
+    pairs = _build(records, tokenizer, settings, on_bad_rows, tokenize_unpaired_record,
+                   unit="unpaired rows")
     if len(pairs) < 2:
         raise DataError(records[0].source, None, None, "unpaired data needs at least 2 rows")
     items = pairs.pairs
@@ -307,10 +309,11 @@ def build_pairs(records: list[Record], tokenizer, settings: TokenizeSettings,
     return _build(records, tokenizer, settings, on_bad_rows, tokenize_record)
 
 
-def _build(records, tokenizer, settings, on_bad_rows, tokenize_one) -> PreferencePairs:
+def _build(records, tokenizer, settings, on_bad_rows, tokenize_one,
+           unit: str = "pairs") -> PreferencePairs:
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
-    report = DataReport()
+    report = DataReport(unit=unit)
     pairs: list[TokenizedPair] = []
     for record in records:
         try:
