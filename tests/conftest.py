@@ -101,6 +101,15 @@ def sentiment_rows(n_repeat: int = 2) -> list[dict]:
     return rows
 
 
+def unpaired_rows(rows: list[dict]) -> list[dict]:
+    """Paired rows as KTO rows: each chosen completion desirable, each rejected undesirable."""
+    out = []
+    for r in rows:
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out
+
+
 def held_out_rows() -> list[dict]:
     """Sentence pairs never paired together in ``sentiment_rows`` (shifted by one)."""
     rows = []

@@ -8,14 +8,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from conftest import make_tokenizer  # noqa: E402
+from conftest import make_tokenizer, sentiment_rows, unpaired_rows  # noqa: E402
 from helpers import tiny_trainer  # noqa: E402
 
 
-def main(out_dir: str, batch_size: int, lora: bool) -> None:
+def main(out_dir: str, batch_size: int, lora: bool, loss: str) -> None:
+    rows = unpaired_rows(sentiment_rows()) if loss == "kto" else sentiment_rows()
     trainer = tiny_trainer(Path(out_dir), make_tokenizer(), lora=lora, max_steps=3,
                            batch_size=batch_size, learning_rate=1e-2, max_grad_norm=1.0,
-                           precompute_ref_logps=True, ref_cache_dir=None)
+                           precompute_ref_logps=True, ref_cache_dir=None, loss=loss, rows=rows)
     history = trainer.train().history
     params = {n: float(p.detach().double().sum()) for n, p in trainer.policy.model.named_parameters()
               if p.requires_grad}
@@ -27,4 +28,4 @@ def main(out_dir: str, batch_size: int, lora: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4])

@@ -1,4 +1,5 @@
-"""2 processes == 1 process: data-parallel (DDP over gloo, CPU) gives the same trajectory."""
+"""2 processes == 1 process: data-parallel (DDP over gloo, CPU) gives the same trajectory,
+also for KTO, whose KL estimate is a batch mean pooled across processes."""
 
 import json
 import os
@@ -18,22 +19,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, world: int, batch_size: int, lora: bool, tries: int = 3) -> dict:
+def _run(out: Path, world: int, batch_size: int, lora: bool, loss: str, tries: int = 3) -> dict:
     """Launch the workers; a rendezvous port taken between probing and binding is retried."""
     out.mkdir(parents=True, exist_ok=True)
     for _ in range(tries - 1):
         try:
-            return _launch(out, world, batch_size, lora)
+            return _launch(out, world, batch_size, lora, loss)
         except PortTaken:
             continue
-    return _launch(out, world, batch_size, lora)
+    return _launch(out, world, batch_size, lora, loss)
 
 
 class PortTaken(RuntimeError):
     pass
 
 
-def _launch(out: Path, world: int, batch_size: int, lora: bool) -> dict:
+def _launch(out: Path, world: int, batch_size: int, lora: bool, loss: str) -> dict:
     port = str(_free_port())
     procs = []
     for rank in range(world):
@@ -44,7 +45,7 @@ def _launch(out: Path, world: int, batch_size: int, lora: bool) -> dict:
             for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
                 env.pop(key)
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(batch_size),
-                                       "1" if lora else "0"], env=env, stdout=subprocess.PIPE,
+                                       "1" if lora else "0", loss], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     if any(p.returncode for p in procs) and any("Address already in use" in o for o in outputs):
@@ -53,11 +54,11 @@ def _launch(out: Path, world: int, batch_size: int, lora: bool) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_two_processes_equal_one(tmp_path, lora):
+@pytest.mark.parametrize("lora,loss", [(False, "sigmoid"), (True, "sigmoid"), (False, "kto")])
+def test_two_processes_equal_one(tmp_path, lora, loss):
     """4 pairs per step: one process with batch 4, or two processes with batch 2 each."""
-    one = _run(tmp_path / "one", 1, 4, lora)
-    two = _run(tmp_path / "two", 2, 2, lora)
+    one = _run(tmp_path / "one", 1, 4, lora, loss)
+    two = _run(tmp_path / "two", 2, 2, lora, loss)
     assert (one["world"], two["world"]) == (1, 2)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
     assert two["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-4)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import held_out_rows, sentiment_rows
+from conftest import held_out_rows, sentiment_rows, unpaired_rows
 from helpers import tiny_trainer
 
 from dpokit.data import (
@@ -14,14 +14,6 @@ from dpokit.data import (
 )
 from dpokit.data.loading import Record
 from dpokit.policy import CausalLMPolicy, ld_token_weights
-
-
-def unpaired_rows(rows):
-    out = []
-    for r in rows:
-        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
-        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
-    return out
 
 
 @torch.no_grad()

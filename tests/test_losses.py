@@ -394,6 +394,34 @@ def test_mixing_losses_with_weights():
         _objective(["sigmoid", "kto"])
 
 
+@pytest.mark.parametrize("name", ["kto", "bco_pair"])
+def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
+    """Two "processes" with 3 pairs each, their statistic pooled through ``reduce_sum``, give
+    each pair the loss it has in one batch of 6; unpooled halves differ (so this can fail)."""
+    from dpokit.policy import PairLogps
+
+    torch.manual_seed(0)
+    c, r, rc, rr = (torch.randn(6) for _ in range(4))
+    tokens = torch.full((6,), 3)
+    extras = {"label": torch.tensor([1.0, 0, 1, 1, 0, 0])}
+    obj = _objective([name])
+    whole = obj(PairLogps(c, r, tokens, tokens), rc, rr, extras).losses  # (6,)
+    spec = get_loss(name)
+    key, values = spec.batch_mean
+    halves = [slice(0, 3), slice(3, 6)]
+    stats = [values(c[h], r[h], rc[h], rr[h], LossParams(beta=0.1)) for h in halves]
+    pooled, alone = [], []
+    for i, h in enumerate(halves):
+        other = stats[1 - i].double()
+        args = (PairLogps(c[h], r[h], tokens[h], tokens[h]), rc[h], rr[h], {"label": extras["label"][h]})
+        alone.append(obj(*args).losses)
+        obj.reduce_sum = lambda t, o=other: t + torch.stack([o.sum(), o.new_tensor(o.numel())])
+        pooled.append(obj(*args).losses)
+        obj.reduce_sum = None
+    torch.testing.assert_close(torch.cat(pooled), whole, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(torch.cat(alone), whole, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind,h", [
     ("reverse_kl", 1.0),
     ("forward_kl", 2 * math.sinh(0.5)),  # -e^{-0.5} + e^{0.5}

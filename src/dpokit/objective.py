@@ -18,7 +18,7 @@ syncing) in the trainer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +58,9 @@ class Objective:
     f_divergence: str = "reverse_kl"
     f_alpha: float = 0.5
     wpo: bool = False
+    # Sums a tensor over data-parallel processes (the trainer sets it when there are several);
+    # batch means of losses that declare ``batch_mean`` are then taken over all processes.
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def from_names(cls, names: str | list[str], weights: list[float] | None, params: LossParams,
@@ -99,6 +102,11 @@ class Objective:
         total, first = None, None
         for spec, weight in zip(self.specs, self.weights, strict=False):
             args = self._inputs(spec, out, ref_chosen, ref_rejected)
+            if spec.batch_mean is not None and self.reduce_sum is not None:
+                key, values = spec.batch_mean
+                v = values(*args, self.params).detach().double()  # (K,)
+                pooled = self.reduce_sum(torch.stack([v.sum(), v.new_tensor(v.numel())]))  # (2,)
+                extras[key] = (pooled[0] / pooled[1]).float()  # the mean over all processes
             result = spec.fn(*args, self.params, extras)
             total = weight * result.losses if total is None else total + weight * result.losses
             first = first or result

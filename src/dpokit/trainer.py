@@ -109,6 +109,8 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        if self.world > 1:  # batch means (KTO's KL estimate, BCO's δ) pooled over processes
+            self.objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
         pairs_per_step = cfg.batch_size * cfg.grad_accum_steps * self.world
         self.steps_per_epoch = max(1, math.ceil(len(train_data) / pairs_per_step))
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * self.steps_per_epoch))

@@ -130,7 +130,13 @@ def nca_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     return LossOutput(losses, r_w.detach(), r_l.detach())
 
 
+def _bco_rewards(chosen, rejected, ref_chosen, ref_rejected, params):
+    chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
+    return params.beta * torch.cat([chosen_ratio, rejected_ratio])  # (2B,) rewards
+
+
 @register_loss("bco_pair", needs_reference=True, batch_level=True,
+               batch_mean=("bco_delta", _bco_rewards),
                paper="Jung et al. 2024, Binary Classifier Optimization (BCO)",
                formula="-log σ(r_w - δ) - log σ(-(r_l - δ)), δ = mean reward of the batch")
 def bco_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -140,7 +146,8 @@ def bco_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     r_w, r_l = params.beta * chosen_ratio, params.beta * rejected_ratio  # (B,)
     delta = (extras or {}).get("bco_delta")
     if delta is None:
-        delta = torch.cat([r_w, r_l]).mean().detach()  # scalar
+        delta = _bco_rewards(chosen, rejected, ref_chosen, ref_rejected, params).mean()
+    delta = delta.detach()  # scalar
     # BCO binary cross-entropy with reward shift δ, Jung et al. 2024
     losses = -F.logsigmoid(r_w - delta) - F.logsigmoid(-(r_l - delta))
     return LossOutput(losses, r_w.detach(), r_l.detach())

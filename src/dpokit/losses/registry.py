@@ -51,6 +51,8 @@ class LossParams:
 
 
 LossFn = Callable[..., LossOutput]
+# (chosen, rejected, ref_chosen, ref_rejected, params) -> (K,) values whose mean is the statistic
+StatisticFn = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class LossSpec:
         ``rejected`` those of a mismatched completion (the KL sample), ``extras["label"]`` 1/0.
     batch_level: the per-pair losses depend on the other pairs of the micro-batch (sorting,
         batch means), so accumulation is not exactly a bigger batch.
+    batch_mean: for a loss whose only batch dependence is a mean, ``(extras key, values fn)``:
+        the loss reads the mean from ``extras[key]`` when it is there (else takes it over its
+        own batch), so the objective can pool it across data-parallel processes and 2
+        processes compute what 1 process does.
 
     The trainer always adds ``extras["chosen_tokens"]`` / ``extras["rejected_tokens"]`` (B,).
     """
@@ -78,6 +84,7 @@ class LossSpec:
     aliases: tuple[str, ...] = field(default=())
     unpaired: bool = False
     batch_level: bool = False
+    batch_mean: tuple[str, StatisticFn] | None = None
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -86,12 +93,13 @@ _REGISTRY: dict[str, LossSpec] = {}
 def register_loss(name: str, *, needs_reference: bool, length_normalized: bool = False,
                   extra_columns: tuple[str, ...] = (), paper: str = "", formula: str = "",
                   aliases: tuple[str, ...] = (), unpaired: bool = False,
-                  batch_level: bool = False) -> Callable[[LossFn], LossFn]:
+                  batch_level: bool = False,
+                  batch_mean: tuple[str, StatisticFn] | None = None) -> Callable[[LossFn], LossFn]:
     """Decorator: add ``fn`` to the registry under ``name`` (and ``aliases``)."""
 
     def wrap(fn: LossFn) -> LossFn:
         spec = LossSpec(name, fn, needs_reference, length_normalized, extra_columns, paper,
-                        formula, aliases, unpaired, batch_level)
+                        formula, aliases, unpaired, batch_level, batch_mean)
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"loss {key!r} is registered twice")

@@ -12,14 +12,23 @@ import torch
 from .registry import LossOutput, LossParams, register_loss
 
 
+def _kl_sample_log_ratios(chosen, rejected, ref_chosen, ref_rejected, params):
+    return rejected - ref_rejected  # (B,) log-ratios of the mismatched (KL) completions
+
+
 @register_loss("kto", needs_reference=True, unpaired=True, batch_level=True,
+               batch_mean=("kto_kl", _kl_sample_log_ratios),
                paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization",
                formula="λ_D(1 - σ(β(r - z0))) if desirable, λ_U(1 - σ(β(z0 - r))) if not")
 def kto_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """KTO. r = log-ratio of the completion; z0 = max(0, mean log-ratio of the mismatched
-    completions), the batch estimate of KL(π || π_ref), detached."""
+    completions), the batch estimate of KL(π || π_ref), detached. The mean is
+    ``extras["kto_kl"]`` when given (pooled over processes by the objective)."""
     ratio = chosen - ref_chosen  # (B,) r_θ(x, y)
-    z0 = (rejected - ref_rejected).mean().clamp(min=0).detach()  # scalar KL estimate
+    kl = (extras or {}).get("kto_kl")
+    if kl is None:
+        kl = _kl_sample_log_ratios(chosen, rejected, ref_chosen, ref_rejected, params).mean()
+    z0 = kl.clamp(min=0).detach()  # scalar KL estimate, KTO eq. (8)
     desirable = extras["label"] > 0.5  # (B,)
     # KTO value function, Ethayarajh et al. 2024: v = λ_D σ(β(r - z0)) or λ_U σ(β(z0 - r))
     losses = torch.where(
