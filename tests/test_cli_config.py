@@ -81,6 +81,6 @@ def test_cli_trains_kto_on_unpaired_rows(tmp_path, tiny_model_dir, capsys):
                  "loss=kto", "lora=false", "max_steps=2", "batch_size=4", f"output_dir={out}",
                  f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false", "tensorboard=false"])
     assert code == 0, capsys.readouterr().err
-    assert "24 pairs kept" in capsys.readouterr().out
+    assert "24 unpaired rows kept" in capsys.readouterr().out
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
