@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import sentiment_rows, write_jsonl
+from conftest import sentiment_rows, unpaired_rows, write_jsonl
 
 from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
@@ -71,11 +71,7 @@ def test_cli_lists_losses(capsys):
 
 
 def test_cli_trains_kto_on_unpaired_rows(tmp_path, tiny_model_dir, capsys):
-    rows = []
-    for r in sentiment_rows(1):
-        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
-                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
-    data = write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    data = write_jsonl(tmp_path / "unpaired.jsonl", unpaired_rows(sentiment_rows(1)))
     out = tmp_path / "run"
     code = main(["train", f"model={tiny_model_dir}", f"train_data={data}", "eval_data=null",
                  "loss=kto", "lora=false", "max_steps=2", "batch_size=4", f"output_dir={out}",

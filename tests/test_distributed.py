@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sentiment_rows, write_jsonl
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
@@ -65,3 +66,42 @@ def test_two_processes_equal_one(tmp_path, lora, loss):
     assert one["losses"][-1] != pytest.approx(one["losses"][0], rel=1e-3)
     for name, value in one["params"].items():
         assert two["params"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+
+
+def test_torchrun_cli_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):
+    """`torchrun -m dpokit.cli train` on a machine without a GPU: accelerate alone would leave
+    each process training by itself on all the data; dpokit asks for the CPU backend."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dpokit.cli", "train", f"model={tiny_model_dir}", f"train_data={data}",
+           "eval_data=null", "lora=false", "max_steps=2", "batch_size=2", f"output_dir={out}",
+           f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false", "tensorboard=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done: 2 steps on 2 process(es)") == 1, proc.stdout  # rank 0 prints
+    assert proc.stdout.count(" pairs kept;") == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+class _FakeAccelerator:
+    def __init__(self, num_processes, distributed_type):
+        self.num_processes, self.distributed_type = num_processes, distributed_type
+
+
+def test_launch_mismatch_and_sharding_engines_are_refused(monkeypatch):
+    from accelerate.utils import DistributedType
+
+    from dpokit.trainer import _check_launch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="launched as 2 processes .* accelerate runs 1"):
+        _check_launch(_FakeAccelerator(1, DistributedType.NO))
+    _check_launch(_FakeAccelerator(2, DistributedType.MULTI_CPU))
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(NotImplementedError, match=f"{engine.name} is not supported"):
+            _check_launch(_FakeAccelerator(2, engine))
+    monkeypatch.delenv("WORLD_SIZE")
+    _check_launch(_FakeAccelerator(1, DistributedType.NO))

@@ -43,16 +43,22 @@ def _repo_relative(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
+def _main_process_print(*args, **kwargs) -> None:
+    """print on the first process only (torchrun / accelerate launch set RANK)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs)
+
+
 def cmd_train(recipe: str | None, overrides: list[str]) -> int:
     from .config import load_config
     from .pipeline import build_run
 
     cfg = load_config(recipe, overrides)
-    run = build_run(cfg)
+    run = build_run(cfg, log=_main_process_print)
     result = run.trainer.train()
     final = run.trainer.save_final()
-    print(f"done: {result.step} steps; model saved to {final}; metrics in "
-          f"{Path(cfg.output_dir) / 'metrics.jsonl'}")
+    _main_process_print(f"done: {result.step} steps on {run.trainer.world} process(es); model "
+                        f"saved to {final}; metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0
 
 
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "quickstart":
             return cmd_quickstart(args.overrides)
         return cmd_losses()
-    except (ConfigError, DataError, ModelLoadError, NonFiniteError, KeyError, ValueError) as err:
+    except (ConfigError, DataError, ModelLoadError, NonFiniteError, KeyError, ValueError,
+            NotImplementedError) as err:
         print(f"dpokit: error: {err}", file=sys.stderr)
         return 2
 

@@ -104,7 +104,8 @@ class Trainer:
                                  f"{name} data does not supply")
         # accelerate's state is a per-process singleton that refuses a second mixed_precision,
         # so the trainer applies its own autocast (cfg.mixed_precision) around the forwards.
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or Accelerator(cpu=_launched_without_accelerator())
+        _check_launch(self.accelerator)
         self.data_fingerprints = data_fingerprints
         self.output_dir = Path(cfg.output_dir)
         self.world = self.accelerator.num_processes
@@ -422,6 +423,31 @@ class Trainer:
             os.replace(staging, target)
         self.accelerator.wait_for_everyone()
         return target
+
+
+def _launched_without_accelerator() -> bool:
+    """Several processes (torchrun, accelerate launch) on a machine with no GPU. accelerate then
+    stays single-process unless asked for the CPU, and each process would train alone."""
+    xpu = getattr(torch, "xpu", None)
+    has_accelerator = torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+
+
+def _check_launch(accelerator) -> None:
+    """Refuse what would silently train wrong: a process count that does not match the
+    launcher's, or a sharding engine this trainer does not drive (its optimizer is built on
+    the unwrapped parameters, and checkpoints save whole tensors)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
+                           f"{accelerator.num_processes}: each process would train alone on all "
+                           f"the data. Launch with torchrun or `accelerate launch` on a machine "
+                           f"whose devices accelerate sees, or pass an Accelerator that matches.")
+    engine = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
+    if engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise NotImplementedError(f"distributed type {engine} is not supported yet: dpokit trains "
+                                  f"data-parallel (DDP), one process per device, on one or more "
+                                  f"machines. Launch without the {engine} plugin.")
 
 
 _SUM_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
