@@ -7,7 +7,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 from conftest import make_tokenizer, sentiment_rows, unpaired_rows  # noqa: E402
 from helpers import tiny_trainer  # noqa: E402
 
@@ -24,7 +23,7 @@ def main(out_dir: str, batch_size: int, lora: bool, loss: str) -> None:
         Path(out_dir, "result.json").write_text(json.dumps(
             {"losses": [m["loss"] for m in history], "grad_norms": [m["grad_norm"] for m in history],
              "params": params, "world": trainer.world}))
-    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+    trainer.close()
 
 
 if __name__ == "__main__":

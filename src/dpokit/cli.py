@@ -57,6 +57,7 @@ def cmd_train(recipe: str | None, overrides: list[str]) -> int:
     run = build_run(cfg, log=_main_process_print)
     result = run.trainer.train()
     final = run.trainer.save_final()
+    run.trainer.close()
     _main_process_print(f"done: {result.step} steps on {run.trainer.world} process(es); model "
                         f"saved to {final}; metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0

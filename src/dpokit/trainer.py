@@ -411,6 +411,13 @@ class Trainer:
             self._writer.close()
         return result
 
+    def close(self) -> None:
+        """End a run: wait for every process, then tear the process group down, so that no
+        process exits while another still talks to it (gloo can abort the survivor)."""
+        self.accelerator.wait_for_everyone()
+        if self.world > 1:
+            self.accelerator.end_training()
+
     def save_final(self, directory: str | Path | None = None) -> Path:
         """Save the trained model (or adapter) in the ordinary HF format, atomically."""
         target = Path(directory) if directory else self.output_dir / "final"
