@@ -9,7 +9,7 @@
 #      benchmark runs SmolLM2's architecture with seed-0 random weights: the same shapes,
 #      tokens and FLOPs, so the same speed (first losses are then both ~0.693).
 # There, with the device tool:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=560)
-#   writes cuda_check.log, bench.log and bench.json to $OUT. Arguments after the script's
+#   writes cuda_check.log, bench.log / bench.json and bench_dense_mask.log / .json to $OUT. Arguments after the script's
 #   name go to bench_dpo.py (e.g. --steps 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +43,8 @@ python3 bench/cuda_check.py 2>&1 | tee "$OUT/cuda_check.log" || echo "cuda_check
 python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 \
   --workloads smollm2-lora,smollm2-full,tiny-llama,smollm2-long --out "$OUT/bench.json" \
   "$@" 2>&1 | tee "$OUT/bench.log"  # extra arguments override these (argparse: last wins)
+# A/B for the GPU's kernels: the dense-mask twin of segment attention (per-segment SDPA calls
+# loop in Python; on a GPU one masked SDPA call per layer may win). dpokit only.
+python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 --systems dpokit \
+  --workloads smollm2-lora,smollm2-long --dpokit-set segment_attention=false \
+  --out "$OUT/bench_dense_mask.json" 2>&1 | tee "$OUT/bench_dense_mask.log"
