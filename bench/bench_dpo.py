@@ -240,8 +240,8 @@ def worker_trl(args, rows, path) -> dict:
 
 def worker_floor(args, rows, path) -> dict:
     """Plain forward + backward over the unique tokens of each step (prefix-shared rows), with
-    an ordinary next-token loss on every real token (padding at row ends is not scored: its
-    attention rows are empty, and scoring it gives NaN gradients on some weights)."""
+    an ordinary next-token loss on every real token (the padding at row ends is not scored:
+    scoring it gave NaN gradients on a randomly initialised SmolLM2)."""
     import torch
 
     from dpokit.config import load_config

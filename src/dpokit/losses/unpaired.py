@@ -28,7 +28,7 @@ def kto_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ext
     kl = (extras or {}).get("kto_kl")
     if kl is None:
         kl = _kl_sample_log_ratios(chosen, rejected, ref_chosen, ref_rejected, params).mean()
-    z0 = kl.clamp(min=0).detach()  # scalar KL estimate, KTO eq. (8)
+    z0 = kl.clamp(min=0).detach()  # scalar: KTO's z0 = max(0, KL estimate from mismatched pairs)
     desirable = extras["label"] > 0.5  # (B,)
     # KTO value function, Ethayarajh et al. 2024: v = λ_D σ(β(r - z0)) or λ_U σ(β(z0 - r))
     losses = torch.where(
