@@ -342,7 +342,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     workdir = Path(tempfile.mkdtemp(prefix="dpokit-bench-"))
-    report = {}
+    report, failed = {}, []
     for name in args.workloads.split(","):
         model, lora, batch, prompt_range, completion_range, max_length = WORKLOADS[name]
         path = model_path(model, workdir, args.shape_dir)
@@ -363,9 +363,11 @@ def main() -> None:
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
+                if line is None:  # report it and go on: the other systems' figures still count
                     print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"{system} on {name} failed")
+                    print(f"[{name} round {round_ + 1}] {system:<6} FAILED (output above)", flush=True)
+                    failed.append(f"{system} on {name}")
+                    continue
                 summary = summarize(json.loads(line[7:]), rows, tok, batch)
                 runs.setdefault(system, []).append(summary)
                 print(f"[{name} round {round_ + 1}] {system:<6} {summary['s_per_step']:.2f} s/step "
@@ -376,6 +378,8 @@ def main() -> None:
     print_report(report)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
+    if failed:
+        raise SystemExit("failed: " + ", ".join(failed))
 
 
 def print_report(report: dict) -> None:

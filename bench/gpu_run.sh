@@ -42,7 +42,8 @@ python3 bench/cuda_check.py 2>&1 | tee "$OUT/cuda_check.log" || echo "cuda_check
 # ~0.1-0.5 s per step there: 12 steps each, one round; the long workload last.
 python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 \
   --workloads smollm2-lora,smollm2-full,tiny-llama,smollm2-long --out "$OUT/bench.json" \
-  "$@" 2>&1 | tee "$OUT/bench.log"  # extra arguments override these (argparse: last wins)
+  "$@" 2>&1 | tee "$OUT/bench.log" || echo "bench: some runs FAILED (see above)"
+# (extra arguments override those above: argparse keeps the last)
 # A/B for the GPU's kernels: the dense-mask twin of segment attention (per-segment SDPA calls
 # loop in Python; on a GPU one masked SDPA call per layer may win). dpokit only.
 python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 --systems dpokit \
