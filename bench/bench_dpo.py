@@ -132,17 +132,13 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
     vocabulary."""
     from transformers import LlamaConfig
 
-    if shape_dir is None:
-        from dpokit.models import embedded_smollm2_dir
+    from dpokit.models import embedded_smollm2_dir
 
-        smol = embedded_smollm2_dir()
-    else:
-        smol = shape_dir
+    smol = shape_dir or embedded_smollm2_dir()
     if name == "smollm2":
         if shape_dir is None:
             return str(smol)
-        return _random_init(LlamaConfig.from_pretrained(shape_dir), shape_dir,
-                            workdir / "smollm2-random")
+        return _random_init(LlamaConfig.from_pretrained(smol), smol, workdir / "smollm2-random")
     config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=2048, tie_word_embeddings=True)

@@ -115,13 +115,13 @@ class Objective:
         return LossOutput(total, first.chosen_rewards, first.rejected_rewards)
 
     def _inputs(self, spec: LossSpec, out: PairLogps, ref_chosen, ref_rejected):
-        chosen, rejected = out.chosen.float(), out.rejected.float()
         if spec.length_normalized:
-            chosen = chosen / out.chosen_tokens.clamp(min=1)  # (B,)
-            rejected = rejected / out.rejected_tokens.clamp(min=1)  # (B,)
+            out = out.per_token()
             if ref_chosen is not None:
-                ref_chosen = ref_chosen / out.chosen_tokens.clamp(min=1)
-                ref_rejected = ref_rejected / out.rejected_tokens.clamp(min=1)
+                ref = PairLogps(ref_chosen, ref_rejected, out.chosen_tokens,
+                                out.rejected_tokens).per_token()
+                ref_chosen, ref_rejected = ref.chosen, ref.rejected
+        chosen, rejected = out.chosen.float(), out.rejected.float()  # (B,)
         if not spec.needs_reference:
             return chosen, rejected, None, None
         if self.f_divergence != "reverse_kl":
@@ -141,6 +141,5 @@ class Objective:
         >>> round(w.item(), 4)   # exp(-2/2 - 6/3) = exp(-3)
         0.0498
         """
-        mean_c = out.chosen / out.chosen_tokens.clamp(min=1)  # (B,)
-        mean_r = out.rejected / out.rejected_tokens.clamp(min=1)  # (B,)
-        return torch.exp(mean_c + mean_r).detach().float()
+        mean = out.per_token()
+        return torch.exp(mean.chosen + mean.rejected).detach().float()  # (B,)

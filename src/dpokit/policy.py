@@ -40,6 +40,17 @@ class PairLogps:
     chosen_tokens: torch.Tensor
     rejected_tokens: torch.Tensor
 
+    def per_token(self) -> PairLogps:
+        """The log-probs in fp32, averaged per completion token (an empty completion counts 1).
+
+        >>> PairLogps(torch.tensor([-6.0]), torch.tensor([-6.0]), torch.tensor([2]),
+        ...           torch.tensor([3])).per_token().chosen.item()
+        -3.0
+        """
+        return PairLogps(self.chosen.float() / self.chosen_tokens.clamp(min=1),  # (B,)
+                         self.rejected.float() / self.rejected_tokens.clamp(min=1),  # (B,)
+                         self.chosen_tokens, self.rejected_tokens)
+
 
 @runtime_checkable
 class Policy(Protocol):

@@ -280,9 +280,8 @@ class Trainer:
             result, out = self._forward_loss(batch, table)
             totals += _pair_sums(result, out)
             own_correct += int((out.chosen > out.rejected).sum())
-            per_token_c = out.chosen / out.chosen_tokens.clamp(min=1)  # (B,)
-            per_token_r = out.rejected / out.rejected_tokens.clamp(min=1)  # (B,)
-            own_correct_per_token += int((per_token_c > per_token_r).sum())
+            mean = out.per_token()
+            own_correct_per_token += int((mean.chosen > mean.rejected).sum())
         self.policy.train(True)
         metrics = {f"eval/{k}": v for k, v in _metrics_from_sums(totals, len(data)).items()}
         metrics["eval/logp_accuracy"] = own_correct / len(data)
@@ -432,19 +431,24 @@ class Trainer:
         return target
 
 
+def _launcher_world_size() -> int:
+    """Processes the launcher (torchrun, accelerate launch) started; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _launched_without_accelerator() -> bool:
     """Several processes (torchrun, accelerate launch) on a machine with no GPU. accelerate then
     stays single-process unless asked for the CPU, and each process would train alone."""
     xpu = getattr(torch, "xpu", None)
     has_accelerator = torch.cuda.is_available() or (xpu is not None and xpu.is_available())
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+    return _launcher_world_size() > 1 and not has_accelerator
 
 
 def _check_launch(accelerator) -> None:
     """Refuse what would silently train wrong: a process count that does not match the
     launcher's, or a sharding engine this trainer does not drive (its optimizer is built on
     the unwrapped parameters, and checkpoints save whole tensors)."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = _launcher_world_size()
     if accelerator.num_processes != launched:
         raise RuntimeError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
                            f"{accelerator.num_processes}: each process would train alone on all "
