@@ -25,6 +25,13 @@ def _rewards(beta: float, chosen_ratio, rejected_ratio) -> tuple[torch.Tensor, t
     return (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
 
 
+def _smoothed_logistic(delta: torch.Tensor, params: LossParams) -> torch.Tensor:
+    """-(1-ε)·log σ(β·δ) - ε·log σ(-β·δ), ε = ``label_smoothing``: (B,)."""
+    eps = params.label_smoothing
+    z = params.beta * delta  # (B,)
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # cDPO (Mitchell 2023)
+
+
 @register_loss("sigmoid", needs_reference=True, aliases=("dpo",),
                paper="Rafailov et al. 2023, DPO", formula="-log σ(β·h)")
 def sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -41,9 +48,7 @@ def sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams,
 def cdpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """Conservative DPO: targets a preference probability of 1-ε instead of 1."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
-    z = params.beta * (chosen_ratio - rejected_ratio)  # (B,)
-    eps = params.label_smoothing
-    losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # cDPO (Mitchell 2023)
+    losses = _smoothed_logistic(chosen_ratio - rejected_ratio, params)  # cDPO (Mitchell 2023)
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
@@ -163,12 +168,6 @@ def sppo_hard_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParam
     # SPPO objective, Wu et al. 2024, with P(y_w wins) = 1, P(y_l wins) = 0
     losses = (chosen_ratio - half) ** 2 + (rejected_ratio + half) ** 2
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
-
-
-def _smoothed_logistic(delta: torch.Tensor, params: LossParams) -> torch.Tensor:
-    eps = params.label_smoothing
-    z = params.beta * delta
-    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
 @register_loss("aot", needs_reference=True, batch_level=True,
