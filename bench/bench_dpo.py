@@ -100,7 +100,7 @@ def export_shape(target: Path) -> None:
     install it; with ``--shape-dir`` the benchmark rebuilds the same architecture there."""
     import shutil
 
-    from dpokit.models import embedded_smollm2_dir
+    from dpokit.policies.causal_lm.models import embedded_smollm2_dir
 
     source = embedded_smollm2_dir()
     target.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
     vocabulary."""
     from transformers import LlamaConfig
 
-    from dpokit.models import embedded_smollm2_dir
+    from dpokit.policies.causal_lm.models import embedded_smollm2_dir
 
     smol = shape_dir or embedded_smollm2_dir()
     if name == "smollm2":
@@ -153,8 +153,8 @@ def worker_dpokit(args, rows, path) -> dict:
 
     from dpokit.config import load_config
     from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
-    from dpokit.data.loading import Record
-    from dpokit.models import load_tokenizer
+    from dpokit.data.io import Record
+    from dpokit.policies.causal_lm.models import load_tokenizer
     from dpokit.pipeline import build_policy
     from dpokit.trainer import Trainer
 
@@ -242,8 +242,8 @@ def worker_floor(args, rows, path) -> dict:
 
     from dpokit.config import load_config
     from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
-    from dpokit.data.loading import Record
-    from dpokit.models import load_causal_lm, load_tokenizer
+    from dpokit.data.io import Record
+    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
     from dpokit.pipeline import apply_lora
 
     tok = load_tokenizer(path)

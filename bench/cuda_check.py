@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from dpokit.data import TokenizedPair, collate_pairs  # noqa: E402
-from dpokit.logprobs import token_logps_chunked, token_logps_plain  # noqa: E402
-from dpokit.policy import CausalLMPolicy  # noqa: E402
+from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain  # noqa: E402
+from dpokit.policies.causal_lm import CausalLMPolicy  # noqa: E402
 
 # very different lengths: one-token prompt, long and one-token completions
 PAIRS = [
@@ -54,7 +54,7 @@ def logps_and_grads(device: str, layout: str, pairs, segment_attention: bool, bf
     batch = collate_pairs(pairs, 0, layout).to(device)
     policy = CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        out = policy.logps(batch)
+        out = policy.logps(batch).pairs()
     values = torch.cat([out.chosen, out.rejected])  # (2B,)
     weights = torch.linspace(0.5, 1.5, values.shape[0], device=device)  # distinct upstream grads
     (values * weights).sum().backward()

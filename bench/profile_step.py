@@ -20,8 +20,8 @@ from bench_dpo import make_pairs  # noqa: E402
 
 from dpokit.config import load_config  # noqa: E402
 from dpokit.data import TokenizeSettings, build_pairs, collate_pairs  # noqa: E402
-from dpokit.data.loading import Record  # noqa: E402
-from dpokit.models import load_tokenizer  # noqa: E402
+from dpokit.data.io import Record  # noqa: E402
+from dpokit.policies.causal_lm.models import load_tokenizer  # noqa: E402
 from dpokit.pipeline import build_policy  # noqa: E402
 from dpokit.trainer import Trainer  # noqa: E402
 

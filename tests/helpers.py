@@ -2,49 +2,92 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from conftest import make_tiny_llama, sentiment_rows
 
 from dpokit.config import load_config
-from dpokit.data import TokenizeSettings, build_pairs, build_unpaired, collate_pairs
-from dpokit.data.loading import Record
-from dpokit.policy import CausalLMPolicy
-from dpokit.trainer import Trainer, build_objective
+from dpokit.data import (
+    PairCollator,
+    SequenceCollator,
+    TokenizeSettings,
+    build_pairs,
+    build_sequences,
+    build_unpaired,
+)
+from dpokit.data.io import Record
+from dpokit.objectives import SFTObjective
+from dpokit.pipeline import build_objective
+from dpokit.policies.causal_lm import CausalLMPolicy
+from dpokit.train import EvalSet, StaticSource, Trainer
+
+TEST_DEFAULTS = dict(lora=False, progress_bar=False, log_with=[], precompute_ref_logps=False,
+                     learning_rate=1e-3, batch_size=4, max_grad_norm=None)
+
+
+def records(rows) -> list[Record]:
+    return [Record("mem.jsonl", i + 1, r) for i, r in enumerate(rows)]
 
 
 def tiny_pairs(tokenizer, rows=None, unpaired=False, extra_columns=()):
     rows = rows if rows is not None else sentiment_rows()
-    records = [Record("mem.jsonl", i + 1, r) for i, r in enumerate(rows)]
     settings = TokenizeSettings(max_length=64, max_prompt_length=32, extra_columns=extra_columns)
-    return (build_unpaired if unpaired else build_pairs)(records, tokenizer, settings)
+    return (build_unpaired if unpaired else build_pairs)(records(rows), tokenizer, settings)
+
+
+def tiny_config(tmp_path, **cfg):
+    return load_config(None, **{**TEST_DEFAULTS, "output_dir": str(tmp_path / "out"), **cfg})
+
+
+def sources(config, train, evaluation, collate):
+    source = StaticSource(train, collate, config.optim.batch_size, config.optim.grad_accum_steps,
+                          config.optim.seed, config.data.shuffle, train.fingerprint(),
+                          collate.key)
+    eval_set = None
+    if evaluation is not None:
+        eval_set = EvalSet(evaluation, collate, config.run.eval_batch_size,
+                           evaluation.fingerprint(), collate.key)
+    return source, eval_set
+
+
+def lora_model(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
 
 
 def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lora=False,
                  model_seed=0, **cfg):
-    defaults = dict(output_dir=str(tmp_path / "out"), lora=lora, progress_bar=False,
-                    tensorboard=False, precompute_ref_logps=False, learning_rate=1e-3,
-                    batch_size=4, max_grad_norm=None)
-    defaults.update(cfg)
-    config = load_config(None, **defaults)
+    config = tiny_config(tmp_path, lora=lora, **cfg)
     model = model if model is not None else make_tiny_llama(len(tokenizer), seed=model_seed)
     reference = "copy"
     if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        model = lora_model(model)
         reference = "adapter"
     objective = build_objective(config)
     if not objective.needs_reference:
         reference = "none"
     policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8,
-                            ld_alpha=config.ld_alpha,
-                            segment_attention=config.segment_attention and config.batch_layout != "padded")
+                            ld_alpha=config.loss.ld_alpha,
+                            segment_attention=config.model.segment_attention
+                            and config.data.batch_layout != "padded")
     kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
     train = tiny_pairs(tokenizer, rows, **kind)
     evaluation = tiny_pairs(tokenizer, eval_rows, **kind) if eval_rows is not None else None
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id,
-                      layout=config.batch_layout, max_row_tokens=config.max_row_tokens)
-    fps = (train.fingerprint(), evaluation.fingerprint() if evaluation else "")
-    return Trainer(config, policy, train, collate, evaluation, data_fingerprints=fps,
-                   log=lambda _: None)
+    collate = PairCollator(tokenizer.pad_token_id, config.data.batch_layout,
+                           config.data.max_row_tokens)
+    source, eval_set = sources(config, train, evaluation, collate)
+    return Trainer(config, policy, objective, source, eval_set, log=lambda _: None)
+
+
+def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora=False, **cfg):
+    config = tiny_config(tmp_path, lora=lora, **cfg)
+    model = model if model is not None else make_tiny_llama(len(tokenizer))
+    if lora:
+        model = lora_model(model)
+    settings = TokenizeSettings(max_length=64, max_prompt_length=32)
+    train = build_sequences(records(rows), tokenizer, settings)
+    evaluation = build_sequences(records(eval_rows), tokenizer, settings) if eval_rows else None
+    policy = CausalLMPolicy(model, tokenizer, chunk_size=8,
+                            segment_attention=config.data.batch_layout != "padded")
+    collate = SequenceCollator(tokenizer.pad_token_id, config.data.batch_layout)
+    source, eval_set = sources(config, train, evaluation, collate)
+    return Trainer(config, policy, SFTObjective(), source, eval_set, log=lambda _: None)

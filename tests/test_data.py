@@ -7,7 +7,7 @@ import torch
 from conftest import write_jsonl
 
 from dpokit.data import DataError, TokenizeSettings, build_pairs, collate_pairs, load_records
-from dpokit.data.loading import Record
+from dpokit.data.io import Record
 
 
 def rec(values, row=1):

@@ -10,7 +10,7 @@ from conftest import make_tiny_llama
 from helpers import tiny_trainer
 
 from dpokit.data import TokenizedPair, collate_pairs
-from dpokit.policy import CausalLMPolicy
+from dpokit.policies.causal_lm import CausalLMPolicy
 
 # very different lengths: one-token prompt, 12-token completion, 1-token completion
 PAIRS = [
@@ -23,7 +23,7 @@ PAIRS = [
 
 def logps_and_grads(model, batch, segment_attention=False):
     model.zero_grad()
-    out = CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention).logps(batch)
+    out = CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention).logps(batch).pairs()
     values = torch.cat([out.chosen, out.rejected])
     weights = torch.linspace(0.5, 1.5, values.shape[0])  # distinct upstream grads per sequence
     (values * weights).sum().backward()
@@ -82,7 +82,7 @@ def test_sibling_completion_cannot_leak(segment_attention):
     a = collate_pairs([TokenizedPair(0, [5, 6], [7, 8, 9], [10, 2])], 0, "prefix_shared")
     b = collate_pairs([TokenizedPair(0, [5, 6], [30, 31, 32], [10, 2])], 0, "prefix_shared")
     with torch.no_grad():
-        ra, rb = policy.logps(a).rejected, policy.logps(b).rejected
+        ra, rb = policy.logps(a).pairs().rejected, policy.logps(b).pairs().rejected
     torch.testing.assert_close(ra, rb, atol=0, rtol=0)
 
 

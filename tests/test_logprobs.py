@@ -9,8 +9,8 @@ import torch
 from conftest import completion_mask
 
 from dpokit.data import TokenizedPair, collate_pairs
-from dpokit.logprobs import token_logps_chunked, token_logps_plain
-from dpokit.policy import CausalLMPolicy
+from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain
+from dpokit.policies.causal_lm import CausalLMPolicy
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 16, 1000])
@@ -68,7 +68,7 @@ def _reference_logps(model, batch):
 def test_policy_logps_match_hf_forward_values_and_grads(tiny_llama, impl, n_pairs):
     batch = collate_pairs(_pairs()[:n_pairs], pad_token_id=0)
     policy = CausalLMPolicy(tiny_llama, reference="none", logprob_impl=impl, chunk_size=4)
-    out = policy.logps(batch)
+    out = policy.logps(batch).pairs()
     ours = torch.cat([out.chosen, out.rejected])
     ours.sum().backward()
     ours_grads = [p.grad.clone() for p in tiny_llama.parameters()]
@@ -86,10 +86,10 @@ def test_reference_copy_is_frozen_and_adapter_disabled_equals_base(tiny_llama):
     from peft import LoraConfig, get_peft_model
 
     batch = collate_pairs(_pairs(), pad_token_id=0)
-    base = CausalLMPolicy(tiny_llama, reference="none").logps(batch)
+    base = CausalLMPolicy(tiny_llama, reference="none").logps(batch).pairs()
     lora = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     policy = CausalLMPolicy(lora, reference="adapter")
-    ref = policy.reference_logps(batch)
+    ref = policy.reference_logps(batch).pairs()
     torch.testing.assert_close(ref.chosen, base.chosen.detach())
-    assert not torch.allclose(policy.logps(batch).chosen, ref.chosen)  # adapter is active
+    assert not torch.allclose(policy.logps(batch).pairs().chosen, ref.chosen)  # adapter is active
     assert lora.training  # the reference pass restored the training mode

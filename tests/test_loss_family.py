@@ -12,8 +12,8 @@ from dpokit.data import (
     build_unpaired,
     collate_pairs,
 )
-from dpokit.data.loading import Record
-from dpokit.policy import CausalLMPolicy, ld_token_weights
+from dpokit.data.io import Record
+from dpokit.policies.causal_lm import CausalLMPolicy, ld_token_weights
 
 
 @torch.no_grad()
@@ -25,9 +25,9 @@ def pairwise_accuracy(trainer, tokenizer, rows, use_reference: bool):
     pairs = tiny_pairs(tokenizer, rows)
     batch = collate_pairs(pairs.pairs, pad_token_id=tokenizer.pad_token_id)
     trainer.policy.train(False)
-    out = trainer.policy.logps(batch)
+    out = trainer.policy.logps(batch).pairs()
     if use_reference:
-        ref = trainer.policy.reference_logps(batch)
+        ref = trainer.policy.reference_logps(batch).pairs()
         margin = (out.chosen - ref.chosen) - (out.rejected - ref.rejected)
     else:
         margin = out.chosen / out.chosen_tokens - out.rejected / out.rejected_tokens
@@ -39,7 +39,8 @@ FAMILIES = [
     ("aot", {}), ("aot_unpaired", {}), ("apo_zero", {}), ("discopop", {"beta": 1.0}),  # β·h must cross its bump near 0 ("sigmoid_norm", {"beta": 1.0}),
     ("rdpo", {}), ("cpo", {}), ("orpo", {"beta": 1.0}), ("ipo_norm", {"beta": 1.0}),
     (["sigmoid", "sft"], {"loss_weights": [1.0, 0.2]}),
-    ("sigmoid", {"wpo": True, "learning_rate": 3e-3}), ("sigmoid", {"f_divergence": "js"}),
+    ("sigmoid", {"wpo": "paper", "learning_rate": 3e-3}),
+    ("sigmoid", {"wpo": "mean", "learning_rate": 3e-3}), ("sigmoid", {"f_divergence": "js"}),
     ("sigmoid", {"ld_alpha": 0.5}), ("kto", {}), ("apo_zero_unpaired", {}),
 ]
 
@@ -47,7 +48,7 @@ FAMILIES = [
 @pytest.mark.parametrize("loss,extra", FAMILIES, ids=lambda v: str(v))
 def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, extra):
     from dpokit.config import load_config
-    from dpokit.trainer import build_objective
+    from dpokit.pipeline import build_objective
 
     extra = dict(extra)
     lr = extra.pop("learning_rate", 1e-3)
@@ -67,7 +68,7 @@ def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, extra):
 def test_odpo_end_to_end_with_offset_from_scores(tmp_path, tokenizer):
     rows = [dict(r, score_chosen=5.0, score_rejected=1.0) for r in sentiment_rows(2)]
     trainer = tiny_trainer(tmp_path, tokenizer, rows=rows, loss="odpo", num_epochs=6, batch_size=8)
-    assert trainer.train_data[0].extras["offset"] == pytest.approx(torch.log1p(torch.tensor(4.0)).item())
+    assert trainer.source.dataset[0].extras["offset"] == pytest.approx(torch.log1p(torch.tensor(4.0)).item())
     before = pairwise_accuracy(trainer, tokenizer, held_out_rows(), True)
     trainer.train()
     assert pairwise_accuracy(trainer, tokenizer, held_out_rows(), True) >= 0.9 > before
@@ -107,15 +108,15 @@ def test_ld_dpo_weights_tokens_past_the_shorter_completion(tiny_llama):
     pairs = [TokenizedPair(0, [5, 6], [7, 8, 9, 10, 2], [11, 2]),
              TokenizedPair(1, [5], [12, 2], [13, 14, 15, 2])]
     batch = collate_pairs(pairs, pad_token_id=0)
-    plain = CausalLMPolicy(tiny_llama).logps(batch)
-    full = CausalLMPolicy(tiny_llama, ld_alpha=1.0).logps(batch)
+    plain = CausalLMPolicy(tiny_llama).logps(batch).pairs()
+    full = CausalLMPolicy(tiny_llama, ld_alpha=1.0).logps(batch).pairs()
     torch.testing.assert_close(full.chosen, plain.chosen)
-    zero = CausalLMPolicy(tiny_llama, ld_alpha=0.0).logps(batch)
+    zero = CausalLMPolicy(tiny_llama, ld_alpha=0.0).logps(batch).pairs()
     cut = [TokenizedPair(0, [5, 6], [7, 8], [11, 2]), TokenizedPair(1, [5], [12, 2], [13, 14])]
-    short = CausalLMPolicy(tiny_llama).logps(collate_pairs(cut, pad_token_id=0))
+    short = CausalLMPolicy(tiny_llama).logps(collate_pairs(cut, pad_token_id=0)).pairs()
     torch.testing.assert_close(zero.chosen, short.chosen)
     torch.testing.assert_close(zero.rejected, short.rejected)
-    half = CausalLMPolicy(tiny_llama, ld_alpha=0.5).logps(batch)
+    half = CausalLMPolicy(tiny_llama, ld_alpha=0.5).logps(batch).pairs()
     torch.testing.assert_close(half.chosen, (plain.chosen + short.chosen) / 2)
     w = ld_token_weights(batch.score_sequence, batch.score_position, 2, 0.25)
     assert w[batch.score_sequence == 0].tolist() == [1.0, 1.0, 0.25, 0.25, 0.25]
@@ -123,7 +124,8 @@ def test_ld_dpo_weights_tokens_past_the_shorter_completion(tiny_llama):
 
 
 def test_tr_dpo_syncs_the_reference(tmp_path, tokenizer):
-    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=3, ref_sync_every=2, learning_rate=1e-2)
+    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=3, ref_sync=True, ref_sync_every=2,
+                           ref_sync_alpha=1.0, learning_rate=1e-2)
     policy = trainer.policy
     name, ref_param = next(iter(policy.reference_model.named_parameters()))
     initial = ref_param.detach().clone()
@@ -145,6 +147,8 @@ def test_tr_dpo_config_requires_a_copy_reference():
     from dpokit.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="separate reference copy"):
-        load_config(None, ref_sync_every=4, precompute_ref_logps=False)
+        load_config(None, ref_sync=True, precompute_ref_logps=False)
     with pytest.raises(ConfigError, match="precompute_ref_logps=false"):
-        load_config(None, ref_sync_every=4, lora=False)
+        load_config(None, ref_sync=True, lora=False)
+    cfg = load_config(None, ref_sync=True, lora=False, precompute_ref_logps=False)
+    assert (cfg.loss.ref_sync_every, cfg.loss.ref_sync_alpha) == (512, 0.6)  # TRL's defaults

@@ -77,12 +77,12 @@ def test_ipo_norm_length_averaging_in_trainer():
     """ipo_norm divides log-probs by completion lengths before the same formula:
     chosen -4 over 4 tokens -> -1, rejected -4 over 2 -> -2, refs -6/4=-1.5 and -3/2=-1.5,
     so h = 1 again and the loss is 16 for β=0.1."""
-    from dpokit.objective import Objective
-    from dpokit.policy import PairLogps
+    from dpokit.objectives import PreferenceObjective as Objective
+    from dpokit.core import PairLogps
 
     objective = Objective.from_names("ipo_norm", None, LossParams(beta=0.1))
     logps = PairLogps(torch.tensor([-4.0]), torch.tensor([-4.0]), torch.tensor([4]), torch.tensor([2]))
-    out = objective(logps, torch.tensor([-6.0]), torch.tensor([-3.0]), {})
+    out = objective.losses(logps, torch.tensor([-6.0]), torch.tensor([-3.0]), {})
     assert out.losses.item() == pytest.approx(16.0)
 
 
@@ -370,13 +370,13 @@ def test_apo_zero_unpaired_hand_derived():
 
 
 def _objective(names, weights=None, **modifiers):
-    from dpokit.objective import Objective
+    from dpokit.objectives import PreferenceObjective as Objective
 
     return Objective.from_names(names, weights, LossParams(beta=0.1), **modifiers)
 
 
 def _logps(chosen=-1.0, rejected=-2.0, n_c=4, n_r=4):
-    from dpokit.policy import PairLogps
+    from dpokit.core import PairLogps
 
     return PairLogps(torch.tensor([chosen]), torch.tensor([rejected]), torch.tensor([n_c]),
                      torch.tensor([n_r]))
@@ -385,7 +385,7 @@ def _logps(chosen=-1.0, rejected=-2.0, n_c=4, n_r=4):
 def test_mixing_losses_with_weights():
     """sigmoid + 0.2·sft: softplus(-0.1) + 0.2·(1/4) = 0.694397 (RPO recipe)."""
     obj = _objective(["sigmoid", "sft"], [1.0, 0.2])
-    out = obj(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
+    out = obj.losses(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
     assert out.losses.item() == pytest.approx(softplus(-0.1) + 0.05, rel=1e-6)
     assert out.chosen_rewards.item() == pytest.approx(0.05)  # rewards of the first loss
     with pytest.raises(ValueError, match="loss_weights has 1 values for 2 losses"):
@@ -398,14 +398,14 @@ def test_mixing_losses_with_weights():
 def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
     """Two "processes" with 3 pairs each, their statistic pooled through ``reduce_sum``, give
     each pair the loss it has in one batch of 6; unpooled halves differ (so this can fail)."""
-    from dpokit.policy import PairLogps
+    from dpokit.core import PairLogps
 
     torch.manual_seed(0)
     c, r, rc, rr = (torch.randn(6) for _ in range(4))
     tokens = torch.full((6,), 3)
     extras = {"label": torch.tensor([1.0, 0, 1, 1, 0, 0])}
     obj = _objective([name])
-    whole = obj(PairLogps(c, r, tokens, tokens), rc, rr, extras).losses  # (6,)
+    whole = obj.losses(PairLogps(c, r, tokens, tokens), rc, rr, extras).losses  # (6,)
     spec = get_loss(name)
     key, values = spec.batch_mean
     halves = [slice(0, 3), slice(3, 6)]
@@ -414,9 +414,9 @@ def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
     for i, h in enumerate(halves):
         other = stats[1 - i].double()
         args = (PairLogps(c[h], r[h], tokens[h], tokens[h]), rc[h], rr[h], {"label": extras["label"][h]})
-        alone.append(obj(*args).losses)
+        alone.append(obj.losses(*args).losses)
         obj.reduce_sum = lambda t, o=other: t + torch.stack([o.sum(), o.new_tensor(o.numel())])
-        pooled.append(obj(*args).losses)
+        pooled.append(obj.losses(*args).losses)
         obj.reduce_sum = None
     torch.testing.assert_close(torch.cat(pooled), whole, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(torch.cat(alone), whole, atol=1e-4)
@@ -431,22 +431,35 @@ def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
 def test_f_divergence_transforms(kind, h):
     """u_w = 0.5, u_l = -0.5; DPO on f'(e^u): -log σ(β·(f'(u_w) - f'(u_l)))."""
     obj = _objective("sigmoid", f_divergence=kind, f_alpha=0.5)
-    out = obj(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
+    out = obj.losses(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
     assert out.losses.item() == pytest.approx(softplus(-0.1 * h), rel=1e-6)
 
 
 def test_wpo_weights_pairs_by_policy_probability():
     """Mean log-probs -1/4 and -2/4: weight e^{-0.75}; loss softplus(-0.1)·e^{-0.75}."""
-    obj = _objective("sigmoid", wpo=True)
-    out = obj(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
+    obj = _objective("sigmoid", wpo="mean")
+    out = obj.losses(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
     assert out.losses.item() == pytest.approx(softplus(-0.1) * math.exp(-0.75), rel=1e-6)
     chosen = torch.tensor([-1.0], requires_grad=True)
-    from dpokit.policy import PairLogps
+    from dpokit.core import PairLogps
 
     logps = PairLogps(chosen, torch.tensor([-2.0]), torch.tensor([4]), torch.tensor([4]))
-    obj(logps, torch.tensor([-1.5]), torch.tensor([-1.5]), {}).losses.sum().backward()
+    obj.losses(logps, torch.tensor([-1.5]), torch.tensor([-1.5]), {}).losses.sum().backward()
     # the weight is detached: the gradient is the weighted DPO gradient
     assert chosen.grad.item() == pytest.approx(-0.1 * sigmoid(-0.1) * math.exp(-0.75), rel=1e-6)
+
+
+def test_wpo_paper_form_subtracts_the_sampling_norm():
+    """WPO Eq. 2: each token's log-prob minus log sum_v p(v)^2. Summed norms -2 (chosen, 4
+    tokens) and -1 (rejected, 4 tokens): adjusted means -1/4 + 2/4 and -2/4 + 1/4, so the
+    weight is e^{0.25 - 0.25} = 1; without the norms it would be e^{-0.75}."""
+    obj = _objective("sigmoid", wpo="paper")
+    logps = _logps()
+    logps.chosen_norm, logps.rejected_norm = torch.tensor([-2.0]), torch.tensor([-1.0])
+    out = obj.losses(logps, torch.tensor([-1.5]), torch.tensor([-1.5]), {})
+    assert out.losses.item() == pytest.approx(softplus(-0.1), rel=1e-6)
+    with pytest.raises(ValueError, match="wpo=paper needs"):
+        obj.losses(_logps(), torch.tensor([-1.5]), torch.tensor([-1.5]), {})
 
 
 def test_readme_table_lists_every_registered_loss():

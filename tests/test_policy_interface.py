@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from dpokit.config import load_config
-from dpokit.policy import PairLogps, Policy
-from dpokit.trainer import Trainer
+from dpokit.core import BasePolicy, Policy, PolicyCapabilities, SequenceScores
+from dpokit.pipeline import build_objective
+from dpokit.train import EvalSet, StaticSource, Trainer
 
 N_CONTEXTS, N_ITEMS = 4, 12
 
@@ -29,19 +30,15 @@ class ItemPair:
 
 @dataclass
 class ItemBatch:
-    """context / chosen / rejected / pair_index: (B,) long."""
+    """context / chosen / rejected / example_index: (B,) long."""
 
     context: torch.Tensor
     chosen: torch.Tensor
     rejected: torch.Tensor
-    pair_index: torch.Tensor
+    example_index: torch.Tensor
     extras: dict = field(default_factory=dict)
-    ref_chosen_logps: torch.Tensor | None = None
-    ref_rejected_logps: torch.Tensor | None = None
-
-    @property
-    def num_pairs(self) -> int:
-        return self.pair_index.shape[0]
+    ref_logps: torch.Tensor | None = None
+    num_tokens: int = 0
 
     def to(self, device):
         return self
@@ -62,19 +59,19 @@ class TableRecommender(nn.Module):
         return torch.log_softmax(self.logits[context], -1).gather(1, items[:, None]).squeeze(1)
 
 
-class RecommenderPolicy:
-    has_reference = True
+class RecommenderPolicy(BasePolicy):
+    capabilities = PolicyCapabilities(reference="copy")
 
     def __init__(self):
         self.model = TableRecommender()
         self.reference = copy.deepcopy(self.model).requires_grad_(False)
 
-    def _logps(self, module, batch) -> PairLogps:
-        ones = torch.ones_like(batch.chosen)
-        return PairLogps(module(batch.context, batch.chosen), module(batch.context, batch.rejected),
-                         ones, ones)
+    def _logps(self, module, batch) -> SequenceScores:
+        items = torch.cat([batch.chosen, batch.rejected])  # (2B,)
+        context = torch.cat([batch.context, batch.context])  # (2B,)
+        return SequenceScores(module(context, items), torch.ones_like(items))
 
-    def logps(self, batch):
+    def logps(self, batch, *, sampling_norm=False):
         return self._logps(self.model, batch)
 
     @torch.no_grad()
@@ -86,6 +83,7 @@ class RecommenderPolicy:
 
     def prepare(self, accelerator):
         self.model = accelerator.prepare(self.model)
+        return [self.model]
 
     def train(self, mode=True):
         self.model.train(mode)
@@ -120,10 +118,11 @@ def test_recommender_policy_trains_through_the_same_trainer(tmp_path):
     policy = RecommenderPolicy()
     assert isinstance(policy, Policy)
     cfg = load_config(None, output_dir=str(tmp_path), lora=False, learning_rate=0.05, beta=0.5,
-                      batch_size=8, num_epochs=5, progress_bar=False, tensorboard=False,
+                      batch_size=8, num_epochs=5, progress_bar=False, log_with=[],
                       precompute_ref_logps=True, ref_cache_dir=None)
-    trainer = Trainer(cfg, policy, item_pairs(0, 64), collate_items, item_pairs(1, 32),
-                      log=lambda _: None)
+    source = StaticSource(item_pairs(0, 64), collate_items, batch_size=8)
+    trainer = Trainer(cfg, policy, build_objective(cfg), source,
+                      EvalSet(item_pairs(1, 32), collate_items, 8), log=lambda _: None)
     before = trainer.evaluate()
     result = trainer.train()
     after = result.eval_history[-1]

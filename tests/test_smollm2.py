@@ -8,7 +8,7 @@ import torch
 from conftest import completion_mask
 
 from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
-from dpokit.data.loading import Record
+from dpokit.data.io import Record
 
 pytestmark = [
     pytest.mark.smollm2,
@@ -19,14 +19,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smol():
-    from dpokit.models import load_causal_lm, load_tokenizer
+    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
     return load_causal_lm("smollm2"), load_tokenizer("smollm2")
 
 
 def test_greedy_answer_is_coherent(smol):
     from dpokit.evaluate import generate
-    from dpokit.policy import CausalLMPolicy
+    from dpokit.policies.causal_lm import CausalLMPolicy
 
     model, tok = smol
     text = generate(CausalLMPolicy(model, tok), tok, ["What is the capital of France?"],
@@ -49,7 +49,7 @@ def test_chat_template_boundary_on_the_real_tokenizer(smol):
 
 
 def test_chunked_forward_matches_hf_logits_on_the_real_model(smol):
-    from dpokit.policy import CausalLMPolicy
+    from dpokit.policies.causal_lm import CausalLMPolicy
 
     model, tok = smol
     rows = [Record("mem", 1, {"prompt": "The capital of France is", "chosen": " Paris.",
@@ -57,7 +57,7 @@ def test_chunked_forward_matches_hf_logits_on_the_real_model(smol):
     pairs = build_pairs(rows, tok, TokenizeSettings())
     batch = collate_pairs(pairs.pairs, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
-        ours = CausalLMPolicy(model, tok, chunk_size=3).logps(batch)
+        ours = CausalLMPolicy(model, tok, chunk_size=3).logps(batch).pairs()
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, batch.input_ids[:, 1:, None])
         naive = (logp.squeeze(2) * completion_mask(batch)[:, 1:]).sum(1)
@@ -73,7 +73,7 @@ def test_two_lora_dpo_steps_under_bf16(tmp_path):
     cfg = load_config(None, model="smollm2", train_data=data, eval_data=None, max_steps=2,
                       batch_size=2, mixed_precision="bf16", chat_template_for_strings=True,
                       learning_rate=5e-4, output_dir=str(tmp_path), progress_bar=False,
-                      tensorboard=False, precompute_ref_logps=False)
+                      log_with=[], precompute_ref_logps=False)
     run = build_run(cfg, log=lambda _: None)
     result = run.trainer.train()
     assert [m["step"] for m in result.history] == [1, 2]
@@ -84,7 +84,7 @@ def test_two_lora_dpo_steps_under_bf16(tmp_path):
 
 def test_prefix_sharing_and_packing_exact_on_the_real_model(smol):
     """fp32 tolerance 2e-4 on summed log-probs of ~10-40 tokens (30 layers of reordered sums)."""
-    from dpokit.policy import CausalLMPolicy
+    from dpokit.policies.causal_lm import CausalLMPolicy
 
     model, tok = smol
     rows = [Record("mem", 1, {"prompt": "Name a fruit.", "chosen": " An apple, crisp and red.",
@@ -94,9 +94,9 @@ def test_prefix_sharing_and_packing_exact_on_the_real_model(smol):
     pairs = build_pairs(rows, tok, TokenizeSettings(chat_template_for_strings=True)).pairs
     policy = CausalLMPolicy(model, tok)
     with torch.no_grad():
-        plain = policy.logps(collate_pairs(pairs, tok.pad_token_id, "padded"))
+        plain = policy.logps(collate_pairs(pairs, tok.pad_token_id, "padded")).pairs()
         for layout in ("packed", "prefix_shared"):
-            fast = policy.logps(collate_pairs(pairs, tok.pad_token_id, layout))
+            fast = policy.logps(collate_pairs(pairs, tok.pad_token_id, layout)).pairs()
             torch.testing.assert_close(fast.chosen, plain.chosen, atol=2e-4, rtol=0)
             torch.testing.assert_close(fast.rejected, plain.rejected, atol=2e-4, rtol=0)
 
@@ -106,7 +106,7 @@ def test_bf16_reference_within_tolerance_of_fp32(smol):
     held-out quickstart pairs: mean |Δ log-prob| per token <= 0.02 nats (measured 0.0098), and
     the reference's own preference (sign of chosen - rejected) agrees on >= 95% (measured 100%)."""
     from dpokit.data import load_records
-    from dpokit.policy import CausalLMPolicy
+    from dpokit.policies.causal_lm import CausalLMPolicy
 
     model, tok = smol
     data = Path(__file__).resolve().parents[1] / "data" / "sentiment_pairs.eval.jsonl"
@@ -114,9 +114,9 @@ def test_bf16_reference_within_tolerance_of_fp32(smol):
     batch = collate_pairs(pairs, tok.pad_token_id, "prefix_shared")
     policy = CausalLMPolicy(model, tok)
     with torch.inference_mode():
-        full = policy.logps(batch)
+        full = policy.logps(batch).pairs()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = policy.logps(batch)
+            half = policy.logps(batch).pairs()
     tokens = torch.cat([full.chosen_tokens, full.rejected_tokens]).float()
     per_token = (torch.cat([half.chosen, half.rejected]) - torch.cat([full.chosen, full.rejected])).abs() / tokens
     assert per_token.mean() <= 0.02

@@ -8,7 +8,7 @@ import torch
 from conftest import held_out_rows, sentiment_rows
 from helpers import tiny_trainer
 
-from dpokit.trainer import NonFiniteError
+from dpokit.train import NonFiniteError
 
 
 def _grads_at_first_step(trainer):
@@ -115,7 +115,7 @@ def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, lora):
     assert history[-1]["loss"] < history[0]["loss"]
     assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "tokens_per_s",
-            "pairs_per_s"} <= history[0].keys()
+            "examples_per_s"} <= history[0].keys()
     lines = [json.loads(x) for x in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
     assert len(lines) == len(history) + 1 and "eval/logp_accuracy" in lines[-1]
 
@@ -132,24 +132,26 @@ def test_reference_log_probs_are_cached_and_reused(tmp_path, tokenizer):
     first = counting(tiny_trainer(tmp_path / "1", tokenizer, max_steps=2, precompute_ref_logps=True,
                                   ref_cache_dir=cache))
     first.train()
-    assert sum(calls) == len(first.train_data)  # once per pair, up front; not during training
+    assert sum(calls) == len(first.source.dataset)  # once per pair, up front; not in training
     assert len(list((tmp_path / "refcache").glob("*.pt"))) == 1
     calls.clear()
     second = counting(tiny_trainer(tmp_path / "2", tokenizer, max_steps=2, precompute_ref_logps=True,
                                    ref_cache_dir=cache))
     second.train()
     assert calls == []  # reused from disk
-    torch.testing.assert_close(second.train_ref.chosen, first.train_ref.chosen)
+    torch.testing.assert_close(second.reference.tables["train"].values,
+                               first.reference.tables["train"].values)
     # the cached values equal on-the-fly reference log-probs
-    batch = first.collate([first.train_data[i] for i in range(4)])
-    on_the_fly = first.policy.reference_logps(batch)
-    torch.testing.assert_close(first.train_ref.chosen[:4], on_the_fly.chosen, atol=1e-5, rtol=1e-5)
+    batch = first.source.collate([first.source.dataset[i] for i in range(4)])
+    on_the_fly = first.policy.reference_logps(batch).pairs()
+    torch.testing.assert_close(first.reference.tables["train"].values[:4, 0], on_the_fly.chosen,
+                               atol=1e-5, rtol=1e-5)
     # other data -> another key
     calls.clear()
     third = counting(tiny_trainer(tmp_path / "3", tokenizer, rows=sentiment_rows(1), max_steps=1,
                                   precompute_ref_logps=True, ref_cache_dir=cache))
     third.train()
-    assert sum(calls) == len(third.train_data)
+    assert sum(calls) == len(third.source.dataset)
     assert len(list((tmp_path / "refcache").glob("*.pt"))) == 2
 
 

@@ -1,8 +1,8 @@
-"""dpokit: Direct Preference Optimization and its family.
+"""dpokit: Direct Preference Optimization and its family, and SFT, on one training loop.
 
-Layers (see docs/architecture.md): ``dpokit.data`` (load, validate, tokenize, collate) ->
-``dpokit.policy`` (per-sequence log-probs) -> ``dpokit.losses`` -> ``dpokit.trainer``.
-Heavy dependencies are imported only where they are used.
+Layers (see docs/architecture.md): ``core`` (types, protocols) <- ``losses``, ``objectives``,
+``data``, ``train`` (the generic loop and its services) <- ``policies/<modality>`` <-
+``pipeline`` and ``cli`` (the application). Heavy dependencies are imported only where used.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

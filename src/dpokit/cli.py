@@ -1,8 +1,10 @@
 """The ``dpokit`` command.
 
     dpokit quickstart [key=value ...]        DPO + LoRA on the embedded SmolLM2, before/after
-    dpokit train [RECIPE.yaml] [key=value ...]
-    dpokit losses                             list the registered losses
+    dpokit train [RECIPE.yaml] [key=value ...]   preference optimization (DPO and its family)
+    dpokit sft [RECIPE.yaml] [key=value ...]     supervised fine-tuning
+    dpokit losses                             the registered losses and their hyper-parameters
+    dpokit config                             every config field, its default and meaning
 """
 
 from __future__ import annotations
@@ -49,67 +51,95 @@ def _main_process_print(*args, **kwargs) -> None:
         print(*args, **kwargs)
 
 
-def cmd_train(recipe: str | None, overrides: list[str]) -> int:
-    from .config import load_config
-    from .pipeline import build_run
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    overrides = list(args)
+    recipe = overrides.pop(0) if overrides and "=" not in overrides[0] else None
+    return recipe, overrides
 
-    cfg = load_config(recipe, overrides)
-    run = build_run(cfg, log=_main_process_print)
+
+def _train(build, recipe: str | None, overrides: list[str], what: str) -> int:
+    from .config import load_config
+
+    cfg = load_config(_repo_relative_recipe(recipe), overrides)
+    cfg.data.train_data = _repo_relative(cfg.data.train_data)
+    cfg.data.eval_data = _repo_relative(cfg.data.eval_data)
+    run = build(cfg, log=_main_process_print)
     result = run.trainer.train()
     final = run.trainer.save_final()
     run.trainer.close()
-    _main_process_print(f"done: {result.step} steps on {run.trainer.world} process(es); model "
-                        f"saved to {final}; metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    _main_process_print(f"done: {what}, {result.step} steps on {run.trainer.world} process(es); "
+                        f"model saved to {final}; metrics in "
+                        f"{Path(cfg.run.output_dir) / 'metrics.jsonl'}")
     return 0
+
+
+def cmd_train(recipe: str | None, overrides: list[str]) -> int:
+    from .pipeline import build_run
+
+    return _train(build_run, recipe, overrides, "preference optimization")
+
+
+def cmd_sft(recipe: str | None, overrides: list[str]) -> int:
+    from .pipeline import build_sft_run
+
+    return _train(build_sft_run, recipe, overrides, "supervised fine-tuning")
+
+
+def _repo_relative_recipe(recipe: str | None) -> str | None:
+    """A recipe name shipped with dpokit (``sft_quickstart``) or a path."""
+    if recipe is None or Path(recipe).exists():
+        return recipe
+    shipped = resources.files("dpokit") / "recipes" / f"{Path(recipe).stem}.yaml"
+    return str(shipped) if shipped.is_file() else recipe
 
 
 def cmd_quickstart(overrides: list[str]) -> int:
     from .config import load_config
-    from .evaluate import comparison_table, generate
+    from .eval import comparison_table, generate
     from .pipeline import build_run
 
     started = time.perf_counter()
     recipe = resources.files("dpokit") / "recipes" / "quickstart.yaml"
     cfg = load_config(str(recipe), overrides)
-    cfg.train_data = _repo_relative(cfg.train_data)
-    cfg.eval_data = _repo_relative(cfg.eval_data)
-    print(f"dpokit quickstart: DPO + LoRA on {cfg.model}, loss={cfg.loss}, beta={cfg.beta}")
+    cfg.data.train_data = _repo_relative(cfg.data.train_data)
+    cfg.data.eval_data = _repo_relative(cfg.data.eval_data)
+    print(f"dpokit quickstart: DPO + LoRA on {cfg.model.name}, loss={cfg.loss.name}, "
+          f"beta={cfg.loss.beta}")
     run = build_run(cfg)
     print("evaluating the model before training ...")
     before = run.trainer.evaluate()
-    before_text = generate(run.policy, run.tokenizer, QUICKSTART_PROMPTS)
+    before_text = generate(run.policy, QUICKSTART_PROMPTS)
     result = run.trainer.train()
     after = result.eval_history[-1]  # the trainer evaluates at the end of training
-    after_text = generate(run.policy, run.tokenizer, QUICKSTART_PROMPTS)
+    after_text = generate(run.policy, QUICKSTART_PROMPTS)
     final = run.trainer.save_final()
     print("\n" + comparison_table(before, after))
-    print(f"\n(held-out: {len(run.eval_pairs)} pairs from sentences never seen in training; "
+    print(f"\n(held-out: {len(run.eval_data)} pairs from sentences never seen in training; "
           f"50% is the no-skill level by construction)\n")
-    for prompt, b, a in zip(QUICKSTART_PROMPTS, before_text, after_text, strict=False):
+    for prompt, b, a in zip(QUICKSTART_PROMPTS, before_text, after_text, strict=True):
         print(f"prompt: {prompt}\n  before: {b}\n  after:  {a}\n")
     minutes = (time.perf_counter() - started) / 60
     print(f"{result.step} steps in {minutes:.1f} min; LoRA adapter saved to {final}")
     return 0
 
 
-def loss_needs(spec) -> str:
-    """What a registered loss needs, in words (the README's loss table uses the same)."""
-    needs = ["reference" if spec.needs_reference else "no reference"]
-    if spec.length_normalized:
-        needs.append("length-normalized")
-    if spec.unpaired:
-        needs.append("unpaired rows (prompt, completion, label)")
-    needs += [f"column `{c}`" for c in spec.extra_columns]
-    return ", ".join(needs)
-
-
 def cmd_losses() -> int:
-    from .losses import available_losses
+    from .losses import available_losses, loss_needs
 
     specs = {spec.name: spec for spec in available_losses().values()}
     for name in sorted(specs):
-        print(f"{name:<18} {loss_needs(specs[name]):<44} {specs[name].paper}")
-        print(f"{'':<18} {specs[name].formula}")
+        spec = specs[name]
+        print(f"{name:<18} {loss_needs(spec):<44} {spec.paper}")
+        print(f"{'':<18} {spec.formula}")
+        for p in spec.params:
+            print(f"{'':<18}   {p.name} = {p.default:g} in {p.domain.describe()}: {p.help}")
+    return 0
+
+
+def cmd_config() -> int:
+    from .config import describe_config
+
+    print(describe_config())
     return 0
 
 
@@ -117,30 +147,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dpokit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train from a YAML recipe and key=value overrides")
+    train = sub.add_parser("train", help="preference optimization from a YAML recipe and "
+                           "key=value overrides (`dpokit config` lists the keys)")
     train.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
+    sft = sub.add_parser("sft", help="supervised fine-tuning from a YAML recipe and overrides")
+    sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     quick = sub.add_parser("quickstart", help="align the embedded SmolLM2, show before/after")
     quick.add_argument("overrides", nargs="*", help="key=value ...")
-    sub.add_parser("losses", help="list the registered losses")
+    sub.add_parser("losses", help="list the registered losses and their hyper-parameters")
+    sub.add_parser("config", help="list every config field with its default and meaning")
     args = parser.parse_args(argv)
     _quiet_libraries()
     from .config import ConfigError
     from .data import DataError
-    from .models import ModelLoadError
-    from .trainer import NonFiniteError
+    from .policies.causal_lm.models import ModelLoadError
+    from .train import NonFiniteError
+    from .train.checkpoint import PushError
 
     try:
-        if args.command == "train":
-            recipe = None
-            overrides = list(args.args)
-            if overrides and "=" not in overrides[0]:
-                recipe = overrides.pop(0)
-            return cmd_train(recipe, overrides)
+        if args.command in ("train", "sft"):
+            recipe, overrides = _split_args(args.args)
+            return (cmd_train if args.command == "train" else cmd_sft)(recipe, overrides)
         if args.command == "quickstart":
             return cmd_quickstart(args.overrides)
+        if args.command == "config":
+            return cmd_config()
         return cmd_losses()
-    except (ConfigError, DataError, ModelLoadError, NonFiniteError, KeyError, ValueError,
-            NotImplementedError) as err:
+    except (ConfigError, DataError, ModelLoadError, NonFiniteError, PushError, KeyError,
+            ValueError, NotImplementedError) as err:
         print(f"dpokit: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,6 @@
-"""From a :class:`TrainConfig` to a ready :class:`Trainer`: the glue the CLI and users share.
+"""From a :class:`TrainConfig` to a ready :class:`Trainer` for a Hugging Face causal LM: the
+application glue the CLI and users share (DPO and its family with ``build_run``, SFT with
+``build_sft_run``). Generic code never imports this module.
 
     >>> run = build_run(load_config("recipes/quickstart.yaml"))   # doctest: +SKIP
     >>> run.trainer.train(); run.trainer.save_final()              # doctest: +SKIP
@@ -6,112 +8,204 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import torch
 
 from .config import TrainConfig
 from .data import (
-    PreferencePairs,
+    ExampleSet,
+    PairCollator,
+    SequenceCollator,
     TokenizeSettings,
     build_pairs,
+    build_sequences,
     build_unpaired,
-    collate_pairs,
     load_records,
 )
-from .models import load_causal_lm, load_tokenizer
-from .policy import CausalLMPolicy
-from .trainer import Trainer, build_objective
+from .data.io import DataError, Record
+from .losses import param_values
+from .objectives import PreferenceObjective, SFTObjective
+from .policies.causal_lm import CausalLMPolicy
+from .policies.causal_lm.lora import adapter_base, apply_lora, load_adapter
+from .policies.causal_lm.models import disable_dropout, load_causal_lm, load_tokenizer
+from .train import EvalSet, StaticSource, Trainer
 
 
 @dataclass
 class Run:
     cfg: TrainConfig
-    tokenizer: object
+    tokenizer: Any
     policy: CausalLMPolicy
-    train_pairs: PreferencePairs
-    eval_pairs: PreferencePairs | None
+    objective: Any
+    train_data: ExampleSet
+    eval_data: ExampleSet | None
     trainer: Trainer
 
+    @property
+    def train_pairs(self) -> ExampleSet:  # the preference name of ``train_data``
+        return self.train_data
 
-def resolve_reference(cfg: TrainConfig) -> str:
-    needs = build_objective(cfg).needs_reference
-    if cfg.reference != "auto":
-        if needs and cfg.reference == "none":
-            raise ValueError(f"loss {cfg.loss!r} needs a reference model; reference=none refused")
-        return cfg.reference
+    @property
+    def eval_pairs(self) -> ExampleSet | None:
+        return self.eval_data
+
+
+def build_objective(cfg: TrainConfig) -> PreferenceObjective:
+    loss = cfg.loss
+    return PreferenceObjective.from_names(
+        loss.name, loss.loss_weights, param_values(dataclasses.asdict(loss)),
+        f_divergence=loss.f_divergence, f_alpha=loss.f_alpha, wpo=loss.wpo)
+
+
+def resolve_reference(cfg: TrainConfig, needs_reference: bool | None = None) -> str:
+    """The reference kind a run gets: what ``model.reference`` says, or for ``auto`` none
+    (reference-free losses), adapter_copy (a starting adapter), adapter (LoRA) or copy."""
+    needs = build_objective(cfg).needs_reference if needs_reference is None else needs_reference
+    if cfg.model.reference != "auto":
+        if needs and cfg.model.reference == "none":
+            raise ValueError(f"loss {cfg.loss.name!r} needs a reference model; reference=none "
+                             f"refused")
+        return cfg.model.reference
     if not needs:
         return "none"
-    return "adapter" if cfg.lora else "copy"
+    if _starting_adapter(cfg):
+        return "adapter_copy"
+    return "adapter" if cfg.model.lora else "copy"
 
 
-def apply_lora(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
+def _starting_adapter(cfg: TrainConfig) -> str | None:
+    """The adapter a run starts from: ``model.adapter``, or ``model.name`` when it is an
+    adapter folder (the output of ``dpokit sft`` with LoRA)."""
+    if cfg.model.adapter:
+        return cfg.model.adapter
+    return cfg.model.name if adapter_base(cfg.model.name) else None
 
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+
+def split_records(cfg: TrainConfig) -> tuple[list[Record], list[Record] | None]:
+    """Train and eval records: ``eval_data``, or ``eval_fraction`` held out from train."""
+    if not cfg.data.train_data:
+        raise DataError("config", None, "train_data", "not set: name a file of training rows "
+                        "(train_data=PATH)")
+    train = load_records(cfg.data.train_data, cfg.data.train_split)
+    if cfg.data.eval_data:
+        return train, load_records(cfg.data.eval_data, cfg.data.eval_split)
+    if cfg.data.eval_fraction > 0:
+        order = list(range(len(train)))
+        random.Random(cfg.optim.seed).shuffle(order)
+        n_eval = max(1, int(len(order) * cfg.data.eval_fraction))
+        held = [train[i] for i in sorted(order[:n_eval])]
+        return [train[i] for i in sorted(order[n_eval:])], held
+    return train, None
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, log=print) -> tuple[PreferencePairs, PreferencePairs | None]:
-    objective = build_objective(cfg)
-    settings = TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                chat_template_for_strings=cfg.chat_template_for_strings,
-                                extra_columns=objective.extra_columns, offset_alpha=cfg.odpo_alpha)
-    build = build_unpaired if objective.unpaired else build_pairs
-    train_records = load_records(cfg.train_data, cfg.train_split)
-    eval_records = None
-    if cfg.eval_data:
-        eval_records = load_records(cfg.eval_data, cfg.eval_split)
-    elif cfg.eval_fraction > 0:
-        order = list(range(len(train_records)))
-        random.Random(cfg.seed).shuffle(order)
-        n_eval = max(1, int(len(order) * cfg.eval_fraction))
-        eval_records = [train_records[i] for i in sorted(order[:n_eval])]
-        train_records = [train_records[i] for i in sorted(order[n_eval:])]
-    train = build(train_records, tokenizer, settings, cfg.on_bad_rows)
-    log(f"train data {cfg.train_data}: {train.report.summary()}")
+def _settings(cfg: TrainConfig, extra_columns: tuple[str, ...] = ()) -> TokenizeSettings:
+    d = cfg.data
+    return TokenizeSettings(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+                            chat_template_for_strings=d.chat_template_for_strings,
+                            extra_columns=extra_columns, offset_alpha=cfg.loss.odpo_alpha)
+
+
+def _tokenize_both(cfg: TrainConfig, build: Callable, log: Callable[[str], None]):
+    train_records, eval_records = split_records(cfg)
+    train = build(train_records)
+    log(f"train data {cfg.data.train_data}: {train.report.summary()}")
     for example in train.report.first_skipped:
         log(f"  skipped: {example}")
     evaluation = None
     if eval_records:
-        evaluation = build(eval_records, tokenizer, settings, cfg.on_bad_rows)
-        log(f"eval data {cfg.eval_data or 'held out from train'}: {evaluation.report.summary()}")
+        evaluation = build(eval_records)
+        log(f"eval data {cfg.data.eval_data or 'held out from train'}: "
+            f"{evaluation.report.summary()}")
     return train, evaluation
 
 
-def build_policy(cfg: TrainConfig, tokenizer=None) -> CausalLMPolicy:
-    tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or cfg.model)
+def load_pairs(cfg: TrainConfig, tokenizer, log=print) -> tuple[ExampleSet, ExampleSet | None]:
+    objective = build_objective(cfg)
+    settings = _settings(cfg, objective.extra_columns)
+    build = build_unpaired if objective.unpaired else build_pairs
+    return _tokenize_both(cfg, lambda records: build(records, tokenizer, settings,
+                                                     cfg.data.on_bad_rows), log)
+
+
+def load_sequences(cfg: TrainConfig, tokenizer, log=print) -> tuple[ExampleSet, ExampleSet | None]:
+    settings = _settings(cfg)
+    return _tokenize_both(cfg, lambda records: build_sequences(
+        records, tokenizer, settings, cfg.data.on_bad_rows, cfg.data.completion_only_loss), log)
+
+
+def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None = None,
+                 pairs: bool = True) -> CausalLMPolicy:
+    m = cfg.model
+    adapter = _starting_adapter(cfg)
+    base_name = adapter_base(m.name) or m.name if adapter == m.name else m.name
+    tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_name)
+    reference = resolve_reference(cfg, needs_reference)
     # LoRA under bf16 autocast: the frozen base is only ever read in bf16, so keep it in bf16
     # (half the weight memory, no per-step casts); trained weights stay fp32.
-    bf16_base = cfg.dtype == "auto" and cfg.lora and cfg.mixed_precision == "bf16"
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or bf16_base else torch.float32
-    model = load_causal_lm(cfg.model, dtype=dtype)
+    bf16_base = m.dtype == "auto" and m.lora and cfg.optim.mixed_precision == "bf16"
+    dtype = torch.bfloat16 if m.dtype == "bfloat16" or bf16_base else torch.float32
+    model = load_causal_lm(base_name, dtype=dtype)
     model.config.use_cache = False
     attention = getattr(model.config, "_attn_implementation", "sdpa")
-    if cfg.batch_layout != "padded" and attention not in ("sdpa", "eager"):
-        raise ValueError(f"batch_layout={cfg.batch_layout!r} needs a 4-D attention mask, which "
-                         f"attn_implementation={attention!r} does not take; use batch_layout=padded")
-    reference = resolve_reference(cfg)
-    if cfg.lora:
-        torch.manual_seed(cfg.seed)  # LoRA's initialization draws from the global generator
-        model = apply_lora(model, cfg)
-    if cfg.gradient_checkpointing:
+    if cfg.data.batch_layout != "padded" and attention not in ("sdpa", "eager"):
+        raise ValueError(f"batch_layout={cfg.data.batch_layout!r} needs a 4-D attention mask, "
+                         f"which attn_implementation={attention!r} does not take; use "
+                         f"batch_layout=padded")
+    if adapter:
+        if not m.lora:
+            raise ValueError(f"{adapter} is a LoRA adapter: train it with lora=true")
+        model = load_adapter(model, adapter, with_reference=reference == "adapter_copy")
+    elif m.lora:
+        torch.manual_seed(cfg.optim.seed)  # LoRA's initialization draws from the global generator
+        model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+    if m.disable_dropout:
+        disable_dropout(model)
+    if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=cfg.logprob_impl,
-                          chunk_size=cfg.lm_head_chunk_size, ld_alpha=cfg.ld_alpha,
-                          segment_attention=cfg.segment_attention and cfg.batch_layout != "padded")
+    return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
+                          chunk_size=m.lm_head_chunk_size,
+                          ld_alpha=cfg.loss.ld_alpha if pairs else None,
+                          segment_attention=m.segment_attention and cfg.data.batch_layout != "padded")
+
+
+def _sources(cfg: TrainConfig, train: ExampleSet, evaluation: ExampleSet | None, collate):
+    o = cfg.optim
+    source = StaticSource(train, collate, o.batch_size, o.grad_accum_steps, o.seed,
+                          cfg.data.shuffle, train.fingerprint(), collate.key)
+    eval_set = None
+    if evaluation is not None:
+        eval_set = EvalSet(evaluation, collate, cfg.run.eval_batch_size,
+                           evaluation.fingerprint(), collate.key)
+    return source, eval_set
 
 
 def build_run(cfg: TrainConfig, log=print) -> Run:
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    """A preference run (DPO and its family, KTO on unpaired rows)."""
+    torch.manual_seed(cfg.optim.seed)
+    objective = build_objective(cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name)
     train, evaluation = load_pairs(cfg, tokenizer, log)
-    policy = build_policy(cfg, tokenizer)
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, layout=cfg.batch_layout,
-                      max_row_tokens=cfg.max_row_tokens)
-    fingerprints = (train.fingerprint(), evaluation.fingerprint() if evaluation else "")
-    trainer = Trainer(cfg, policy, train, collate, evaluation, data_fingerprints=fingerprints, log=log)
-    return Run(cfg, tokenizer, policy, train, evaluation, trainer)
+    policy = build_policy(cfg, tokenizer, objective.needs_reference)
+    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
+    source, eval_set = _sources(cfg, train, evaluation, collate)
+    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
+    return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)
+
+
+def build_sft_run(cfg: TrainConfig, log=print) -> Run:
+    """A supervised fine-tuning run (completion-only NLL, packed without padding)."""
+    torch.manual_seed(cfg.optim.seed)
+    objective = SFTObjective()
+    tokenizer = load_tokenizer(cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name)
+    train, evaluation = load_sequences(cfg, tokenizer, log)
+    policy = build_policy(cfg, tokenizer, needs_reference=False, pairs=False)
+    collate = SequenceCollator(tokenizer.pad_token_id, cfg.data.batch_layout,
+                               cfg.data.max_row_tokens)
+    source, eval_set = _sources(cfg, train, evaluation, collate)
+    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
+    return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)

@@ -1,9 +1,17 @@
-"""Data: load rows, validate and tokenize them, collate them into batches."""
+"""Data: read rows (``io``), count what happened to them (``report``), and for text, tokenize
+pairs and SFT sequences and collate them (``text``)."""
 
-from .collate import PreferenceBatch, collate_pairs
-from .loading import DataError, Record, load_records
-from .preference import (
-    DataReport,
+from .io import DataError, Record, load_records
+from .report import DataReport, ExampleSet, build_examples
+from .text.collate import (
+    PairCollator,
+    PreferenceBatch,
+    SequenceCollator,
+    TextBatch,
+    collate_pairs,
+    collate_sequences,
+)
+from .text.pairs import (
     PreferencePairs,
     TokenizedPair,
     TokenizeSettings,
@@ -11,8 +19,11 @@ from .preference import (
     build_unpaired,
     tokenize_record,
 )
+from .text.sft import TokenizedSequence, build_sequences
 
 __all__ = [
-    "DataError", "DataReport", "PreferenceBatch", "PreferencePairs", "Record", "TokenizeSettings",
-    "TokenizedPair", "build_pairs", "build_unpaired", "collate_pairs", "load_records", "tokenize_record",
+    "DataError", "DataReport", "ExampleSet", "PairCollator", "PreferenceBatch", "PreferencePairs",
+    "Record", "SequenceCollator", "TextBatch", "TokenizeSettings", "TokenizedPair",
+    "TokenizedSequence", "build_examples", "build_pairs", "build_sequences", "build_unpaired",
+    "collate_pairs", "collate_sequences", "load_records", "tokenize_record",
 ]

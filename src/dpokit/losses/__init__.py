@@ -5,7 +5,19 @@
     False
 """
 
+from ..core.types import LossOutput
 from . import paired, reference_free, unpaired  # noqa: F401  (registers the losses)
-from .registry import LossOutput, LossParams, LossSpec, available_losses, get_loss, register_loss
+from .registry import (
+    LossParam,
+    LossParams,
+    LossSpec,
+    available_losses,
+    declared_params,
+    get_loss,
+    loss_needs,
+    param_values,
+    register_loss,
+)
 
-__all__ = ["LossOutput", "LossParams", "LossSpec", "available_losses", "get_loss", "register_loss"]
+__all__ = ["LossOutput", "LossParam", "LossParams", "LossSpec", "available_losses",
+           "declared_params", "get_loss", "loss_needs", "param_values", "register_loss"]

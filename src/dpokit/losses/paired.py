@@ -12,7 +12,19 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .registry import LossOutput, LossParams, register_loss
+from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
+from .registry import LossParam, LossParams, declare_param, register_loss
+
+LABEL_SMOOTHING = declare_param(LossParam(
+    "label_smoothing", 0.0, "assumed label-flip probability ε (cdpo, robust, exo_pair: 0 means "
+    "1e-3, aot, aot_unpaired)", Domain(0.0, 0.5, low_inclusive=True)))
+DISCOPOP_TAU = declare_param(LossParam(
+    "discopop_tau", 0.05, "DiscoPOP temperature of the log-ratio modulation", POSITIVE))
+RDPO_ALPHA = declare_param(LossParam(
+    "rdpo_alpha", 0.01, "R-DPO length penalty per token of length difference", NON_NEGATIVE))
+ODPO_ALPHA = declare_param(LossParam(
+    "odpo_alpha", 1.0, "ODPO: offset = odpo_alpha * log(1 + score_chosen - score_rejected) "
+    "when the data has scores instead of an offset column", NON_NEGATIVE))
 
 
 def _log_ratios(chosen, rejected, ref_chosen, ref_rejected):
@@ -42,7 +54,7 @@ def sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams,
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("cdpo", needs_reference=True,
+@register_loss("cdpo", params=(LABEL_SMOOTHING,), needs_reference=True,
                paper="Mitchell 2023, A note on DPO with noisy preferences",
                formula="-(1-ε)·log σ(β·h) - ε·log σ(-β·h)")
 def cdpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -52,7 +64,7 @@ def cdpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ex
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("robust", needs_reference=True,
+@register_loss("robust", params=(LABEL_SMOOTHING,), needs_reference=True,
                paper="Chowdhury et al. 2024, Provably Robust DPO",
                formula="[-(1-ε)·log σ(β·h) + ε·log σ(-β·h)] / (1-2ε)")
 def robust_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -108,7 +120,7 @@ def sigmoid_norm_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossPa
     return sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, params)
 
 
-@register_loss("exo_pair", needs_reference=True,
+@register_loss("exo_pair", params=(LABEL_SMOOTHING,), needs_reference=True,
                paper="Ji et al. 2024, EXO (Towards Efficient Exact Optimization of LM Alignment)",
                formula="KL(σ(β·h) || target 1-ε): σ(βh)(log σ(βh) - log(1-ε)) + σ(-βh)(log σ(-βh) - log ε)")
 def exo_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -170,7 +182,7 @@ def sppo_hard_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParam
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("aot", needs_reference=True, batch_level=True,
+@register_loss("aot", params=(LABEL_SMOOTHING,), needs_reference=True, batch_level=True,
                paper="Melnyk et al. 2024, Distributional Preference Alignment via Optimal Transport (AOT), paired",
                formula="-log σ(β·(sort(Δπ) - sort(Δref))), Δ = log π(y_w) - log π(y_l)")
 def aot_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -183,7 +195,7 @@ def aot_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ext
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("aot_unpaired", needs_reference=True, batch_level=True,
+@register_loss("aot_unpaired", params=(LABEL_SMOOTHING,), needs_reference=True, batch_level=True,
                paper="Melnyk et al. 2024, AOT, unpaired",
                formula="-log σ(β·(sort(u_w) - sort(u_l))), u = log-ratio")
 def aot_unpaired_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -221,7 +233,7 @@ def apo_down_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("discopop", needs_reference=True,
+@register_loss("discopop", params=(DISCOPOP_TAU,), needs_reference=True,
                paper="Chris Lu et al. 2024, DiscoPOP (log-ratio modulated loss)",
                formula="(1-m)·(-log σ(βh)) + m·exp(-βh), m = σ(βh/τ)")
 def discopop_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -234,7 +246,7 @@ def discopop_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("odpo", needs_reference=True, extra_columns=("offset",),
+@register_loss("odpo", params=(ODPO_ALPHA,), needs_reference=True, extra_columns=("offset",),
                paper="Amini et al. 2024, Direct Preference Optimization with an Offset (ODPO)",
                formula="-log σ(β·h - Δ), Δ = per-pair offset")
 def odpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -260,7 +272,7 @@ def odpo_offset_from_scores(score_chosen: float, score_rejected: float, alpha: f
     return alpha * math.log1p(diff)
 
 
-@register_loss("rdpo", needs_reference=True,
+@register_loss("rdpo", params=(RDPO_ALPHA,), needs_reference=True,
                paper="Park et al. 2024, Disentangling Length from Quality in DPO (R-DPO)",
                formula="-log σ(β·h - α·(|y_w| - |y_l|))")
 def rdpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):

@@ -5,10 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .registry import LossOutput, LossParams, register_loss
+from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
+from .registry import LossParam, LossParams, declare_param, register_loss
+
+SIMPO_GAMMA = declare_param(LossParam(
+    "simpo_gamma", 0.5, "SimPO target reward margin γ (not γ/β)", NON_NEGATIVE))
+NLL_WEIGHT = declare_param(LossParam(
+    "nll_weight", 1.0, "weight of the chosen NLL term (cpo, orpo)", NON_NEGATIVE))
 
 
-@register_loss("simpo", needs_reference=False, length_normalized=True,
+@register_loss("simpo", params=(SIMPO_GAMMA,), needs_reference=False, length_normalized=True,
                paper="Meng et al. 2024, SimPO",
                formula="-log σ(β·(avg log π(y_w) - avg log π(y_l)) - γ)")
 def simpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -25,7 +31,7 @@ def _chosen_nll(chosen, extras, length_normalized: bool):
     return -chosen / extras["chosen_tokens"].clamp(min=1)
 
 
-@register_loss("cpo", needs_reference=False,
+@register_loss("cpo", params=(NLL_WEIGHT,), needs_reference=False,
                paper="Xu et al. 2024, Contrastive Preference Optimization (CPO)",
                formula="-log σ(β·(log π(y_w) - log π(y_l))) + λ·NLL(y_w)")
 def cpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
@@ -36,7 +42,7 @@ def cpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ext
     return LossOutput(losses, (params.beta * chosen).detach(), (params.beta * rejected).detach())
 
 
-@register_loss("orpo", needs_reference=False, length_normalized=True,
+@register_loss("orpo", params=(NLL_WEIGHT,), needs_reference=False, length_normalized=True,
                paper="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model",
                formula="NLL(y_w) - β·log σ(log odds(y_w) - log odds(y_l)), odds = p/(1-p)")
 def orpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):

@@ -1,4 +1,5 @@
-"""The loss registry: each preference loss is a pure function, registered with what it needs.
+"""The loss registry: each preference loss is a pure function, registered with what it needs
+and the hyper-parameters it reads, each declared once (:class:`LossParam`).
 
 A loss takes per-sequence log-probs (already summed, or averaged per token when the loss is
 registered ``length_normalized``) and returns a :class:`LossOutput` of per-pair tensors:
@@ -10,7 +11,8 @@ registered ``length_normalized``) and returns a :class:`LossOutput` of per-pair 
     >>> round(out.losses.item(), 4)   # -log sigmoid(0.1 * ((-1 + 1.5) - (-2 + 1.5)))
     0.6444
 
-Only ``torch`` is imported here.
+The config's ``loss`` section, ``dpokit losses`` and the README's table all read these
+declarations. Only ``torch`` is imported here.
 """
 
 from __future__ import annotations
@@ -18,36 +20,71 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any
 
 import torch
 
-
-class LossOutput(NamedTuple):
-    """Per-pair results of a loss.
-
-    losses: (B,) the loss of each pair, differentiable.
-    chosen_rewards: (B,) implicit reward of the chosen completion, detached.
-    rejected_rewards: (B,) implicit reward of the rejected completion, detached.
-    """
-
-    losses: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
+from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
 
 
 @dataclass(frozen=True)
-class LossParams:
-    """Hyper-parameters shared by the loss functions (each reads only the ones it uses)."""
+class LossParam:
+    """A loss hyper-parameter: its name (a field of the config's ``loss`` section), default,
+    one-line meaning and domain.
 
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # cDPO / robust / EXO / AOT: assumed label-flip probability
-    simpo_gamma: float = 0.5  # SimPO target reward margin (gamma, not gamma/beta)
-    nll_weight: float = 1.0  # CPO / ORPO: weight of the chosen NLL term
-    discopop_tau: float = 0.05  # DiscoPOP temperature of the log-ratio modulation
-    rdpo_alpha: float = 0.01  # R-DPO: length penalty per token of length difference
-    kto_desirable_weight: float = 1.0  # KTO lambda_D
-    kto_undesirable_weight: float = 1.0  # KTO lambda_U
+    >>> LossParam("beta", 0.1, "temperature", POSITIVE).check(-1.0)
+    'beta must be > 0, got -1.0'
+    """
+
+    name: str
+    default: float
+    help: str
+    domain: Domain = Domain()
+
+    def check(self, value: float) -> str | None:
+        """An error message when ``value`` is outside the domain, else None."""
+        return self.domain.check(self.name, value)
+
+
+_PARAMS: dict[str, LossParam] = {}
+
+
+def declare_param(param: LossParam) -> LossParam:
+    """Declare a hyper-parameter once; losses list it in ``register_loss(params=...)``."""
+    if param.name in _PARAMS and _PARAMS[param.name] != param:
+        raise ValueError(f"loss parameter {param.name!r} is declared twice, differently")
+    _PARAMS[param.name] = param
+    return param
+
+
+BETA = declare_param(LossParam(
+    "beta", 0.1, "strength of the implicit KL penalty (ORPO's λ, SimPO's β)", POSITIVE))
+
+
+class LossParams:
+    """The values of the declared loss hyper-parameters; unset ones take their defaults.
+
+    >>> LossParams(beta=0.5).beta, LossParams().beta
+    (0.5, 0.1)
+    """
+
+    def __init__(self, **values: float):
+        unknown = sorted(set(values) - set(_PARAMS))
+        if unknown:
+            raise TypeError(f"unknown loss parameter(s) {unknown}; declared: {sorted(_PARAMS)}")
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> float:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._values:
+            return self._values[name]
+        if name in _PARAMS:
+            return _PARAMS[name].default
+        raise AttributeError(f"no loss parameter {name!r}")
+
+    def __repr__(self) -> str:
+        return f"LossParams({', '.join(f'{k}={v!r}' for k, v in sorted(self._values.items()))})"
 
 
 LossFn = Callable[..., LossOutput]
@@ -62,10 +99,11 @@ class LossSpec:
     needs_reference: the loss reads reference log-probs (a frozen copy, or the adapter disabled).
     length_normalized: log-probs are averaged over completion tokens instead of summed.
     extra_columns: per-pair dataset columns the loss reads from ``extras``.
+    params: the hyper-parameters it reads (``beta`` is always one).
     unpaired: rows are (prompt, completion, label); ``chosen`` holds the completion's log-probs,
         ``rejected`` those of a mismatched completion (the KL sample), ``extras["label"]`` 1/0.
     batch_level: the per-pair losses depend on the other pairs of the micro-batch (sorting,
-        batch means), so accumulation is not exactly a bigger batch.
+        batch means), so accumulation is not exactly a bigger batch (the loop warns).
     batch_mean: for a loss whose only batch dependence is a mean, ``(extras key, values fn)``:
         the loss reads the mean from ``extras[key]`` when it is there (else takes it over its
         own batch), so the objective can pool it across data-parallel processes and 2
@@ -85,6 +123,7 @@ class LossSpec:
     unpaired: bool = False
     batch_level: bool = False
     batch_mean: tuple[str, StatisticFn] | None = None
+    params: tuple[LossParam, ...] = (BETA,)
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -93,13 +132,16 @@ _REGISTRY: dict[str, LossSpec] = {}
 def register_loss(name: str, *, needs_reference: bool, length_normalized: bool = False,
                   extra_columns: tuple[str, ...] = (), paper: str = "", formula: str = "",
                   aliases: tuple[str, ...] = (), unpaired: bool = False,
-                  batch_level: bool = False,
-                  batch_mean: tuple[str, StatisticFn] | None = None) -> Callable[[LossFn], LossFn]:
-    """Decorator: add ``fn`` to the registry under ``name`` (and ``aliases``)."""
+                  batch_level: bool = False, batch_mean: tuple[str, StatisticFn] | None = None,
+                  params: tuple[LossParam, ...] = ()) -> Callable[[LossFn], LossFn]:
+    """Decorator: add ``fn`` to the registry under ``name`` (and ``aliases``); ``params`` are
+    the declared hyper-parameters it reads besides ``beta``."""
 
     def wrap(fn: LossFn) -> LossFn:
+        for p in params:
+            declare_param(p)
         spec = LossSpec(name, fn, needs_reference, length_normalized, extra_columns, paper,
-                        formula, aliases, unpaired, batch_level, batch_mean)
+                        formula, aliases, unpaired, batch_level, batch_mean, (BETA, *params))
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"loss {key!r} is registered twice")
@@ -121,3 +163,28 @@ def get_loss(name: str) -> LossSpec:
 
 def available_losses() -> Mapping[str, LossSpec]:
     return dict(_REGISTRY)
+
+
+def declared_params() -> Mapping[str, LossParam]:
+    """Every declared hyper-parameter by name (the config's loss section is built from it)."""
+    return dict(_PARAMS)
+
+
+def loss_needs(spec: LossSpec) -> str:
+    """What a registered loss needs, in words (the CLI and the README's table use the same).
+
+    >>> loss_needs(get_loss("simpo"))
+    'no reference, length-normalized'
+    """
+    needs = ["reference" if spec.needs_reference else "no reference"]
+    if spec.length_normalized:
+        needs.append("length-normalized")
+    if spec.unpaired:
+        needs.append("unpaired rows (prompt, completion, label)")
+    needs += [f"column `{c}`" for c in spec.extra_columns]
+    return ", ".join(needs)
+
+
+def param_values(values: Mapping[str, Any]) -> LossParams:
+    """LossParams from a mapping holding (at least) every declared parameter name."""
+    return LossParams(**{name: float(values[name]) for name in _PARAMS if name in values})

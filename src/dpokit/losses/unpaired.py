@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from .registry import LossOutput, LossParams, register_loss
+from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
+from .registry import LossParam, LossParams, declare_param, register_loss
+
+KTO_DESIRABLE_WEIGHT = declare_param(LossParam(
+    "kto_desirable_weight", 1.0, "KTO λ_D, weight of desirable rows", POSITIVE))
+KTO_UNDESIRABLE_WEIGHT = declare_param(LossParam(
+    "kto_undesirable_weight", 1.0, "KTO λ_U, weight of undesirable rows", POSITIVE))
 
 
 def _kl_sample_log_ratios(chosen, rejected, ref_chosen, ref_rejected, params):
     return rejected - ref_rejected  # (B,) log-ratios of the mismatched (KL) completions
 
 
-@register_loss("kto", needs_reference=True, unpaired=True, batch_level=True,
+@register_loss("kto", params=(KTO_DESIRABLE_WEIGHT, KTO_UNDESIRABLE_WEIGHT), needs_reference=True, unpaired=True, batch_level=True,
                batch_mean=("kto_kl", _kl_sample_log_ratios),
                paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization",
                formula="λ_D(1 - σ(β(r - z0))) if desirable, λ_U(1 - σ(β(z0 - r))) if not")

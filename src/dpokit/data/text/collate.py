@@ -1,6 +1,6 @@
-"""Collate tokenized pairs into the one batch type every text policy reads.
+"""Collate tokenized pairs and SFT sequences into the one batch type text policies read.
 
-Three layouts fill the same :class:`PreferenceBatch`; the log-prob forward reads only its
+Three layouts fill the same :class:`TextBatch`; the log-prob forward reads only its
 scoring indices, so it is the same code for all three:
 
 - ``padded`` (the plain twin): rows ``0..B-1`` are prompt + chosen, rows ``B..2B-1`` prompt +
@@ -12,7 +12,7 @@ scoring indices, so it is the same code for all three:
   once; rejected attends to the prompt but not to chosen, and its positions continue from the
   end of the prompt. Segments are packed like ``packed``.
 
-    >>> from dpokit.data.preference import TokenizedPair
+    >>> from dpokit.data.text.pairs import TokenizedPair
     >>> pair = TokenizedPair(0, [5, 6], [7, 2], [8, 9, 2])
     >>> collate_pairs([pair], pad_token_id=0).input_ids.shape      # 2 rows of 2 + 3
     torch.Size([2, 5])
@@ -28,15 +28,16 @@ from typing import Literal
 
 import torch
 
-from .preference import TokenizedPair
+from .pairs import TokenizedPair
 
 Layout = Literal["padded", "packed", "prefix_shared"]
 LAYOUTS = ("padded", "packed", "prefix_shared")
 
 
 @dataclass
-class PreferenceBatch:
-    """A batch of B preference pairs for a causal LM, laid out in R rows of length T.
+class TextBatch:
+    """A batch of E examples (pairs, or SFT sequences) as S scored sequences for a causal LM,
+    laid out in R rows of length T. Pairs: S = 2E, the E chosen then the E rejected.
 
     input_ids: (R, T) long.
     attention_mask: (R, T) long padding mask (``padded``), or (R, 1, T, T) bool, True where a
@@ -45,15 +46,16 @@ class PreferenceBatch:
     score_source: (N,) long, flat index ``row * T + t`` of the hidden state that predicts each
         scored (completion) token.
     score_target: (N,) long, the scored token ids.
-    score_sequence: (N,) long in [0, 2B): chosen of pair i -> i, rejected of pair i -> B + i.
-    score_position: (N,) long, each scored token's index within its completion.
-    pair_index: (B,) long, each pair's index in its dataset (keys the reference cache).
-    extras: name -> (B,) float tensors from extra dataset columns.
-    ref_chosen_logps / ref_rejected_logps: (B,) precomputed reference log-probs, or None.
+    score_sequence: (N,) long in [0, S): for pairs, chosen of pair i -> i, rejected -> E + i.
+    score_position: (N,) long, each scored token's index within its completion (LD-DPO).
+    example_index: (E,) long, each example's index in its dataset (keys the reference table).
+    num_sequences: S.
+    extras: name -> (E,) float tensors from extra dataset columns.
+    ref_logps: (S,) precomputed reference log-probs, or None.
     num_tokens: tokens actually run through the model (no padding).
     segments: for ``packed`` / ``prefix_shared``, per row the segments as (start, prompt
         length, first completion length, second completion length or 0); None for ``padded``.
-        Segment attention (``dpokit.attention``) runs from these instead of the 4-D mask.
+        Segment attention (``policies.causal_lm.attention``) runs from these, not the mask.
     """
 
     input_ids: torch.Tensor
@@ -63,18 +65,19 @@ class PreferenceBatch:
     score_target: torch.Tensor
     score_sequence: torch.Tensor
     score_position: torch.Tensor
-    pair_index: torch.Tensor
+    example_index: torch.Tensor
+    num_sequences: int
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    ref_chosen_logps: torch.Tensor | None = None
-    ref_rejected_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
     num_tokens: int = 0
     segments: list[list[tuple[int, int, int, int]]] | None = None
 
     @property
     def num_pairs(self) -> int:
-        return self.pair_index.shape[0]
+        """Examples in the batch (pairs, for preference batches)."""
+        return self.example_index.shape[0]
 
-    def to(self, device: torch.device | str) -> PreferenceBatch:
+    def to(self, device: torch.device | str) -> TextBatch:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -83,7 +86,10 @@ class PreferenceBatch:
             elif isinstance(value, dict):
                 value = {k: v.to(device) for k, v in value.items()}
             moved[f.name] = value
-        return PreferenceBatch(**moved)
+        return TextBatch(**moved)
+
+
+PreferenceBatch = TextBatch  # the name of preference batches in earlier releases
 
 
 @dataclass
@@ -132,8 +138,8 @@ def _pack(segments: list[_Segment], capacity: int) -> list[list[int]]:
 
 
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, layout: Layout = "padded",
-                  max_row_tokens: int | None = None) -> PreferenceBatch:
-    """Lay out ``pairs`` as a :class:`PreferenceBatch`.
+                  max_row_tokens: int | None = None) -> TextBatch:
+    """Lay out ``pairs`` as a :class:`TextBatch` of 2B sequences.
 
     ``max_row_tokens`` caps a packed row (default: the longest segment, so no row is longer than
     the longest single sequence or pair and attention stays cheap).
@@ -147,6 +153,35 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, layout: Lay
     else:
         segments = [_segment(p.prompt_ids, [(p.chosen_ids, i)]) for i, p in enumerate(pairs)]
         segments += [_segment(p.prompt_ids, [(p.rejected_ids, b + i)]) for i, p in enumerate(pairs)]
+    extras = {name: torch.tensor([p.extras[name] for p in pairs], dtype=torch.float32)
+              for name in pairs[0].extras}
+    return _collate(segments, layout, pad_token_id, max_row_tokens,
+                    [p.index for p in pairs], 2 * b, extras)
+
+
+def collate_sequences(sequences: Sequence, pad_token_id: int, layout: Layout = "packed",
+                      max_row_tokens: int | None = None) -> TextBatch:
+    """Lay out SFT sequences (``prompt_ids`` context, ``completion_ids`` scored) as a
+    :class:`TextBatch` of S = B sequences; ``prefix_shared`` means ``packed`` here.
+
+    >>> from dpokit.data.text.sft import TokenizedSequence
+    >>> batch = collate_sequences([TokenizedSequence(0, [5], [6, 7]),
+    ...                            TokenizedSequence(1, [5, 6], [8])], pad_token_id=0)
+    >>> batch.input_ids.tolist(), batch.score_target.tolist()
+    ([[5, 6, 7], [5, 6, 8]], [6, 7, 8])
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    layout = "packed" if layout == "prefix_shared" else layout
+    segments = [_segment(s.prompt_ids, [(s.completion_ids, i)]) for i, s in enumerate(sequences)]
+    return _collate(segments, layout, pad_token_id, max_row_tokens,
+                    [s.index for s in sequences], len(sequences), {})
+
+
+def _collate(segments: list[_Segment], layout: Layout, pad_token_id: int,
+             max_row_tokens: int | None, example_index: list[int], num_sequences: int,
+             extras: dict[str, torch.Tensor]) -> TextBatch:
+    """Place ``segments`` in rows (one each for ``padded``, packed first-fit otherwise)."""
     if layout == "padded":
         rows = [[i] for i in range(len(segments))]
     else:
@@ -173,21 +208,55 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, layout: Lay
             branch_ids[r, offset:offset + n] = torch.tensor(s.branch)
             scores += [(r * length + offset + src, tgt, seq, pos) for src, tgt, seq, pos in s.scores]
             offset += n
-    score = torch.tensor(scores, dtype=torch.long)  # (N, 4)
+    score = torch.tensor(scores, dtype=torch.long).view(-1, 4)  # (N, 4)
     real = segment_ids >= 0  # (R, T)
     if layout == "padded":
         attention_mask, positions = real.long(), None
     else:
         attention_mask, positions = _segment_mask(segment_ids, branch_ids), position_ids
-    extras = {name: torch.tensor([p.extras[name] for p in pairs], dtype=torch.float32)
-              for name in pairs[0].extras}
-    return PreferenceBatch(
+    return TextBatch(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
         score_source=score[:, 0], score_target=score[:, 1], score_sequence=score[:, 2],
-        score_position=score[:, 3],
-        pair_index=torch.tensor([p.index for p in pairs], dtype=torch.long),
-        extras=extras, num_tokens=int(real.sum()), segments=None if layout == "padded" else plan,
+        score_position=score[:, 3], example_index=torch.tensor(example_index, dtype=torch.long),
+        num_sequences=num_sequences, extras=extras, num_tokens=int(real.sum()),
+        segments=None if layout == "padded" else plan,
     )
+
+
+@dataclass(frozen=True)
+class PairCollator:
+    """Collates preference pairs; ``key`` names the layout for the reference cache.
+
+    >>> PairCollator(0, "packed").key
+    'pairs:packed:0:None'
+    """
+
+    pad_token_id: int
+    layout: Layout = "prefix_shared"
+    max_row_tokens: int | None = None
+
+    def __call__(self, pairs: Sequence[TokenizedPair]) -> TextBatch:
+        return collate_pairs(pairs, self.pad_token_id, self.layout, self.max_row_tokens)
+
+    @property
+    def key(self) -> str:
+        return f"pairs:{self.layout}:{self.pad_token_id}:{self.max_row_tokens}"
+
+
+@dataclass(frozen=True)
+class SequenceCollator:
+    """Collates SFT sequences (packed, padding-free, by default)."""
+
+    pad_token_id: int
+    layout: Layout = "packed"
+    max_row_tokens: int | None = None
+
+    def __call__(self, sequences: Sequence) -> TextBatch:
+        return collate_sequences(sequences, self.pad_token_id, self.layout, self.max_row_tokens)
+
+    @property
+    def key(self) -> str:
+        return f"sequences:{self.layout}:{self.pad_token_id}:{self.max_row_tokens}"
 
 
 def _segment_mask(segment_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:

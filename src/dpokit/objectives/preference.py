@@ -1,33 +1,37 @@
-"""The training objective: one or more registered losses, weighted, with cross-loss modifiers.
+"""The preference objective: one or more registered losses, weighted, with cross-loss modifiers.
 
 Modifiers (each off by default):
 
 - mixing: ``loss=[sigmoid, sft]`` with ``loss_weights=[1.0, 0.2]`` (the RPO recipe);
 - f-divergence (Wang et al. 2023, "Beyond Reverse KL"): the log-ratio u = log π - log π_ref is
   replaced by f'(e^u) for ``forward_kl``, ``js`` or ``alpha`` (reverse KL is plain DPO);
-- WPO (Zhou et al. 2024): each pair's loss is weighted by the detached probability of the pair
-  under the policy, exp(mean log π(y_w) + mean log π(y_l));
+- WPO (Zhou et al. 2024): each pair's loss is weighted by the detached, length-normalized
+  probability of the pair under the policy (``paper``: Eq. 2, each token's log-prob minus
+  log sum_v p(v)^2, as TRL computes it; ``mean``: the plain mean log-prob).
 
 LD-DPO (``ld_alpha``) acts on token log-probs and lives in the policy; TR-DPO (reference
-syncing) in the trainer.
+syncing) in the loop's reference service.
 
-    >>> obj = Objective.from_names(["sigmoid", "sft"], [1.0, 0.2], LossParams())
-    >>> obj.needs_reference
-    True
+    >>> obj = PreferenceObjective.from_names(["sigmoid", "sft"], [1.0, 0.2], LossParams())
+    >>> obj.needs_reference, obj.name
+    (True, 'sigmoid+sft')
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .losses import LossOutput, LossParams, LossSpec, get_loss
-from .policy import PairLogps
+from ..core.protocols import ObjectiveOutput, Policy
+from ..core.types import LossOutput, MetricSums, PairLogps
+from ..losses import LossParams, LossSpec, get_loss
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
+WPO_FORMS = ("off", "paper", "mean")
 
 
 def f_divergence_logratio(u: torch.Tensor, kind: str, alpha: float = 0.5) -> torch.Tensor:
@@ -51,20 +55,20 @@ def f_divergence_logratio(u: torch.Tensor, kind: str, alpha: float = 0.5) -> tor
 
 
 @dataclass
-class Objective:
+class PreferenceObjective:
     specs: list[LossSpec]
     weights: list[float]
     params: LossParams
     f_divergence: str = "reverse_kl"
     f_alpha: float = 0.5
-    wpo: bool = False
-    # Sums a tensor over data-parallel processes (the trainer sets it when there are several);
+    wpo: str = "off"
+    # Sums a tensor over data-parallel processes (the loop sets it when there are several);
     # batch means of losses that declare ``batch_mean`` are then taken over all processes.
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def from_names(cls, names: str | list[str], weights: list[float] | None, params: LossParams,
-                   **modifiers) -> Objective:
+                   **modifiers: Any) -> PreferenceObjective:
         names = [names] if isinstance(names, str) else list(names)
         if not names:
             raise ValueError("loss: name at least one loss")
@@ -79,11 +83,27 @@ class Objective:
             raise ValueError(f"f_divergence={objective.f_divergence!r}: choose from {F_DIVERGENCES}")
         if objective.f_divergence != "reverse_kl" and not all(s.needs_reference for s in specs):
             raise ValueError("f_divergence transforms log-ratios and needs reference-based losses")
+        if objective.wpo not in WPO_FORMS:
+            raise ValueError(f"wpo={objective.wpo!r}: choose from {WPO_FORMS}")
         return objective
+
+    # --- what the loop reads -----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.specs)
 
     @property
     def needs_reference(self) -> bool:
         return any(s.needs_reference for s in self.specs)
+
+    @property
+    def batch_level(self) -> bool:
+        return any(s.batch_level for s in self.specs)
+
+    @property
+    def pools_batch_stats(self) -> bool:
+        """Every batch-level loss here depends on the batch only through a pooled mean."""
+        return all(s.batch_mean is not None for s in self.specs if s.batch_level)
 
     @property
     def unpaired(self) -> bool:
@@ -93,14 +113,32 @@ class Objective:
     def extra_columns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c for s in self.specs for c in s.extra_columns))
 
-    def __call__(self, out: PairLogps, ref_chosen: torch.Tensor | None,
-                 ref_rejected: torch.Tensor | None, extras: Mapping[str, torch.Tensor]) -> LossOutput:
+    def units(self, batch: Any) -> int:
+        """Losses are averaged over pairs (or unpaired rows)."""
+        return int(batch.example_index.shape[0])
+
+    def __call__(self, policy: Policy, batch: Any, ref_logps: torch.Tensor | None) -> ObjectiveOutput:
+        """Score the batch's 2B sequences, apply the losses, report reward metrics."""
+        if self.wpo == "paper" and not policy.capabilities.token_distribution:
+            raise ValueError("wpo=paper needs per-token distributions (a policy that declares "
+                             "token_distribution); use wpo=mean")
+        out = policy.logps(batch, sampling_norm=self.wpo == "paper").pairs()
+        ref_chosen = ref_rejected = None
+        if ref_logps is not None:
+            b = out.chosen.shape[0]
+            ref_chosen, ref_rejected = ref_logps[:b].float(), ref_logps[b:].float()  # (B,), (B,)
+        result = self.losses(out, ref_chosen, ref_rejected, batch.extras)
+        return ObjectiveOutput(result.losses, pair_metrics(result, out))
+
+    # --- the math ------------------------------------------------------------------------------
+    def losses(self, out: PairLogps, ref_chosen: torch.Tensor | None,
+               ref_rejected: torch.Tensor | None, extras: Mapping[str, torch.Tensor]) -> LossOutput:
         """Per-pair losses (B,) summed over the weighted losses; rewards from the first loss."""
         extras = dict(extras)
         extras["chosen_tokens"] = out.chosen_tokens.float()  # (B,)
         extras["rejected_tokens"] = out.rejected_tokens.float()  # (B,)
         total, first = None, None
-        for spec, weight in zip(self.specs, self.weights, strict=False):
+        for spec, weight in zip(self.specs, self.weights, strict=True):
             args = self._inputs(spec, out, ref_chosen, ref_rejected)
             if spec.batch_mean is not None and self.reduce_sum is not None:
                 key, values = spec.batch_mean
@@ -110,8 +148,8 @@ class Objective:
             result = spec.fn(*args, self.params, extras)
             total = weight * result.losses if total is None else total + weight * result.losses
             first = first or result
-        if self.wpo:
-            total = total * self.wpo_weights(out)
+        if self.wpo != "off":
+            total = total * self.wpo_weights(out, self.wpo)
         return LossOutput(total, first.chosen_rewards, first.rejected_rewards)
 
     def _inputs(self, spec: LossSpec, out: PairLogps, ref_chosen, ref_rejected):
@@ -133,13 +171,37 @@ class Objective:
         return chosen, rejected, ref_chosen, ref_rejected
 
     @staticmethod
-    def wpo_weights(out: PairLogps) -> torch.Tensor:
-        """WPO pair weight (Zhou et al. 2024): exp(mean log π(y_w) + mean log π(y_l)), detached.
+    def wpo_weights(out: PairLogps, form: str = "paper") -> torch.Tensor:
+        """WPO pair weight (Zhou et al. 2024), detached: exp(mean_t a(y_w) + mean_t a(y_l)),
+        where a = log π(y_t) - log sum_v π(v)^2 (``paper``, Eq. 2) or log π(y_t) (``mean``).
 
-        >>> w = Objective.wpo_weights(PairLogps(torch.tensor([-2.0]), torch.tensor([-6.0]),
-        ...                                     torch.tensor([2]), torch.tensor([3])))
-        >>> round(w.item(), 4)   # exp(-2/2 - 6/3) = exp(-3)
+        >>> out = PairLogps(torch.tensor([-2.0]), torch.tensor([-6.0]), torch.tensor([2]),
+        ...                 torch.tensor([3]), torch.tensor([-1.0]), torch.tensor([-3.0]))
+        >>> round(PreferenceObjective.wpo_weights(out, "mean").item(), 4)   # exp(-1 - 2)
         0.0498
+        >>> round(PreferenceObjective.wpo_weights(out, "paper").item(), 4)  # exp(-0.5 - 1)
+        0.2231
         """
         mean = out.per_token()
-        return torch.exp(mean.chosen + mean.rejected).detach().float()  # (B,)
+        chosen, rejected = mean.chosen, mean.rejected  # (B,)
+        if form == "paper":
+            if mean.chosen_norm is None:
+                raise ValueError("wpo=paper needs the policy's sampling_norm")
+            chosen, rejected = chosen - mean.chosen_norm, rejected - mean.rejected_norm
+        return torch.exp(chosen + rejected).detach().float()  # (B,)
+
+
+def pair_metrics(result: LossOutput, out: PairLogps) -> MetricSums:
+    """Reward and log-prob metrics of a micro-batch of B pairs, as (sum, count)."""
+    m = MetricSums()
+    c, r = result.chosen_rewards.float(), result.rejected_rewards.float()  # (B,)
+    m.add("rewards/chosen", c)
+    m.add("rewards/rejected", r)
+    m.add("rewards/accuracies", (c > r).float())
+    m.add("rewards/margins", c - r)
+    m.add("logps/chosen", out.chosen.float())
+    m.add("logps/rejected", out.rejected.float())
+    m.add("logp_accuracy", (out.chosen > out.rejected).float())
+    mean = out.per_token()
+    m.add("logp_accuracy_per_token", (mean.chosen > mean.rejected).float())
+    return m

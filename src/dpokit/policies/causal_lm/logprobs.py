@@ -12,6 +12,8 @@ plain twin (one full ``N x V`` matmul and ``log_softmax``); tests compare values
 
 from __future__ import annotations
 
+import math  # noqa: F401  (doctest)
+
 import torch
 
 
@@ -82,3 +84,29 @@ def sum_per_sequence(token_logps: torch.Tensor, row_ids: torch.Tensor, num_rows:
     """(N,) values with (N,) row ids -> (num_rows,) per-row sums."""
     out = torch.zeros(num_rows, dtype=token_logps.dtype, device=token_logps.device)
     return out.index_add(0, row_ids, token_logps)
+
+
+@torch.no_grad()
+def token_log_sum_sq_probs(hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int = 256,
+                           compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(N, H) hidden, (V, H) head weight -> (N,) fp32 log sum_v p(v)^2 of each position's
+    next-token distribution (WPO's normalizer, Zhou et al. 2024, Eq. 2), without gradients:
+    log sum_v p_v^2 = logsumexp(2 z) - 2 logsumexp(z), chunked like the head.
+
+    >>> h, w = torch.zeros(1, 4), torch.randn(8, 4)   # uniform over 8: log(8 / 64)
+    >>> round(token_log_sum_sq_probs(h, w).item(), 4) == round(math.log(1 / 8), 4)
+    True
+    """
+    compute_dtype = compute_dtype or hidden.dtype
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        w = weight.to(compute_dtype)
+        for start in range(0, hidden.shape[0], chunk_size):
+            logits = (hidden[start:start + chunk_size].to(compute_dtype) @ w.T).float()  # (c, V)
+            out[start:start + chunk_size] = log_sum_sq_from_logits(logits)
+    return out
+
+
+def log_sum_sq_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(c, V) fp32 logits -> (c,) log sum_v softmax(logits)_v^2."""
+    return torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)

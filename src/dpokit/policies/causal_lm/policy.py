@@ -1,13 +1,11 @@
-"""The policy interface, and its first implementation for Hugging Face causal LMs.
+"""Hugging Face causal LMs as a :class:`~dpokit.core.Policy`.
 
-The trainer never touches a model directly. It asks a :class:`Policy` for the per-sequence
-log-probs of the chosen and rejected completions of a batch, under the policy (with gradients)
-and under the reference (without). Anything that can answer that, a causal LM, a
-vision-language model, an image generator, a recommender over item sequences, can be trained.
+The loop never touches a model directly: it asks the policy for the per-sequence log-probs of
+a batch's scored tokens, under the policy (with gradients) and under the reference (without).
 
     >>> policy = CausalLMPolicy(model, tokenizer, reference="adapter")  # doctest: +SKIP
-    >>> out = policy.logps(batch)                                      # doctest: +SKIP
-    >>> out.chosen.shape                                               # (B,)  # doctest: +SKIP
+    >>> scores = policy.logps(batch)                                   # doctest: +SKIP
+    >>> scores.pairs().chosen.shape                                    # (B,)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,70 +13,24 @@ from __future__ import annotations
 import copy
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import torch
 from torch import nn
 
-from .logprobs import sum_per_sequence, token_logps_chunked, token_logps_plain
+from ...core.protocols import BasePolicy, PolicyCapabilities
+from ...core.types import SequenceScores
+from .logprobs import (
+    log_sum_sq_from_logits,
+    sum_per_sequence,
+    token_log_sum_sq_probs,
+    token_logps_chunked,
+    token_logps_plain,
+)
 
-ReferenceMode = Literal["copy", "adapter", "none"]
-
-
-@dataclass
-class PairLogps:
-    """Per-sequence log-probs of a batch of B pairs.
-
-    chosen / rejected: (B,) log-probs summed over completion tokens (fp32).
-    chosen_tokens / rejected_tokens: (B,) completion token counts (for length normalization).
-    """
-
-    chosen: torch.Tensor
-    rejected: torch.Tensor
-    chosen_tokens: torch.Tensor
-    rejected_tokens: torch.Tensor
-
-    def per_token(self) -> PairLogps:
-        """The log-probs in fp32, averaged per completion token (an empty completion counts 1).
-
-        >>> PairLogps(torch.tensor([-6.0]), torch.tensor([-6.0]), torch.tensor([2]),
-        ...           torch.tensor([3])).per_token().chosen.item()
-        -3.0
-        """
-        return PairLogps(self.chosen.float() / self.chosen_tokens.clamp(min=1),  # (B,)
-                         self.rejected.float() / self.rejected_tokens.clamp(min=1),  # (B,)
-                         self.chosen_tokens, self.rejected_tokens)
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """What the trainer needs from a model. ``batch`` is whatever the policy's collate made;
-    the trainer reads only ``batch.num_pairs``, ``batch.pair_index``, ``batch.extras``,
-    ``batch.ref_chosen_logps`` / ``batch.ref_rejected_logps`` and calls ``batch.to(device)``."""
-
-    has_reference: bool
-
-    def logps(self, batch: Any) -> PairLogps:
-        """Log-probs under the trainable policy, differentiable."""
-
-    def reference_logps(self, batch: Any) -> PairLogps:
-        """Log-probs under the frozen reference, without gradients."""
-
-    def trainable_parameters(self) -> list[nn.Parameter]: ...
-
-    def prepare(self, accelerator: Any) -> None:
-        """Hand trainable modules to ``accelerator.prepare`` and place the rest on its device;
-        the policy's forward must then run through the prepared modules."""
-
-    def train(self, mode: bool = True) -> None: ...
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
-
-    def save_pretrained(self, directory: str | Path) -> None: ...
+ReferenceMode = Literal["copy", "adapter", "adapter_copy", "none"]
+REFERENCE_ADAPTER = "reference"  # the frozen copy of a starting adapter (adapter_copy)
 
 
 def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
@@ -122,24 +74,28 @@ def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-class CausalLMPolicy:
-    """A Hugging Face causal LM (optionally peft-wrapped) as a :class:`Policy`.
+class CausalLMPolicy(BasePolicy):
+    """A Hugging Face causal LM (optionally peft-wrapped) as a :class:`~dpokit.core.Policy`.
 
-    reference: ``"adapter"`` (LoRA: the same model with the adapter disabled), ``"copy"`` (a
-    frozen deep copy made now), or ``"none"`` (reference-free losses).
+    reference: ``"adapter"`` (LoRA: the same model with the adapter disabled), ``"adapter_copy"``
+    (a frozen copy of the adapter the run started from, loaded as the peft adapter
+    ``"reference"``), ``"copy"`` (a frozen deep copy made now), or ``"none"``.
     logprob_impl: ``"chunked"`` (LM head on completion positions only, chunked, recomputing
     backward) or ``"plain"`` (its twin: full logits on completion positions).
     ld_alpha: LD-DPO (Liu et al. 2024): tokens past the shorter completion of a pair count with
     weight ``ld_alpha`` in both completions' log-probs (policy and reference); None = 1.
     segment_attention: run packed / prefix-shared batches with per-segment attention
-    (``dpokit.attention``) instead of a dense 4-D mask; the mask path is its plain twin.
+    (``attention.py``) instead of a dense 4-D mask; the mask path is its plain twin.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
                  ld_alpha: float | None = None, segment_attention: bool = False):
-        if reference == "adapter" and not _is_peft(model):
-            raise ValueError("reference='adapter' needs a peft model (use LoRA) or 'copy'")
+        if reference in ("adapter", "adapter_copy") and not _is_peft(model):
+            raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
+        if reference == "adapter_copy" and REFERENCE_ADAPTER not in model.peft_config:
+            raise ValueError("reference='adapter_copy' needs the starting adapter loaded as "
+                             f"{REFERENCE_ADAPTER!r} too (see models.load_adapter)")
         if logprob_impl not in ("chunked", "plain"):
             raise ValueError(f"logprob_impl must be 'chunked' or 'plain', got {logprob_impl!r}")
         self.model = model
@@ -157,23 +113,23 @@ class CausalLMPolicy:
         self.reference_model: nn.Module | None = None
         if reference == "copy":
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @property
-    def has_reference(self) -> bool:
-        return self.reference_mode != "none"
+        self.capabilities = PolicyCapabilities(
+            reference=reference, deterministic=True, fingerprint=True,
+            generation=tokenizer is not None, reference_sync=reference == "copy",
+            sharding=False, token_distribution=True)
 
     # --- the interface -------------------------------------------------------------------
-    def logps(self, batch) -> PairLogps:
-        return self._pair_logps(self.model, batch)
+    def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
+        return self._scores(self.model, batch, sampling_norm)
 
     @torch.no_grad()
-    def reference_logps(self, batch) -> PairLogps:
+    def reference_logps(self, batch) -> SequenceScores:
         if self.reference_mode == "none":
             raise RuntimeError("this policy has no reference model (reference='none')")
         if self.reference_mode == "copy":
-            return self._pair_logps(self.reference_model, batch)
-        with self._eval_mode(self.model), self.model.disable_adapter():
-            return self._pair_logps(self.model, batch)
+            return self._scores(self.reference_model, batch)
+        with self._eval_mode(self.model), self._reference_adapter():
+            return self._scores(self.model, batch)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -187,11 +143,12 @@ class CausalLMPolicy:
         for name, ref in self.reference_model.named_parameters():
             ref.lerp_(policy_params[name].detach().to(ref.dtype), alpha)
 
-    def prepare(self, accelerator) -> None:
-        """Hand the trainable module to accelerate (device, DDP/FSDP wrapping)."""
+    def prepare(self, accelerator) -> list[nn.Module]:
+        """Hand the trainable module to accelerate (device, DDP wrapping)."""
         self.scorer = accelerator.prepare(self.scorer)
         if self.reference_model is not None:
             self.reference_model.to(accelerator.device)
+        return [self.scorer]
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -211,8 +168,12 @@ class CausalLMPolicy:
                 params[name].copy_(value)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Weights (or the LoRA adapter) in the ordinary HF format, with the tokenizer."""
-        self.model.save_pretrained(directory, safe_serialization=True)
+        """Weights (or the trained LoRA adapter) in the ordinary HF format, with the tokenizer."""
+        if _is_peft(self.model) and REFERENCE_ADAPTER in self.model.peft_config:
+            self.model.save_pretrained(directory, safe_serialization=True,
+                                       selected_adapters=["default"])
+        else:
+            self.model.save_pretrained(directory, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
 
@@ -223,11 +184,40 @@ class CausalLMPolicy:
         checksum = 0.0
         with torch.no_grad():
             for name, p in base.named_parameters():
-                if "lora_" not in name:
+                frozen_adapter = (self.reference_mode == "adapter_copy"
+                                  and f".{REFERENCE_ADAPTER}." in name)
+                if "lora_" not in name or frozen_adapter:
                     checksum += float(p.double().sum()) + float(p.double().abs().sum()) * 1e-3
         info = {"name": getattr(base.config, "_name_or_path", ""), "checksum": repr(checksum),
-                "class": type(base).__name__}
+                "class": type(base).__name__, "reference": self.reference_mode}
         return json.dumps(info, sort_keys=True)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int = 40, chat: bool = True,
+                 **options) -> list[str]:
+        """Greedy completions of ``prompts`` by the policy's model (the adapter, if any, active);
+        ``options`` go to ``model.generate`` (e.g. ``do_sample=True, temperature=0.8``)."""
+        tokenizer, model = self.tokenizer, self.model
+        if tokenizer is None:
+            raise self._lacks("generation")
+        with self._eval_mode(model):
+            outputs = []
+            for prompt in prompts:
+                if chat and getattr(tokenizer, "chat_template", None):
+                    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                         tokenize=False, add_generation_prompt=True)
+                    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                else:
+                    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+                ids = ids.to(next(model.parameters()).device)
+                settings = {"do_sample": False, **options}
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                                     **settings)
+                outputs.append(tokenizer.decode(out[0, ids.shape[1]:],
+                                                skip_special_tokens=True).strip())
+        return outputs
 
     # --- internals -----------------------------------------------------------------------
     @staticmethod
@@ -240,24 +230,39 @@ class CausalLMPolicy:
         finally:
             module.train(was_training)
 
-    def _pair_logps(self, model: nn.Module, batch) -> PairLogps:
+    @contextmanager
+    def _reference_adapter(self):
+        """The reference pass of a peft model: adapters off, or the frozen starting adapter."""
+        if self.reference_mode == "adapter":
+            with self.model.disable_adapter():
+                yield
+            return
+        # adapter_copy: switch to the frozen copy; set_adapter freezes every adapter but the
+        # active one's trainable flag, so switching back re-enables only "default"
+        self.model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            yield
+        finally:
+            self.model.set_adapter("default")
+
+    def _scores(self, model: nn.Module, batch, sampling_norm: bool = False) -> SequenceScores:
         scorer = self.scorer if model is self.model else _Scorer(self, model)
-        b = batch.num_pairs
         weights = None
         if self.ld_alpha is not None:
-            weights = ld_token_weights(batch.score_sequence, batch.score_position, b, self.ld_alpha)
-        seq, counts = scorer(batch.input_ids, batch.attention_mask, batch.position_ids,
-                             batch.score_source, batch.score_target, batch.score_sequence,
-                             2 * b, weights, batch.segments)
-        return PairLogps(seq[:b], seq[b:], counts[:b], counts[b:])
+            weights = ld_token_weights(batch.score_sequence, batch.score_position,
+                                       batch.num_sequences // 2, self.ld_alpha)
+        seq, counts, norm = scorer(batch.input_ids, batch.attention_mask, batch.position_ids,
+                                   batch.score_source, batch.score_target, batch.score_sequence,
+                                   batch.num_sequences, weights, batch.segments, sampling_norm)
+        return SequenceScores(seq, counts, norm)
 
     def sequence_logps(self, model: nn.Module, input_ids, attention_mask, position_ids,
                        score_source, score_target, score_sequence, num_sequences: int,
-                       token_weights=None, segments=None):
+                       token_weights=None, segments=None, sampling_norm: bool = False):
         """Run the body once, score the N completion tokens, sum them per sequence.
 
-        input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.PreferenceBatch`;
-        returns ((num_sequences,) summed log-probs, (num_sequences,) token counts).
+        input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; returns
+        ((S,) summed log-probs, (S,) token counts, (S,) summed log sum p^2 or None).
         """
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
@@ -273,16 +278,46 @@ class CausalLMPolicy:
         token_logps = self._head_logps(base, h, score_target)  # (N,) fp32
         if token_weights is not None:
             token_logps = token_logps * token_weights  # (N,)
-        seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (2B,)
-        return seq, torch.bincount(score_sequence, minlength=num_sequences)
+        seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (S,)
+        norm = None
+        if sampling_norm:
+            norm = sum_per_sequence(self._head_log_sum_sq(base, h.detach()), score_sequence,
+                                    num_sequences)  # (S,)
+        return seq, torch.bincount(score_sequence, minlength=num_sequences), norm
+
+    @staticmethod
+    def _simple_head(base: nn.Module) -> bool:
+        """A bias-free linear head with no soft-capping or scaling (the fast path applies)."""
+        head = base.get_output_embeddings()
+        return (type(head) is nn.Linear and head.bias is None
+                and getattr(base.config, "final_logit_softcapping", None) is None
+                and getattr(base.config, "logit_scale", None) is None)
+
+    def _logits(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """Any head (bias, LoRA on lm_head, soft-capping, scaling) on (c, H) -> (c, V) fp32."""
+        logits = base.get_output_embeddings()(h).float()  # (c, V)
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        scale = getattr(base.config, "logit_scale", None)
+        if scale:
+            logits = logits * scale
+        return logits
+
+    @torch.no_grad()
+    def _head_log_sum_sq(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """(N, H) -> (N,) log sum_v p(v)^2 of each scored position (WPO), no gradients."""
+        head = base.get_output_embeddings()
+        if self._simple_head(base):
+            return token_log_sum_sq_probs(h, head.weight, self.chunk_size,
+                                          _compute_dtype(h.device.type, head.weight.dtype))
+        return torch.cat([log_sum_sq_from_logits(self._logits(base, h[s:s + self.chunk_size]))
+                          for s in range(0, h.shape[0], self.chunk_size)])
 
     def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = base.get_output_embeddings()
-        device_type = h.device.type
-        compute_dtype = _compute_dtype(device_type, head.weight.dtype)
-        simple_head = (type(head) is nn.Linear and head.bias is None
-                       and getattr(base.config, "final_logit_softcapping", None) is None
-                       and getattr(base.config, "logit_scale", None) is None)
+        compute_dtype = _compute_dtype(h.device.type, head.weight.dtype)
+        simple_head = self._simple_head(base)
         if simple_head and self.logprob_impl == "chunked":
             return token_logps_chunked(h, head.weight, targets, self.chunk_size, compute_dtype)
         if simple_head:
@@ -291,13 +326,7 @@ class CausalLMPolicy:
         # completion positions, in chunks, and let autograd keep the logits.
         pieces = []
         for start in range(0, h.shape[0], self.chunk_size):
-            logits = head(h[start:start + self.chunk_size]).float()  # (c, V)
-            softcap = getattr(base.config, "final_logit_softcapping", None)
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            scale = getattr(base.config, "logit_scale", None)
-            if scale:
-                logits = logits * scale
+            logits = self._logits(base, h[start:start + self.chunk_size])  # (c, V)
             piece = torch.log_softmax(logits, -1).gather(1, targets[start:start + self.chunk_size, None])
             pieces.append(piece.squeeze(1))
         return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)

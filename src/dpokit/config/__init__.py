@@ -1,0 +1,198 @@
+"""Load a :class:`TrainConfig` from a YAML recipe, ``key=value`` overrides and keyword
+arguments. Keys are flat (``beta=0.5``) or dotted (``loss.beta=0.5``); a recipe may nest
+sections (``loss: {name: ipo, beta: 0.5}``) or stay flat. ``model: NAME`` and ``loss: NAME``
+set the section's ``name``. An unknown key is an error naming the nearest field.
+
+    >>> cfg = load_config(None, ["loss=ipo", "loss.beta=0.5", "max_steps=3"])
+    >>> cfg.loss.name, cfg.loss.beta, cfg.optim.max_steps
+    ('ipo', 0.5, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .schema import SECTIONS, TrainConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit :class:`TrainConfig`."""
+
+
+# field name -> (section, dataclasses.Field); every field name is unique across sections,
+# except each section's `name`, which is set as `model=...` / `loss=...` or dotted
+_FIELDS = {s: {f.name: f for f in dataclasses.fields(c)} for s, c in SECTIONS.items()}
+_FLAT: dict[str, tuple[str, dataclasses.Field]] = {}
+for _section, _cls in SECTIONS.items():
+    for _f in dataclasses.fields(_cls):
+        if _f.name == "name":
+            continue
+        if _f.name in _FLAT:
+            raise RuntimeError(f"config field {_f.name!r} is in two sections")
+        _FLAT[_f.name] = (_section, _f)
+_HINTS = {s: typing.get_type_hints(c) for s, c in SECTIONS.items()}
+_ALL_KEYS = list(_FLAT) + [f"{s}.{n}" for s in _FIELDS for n in _FIELDS[s]] + list(SECTIONS)
+
+
+def _resolve(key: str, value: Any, where: str) -> tuple[str, str]:
+    """(section, field) for a flat, dotted or section-named key."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        if name in _FIELDS.get(section, {}):
+            return section, name
+    elif key in SECTIONS and not isinstance(value, dict):
+        return key, "name"  # `model: smollm2`, `loss: ipo`
+    elif key in _FLAT:
+        return _FLAT[key][0], key
+    close = difflib.get_close_matches(key, _ALL_KEYS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _coerce(section: str, name: str, value: Any, where: str) -> Any:
+    """Check ``value`` against the field's type; ints are accepted where floats are."""
+    hint = _HINTS[section][name]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where}: {name} may not be null")
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is typing.Literal:
+            allowed = typing.get_args(option)
+            if value in allowed:
+                return value
+            raise ConfigError(f"{where}: {name}={value!r}: must be one of {allowed}")
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is float and isinstance(value, str):  # YAML 1.1 reads "5e-6" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is str and isinstance(value, str):
+            return value
+        if origin is list and isinstance(value, list):
+            item = (typing.get_args(option) or (object,))[0]
+            if item is float:
+                return [_coerce_float(v, name, where) for v in value]
+            return value
+        if origin is list and isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    raise ConfigError(f"{where}: {name}={value!r} is not a {hint}")
+
+
+def _coerce_float(value: Any, name: str, where: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} holds {value!r}, not a number") from None
+
+
+def _set(values: dict[str, dict[str, Any]], key: str, value: Any, where: str) -> None:
+    if key in SECTIONS and isinstance(value, dict):
+        for inner, v in value.items():
+            section, name = _resolve(f"{key}.{inner}", v, where)
+            values[section][name] = _coerce(section, name, v, where)
+        return
+    section, name = _resolve(key, value, where)
+    values[section][name] = _coerce(section, name, value, where)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None,
+                **kwargs: Any) -> TrainConfig:
+    """Build a config from a YAML recipe, then ``key=value`` overrides, then keyword args."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    if recipe is not None:
+        try:
+            loaded = yaml.safe_load(Path(recipe).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{recipe}: cannot read recipe: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{recipe}: a recipe is a mapping of config keys to values")
+        for key, value in loaded.items():
+            _set(values, str(key), value, str(recipe))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        _set(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None, "command line")
+    for key, value in kwargs.items():
+        _set(values, key, value, "keyword argument")
+    cfg = TrainConfig(**{s: cls(**values[s]) for s, cls in SECTIONS.items()})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Domains of every numeric field, then combinations that cannot work together."""
+    for section in SECTIONS:
+        part = getattr(cfg, section)
+        for f in dataclasses.fields(part):
+            domain, value = f.metadata.get("domain"), getattr(part, f.name)
+            if domain is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                problem = domain.check(f.name, float(value))
+                if problem:
+                    raise ConfigError(problem)
+    m, d, loss = cfg.model, cfg.data, cfg.loss
+    if m.reference == "adapter" and not m.lora:
+        raise ConfigError("reference=adapter needs lora=true; use reference=copy")
+    if m.adapter and not m.lora:
+        raise ConfigError("adapter= starts LoRA training from an adapter: it needs lora=true")
+    if d.max_prompt_length >= d.max_length:
+        raise ConfigError(f"max_prompt_length={d.max_prompt_length} leaves no room for a "
+                          f"completion in max_length={d.max_length}")
+    if d.eval_data and d.eval_fraction > 0:
+        raise ConfigError("eval_data and eval_fraction both set: hold out a fraction of "
+                          "train_data, or name an eval file, not both")
+    names = [loss.name] if isinstance(loss.name, str) else loss.name
+    if loss.loss_weights is not None and len(loss.loss_weights) != len(names):
+        raise ConfigError(f"loss_weights has {len(loss.loss_weights)} values for "
+                          f"{len(names)} losses")
+    if loss.ref_sync:
+        if m.lora or m.reference in ("adapter", "adapter_copy"):
+            raise ConfigError("TR-DPO reference syncing needs a separate reference copy: "
+                              "use lora=false (reference=copy)")
+        if loss.precompute_ref_logps:
+            raise ConfigError("TR-DPO changes the reference during training: set "
+                              "precompute_ref_logps=false")
+
+
+def describe_config() -> str:
+    """Every field, section by section, with its default, domain and one-line meaning."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            domain = f.metadata.get("domain")
+            where = f" in {domain.describe()}" if domain is not None else ""
+            hint = _HINTS[section][f.name]
+            choices = _choices(hint)
+            lines.append(f"  {f.name} = {getattr(defaults, f.name)!r}{where}"
+                         f"{'  ' + choices if choices else ''}")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _choices(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + " | ".join(map(str, typing.get_args(hint)))
+    return ""
+
+
+__all__ = ["ConfigError", "TrainConfig", "describe_config", "load_config", "validate"]

@@ -1,0 +1,186 @@
+"""The training configuration in sections, the single source of truth.
+
+Each field is declared once, with its default, a one-line meaning and (for numbers) its
+domain; ``dpokit config`` prints them all. The ``loss`` section's hyper-parameters come from
+the losses' own declarations (:func:`dpokit.losses.declared_params`), and allowed choices
+from the modules that act on them.
+
+    >>> cfg = TrainConfig()
+    >>> cfg.loss.beta, cfg.optim.batch_size, cfg.model.lora
+    (0.1, 4, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Domain
+from ..data.text.collate import LAYOUTS
+from ..losses import declared_params
+from ..objectives import F_DIVERGENCES, WPO_FORMS
+
+_NO_DOMAIN = Domain()
+
+
+def setting(default: Any, help: str, domain: Domain | None = None, *,
+            factory: Any = None) -> Any:
+    """A config field with its meaning and (for numbers) domain."""
+    metadata = {"help": help, "domain": domain}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    name: str = setting("smollm2", "local folder, hub name, or the embedded default `smollm2`; "
+                        "a folder holding a LoRA adapter loads its base and that adapter")
+    tokenizer: str | None = setting(None, "tokenizer folder or hub name; default: the model's")
+    dtype: Literal["auto", "float32", "bfloat16"] = setting(
+        "auto", "weights: auto (bf16 frozen base for LoRA under bf16, else fp32)")
+    lora: bool = setting(True, "train a LoRA adapter (false: full fine-tuning)")
+    lora_r: int = setting(16, "LoRA rank", AT_LEAST_ONE)
+    lora_alpha: int = setting(32, "LoRA scaling numerator", POSITIVE)
+    lora_dropout: float = setting(0.0, "LoRA dropout (off when disable_dropout)",
+                                  Domain(0.0, 1.0, low_inclusive=True))
+    lora_target_modules: list[str] | None = setting(
+        None, "modules LoRA adapts; default: every linear layer but the LM head")
+    adapter: str | None = setting(
+        None, "start from this LoRA adapter (e.g. an SFT one): it is trained further and a "
+        "frozen copy of it is the reference")
+    reference: Literal["auto", "copy", "adapter", "adapter_copy", "none"] = setting(
+        "auto", "auto: none for reference-free losses, else adapter (LoRA), adapter_copy "
+        "(starting adapter) or copy (full)")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward")
+    disable_dropout: bool = setting(True, "set every dropout to 0, so the policy and reference "
+                                    "passes agree (as TRL's default)")
+    logprob_impl: Literal["chunked", "plain"] = setting(
+        "chunked", "LM head on completion positions in chunks with a recomputing backward; "
+        "plain: its twin")
+    lm_head_chunk_size: int = setting(256, "rows of (chunk x vocab) fp32 logits live at once",
+                                      AT_LEAST_ONE)
+    segment_attention: bool = setting(True, "packed rows: per-segment attention, not a dense "
+                                      "4-D mask")
+
+
+@dataclass
+class DataConfig:
+    train_data: str | None = setting(None, "training rows: .jsonl/.json/.csv/.parquet, a "
+                                     "save_to_disk folder or a hub dataset name")
+    eval_data: str | None = setting(None, "held-out rows (same formats)")
+    train_split: str = setting("train", "split of a datasets dataset")
+    eval_split: str = setting("test", "split of a datasets dataset for eval_data")
+    eval_fraction: float = setting(0.0, "hold out this fraction of train_data when eval_data "
+                                   "is not set", Domain(0.0, 1.0, low_inclusive=True))
+    max_length: int = setting(512, "prompt + completion tokens per sequence", AT_LEAST_ONE)
+    max_prompt_length: int = setting(256, "a longer prompt is a bad row", AT_LEAST_ONE)
+    chat_template_for_strings: bool = setting(False, "render string rows as a chat turn")
+    completion_only_loss: bool = setting(True, "SFT: score completion tokens only (false: the "
+                                         "prompt too)")
+    on_bad_rows: Literal["error", "skip"] = setting(
+        "error", "error: stop at the first bad row; skip: skip, count and report by reason")
+    batch_layout: Literal[LAYOUTS] = setting(  # type: ignore[valid-type]
+        "prefix_shared", "prefix_shared (prompt once per pair) | packed | padded (plain twin); "
+        "SFT packs for prefix_shared")
+    max_row_tokens: int | None = setting(None, "packed row cap; default: the longest segment",
+                                         AT_LEAST_ONE)
+    shuffle: bool = setting(True, "seeded order per epoch (false: file order)")
+
+
+def _loss_section() -> type:
+    """The loss section: fixed fields, then every hyper-parameter a loss declared."""
+    fixed = [
+        ("name", str | list[str], setting("sigmoid", "a registered loss (`dpokit losses`), or "
+                                          "a list to mix with `loss_weights`")),
+        ("loss_weights", list[float] | None, setting(None, "weights of a mixed loss")),
+        ("f_divergence", Literal[F_DIVERGENCES], setting(  # type: ignore[valid-type]
+            "reverse_kl", "f-DPO: replace the log-ratio u by f'(e^u)")),
+        ("f_alpha", float, setting(0.5, "α of the alpha divergence", POSITIVE)),
+        ("wpo", Literal[WPO_FORMS], setting(  # type: ignore[valid-type]
+            "off", "WPO pair weights: paper (Eq. 2, as TRL) | mean (plain mean log-prob)")),
+        ("ld_alpha", float | None, setting(None, "LD-DPO: weight of tokens past the shorter "
+                                           "completion", UNIT_INTERVAL)),
+        ("ref_sync", bool, setting(False, "TR-DPO: move the reference towards the policy")),
+        ("ref_sync_every", int, setting(512, "TR-DPO: steps between syncs (TRL's default)",
+                                        AT_LEAST_ONE)),
+        ("ref_sync_alpha", float, setting(0.6, "TR-DPO: θ_ref <- α·θ + (1-α)·θ_ref (TRL's and "
+                                          "the paper's 0.6; 1 = hard copy)",
+                                          Domain(0.0, 1.0, high_inclusive=True))),
+        ("precompute_ref_logps", bool, setting(True, "run the reference once before training "
+                                               "and cache it on disk")),
+        ("ref_precision", Literal["auto", "fp32", "bf16"], setting(
+            "auto", "reference forward precision; auto follows mixed_precision")),
+        ("ref_cache_dir", str | None, setting(None, "default: <cache root>/ref_logps")),
+    ]
+    declared = [(p.name, float, setting(p.default, p.help, p.domain))
+                for p in declared_params().values()]
+    section = dataclasses.make_dataclass("LossConfig", fixed + declared)
+    section.__module__ = __name__
+    return section
+
+
+LossConfig = _loss_section()
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = setting(5e-6, "AdamW peak learning rate", POSITIVE)
+    weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
+    adam_betas: list[float] = setting(None, "AdamW betas", factory=lambda: [0.9, 0.999])
+    lr_scheduler: Literal["linear", "cosine", "constant"] = setting("linear", "after warmup")
+    warmup_steps: int = setting(0, "linear warmup steps (wins over warmup_ratio)", NON_NEGATIVE)
+    warmup_ratio: float = setting(0.0, "warmup as a fraction of the steps", UNIT_INTERVAL)
+    num_epochs: float = setting(1.0, "passes over train_data", POSITIVE)
+    max_steps: int | None = setting(None, "optimizer steps; wins over num_epochs", AT_LEAST_ONE)
+    batch_size: int = setting(4, "examples (pairs, sequences) per micro-batch per process",
+                              AT_LEAST_ONE)
+    grad_accum_steps: int = setting(1, "micro-batches per optimizer step", AT_LEAST_ONE)
+    max_grad_norm: float | None = setting(1.0, "gradient clipping; null: none", POSITIVE)
+    mixed_precision: Literal["no", "bf16"] = setting("no", "bf16: autocast, loss math in fp32")
+    seed: int = setting(0, "seeds the data order, LoRA init and sampling")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = setting("outputs/run", "metrics, checkpoints and final/")
+    eval_every: int | None = setting(None, "steps; null: only at the end", AT_LEAST_ONE)
+    eval_batch_size: int = setting(8, "examples per eval batch", AT_LEAST_ONE)
+    log_every: int = setting(1, "steps between metric rows", AT_LEAST_ONE)
+    save_every: int | None = setting(None, "steps between checkpoints; null: none",
+                                     AT_LEAST_ONE)
+    keep_checkpoints: int = setting(2, "newest checkpoints kept", AT_LEAST_ONE)
+    resume: bool = setting(False, "continue from the latest checkpoint in output_dir")
+    log_with: list[str] = setting(None, "trackers through accelerate (tensorboard, wandb, "
+                                  "mlflow, aim, comet_ml); those not installed are skipped",
+                                  factory=lambda: ["tensorboard"])
+    progress_bar: bool = setting(True, "tqdm progress bars")
+    push_to_hub: str | None = setting(None, "after training, upload final/ to this hub repo id")
+
+
+@dataclass
+class DistributedConfig:
+    strategy: Literal["ddp"] = setting(
+        "ddp", "data-parallel engine under torchrun / accelerate launch (FSDP / DeepSpeed are "
+        "refused for now)")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
+                             "optim": OptimConfig, "run": RunConfig,
+                             "distributed": DistributedConfig}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run, in sections (``cfg.loss.beta``, ``cfg.optim.learning_rate``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # type: ignore[valid-type]
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)

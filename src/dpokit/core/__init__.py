@@ -1,0 +1,15 @@
+"""The bottom layer: value types and protocols every other layer shares. Needs only torch."""
+
+from .protocols import (
+    Batch,
+    BasePolicy,
+    DataSource,
+    Objective,
+    ObjectiveOutput,
+    Policy,
+    PolicyCapabilities,
+)
+from .types import LossOutput, MetricSums, PairLogps, SequenceScores
+
+__all__ = ["BasePolicy", "Batch", "DataSource", "LossOutput", "MetricSums", "Objective",
+           "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "SequenceScores"]

@@ -1,0 +1,187 @@
+"""The protocols the generic loop talks to: a batch, a policy, an objective, a data source.
+
+Everything a modality brings (a causal LM, a diffusion model, a recommender) lives behind
+these; the loop never probes an object with getattr. A policy *declares* what it can do in
+:class:`PolicyCapabilities`; the loop refuses what a policy cannot do with a clear message.
+
+    >>> PolicyCapabilities(reference="copy").has_reference
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .types import MetricSums, SequenceScores
+
+ReferenceKind = Literal["none", "copy", "adapter", "adapter_copy", "external"]
+
+
+@runtime_checkable
+class Batch(Protocol):
+    """What the loop reads of a batch; every other field is the policy's business.
+
+    example_index: (E,) long, each example's position in its dataset (keys the reference
+        table; examples are pairs, sequences, rows).
+    num_tokens: tokens run through the model (throughput); 0 where it means nothing.
+    ref_logps: (S,) reference scores filled from a precomputed table, or None.
+    """
+
+    example_index: torch.Tensor
+    num_tokens: int
+    ref_logps: torch.Tensor | None
+
+    def to(self, device: torch.device | str) -> Batch: ...
+
+
+@dataclass(frozen=True)
+class PolicyCapabilities:
+    """What a policy can do, declared once by the policy.
+
+    reference: how the frozen reference is obtained: ``none`` (reference-free losses only),
+        ``copy`` (a frozen copy), ``adapter`` (the base with the adapter disabled),
+        ``adapter_copy`` (a frozen copy of a starting adapter), ``external``.
+    deterministic: the same batch always gets the same scores. A policy that samples noise or
+        timesteps per call (diffusion) sets False, and precomputing its reference is refused.
+    fingerprint: ``fingerprint()`` identifies the reference weights, so reference scores may
+        be cached on disk.
+    generation: ``generate(prompts)`` works (online data, sample tables).
+    reference_sync: ``sync_reference(alpha)`` works (TR-DPO).
+    sharding: the policy can be wrapped by a sharding engine (FSDP2 / ZeRO).
+    token_distribution: ``logps(batch, sampling_norm=True)`` fills ``sampling_norm`` (WPO).
+    """
+
+    reference: ReferenceKind = "none"
+    deterministic: bool = True
+    fingerprint: bool = False
+    generation: bool = False
+    reference_sync: bool = False
+    sharding: bool = False
+    token_distribution: bool = False
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference != "none"
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the loop needs from a model. ``batch`` is whatever the policy's collate made."""
+
+    capabilities: PolicyCapabilities
+
+    def logps(self, batch: Any, *, sampling_norm: bool = False) -> SequenceScores:
+        """Scores of the batch's sequences under the trainable policy, differentiable."""
+
+    def reference_logps(self, batch: Any) -> SequenceScores:
+        """Scores under the frozen reference, without gradients."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]: ...
+
+    def prepare(self, accelerator: Any) -> list[nn.Module]:
+        """Hand trainable modules to ``accelerator.prepare`` (the forward must then run through
+        them) and return them, so the loop can skip gradient sync between micro-batches."""
+
+    def train(self, mode: bool = True) -> None: ...
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def save_pretrained(self, directory: str | Path) -> None: ...
+
+    def fingerprint(self) -> str:
+        """Identifies the reference weights (``capabilities.fingerprint``)."""
+
+    def sync_reference(self, alpha: float) -> None:
+        """θ_ref <- α·θ + (1-α)·θ_ref (``capabilities.reference_sync``)."""
+
+    def generate(self, prompts: list[Any], **options: Any) -> list[Any]:
+        """Samples for ``prompts`` (``capabilities.generation``)."""
+
+
+class BasePolicy:
+    """Defaults for the optional parts of :class:`Policy`: each raises, naming the capability
+    a subclass must declare (and implement) to use it."""
+
+    capabilities = PolicyCapabilities()
+
+    def _lacks(self, what: str) -> NotImplementedError:
+        return NotImplementedError(f"{type(self).__name__} does not declare the capability "
+                                   f"{what!r}")
+
+    def fingerprint(self) -> str:
+        raise self._lacks("fingerprint")
+
+    def sync_reference(self, alpha: float) -> None:
+        raise self._lacks("reference_sync")
+
+    def generate(self, prompts: list[Any], **options: Any) -> list[Any]:
+        raise self._lacks("generation")
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one micro-batch.
+
+    losses: (E,) per-example losses, differentiable; the loop backpropagates their sum
+        divided by the step's global count of ``Objective.units`` (pairs, tokens).
+    metrics: detached (sum, count) metrics of the micro-batch (the loop adds ``loss``).
+    """
+
+    losses: torch.Tensor
+    metrics: MetricSums = field(default_factory=MetricSums)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """Scores a batch with a policy and returns per-example losses and metrics.
+
+    needs_reference: reference scores must be supplied (``ref_logps``, (S,)).
+    batch_level: per-example losses depend on the other examples of the micro-batch (sorting,
+        batch statistics), so accumulation and process splits are not exactly one big batch.
+    pools_batch_stats: its batch statistics are pooled over processes through ``reduce_sum``,
+        so process splits (not accumulation) do give one big batch.
+    reduce_sum: set by the loop when several processes train: sums a tensor over them (for
+        batch statistics an objective pools).
+    """
+
+    name: str
+    needs_reference: bool
+    batch_level: bool
+    pools_batch_stats: bool
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def units(self, batch: Any) -> int:
+        """How many units the batch's losses are normalized over (pairs, tokens)."""
+
+    def __call__(self, policy: Policy, batch: Any,
+                 ref_logps: torch.Tensor | None) -> ObjectiveOutput: ...
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """Where a step's micro-batches come from.
+
+    A static source is a pure function of the step (a seeded order over a fixed dataset); an
+    online source makes batches from the current policy and carries its own resumable state.
+    steps_per_epoch: None when the source has no epochs (then ``max_steps`` must be set).
+    precomputable: the batches do not depend on the policy, so reference scores can be
+        computed once before training (``reference_plan``).
+    """
+
+    steps_per_epoch: int | None
+    precomputable: bool
+
+    def micro_batches(self, step: int, policy: Policy) -> list[Any]:
+        """This process's micro-batches for optimizer step ``step`` (0-based)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

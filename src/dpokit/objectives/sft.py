@@ -1,0 +1,40 @@
+"""Supervised fine-tuning as an objective: the negative log-likelihood of the scored tokens
+(completion tokens by default), averaged over every scored token of the optimizer step.
+
+Normalizing by the step's global token count (not per sequence, not per micro-batch) makes
+accumulation, packing and data-parallel splits give the gradient of one big batch.
+
+    >>> SFTObjective().needs_reference
+    False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core.protocols import ObjectiveOutput, Policy
+from ..core.types import MetricSums
+
+
+@dataclass
+class SFTObjective:
+    name: str = "sft"
+    needs_reference: bool = False
+    batch_level: bool = False
+    pools_batch_stats: bool = True
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def units(self, batch: Any) -> int:
+        """Losses are averaged over scored tokens."""
+        return int(batch.score_target.shape[0])
+
+    def __call__(self, policy: Policy, batch: Any, ref_logps: torch.Tensor | None) -> ObjectiveOutput:
+        scores = policy.logps(batch)
+        nll = -scores.logps.float()  # (S,) summed NLL per sequence
+        metrics = MetricSums()  # the loop's "loss" is the NLL per scored token
+        metrics.add("tokens_per_sequence", scores.tokens.float())
+        return ObjectiveOutput(nll, metrics)

@@ -1,0 +1,1 @@
+"""Policies, one room per modality. Generic code never imports from here."""

@@ -1,0 +1,44 @@
+"""LoRA for causal LMs through peft: a new adapter, or an existing one to train further with
+a frozen copy of it as the reference (the SFT-then-DPO hand-off).
+
+    >>> model = apply_lora(base, r=16, alpha=32)                # doctest: +SKIP
+    >>> model = load_adapter(base, "outputs/sft/final")         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .policy import REFERENCE_ADAPTER
+
+
+def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+               target_modules: list[str] | None = None):
+    """Wrap ``model`` with a fresh LoRA adapter (every linear layer but the LM head by default)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=target_modules or "all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_adapter(model, adapter_dir: str | Path, with_reference: bool = True):
+    """Load a saved LoRA adapter onto ``model`` as the trainable ``"default"`` adapter and,
+    with ``with_reference``, a second frozen copy named ``"reference"``."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    if with_reference:
+        peft_model.load_adapter(str(adapter_dir), adapter_name=REFERENCE_ADAPTER,
+                                is_trainable=False)
+        peft_model.set_adapter("default")
+    return peft_model
+
+
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model a saved adapter folder names, or None when it is not an adapter."""
+    config = Path(folder) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("base_model_name_or_path")

@@ -1,0 +1,158 @@
+"""Checkpoints and the final model: atomic writes (stage aside, then rename), rotation,
+resume, and a model card.
+
+A checkpoint holds the trainable weights, optimizer, scheduler, RNG states, the data source's
+state and the step; a folder counts only once its ``state.json`` exists, and it is written
+last inside the staging folder, so a kill at any moment leaves the previous one intact.
+
+    >>> store = CheckpointStore("outputs/run", keep=2)     # doctest: +SKIP
+    >>> store.latest()                                     # doctest: +SKIP
+    PosixPath('outputs/run/checkpoints/step-0000100')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.protocols import Policy
+
+
+def _stage(parent: Path, prefix: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+class CheckpointStore:
+    """``output_dir/checkpoints/step-NNNNNNN`` folders, the newest ``keep`` kept.
+
+    is_main: this process writes (the others wait at ``barrier``)."""
+
+    def __init__(self, output_dir: str | Path, keep: int = 2, is_main: bool = True,
+                 barrier: Callable[[], None] = lambda: None):
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep, self.is_main, self.barrier = keep, is_main, barrier
+
+    def latest(self) -> Path | None:
+        if not self.root.is_dir():
+            return None
+        done = sorted(p for p in self.root.glob("step-*") if (p / "state.json").is_file())
+        return done[-1] if done else None
+
+    def save(self, step: int, policy: Policy, optimizer: Any, scheduler: Any,
+             source_state: dict[str, Any], config: dict[str, Any]) -> Path:
+        from safetensors.torch import save_file
+
+        final = self.root / f"step-{step:07d}"
+        if self.is_main:
+            staging = _stage(self.root, ".staging-")
+            state = {k: v.contiguous().cpu() for k, v in policy.trainable_state_dict().items()}
+            save_file(state, staging / "trainable.safetensors")
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, staging / "rng.pt")
+            torch.save(source_state, staging / "source.pt")
+            (staging / "state.json").write_text(json.dumps(
+                {"step": step, "config": config}, indent=1, default=str))
+            _swap_in(staging, final)
+            for old in sorted(self.root.glob("step-*"))[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+        return final
+
+    def load(self, path: Path, policy: Policy, optimizer: Any,
+             scheduler: Any) -> tuple[int, dict[str, Any]]:
+        """Restore weights, optimizer, scheduler and RNG; return (step, source state)."""
+        from safetensors.torch import load_file
+
+        policy.load_trainable_state_dict(load_file(path / "trainable.safetensors"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        rng = torch.load(path / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        source = path / "source.pt"
+        source_state = torch.load(source, weights_only=False) if source.is_file() else {}
+        return json.loads((path / "state.json").read_text())["step"], source_state
+
+
+def save_final(policy: Policy, target: str | Path, card: str | None = None,
+               is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
+    """Save the trained model (or adapter) in the ordinary HF format, with ``README.md`` (the
+    model card), atomically."""
+    target = Path(target)
+    if is_main:
+        staging = _stage(target.parent, ".staging-final-")
+        policy.save_pretrained(staging)
+        if card is not None:
+            (staging / "README.md").write_text(card)
+        _swap_in(staging, target)
+    barrier()
+    return target
+
+
+def model_card(base_model: str, data: dict[str, Any], objective: str,
+               hyperparameters: dict[str, Any], metrics: dict[str, float],
+               adapter: bool) -> str:
+    """A Hugging Face model card: base model, data, objective, hyper-parameters, final metrics.
+
+    >>> print(model_card("smollm2", {"train": "pairs.jsonl"}, "sigmoid", {"beta": 0.1},
+    ...                  {"eval/loss": 0.5}, adapter=True).splitlines()[1])
+    base_model: smollm2
+    """
+    tags = ["dpokit", "peft", "lora"] if adapter else ["dpokit"]
+    lines = ["---", f"base_model: {base_model}",
+             f"library_name: {'peft' if adapter else 'transformers'}",
+             "tags:", *[f"- {t}" for t in tags], "---", "",
+             f"# {'LoRA adapter' if adapter else 'Model'} trained with dpokit", "",
+             f"- **Base model**: `{base_model}`", f"- **Objective**: `{objective}`"]
+    lines += [f"- **{name.capitalize()} data**: `{path}`" for name, path in data.items() if path]
+    lines += ["", "## Hyper-parameters", "", "| name | value |", "|---|---|"]
+    lines += [f"| `{k}` | `{v}` |" for k, v in hyperparameters.items()]
+    if metrics:
+        lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.4g} |" for k, v in metrics.items() if isinstance(v, float)]
+    return "\n".join(lines) + "\n"
+
+
+class PushError(RuntimeError):
+    """Uploading to the Hugging Face hub failed; the message says why and what to do."""
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload ``folder`` to the hub repo ``repo_id``; returns its URL. Offline, or without a
+    token, fails with one clear line (the local folder is untouched)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise PushError(f"push_to_hub={repo_id!r}: HF_HUB_OFFLINE is set, so nothing was "
+                        f"uploaded; the model is in {folder}. Unset it on a connected machine "
+                        f"and run `hf upload {repo_id} {folder}`")
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except Exception as err:  # network, auth, permission: all end the same way for the user
+        raise PushError(f"push_to_hub={repo_id!r} failed ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); the model is in "
+                        f"{folder}") from err
+    return f"https://huggingface.co/{repo_id}"

@@ -1,0 +1,296 @@
+"""The training loop: one explicit, readable loop for every objective, on accelerate.
+
+One optimizer step = the micro-batches its data source gives this process. Each micro-batch
+contributes ``sum(per-example losses) * processes / (units in the whole step, all processes)``,
+where units are what the objective averages over (pairs, tokens), so accumulation, packing
+and data-parallel splits give the update of one big batch. The services it composes each live
+in their own module: ``sources`` (data order), ``reference`` (precompute, cache, TR-DPO),
+``checkpoint``, ``strategy`` (launch), ``metrics`` (JSONL, trackers), ``optim``.
+
+    >>> trainer = Trainer(cfg, policy, objective, StaticSource(pairs, collate, 4))  # doctest: +SKIP
+    >>> result = trainer.train()                                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy
+from ..core.types import MetricSums
+from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
+from .metrics import MetricsLogger, format_eval, reduce_metrics
+from .optim import build_optimizer
+from .reference import ReferenceService
+from .sources import EvalSet
+from .strategy import check_launch, make_accelerator
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient became NaN/inf; the run stopped before stepping."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    history: list[dict] = field(default_factory=list)  # one record per logged step
+    eval_history: list[dict] = field(default_factory=list)
+    final_dir: str | None = None
+
+
+class Trainer:
+    """Trains any :class:`~dpokit.core.Policy` with any :class:`~dpokit.core.Objective` on
+    any :class:`~dpokit.core.DataSource`."""
+
+    def __init__(self, cfg: Any, policy: Policy, objective: Objective, source: DataSource,
+                 eval_set: EvalSet | None = None, accelerator: Any = None,
+                 trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print):
+        self.cfg, self.policy, self.objective = cfg, policy, objective
+        self.source, self.eval_set, self.log = source, eval_set, log
+        optim, run = cfg.optim, cfg.run
+        # accelerate's state is a per-process singleton that refuses a second mixed_precision,
+        # so the loop applies its own autocast (optim.mixed_precision) around the forwards.
+        self.accelerator = accelerator or make_accelerator([*run.log_with, *trackers],
+                                                           run.output_dir)
+        check_launch(self.accelerator, cfg.distributed.strategy)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        source.shard(self.world, self.rank)
+        if self.world > 1:  # batch statistics (KTO's KL estimate, BCO's δ) pooled over processes
+            objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
+        self._warn_batch_level()
+        if optim.max_steps:
+            self.total_steps = optim.max_steps
+        elif source.steps_per_epoch is None:
+            raise ValueError("this data source has no epochs (online): set max_steps")
+        else:
+            self.total_steps = max(1, math.ceil(optim.num_epochs * source.steps_per_epoch))
+        torch.manual_seed(optim.seed)
+        random.seed(optim.seed)
+        self.optimizer, self.scheduler = build_optimizer(policy.trainable_parameters(), optim,
+                                                         self.total_steps)
+        self.synced_modules = policy.prepare(self.accelerator)
+        self.optimizer = self.accelerator.prepare(self.optimizer)
+        precision = self._reference_precision()
+        self.reference = ReferenceService(policy, objective, cfg.loss, self.accelerator,
+                                          lambda: self.autocast(precision == "bf16"), precision,
+                                          log, self._progress)
+        self.checkpoints = CheckpointStore(run.output_dir, run.keep_checkpoints,
+                                           self.accelerator.is_main_process,
+                                           self.accelerator.wait_for_everyone)
+        self.output_dir = Path(run.output_dir)
+        self._metrics: MetricsLogger | None = None
+        self._last_eval: dict = {}
+        self.step = 0
+
+    # --- precision ---------------------------------------------------------------------------
+    def autocast(self, bf16: bool | None = None):
+        """bf16 autocast for the forwards when ``mixed_precision=bf16``; losses stay fp32."""
+        enabled = self.cfg.optim.mixed_precision == "bf16" if bf16 is None else bf16
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _reference_precision(self) -> str:
+        """``ref_precision``, where auto follows training's ``mixed_precision``."""
+        chosen = self.cfg.loss.ref_precision
+        if chosen == "auto":
+            return "bf16" if self.cfg.optim.mixed_precision == "bf16" else "fp32"
+        return chosen
+
+    def _warn_batch_level(self) -> None:
+        """A batch-level loss takes its statistics per micro-batch, per process: say so once."""
+        if not self.objective.batch_level:
+            return
+        accum = self.cfg.optim.grad_accum_steps
+        split = self.world > 1 and not self.objective.pools_batch_stats
+        if accum > 1 or split:
+            what = " and ".join(([f"{accum} accumulated micro-batches"] if accum > 1 else [])
+                                + ([f"{self.world} processes"] if split else []))
+            warnings.warn(f"loss {self.objective.name!r} is batch-level (it sorts or averages "
+                          f"over the batch): with {what} its batch statistics are taken per "
+                          f"micro-batch of {self.cfg.optim.batch_size}, not over the whole "
+                          f"step, so the update differs from one big batch", stacklevel=3)
+
+    # --- one step ----------------------------------------------------------------------------
+    def _forward(self, batch: Any, table: str | None) -> ObjectiveOutput:
+        ref = self.reference.scores(batch, table or "")
+        with self.autocast():
+            return self.objective(self.policy, batch, ref)
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(value).all():
+            latest = self.checkpoints.latest()
+            kept = f"the last good checkpoint, {latest}, is intact" if latest else "no checkpoint was written"
+            raise NonFiniteError(f"{what} is {value.item() if value.numel() == 1 else value} at "
+                                 f"step {self.step + 1}; stopping before the optimizer step "
+                                 f"({kept}). Try a lower learning_rate or mixed_precision=no.")
+
+    def _global_sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            t = self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu()
+        return t.tolist()
+
+    def _train_step(self) -> dict:
+        started = time.perf_counter()
+        device = self.accelerator.device
+        batches = [b.to(device) for b in self.source.micro_batches(self.step, self.policy)]
+        units = [self.objective.units(b) for b in batches]
+        step_units, step_examples = self._global_sum(
+            sum(units), sum(len(b.example_index) for b in batches))
+        scale = self.world / step_units  # DDP averages over processes; we want the global mean
+        sums, tokens = MetricSums(), 0
+        for i, batch in enumerate(batches):
+            tokens += batch.num_tokens
+            with ExitStack() as stack:  # skip DDP's gradient all-reduce until the last
+                if i < len(batches) - 1:
+                    for module in self.synced_modules:
+                        stack.enter_context(self.accelerator.no_sync(module))
+                out = self._forward(batch, "train")
+                loss_sum = out.losses.sum()
+                self._check_finite(loss_sum, "the loss")
+                self.accelerator.backward(loss_sum * scale)
+            sums.add("loss", out.losses.float(), count=units[i])
+            sums.merge(out.metrics)
+        max_norm = self.cfg.optim.max_grad_norm or float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), max_norm)
+        grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32)
+        self._check_finite(grad_norm, "the gradient norm")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.reference.after_step(self.step)
+        metrics = reduce_metrics(sums, self.accelerator).means()
+        seconds = time.perf_counter() - started
+        epoch = self.step / self.source.steps_per_epoch if self.source.steps_per_epoch else None
+        metrics.update({"grad_norm": float(grad_norm), "learning_rate": lr,
+                        "examples_per_s": step_examples / seconds,
+                        "tokens_per_s": self._global_sum(tokens)[0] / seconds,
+                        "epoch": epoch, "step": self.step})
+        return metrics
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, eval_set: EvalSet | None = None) -> dict:
+        """The objective's loss and metrics on held-out examples (``eval/`` prefixed)."""
+        eval_set = eval_set or self.eval_set
+        table = "eval" if eval_set is self.eval_set else None
+        self.policy.train(False)
+        sums = MetricSums()
+        for batch in eval_set.batches():
+            batch = batch.to(self.accelerator.device)
+            out = self._forward(batch, table)
+            sums.add("loss", out.losses.float(), count=self.objective.units(batch))
+            sums.merge(out.metrics)
+        self.policy.train(True)
+        metrics = {f"eval/{k}": v for k, v in sums.means().items()}
+        metrics["step"] = self.step
+        return metrics
+
+    def _run_eval(self, result: TrainResult) -> None:
+        metrics = self.evaluate()
+        result.eval_history.append(metrics)
+        self._emit(metrics)
+        self.log(format_eval(metrics))
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        return self.checkpoints.save(self.step, self.policy, self.optimizer, self.scheduler,
+                                     self.source.state_dict(), self.cfg.to_dict())
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.step, state = self.checkpoints.load(path, self.policy, self.optimizer, self.scheduler)
+        self.source.load_state_dict(state)
+
+    # --- output ------------------------------------------------------------------------------
+    def _progress(self, desc: str):
+        """A tqdm wrapper for iterables when progress bars are on (main process only)."""
+        if not (self.cfg.run.progress_bar and self.accelerator.is_main_process):
+            return None
+        from tqdm.auto import tqdm
+
+        return lambda items: tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _emit(self, metrics: dict) -> None:
+        if self._metrics is None:
+            self._metrics = MetricsLogger(self.output_dir, self.accelerator, self.cfg.to_dict())
+        self._metrics.emit(metrics)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        run = self.cfg.run
+        result = TrainResult(step=0)
+        if run.resume:
+            latest = self.checkpoints.latest()
+            if latest is None:
+                self.log(f"resume: no checkpoint in {self.checkpoints.root}; starting fresh")
+            else:
+                self.load_checkpoint(latest)
+                self.log(f"resume: continuing from {latest} (step {self.step})")
+        self.reference.prepare("train", self.source)
+        self.reference.prepare("eval", self.eval_set)
+        self.policy.train(True)
+        bar = None
+        if run.progress_bar and self.accelerator.is_main_process:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="dpokit", dynamic_ncols=True)
+        evaluated_at = None
+        while self.step < self.total_steps:
+            metrics = self._train_step()
+            if self.step % run.log_every == 0 or self.step == self.total_steps:
+                result.history.append(metrics)
+                self._emit(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if self.eval_set is not None and run.eval_every and self.step % run.eval_every == 0:
+                self._run_eval(result)
+                evaluated_at = self.step
+            if run.save_every and self.step % run.save_every == 0:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if self.eval_set is not None and evaluated_at != self.step:
+            self._run_eval(result)
+        result.step = self.step
+        self._last_eval = result.eval_history[-1] if result.eval_history else {}
+        return result
+
+    def save_final(self, directory: str | Path | None = None) -> Path:
+        """Save the trained model (or adapter) with a model card, atomically; upload it when
+        ``push_to_hub`` names a repo."""
+        cfg = self.cfg
+        target = Path(directory) if directory else self.output_dir / "final"
+        card = model_card(cfg.model.name, {"train": cfg.data.train_data, "eval": cfg.data.eval_data},
+                          self.objective.name, _card_hyperparameters(cfg),
+                          self._last_eval, adapter=cfg.model.lora)
+        save_final(self.policy, target, card, self.accelerator.is_main_process,
+                   self.accelerator.wait_for_everyone)
+        if cfg.run.push_to_hub and self.accelerator.is_main_process:
+            self.log(f"pushed to {push_to_hub(target, cfg.run.push_to_hub)}")
+        return target
+
+    def close(self) -> None:
+        """End a run: wait for every process, close trackers, tear the process group down, so
+        that no process exits while another still talks to it (gloo can abort the survivor)."""
+        self.accelerator.wait_for_everyone()
+        if self.world > 1 or (self._metrics is not None and self._metrics.trackers):
+            self.accelerator.end_training()
+
+
+def _card_hyperparameters(cfg: Any) -> dict[str, Any]:
+    loss, optim = cfg.loss, cfg.optim
+    return {"loss": loss.name, "beta": loss.beta, "learning_rate": optim.learning_rate,
+            "lr_scheduler": optim.lr_scheduler, "batch_size": optim.batch_size,
+            "grad_accum_steps": optim.grad_accum_steps, "num_epochs": optim.num_epochs,
+            "max_steps": optim.max_steps, "lora": cfg.model.lora, "lora_r": cfg.model.lora_r,
+            "mixed_precision": optim.mixed_precision, "seed": optim.seed}

@@ -1,0 +1,71 @@
+"""Metrics out: ``metrics.jsonl`` (one row per logged step and per evaluation) and the
+trackers accelerate drives (``log_with``: tensorboard, wandb, mlflow, aim, comet_ml, when
+installed). Only the main process writes.
+
+    >>> format_eval({"step": 3, "eval/loss": 0.5, "eval/rewards/accuracies": 0.75})
+    '[eval @ step 3] loss 0.5000  rewards/accuracies 0.750'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..core.types import MetricSums
+
+
+def reduce_metrics(sums: MetricSums, accelerator: Any) -> MetricSums:
+    """Sum (sum, count) metrics over processes (every process holds the same names)."""
+    if accelerator.num_processes == 1:
+        return sums
+    names = sorted(sums.sums)
+    total = accelerator.reduce(sums.as_tensor(names).to(accelerator.device), "sum").cpu()
+    return MetricSums.from_tensor(names, total)
+
+
+class MetricsLogger:
+    """Writes metric rows to ``output_dir/metrics.jsonl`` and to accelerate's trackers."""
+
+    def __init__(self, output_dir: str | Path, accelerator: Any, run_config: dict[str, Any],
+                 project: str = "dpokit"):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.trackers = bool(accelerator.log_with)
+        if self.trackers:
+            accelerator.init_trackers(project, config=_flat(run_config))
+
+    def emit(self, metrics: dict[str, Any]) -> None:
+        if self.trackers:
+            scalars = {k: v for k, v in metrics.items()
+                       if k != "step" and isinstance(v, (int, float))}
+            self.accelerator.log(scalars, step=metrics["step"])
+        if not self.main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def close(self) -> None:
+        if self.trackers:
+            self.accelerator.end_training()
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> flat ``section.key`` scalars (trackers' hyper-parameter tables)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+def format_eval(m: dict[str, Any]) -> str:
+    """One line of the headline eval metrics that are present."""
+    keys = ("loss", "rewards/accuracies", "rewards/margins", "logp_accuracy")
+    parts = [f"{k} {m[f'eval/{k}']:.{4 if k in ('loss', 'rewards/margins') else 3}f}"
+             for k in keys if f"eval/{k}" in m]
+    return f"[eval @ step {m['step']}] " + "  ".join(parts)

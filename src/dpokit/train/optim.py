@@ -1,0 +1,39 @@
+"""Optimizer and learning-rate schedule (AdamW; linear / cosine / constant after warmup).
+
+    >>> f = lr_factor(total_steps=10, warmup=2, schedule="linear")
+    >>> [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
+    [0.333, 0.667, 1.0, 0.5, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def lr_factor(total_steps: int, warmup: int, schedule: str) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def build_optimizer(params: list[torch.nn.Parameter], optim: Any,
+                    total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over ``params`` and its LambdaLR schedule, from the config's optim section."""
+    optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, betas=tuple(optim.adam_betas),
+                                  weight_decay=optim.weight_decay)
+    warmup = optim.warmup_steps or int(optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(total_steps, warmup, optim.lr_scheduler))
+    return optimizer, scheduler
