@@ -81,16 +81,27 @@ def make_pairs(tokenizer, n: int, prompt_range, completion_range, seed: int = 0)
     pool = sentences()
     rows = []
     for _ in range(n):
-        prompt = "Continue the review: " + text_of_length(tokenizer, pool, rng.randint(*prompt_range), rng)
-        rows.append({"prompt": prompt,
-                     "chosen": text_of_length(tokenizer, pool, rng.randint(*completion_range), rng),
-                     "rejected": text_of_length(tokenizer, pool, rng.randint(*completion_range), rng)})
+        prompt = "Continue the review: " + text_of_length(
+            tokenizer, pool, rng.randint(*prompt_range), rng
+        )
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": text_of_length(tokenizer, pool, rng.randint(*completion_range), rng),
+                "rejected": text_of_length(tokenizer, pool, rng.randint(*completion_range), rng),
+            }
+        )
     return rows
 
 
 # --- models --------------------------------------------------------------------------------
-SHAPE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "chat_template.jinja")
+SHAPE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
 
 
 def export_shape(target: Path) -> None:
@@ -139,9 +150,16 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
         if shape_dir is None:
             return str(smol)
         return _random_init(LlamaConfig.from_pretrained(smol), smol, workdir / "smollm2-random")
-    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688,
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
     return _random_init(config, smol, workdir / "tiny-llama")
 
 
@@ -150,28 +168,53 @@ def worker_dpokit(args, rows, path) -> dict:
     from functools import partial
 
     import torch
+    from dpokit.trainer import Trainer
 
     from dpokit.config import load_config
     from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
     from dpokit.data.io import Record
-    from dpokit.policies.causal_lm.models import load_tokenizer
     from dpokit.pipeline import build_policy
-    from dpokit.trainer import Trainer
+    from dpokit.policies.causal_lm.models import load_tokenizer
 
-    base = dict(model=path, lora=args.lora, learning_rate=args.lr, lr_scheduler="constant",
-                batch_size=args.batch, max_steps=args.steps, mixed_precision=args.precision,
-                max_length=args.max_length, max_prompt_length=args.max_length, beta=0.1,
-                shuffle=False, progress_bar=False, tensorboard=False, eval_data=None,
-                output_dir=tempfile.mkdtemp(), ref_cache_dir=None, batch_layout=args.layout,
-                precompute_ref_logps=True, max_grad_norm=1.0)
+    base = dict(
+        model=path,
+        lora=args.lora,
+        learning_rate=args.lr,
+        lr_scheduler="constant",
+        batch_size=args.batch,
+        max_steps=args.steps,
+        mixed_precision=args.precision,
+        max_length=args.max_length,
+        max_prompt_length=args.max_length,
+        beta=0.1,
+        shuffle=False,
+        progress_bar=False,
+        tensorboard=False,
+        eval_data=None,
+        output_dir=tempfile.mkdtemp(),
+        ref_cache_dir=None,
+        batch_layout=args.layout,
+        precompute_ref_logps=True,
+        max_grad_norm=1.0,
+    )
     overridden = {item.partition("=")[0] for item in args.dpokit_set}
-    cfg = load_config(None, args.dpokit_set, **{k: v for k, v in base.items() if k not in overridden})
+    cfg = load_config(
+        None, args.dpokit_set, **{k: v for k, v in base.items() if k not in overridden}
+    )
     tok = load_tokenizer(path)
-    pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
-                        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length))
+    pairs = build_pairs(
+        [Record("bench", i + 1, r) for i, r in enumerate(rows)],
+        tok,
+        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length),
+    )
     policy = build_policy(cfg, tok)
-    trainer = Trainer(cfg, policy, pairs, partial(collate_pairs, pad_token_id=tok.pad_token_id,
-                                                  layout=cfg.batch_layout), log=lambda _: None)
+    trainer = Trainer(
+        cfg,
+        policy,
+        pairs,
+        partial(collate_pairs, pad_token_id=tok.pad_token_id, layout=cfg.batch_layout),
+        log=lambda _: None,
+    )
     times = []
     step = trainer._train_step
 
@@ -219,17 +262,42 @@ def worker_trl(args, rows, path) -> dict:
     if args.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    config = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
-                       learning_rate=args.lr, lr_scheduler_type="constant", max_steps=args.steps,
-                       beta=0.1, max_length=args.max_length, bf16=args.precision == "bf16",
-                       gradient_checkpointing=False, precompute_ref_log_probs=True,
-                       logging_steps=1, report_to="none", save_strategy="no", max_grad_norm=1.0,
-                       train_sampling_strategy="sequential", use_cpu=device_type() == "cpu",
-                       dataloader_num_workers=0, seed=0, warmup_steps=0)
-    trainer = DPOTrainer(model=model, args=config, processing_class=tok, peft_config=peft_config,
-                         train_dataset=datasets.Dataset.from_list(rows), callbacks=[Clock()])
+        peft_config = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    config = DPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.batch,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        max_steps=args.steps,
+        beta=0.1,
+        max_length=args.max_length,
+        bf16=args.precision == "bf16",
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=True,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        max_grad_norm=1.0,
+        train_sampling_strategy="sequential",
+        use_cpu=device_type() == "cpu",
+        dataloader_num_workers=0,
+        seed=0,
+        warmup_steps=0,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        processing_class=tok,
+        peft_config=peft_config,
+        train_dataset=datasets.Dataset.from_list(rows),
+        callbacks=[Clock()],
+    )
     trainer.train()
     return {"times": times, "losses": losses}
 
@@ -243,8 +311,8 @@ def worker_floor(args, rows, path) -> dict:
     from dpokit.config import load_config
     from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
     from dpokit.data.io import Record
-    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
     from dpokit.pipeline import apply_lora
+    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(path)
     model = load_causal_lm(path)
@@ -254,25 +322,35 @@ def worker_floor(args, rows, path) -> dict:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
-    pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
-                        TokenizeSettings(max_length=args.max_length, max_prompt_length=args.max_length))
+    pairs = build_pairs(
+        [Record("bench", i + 1, r) for i, r in enumerate(rows)],
+        tok,
+        TokenizeSettings(max_length=args.max_length, max_prompt_length=args.max_length),
+    )
     times, losses = [], []
     for step in range(args.steps):
-        batch = collate_pairs(pairs.pairs[step * args.batch:(step + 1) * args.batch],
-                              tok.pad_token_id, "prefix_shared").to(device)
+        batch = collate_pairs(
+            pairs.pairs[step * args.batch : (step + 1) * args.batch],
+            tok.pad_token_id,
+            "prefix_shared",
+        ).to(device)
         real = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)  # (R, T)
         for row, segments in enumerate(batch.segments):
             for start, p, c, n in segments:
-                real[row, start:start + p + c + n] = True
+                real[row, start : start + p + c + n] = True
         labels = batch.input_ids.masked_fill(~real, -100)  # (R, T): no loss on row padding
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids).logits  # (R, T, V)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                 labels[:, 1:].flatten())  # mean over real tokens
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+            ).logits  # (R, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()
+        )  # mean over real tokens
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -296,13 +374,23 @@ def run_worker(args) -> None:
 def summarize(result: dict, rows: list[dict], tok, batch: int) -> dict:
     times = result["times"][1:] or result["times"]  # step 1 warms up
     median = statistics.median(times)
-    tokens = [sum(len(tok(r["prompt"])["input_ids"]) * 2 + len(tok(r["chosen"])["input_ids"])
-                  + len(tok(r["rejected"])["input_ids"]) for r in rows[i * batch:(i + 1) * batch])
-              for i in range(len(result["times"]))]
+    tokens = [
+        sum(
+            len(tok(r["prompt"])["input_ids"]) * 2
+            + len(tok(r["chosen"])["input_ids"])
+            + len(tok(r["rejected"])["input_ids"])
+            for r in rows[i * batch : (i + 1) * batch]
+        )
+        for i in range(len(result["times"]))
+    ]
     tokens_per_step = statistics.mean(tokens[1:] or tokens)
-    return {"s_per_step": median, "pairs_per_s": batch / median,
-            "tokens_per_s": tokens_per_step / median, "peak_gb": result["peak_memory_gb"],
-            "losses": [round(x, 4) for x in result["losses"][:3]]}
+    return {
+        "s_per_step": median,
+        "pairs_per_s": batch / median,
+        "tokens_per_s": tokens_per_step / median,
+        "peak_gb": result["peak_memory_gb"],
+        "losses": [round(x, 4) for x in result["losses"][:3]],
+    }
 
 
 def main() -> None:
@@ -315,13 +403,28 @@ def main() -> None:
     parser.add_argument("--layout", default="prefix_shared")
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--out", default=None, help="write the summary JSON here")
-    parser.add_argument("--shape-dir", type=Path, default=None, metavar="DIR",
-                        help="smollm2 workloads on SmolLM2's architecture with random weights, "
-                             "config and tokenizer from DIR (see --export-shape)")
-    parser.add_argument("--export-shape", type=Path, default=None, metavar="DIR",
-                        help="write SmolLM2's config and tokenizer (no weights) to DIR and exit")
-    parser.add_argument("--dpokit-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra dpokit config overrides (A/B of dpokit variants)")
+    parser.add_argument(
+        "--shape-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="smollm2 workloads on SmolLM2's architecture with random weights, "
+        "config and tokenizer from DIR (see --export-shape)",
+    )
+    parser.add_argument(
+        "--export-shape",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write SmolLM2's config and tokenizer (no weights) to DIR and exit",
+    )
+    parser.add_argument(
+        "--dpokit-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dpokit config overrides (A/B of dpokit variants)",
+    )
     # worker-only arguments
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -349,28 +452,58 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         for round_ in range(args.rounds):
             for system in args.systems.split(","):
-                cmd = [sys.executable, __file__, "--worker", system, "--data", str(data),
-                       "--model-path", path, "--batch", str(batch), "--max-length", str(max_length),
-                       "--steps", str(args.steps), "--precision", args.precision,
-                       "--layout", args.layout, "--lr", str(args.lr)] + (["--lora"] if lora else [])
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    system,
+                    "--data",
+                    str(data),
+                    "--model-path",
+                    path,
+                    "--batch",
+                    str(batch),
+                    "--max-length",
+                    str(max_length),
+                    "--steps",
+                    str(args.steps),
+                    "--precision",
+                    args.precision,
+                    "--layout",
+                    args.layout,
+                    "--lr",
+                    str(args.lr),
+                ] + (["--lora"] if lora else [])
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
-                python_path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+                python_path = os.pathsep.join(
+                    filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+                )
                 env = dict(os.environ, PYTHONPATH=python_path, TOKENIZERS_PARALLELISM="false")
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:  # report it and go on: the other systems' figures still count
                     print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                    print(f"[{name} round {round_ + 1}] {system:<6} FAILED (output above)", flush=True)
+                    print(
+                        f"[{name} round {round_ + 1}] {system:<6} FAILED (output above)", flush=True
+                    )
                     failed.append(f"{system} on {name}")
                     continue
                 summary = summarize(json.loads(line[7:]), rows, tok, batch)
                 runs.setdefault(system, []).append(summary)
-                print(f"[{name} round {round_ + 1}] {system:<6} {summary['s_per_step']:.2f} s/step "
-                      f"{summary['pairs_per_s']:.3f} pairs/s  peak {summary['peak_gb']:.2f} GB  "
-                      f"losses {summary['losses']}  ({time.perf_counter() - started:.0f} s)", flush=True)
-        report[name] = {s: {k: (statistics.median([r[k] for r in rs]) if k != "losses" else rs[0][k])
-                            for k in rs[0]} for s, rs in runs.items()}
+                print(
+                    f"[{name} round {round_ + 1}] {system:<6} {summary['s_per_step']:.2f} s/step "
+                    f"{summary['pairs_per_s']:.3f} pairs/s  peak {summary['peak_gb']:.2f} GB  "
+                    f"losses {summary['losses']}  ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+        report[name] = {
+            s: {
+                k: (statistics.median([r[k] for r in rs]) if k != "losses" else rs[0][k])
+                for k in rs[0]
+            }
+            for s, rs in runs.items()
+        }
     print_report(report)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
@@ -379,18 +512,26 @@ def main() -> None:
 
 
 def print_report(report: dict) -> None:
-    print(f"\n{'workload':<14} {'system':<7} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} "
-          f"{'peak GB':>8}  first losses")
+    print(
+        f"\n{'workload':<14} {'system':<7} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} "
+        f"{'peak GB':>8}  first losses"
+    )
     for name, systems in report.items():
         for system, r in systems.items():
-            print(f"{name:<14} {system:<7} {r['s_per_step']:>7.2f} {r['pairs_per_s']:>8.3f} "
-                  f"{r['tokens_per_s']:>9.1f} {r['peak_gb']:>8.2f}  {r['losses']}")
+            print(
+                f"{name:<14} {system:<7} {r['s_per_step']:>7.2f} {r['pairs_per_s']:>8.3f} "
+                f"{r['tokens_per_s']:>9.1f} {r['peak_gb']:>8.2f}  {r['losses']}"
+            )
         d, t, f = systems.get("dpokit"), systems.get("trl"), systems.get("floor")
         if d and t:
-            print(f"{'':<14} dpokit/TRL: throughput x{d['pairs_per_s'] / t['pairs_per_s']:.2f}, "
-                  f"peak memory x{d['peak_gb'] / t['peak_gb']:.2f}")
+            print(
+                f"{'':<14} dpokit/TRL: throughput x{d['pairs_per_s'] / t['pairs_per_s']:.2f}, "
+                f"peak memory x{d['peak_gb'] / t['peak_gb']:.2f}"
+            )
         if d and f:
-            print(f"{'':<14} dpokit step / plain floor step: x{d['s_per_step'] / f['s_per_step']:.2f}")
+            print(
+                f"{'':<14} dpokit step / plain floor step: x{d['s_per_step'] / f['s_per_step']:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from dpokit.data import TokenizedPair, collate_pairs  # noqa: E402
-from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain  # noqa: E402
 from dpokit.policies.causal_lm import CausalLMPolicy  # noqa: E402
+from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain  # noqa: E402
 
 # very different lengths: one-token prompt, long and one-token completions
 PAIRS = [
@@ -68,18 +68,31 @@ def check_layouts(device: str, failures: list[str]) -> None:
         plain = logps_and_grads(device, "padded", pairs, False)
         for layout in ("packed", "prefix_shared"):
             for segment_attention in (False, True):
-                name = f"{layout}{' + segment attention' if segment_attention else ''}, {n_pairs} pair(s)"
+                attention = " + segment attention" if segment_attention else ""
+                name = f"{layout}{attention}, {n_pairs} pair(s)"
                 fast = logps_and_grads(device, layout, pairs, segment_attention)
                 value_err = float((fast[0] - plain[0]).abs().max())
-                grad_err = max(float(((fast[2][k] - g).abs() - GRAD_RTOL * g.abs()).max())
-                               for k, g in plain[2].items())
-                ok = value_err <= FP32_ATOL and grad_err <= FP32_ATOL and torch.equal(fast[1], plain[1])
-                report(failures, ok, f"fp32 {name}: max |logp diff| {value_err:.2e}, "
-                                     f"grad excess {grad_err:.2e}")
+                grad_err = max(
+                    float(((fast[2][k] - g).abs() - GRAD_RTOL * g.abs()).max())
+                    for k, g in plain[2].items()
+                )
+                ok = (
+                    value_err <= FP32_ATOL
+                    and grad_err <= FP32_ATOL
+                    and torch.equal(fast[1], plain[1])
+                )
+                report(
+                    failures,
+                    ok,
+                    f"fp32 {name}: max |logp diff| {value_err:.2e}, grad excess {grad_err:.2e}",
+                )
                 low = logps_and_grads(device, layout, pairs, segment_attention, bf16=True)
                 per_token = float(((low[0] - plain[0]).abs() / plain[1].clamp(min=1)).mean())
-                report(failures, per_token <= BF16_PER_TOKEN and bool(torch.isfinite(low[0]).all()),
-                       f"bf16 {name}: mean |logp diff| per token {per_token:.4f}")
+                report(
+                    failures,
+                    per_token <= BF16_PER_TOKEN and bool(torch.isfinite(low[0]).all()),
+                    f"bf16 {name}: mean |logp diff| per token {per_token:.4f}",
+                )
 
 
 def check_lm_head(device: str, failures: list[str]) -> None:
@@ -92,13 +105,19 @@ def check_lm_head(device: str, failures: list[str]) -> None:
     b = token_logps_plain(h, w, t)
     ga = torch.autograd.grad((a * upstream).sum(), (h, w))
     gb = torch.autograd.grad((b * upstream).sum(), (h, w))
-    err = max(float((a - b).detach().abs().max()), *(float((x - y).abs().max()) for x, y in zip(ga, gb, strict=True)))
+    err = max(
+        float((a - b).detach().abs().max()),
+        *(float((x - y).abs().max()) for x, y in zip(ga, gb, strict=True)),
+    )
     report(failures, err <= FP32_ATOL, f"fp32 chunked LM head vs plain: max diff {err:.2e}")
     with torch.no_grad():
         low = token_logps_chunked(h, w, t, chunk_size=64, compute_dtype=torch.bfloat16)  # (300,)
         err = float((low - b).abs().mean())
-    report(failures, low.dtype == torch.float32 and err <= BF16_PER_TOKEN,
-           f"bf16 chunked LM head vs fp32 plain: mean diff per token {err:.4f}")
+    report(
+        failures,
+        low.dtype == torch.float32 and err <= BF16_PER_TOKEN,
+        f"bf16 chunked LM head vs fp32 plain: mean diff per token {err:.4f}",
+    )
 
 
 def check_training(device: str, failures: list[str], out_dir: Path) -> None:
@@ -107,15 +126,26 @@ def check_training(device: str, failures: list[str], out_dir: Path) -> None:
     from helpers import tiny_trainer
 
     tok = make_tokenizer()
-    trainer = tiny_trainer(out_dir, tok, rows=sentiment_rows(), max_steps=8, learning_rate=5e-3,
-                           mixed_precision="bf16" if device != "cpu" else "no",
-                           precompute_ref_logps=True, ref_cache_dir=None)
+    trainer = tiny_trainer(
+        out_dir,
+        tok,
+        rows=sentiment_rows(),
+        max_steps=8,
+        learning_rate=5e-3,
+        mixed_precision="bf16" if device != "cpu" else "no",
+        precompute_ref_logps=True,
+        ref_cache_dir=None,
+    )
     history = trainer.train().history
     losses = [m["loss"] for m in history]
     on_device = trainer.accelerator.device.type == device
     ok = on_device and all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    report(failures, ok, f"training on {trainer.accelerator.device}: loss {losses[0]:.4f} -> "
-                         f"{losses[-1]:.4f}, reward accuracy {history[-1]['rewards/accuracies']:.2f}")
+    report(
+        failures,
+        ok,
+        f"training on {trainer.accelerator.device}: loss {losses[0]:.4f} -> "
+        f"{losses[-1]:.4f}, reward accuracy {history[-1]['rewards/accuracies']:.2f}",
+    )
 
 
 def report(failures: list[str], ok: bool, line: str) -> None:

@@ -17,13 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dpo import make_pairs  # noqa: E402
+from dpokit.trainer import Trainer  # noqa: E402
 
 from dpokit.config import load_config  # noqa: E402
 from dpokit.data import TokenizeSettings, build_pairs, collate_pairs  # noqa: E402
 from dpokit.data.io import Record  # noqa: E402
-from dpokit.policies.causal_lm.models import load_tokenizer  # noqa: E402
 from dpokit.pipeline import build_policy  # noqa: E402
-from dpokit.trainer import Trainer  # noqa: E402
+from dpokit.policies.causal_lm.models import load_tokenizer  # noqa: E402
 
 
 def main(overrides: list[str]) -> None:
@@ -35,11 +35,18 @@ def main(overrides: list[str]) -> None:
     cfg = load_config(None, overrides, **{k: v for k, v in base.items() if k not in overridden})
     tok = load_tokenizer(cfg.model)
     rows = make_pairs(tok, cfg.batch_size * cfg.max_steps, (20, 400), (20, 300))
-    pairs = build_pairs([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok,
-                        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length))
-    trainer = Trainer(cfg, build_policy(cfg, tok), pairs,
-                      partial(collate_pairs, pad_token_id=tok.pad_token_id, layout=cfg.batch_layout),
-                      log=lambda _: None)
+    pairs = build_pairs(
+        [Record("bench", i + 1, r) for i, r in enumerate(rows)],
+        tok,
+        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length),
+    )
+    trainer = Trainer(
+        cfg,
+        build_policy(cfg, tok),
+        pairs,
+        partial(collate_pairs, pad_token_id=tok.pad_token_id, layout=cfg.batch_layout),
+        log=lambda _: None,
+    )
     trainer._precompute_reference()
     trainer._train_step()  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

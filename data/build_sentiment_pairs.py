@@ -5,9 +5,9 @@ Source: `gensim/test/test_data/pang_lee_polarity.cor` in the PyPI wheel `gensim=
 Pang & Lee's sentence polarity dataset v1.0). See `data/README.md` for licence notes.
 
 Each pair asks for a review sentence of a given polarity; the chosen answer is a real
-sentence of that polarity and the rejected one a real sentence of the other, of similar length. Every sentence
-appears once as chosen and once as rejected (under the opposite instruction), so a model
-that ignores the instruction scores exactly 50% on the ranking task.
+sentence of that polarity and the rejected one a real sentence of the other, of similar
+length. Every sentence appears once as chosen and once as rejected (under the opposite
+instruction), so a model that ignores the instruction scores exactly 50% on the ranking task.
 
     python data/build_sentiment_pairs.py PATH/TO/pang_lee_polarity.cor
 """
@@ -59,8 +59,8 @@ def main(source: str, out_dir: str = str(Path(__file__).parent)) -> None:
         pos, neg = sorted(pools["pos"], key=len), sorted(pools["neg"], key=len)
         for i in range(len(pos)):
             # A positive request: chosen positive, rejected negative; and the mirror pair.
-            rows.append({"prompt": rng.choice(PROMPTS["pos"]), "chosen": pos[i], "rejected": neg[i]})
-            rows.append({"prompt": rng.choice(PROMPTS["neg"]), "chosen": neg[i], "rejected": pos[i]})
+            for want, good, bad in (("pos", pos[i], neg[i]), ("neg", neg[i], pos[i])):
+                rows.append({"prompt": rng.choice(PROMPTS[want]), "chosen": good, "rejected": bad})
         rng.shuffle(rows)
         path = Path(out_dir) / f"sentiment_pairs.{split}.jsonl"
         with path.open("w", encoding="utf-8") as f:

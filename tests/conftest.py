@@ -38,11 +38,15 @@ def make_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -56,10 +60,18 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=False,
-                         attn_implementation="sdpa", **overrides)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        **overrides,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -82,11 +94,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-POSITIVE = ["a charming, funny and moving story", "the movie was wonderful",
-            "the acting was great", "wonderful and charming", "a great, moving film",
-            "funny and wonderful acting"]
-NEGATIVE = ["tedious, silly and badly written", "the film was dull", "far too long and boring",
-            "dull and tedious", "a silly, boring film", "badly written and too long"]
+POSITIVE = [
+    "a charming, funny and moving story",
+    "the movie was wonderful",
+    "the acting was great",
+    "wonderful and charming",
+    "a great, moving film",
+    "funny and wonderful acting",
+]
+NEGATIVE = [
+    "tedious, silly and badly written",
+    "the film was dull",
+    "far too long and boring",
+    "dull and tedious",
+    "a silly, boring film",
+    "badly written and too long",
+]
 
 
 def sentiment_rows(n_repeat: int = 2) -> list[dict]:
@@ -94,10 +117,20 @@ def sentiment_rows(n_repeat: int = 2) -> list[dict]:
     rows = []
     for _ in range(n_repeat):
         for pos, neg in zip(POSITIVE, NEGATIVE, strict=False):
-            rows.append({"prompt": "write one sentence from a positive movie review",
-                         "chosen": " " + pos, "rejected": " " + neg})
-            rows.append({"prompt": "write one sentence from a negative movie review",
-                         "chosen": " " + neg, "rejected": " " + pos})
+            rows.append(
+                {
+                    "prompt": "write one sentence from a positive movie review",
+                    "chosen": " " + pos,
+                    "rejected": " " + neg,
+                }
+            )
+            rows.append(
+                {
+                    "prompt": "write one sentence from a negative movie review",
+                    "chosen": " " + neg,
+                    "rejected": " " + pos,
+                }
+            )
     return rows
 
 
@@ -115,10 +148,20 @@ def held_out_rows() -> list[dict]:
     rows = []
     for i, pos in enumerate(POSITIVE):
         neg = NEGATIVE[(i + 1) % len(NEGATIVE)]
-        rows.append({"prompt": "write one sentence from a positive movie review",
-                     "chosen": " " + pos, "rejected": " " + neg})
-        rows.append({"prompt": "write one sentence from a negative movie review",
-                     "chosen": " " + neg, "rejected": " " + pos})
+        rows.append(
+            {
+                "prompt": "write one sentence from a positive movie review",
+                "chosen": " " + pos,
+                "rejected": " " + neg,
+            }
+        )
+        rows.append(
+            {
+                "prompt": "write one sentence from a negative movie review",
+                "chosen": " " + neg,
+                "rejected": " " + pos,
+            }
+        )
     return rows
 
 

@@ -17,12 +17,22 @@ def main(out_dir: str, batch_size: int, lora: bool, loss: str) -> None:
                            batch_size=batch_size, learning_rate=1e-2, max_grad_norm=1.0,
                            precompute_ref_logps=True, ref_cache_dir=None, loss=loss, rows=rows)
     history = trainer.train().history
-    params = {n: float(p.detach().double().sum()) for n, p in trainer.policy.model.named_parameters()
-              if p.requires_grad}
+    params = {
+        n: float(p.detach().double().sum())
+        for n, p in trainer.policy.model.named_parameters()
+        if p.requires_grad
+    }
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(out_dir, "result.json").write_text(json.dumps(
-            {"losses": [m["loss"] for m in history], "grad_norms": [m["grad_norm"] for m in history],
-             "params": params, "world": trainer.world}))
+        Path(out_dir, "result.json").write_text(
+            json.dumps(
+                {
+                    "losses": [m["loss"] for m in history],
+                    "grad_norms": [m["grad_norm"] for m in history],
+                    "params": params,
+                    "world": trainer.world,
+                }
+            )
+        )
     trainer.close()
 
 

@@ -19,8 +19,11 @@ def ids(tok, text, special=False):
 
 
 def test_standard_boundary_and_eos(tokenizer):
-    pairs = build_pairs([rec({"prompt": "the movie was", "chosen": " wonderful", "rejected": " dull"})],
-                        tokenizer, TokenizeSettings())
+    pairs = build_pairs(
+        [rec({"prompt": "the movie was", "chosen": " wonderful", "rejected": " dull"})],
+        tokenizer,
+        TokenizeSettings(),
+    )
     p = pairs[0]
     assert p.prompt_ids == ids(tokenizer, "the movie was", special=True)
     assert p.chosen_ids == ids(tokenizer, " wonderful") + [tokenizer.eos_token_id]
@@ -35,9 +38,11 @@ def test_standard_boundary_and_eos(tokenizer):
 
 
 def test_conversational_boundary_uses_chat_template(tokenizer):
-    row = {"prompt": [{"role": "user", "content": "write one sentence"}],
-           "chosen": [{"role": "assistant", "content": "a charming story"}],
-           "rejected": [{"role": "assistant", "content": "a dull story"}]}
+    row = {
+        "prompt": [{"role": "user", "content": "write one sentence"}],
+        "chosen": [{"role": "assistant", "content": "a charming story"}],
+        "rejected": [{"role": "assistant", "content": "a dull story"}],
+    }
     p = build_pairs([rec(row)], tokenizer, TokenizeSettings())[0]
     prompt_text = "<|im_start|>user\nwrite one sentence<|im_end|>\n<|im_start|>assistant\n"
     assert p.prompt_ids == ids(tokenizer, prompt_text)
@@ -51,12 +56,18 @@ def test_conversational_boundary_uses_chat_template(tokenizer):
 
 def test_chat_template_for_strings_matches_conversational(tokenizer):
     s = {"prompt": "write one sentence", "chosen": "a charming story", "rejected": "a dull story"}
-    c = {"prompt": [{"role": "user", "content": "write one sentence"}],
-         "chosen": [{"role": "assistant", "content": "a charming story"}],
-         "rejected": [{"role": "assistant", "content": "a dull story"}]}
+    c = {
+        "prompt": [{"role": "user", "content": "write one sentence"}],
+        "chosen": [{"role": "assistant", "content": "a charming story"}],
+        "rejected": [{"role": "assistant", "content": "a dull story"}],
+    }
     a = build_pairs([rec(s)], tokenizer, TokenizeSettings(chat_template_for_strings=True))[0]
     b = build_pairs([rec(c)], tokenizer, TokenizeSettings())[0]
-    assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (b.prompt_ids, b.chosen_ids, b.rejected_ids)
+    assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (
+        b.prompt_ids,
+        b.chosen_ids,
+        b.rejected_ids,
+    )
 
 
 def test_implicit_prompt_text_and_messages(tokenizer):
@@ -66,16 +77,23 @@ def test_implicit_prompt_text_and_messages(tokenizer):
     assert p.chosen_ids == ids(tokenizer, " wonderful and moving") + [tokenizer.eos_token_id]
     assert p.rejected_ids == ids(tokenizer, " dull") + [tokenizer.eos_token_id]
     user = {"role": "user", "content": "rate it"}
-    row = {"chosen": [user, {"role": "assistant", "content": "great"}],
-           "rejected": [user, {"role": "assistant", "content": "bad"}]}
+    row = {
+        "chosen": [user, {"role": "assistant", "content": "great"}],
+        "rejected": [user, {"role": "assistant", "content": "bad"}],
+    }
     q = build_pairs([rec(row)], tokenizer, TokenizeSettings())[0]
-    assert q.prompt_ids == ids(tokenizer, "<|im_start|>user\nrate it<|im_end|>\n<|im_start|>assistant\n")
+    assert q.prompt_ids == ids(
+        tokenizer, "<|im_start|>user\nrate it<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert q.chosen_ids == ids(tokenizer, "great<|im_end|>")
 
 
 def test_truncation_keeps_completion_start_and_reports(tokenizer):
-    row = {"prompt": "the movie", "chosen": " was wonderful and the acting was great",
-           "rejected": " dull"}
+    row = {
+        "prompt": "the movie",
+        "chosen": " was wonderful and the acting was great",
+        "rejected": " dull",
+    }
     settings = TokenizeSettings(max_length=8, max_prompt_length=4)
     pairs = build_pairs([rec(row)], tokenizer, settings)
     p = pairs[0]
@@ -93,15 +111,28 @@ BAD_ROWS = [
     ({"prompt": "  ", "chosen": "a", "rejected": "b"}, "prompt", "empty field"),
     ({"prompt": "x", "chosen": 3, "rejected": "b"}, "chosen", "not a string"),
     ({"prompt": "x", "chosen": None, "rejected": "b"}, "chosen", "not a string"),
-    ({"prompt": "x", "chosen": "same", "rejected": "same"}, "chosen", "chosen identical to rejected"),
-    ({"prompt": "the movie was wonderful and the acting was great " * 3, "chosen": "a",
-      "rejected": "b"}, "prompt", "prompt too long"),
+    (
+        {"prompt": "x", "chosen": "same", "rejected": "same"},
+        "chosen",
+        "chosen identical to rejected",
+    ),
+    (
+        {
+            "prompt": "the movie was wonderful and the acting was great " * 3,
+            "chosen": "a",
+            "rejected": "b",
+        },
+        "prompt",
+        "prompt too long",
+    ),
 ]
 
 
 @pytest.mark.parametrize("values,field,reason", BAD_ROWS)
 def test_bad_row_error_names_file_row_field(tokenizer, tmp_path, values, field, reason):
-    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "chosen": "a", "rejected": "b"}, values])
+    path = write_jsonl(
+        tmp_path / "bad.jsonl", [{"prompt": "ok", "chosen": "a", "rejected": "b"}, values]
+    )
     with pytest.raises(DataError) as info:
         build_pairs(load_records(str(path)), tokenizer, TokenizeSettings(max_prompt_length=16))
     err = info.value
@@ -112,8 +143,12 @@ def test_bad_row_error_names_file_row_field(tokenizer, tmp_path, values, field, 
 def test_skip_counts_every_bad_row_by_reason(tokenizer, tmp_path):
     rows = [{"prompt": "ok", "chosen": "a", "rejected": "b"}] + [v for v, _, _ in BAD_ROWS]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    pairs = build_pairs(load_records(str(path)), tokenizer, TokenizeSettings(max_prompt_length=16),
-                        on_bad_rows="skip")
+    pairs = build_pairs(
+        load_records(str(path)),
+        tokenizer,
+        TokenizeSettings(max_prompt_length=16),
+        on_bad_rows="skip",
+    )
     assert len(pairs) == 1
     assert sum(pairs.report.skipped.values()) == len(BAD_ROWS)
     assert pairs.report.skipped["empty field"] == 2 and pairs.report.skipped["not a string"] == 2
@@ -139,7 +174,10 @@ def test_unreadable_files(tmp_path):
         load_records(str(parquet))
 
 
-ROWS = [{"prompt": "p1", "chosen": "a", "rejected": "b"}, {"prompt": "p2", "chosen": "c", "rejected": "d"}]
+ROWS = [
+    {"prompt": "p1", "chosen": "a", "rejected": "b"},
+    {"prompt": "p2", "chosen": "c", "rejected": "d"},
+]
 
 
 def test_json_csv_parquet_and_datasets_dir_read_the_same(tmp_path):
@@ -171,8 +209,10 @@ def test_hub_dataset_offline_fails_clearly():
 
 def test_extra_columns_are_validated_and_collated(tokenizer):
     settings = TokenizeSettings(extra_columns=("offset",))
-    rows = [rec({"prompt": "x", "chosen": "a", "rejected": "b", "offset": 1.5}),
-            rec({"prompt": "x", "chosen": "c", "rejected": "d", "offset": 2}, row=2)]
+    rows = [
+        rec({"prompt": "x", "chosen": "a", "rejected": "b", "offset": 1.5}),
+        rec({"prompt": "x", "chosen": "c", "rejected": "d", "offset": 2}, row=2),
+    ]
     pairs = build_pairs(rows, tokenizer, settings)
     batch = collate_pairs(pairs.pairs, pad_token_id=0)
     assert batch.extras["offset"].tolist() == [1.5, 2.0]
@@ -191,5 +231,7 @@ def test_shipped_dataset_is_valid_and_balanced(tokenizer):
     assert not train_texts & {r.values["chosen"] for r in held_out}  # unseen sentences
     # every sentence is chosen once and rejected once: no-skill ranking scores exactly 50%
     for records in (train, held_out):
-        assert sorted(r.values["chosen"] for r in records) == sorted(r.values["rejected"] for r in records)
+        assert sorted(r.values["chosen"] for r in records) == sorted(
+            r.values["rejected"] for r in records
+        )
     build_pairs(train + held_out, tokenizer, TokenizeSettings())

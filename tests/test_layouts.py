@@ -23,7 +23,11 @@ PAIRS = [
 
 def logps_and_grads(model, batch, segment_attention=False):
     model.zero_grad()
-    out = CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention).logps(batch).pairs()
+    out = (
+        CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention)
+        .logps(batch)
+        .pairs()
+    )
     values = torch.cat([out.chosen, out.rejected])
     weights = torch.linspace(0.5, 1.5, values.shape[0])  # distinct upstream grads per sequence
     (values * weights).sum().backward()
@@ -49,8 +53,10 @@ def test_layout_matches_padded(layout, n_pairs, max_row_tokens, segment_attentio
 
 def test_packing_removes_padding_and_prefix_sharing_runs_the_prompt_once():
     pairs = PAIRS
-    unique = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.prompt_ids) + len(p.rejected_ids)
-                 for p in pairs)
+    unique = sum(
+        len(p.prompt_ids) + len(p.chosen_ids) + len(p.prompt_ids) + len(p.rejected_ids)
+        for p in pairs
+    )
     padded = collate_pairs(pairs, 0, "padded")
     packed = collate_pairs(pairs, 0, "packed", max_row_tokens=10_000)
     shared = collate_pairs(pairs, 0, "prefix_shared", max_row_tokens=10_000)
@@ -103,11 +109,23 @@ def test_segment_attention_falls_back_to_sdpa_without_a_plan():
 @pytest.mark.parametrize("lora", [False, True])
 def test_training_trajectory_is_the_same_in_every_layout(tmp_path, tokenizer, lora):
     losses = {}
-    for layout, segments in (("padded", False), ("packed", False), ("prefix_shared", False),
-                             ("packed", True), ("prefix_shared", True)):
-        trainer = tiny_trainer(tmp_path / f"{layout}{segments}", tokenizer, lora=lora, max_steps=4,
-                               batch_size=3, batch_layout=layout, learning_rate=1e-2,
-                               segment_attention=segments)
+    for layout, segments in (
+        ("padded", False),
+        ("packed", False),
+        ("prefix_shared", False),
+        ("packed", True),
+        ("prefix_shared", True),
+    ):
+        trainer = tiny_trainer(
+            tmp_path / f"{layout}{segments}",
+            tokenizer,
+            lora=lora,
+            max_steps=4,
+            batch_size=3,
+            batch_layout=layout,
+            learning_rate=1e-2,
+            segment_attention=segments,
+        )
         losses[layout, segments] = [m["loss"] for m in trainer.train().history]
     plain = losses["padded", False]
     assert plain[-1] != pytest.approx(plain[0], rel=1e-3)

@@ -9,8 +9,8 @@ import torch
 from conftest import completion_mask
 
 from dpokit.data import TokenizedPair, collate_pairs
-from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain
 from dpokit.policies.causal_lm import CausalLMPolicy
+from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 16, 1000])
@@ -87,7 +87,9 @@ def test_reference_copy_is_frozen_and_adapter_disabled_equals_base(tiny_llama):
 
     batch = collate_pairs(_pairs(), pad_token_id=0)
     base = CausalLMPolicy(tiny_llama, reference="none").logps(batch).pairs()
-    lora = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora = get_peft_model(
+        tiny_llama, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
     policy = CausalLMPolicy(lora, reference="adapter")
     ref = policy.reference_logps(batch).pairs()
     torch.testing.assert_close(ref.chosen, base.chosen.detach())

@@ -35,13 +35,25 @@ def pairwise_accuracy(trainer, tokenizer, rows, use_reference: bool):
 
 
 FAMILIES = [
-    ("exo_pair", {}), ("nca_pair", {}), ("bco_pair", {}), ("sppo_hard", {"beta": 1.0}),
-    ("aot", {}), ("aot_unpaired", {}), ("apo_zero", {}), ("discopop", {"beta": 1.0}),  # β·h must cross its bump near 0 ("sigmoid_norm", {"beta": 1.0}),
-    ("rdpo", {}), ("cpo", {}), ("orpo", {"beta": 1.0}), ("ipo_norm", {"beta": 1.0}),
+    ("exo_pair", {}),
+    ("nca_pair", {}),
+    ("bco_pair", {}),
+    ("sppo_hard", {"beta": 1.0}),
+    ("aot", {}),
+    ("aot_unpaired", {}),
+    ("apo_zero", {}),
+    ("discopop", {"beta": 1.0}),  # β·h must cross its bump near 0 ("sigmoid_norm", {"beta": 1.0}),
+    ("rdpo", {}),
+    ("cpo", {}),
+    ("orpo", {"beta": 1.0}),
+    ("ipo_norm", {"beta": 1.0}),
     (["sigmoid", "sft"], {"loss_weights": [1.0, 0.2]}),
     ("sigmoid", {"wpo": "paper", "learning_rate": 3e-3}),
-    ("sigmoid", {"wpo": "mean", "learning_rate": 3e-3}), ("sigmoid", {"f_divergence": "js"}),
-    ("sigmoid", {"ld_alpha": 0.5}), ("kto", {}), ("apo_zero_unpaired", {}),
+    ("sigmoid", {"wpo": "mean", "learning_rate": 3e-3}),
+    ("sigmoid", {"f_divergence": "js"}),
+    ("sigmoid", {"ld_alpha": 0.5}),
+    ("kto", {}),
+    ("apo_zero_unpaired", {}),
 ]
 
 
@@ -55,8 +67,16 @@ def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, extra):
     objective = build_objective(load_config(None, loss=loss, **extra))
     rows = sentiment_rows(2)
     train_rows = unpaired_rows(rows) if objective.unpaired else rows
-    trainer = tiny_trainer(tmp_path, tokenizer, rows=train_rows, loss=loss, learning_rate=lr,
-                           num_epochs=15, batch_size=8, **extra)
+    trainer = tiny_trainer(
+        tmp_path,
+        tokenizer,
+        rows=train_rows,
+        loss=loss,
+        learning_rate=lr,
+        num_epochs=15,
+        batch_size=8,
+        **extra,
+    )
     uses_ref = objective.needs_reference
     before = pairwise_accuracy(trainer, tokenizer, held_out_rows(), uses_ref)
     result = trainer.train()
@@ -68,7 +88,9 @@ def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, extra):
 def test_odpo_end_to_end_with_offset_from_scores(tmp_path, tokenizer):
     rows = [dict(r, score_chosen=5.0, score_rejected=1.0) for r in sentiment_rows(2)]
     trainer = tiny_trainer(tmp_path, tokenizer, rows=rows, loss="odpo", num_epochs=6, batch_size=8)
-    assert trainer.source.dataset[0].extras["offset"] == pytest.approx(torch.log1p(torch.tensor(4.0)).item())
+    assert trainer.source.dataset[0].extras["offset"] == pytest.approx(
+        torch.log1p(torch.tensor(4.0)).item()
+    )
     before = pairwise_accuracy(trainer, tokenizer, held_out_rows(), True)
     trainer.train()
     assert pairwise_accuracy(trainer, tokenizer, held_out_rows(), True) >= 0.9 > before
@@ -86,14 +108,20 @@ def test_loss_needing_a_column_is_refused_without_it(tmp_path, tokenizer):
 
 
 def test_unpaired_data_and_kl_completions(tokenizer):
-    rows = [{"prompt": "p one", "completion": " good", "label": True},
-            {"prompt": "p two", "completion": " bad", "label": 0},
-            {"prompt": "p three", "completion": " fine", "label": "true"}]
+    rows = [
+        {"prompt": "p one", "completion": " good", "label": True},
+        {"prompt": "p two", "completion": " bad", "label": 0},
+        {"prompt": "p three", "completion": " fine", "label": "true"},
+    ]
     records = [Record("u.jsonl", i + 1, r) for i, r in enumerate(rows)]
     pairs = build_unpaired(records, tokenizer, TokenizeSettings())
     assert [p.extras["label"] for p in pairs] == [1.0, 0.0, 1.0]
     # row i's KL completion is row i+1's completion (cyclic)
-    assert [p.rejected_ids for p in pairs] == [pairs[1].chosen_ids, pairs[2].chosen_ids, pairs[0].chosen_ids]
+    assert [p.rejected_ids for p in pairs] == [
+        pairs[1].chosen_ids,
+        pairs[2].chosen_ids,
+        pairs[0].chosen_ids,
+    ]
     assert pairs.report.summary().startswith("3 unpaired rows kept; 0 skipped")
     bad = [Record("u.jsonl", 1, {"prompt": "p", "completion": "c", "label": "maybe"})]
     with pytest.raises(DataError, match="row 1, field 'label': not a boolean"):
@@ -105,8 +133,10 @@ def test_unpaired_data_and_kl_completions(tokenizer):
 
 def test_ld_dpo_weights_tokens_past_the_shorter_completion(tiny_llama):
     """α = 1 is plain DPO; α = 0 equals scoring both completions cut to the shorter length."""
-    pairs = [TokenizedPair(0, [5, 6], [7, 8, 9, 10, 2], [11, 2]),
-             TokenizedPair(1, [5], [12, 2], [13, 14, 15, 2])]
+    pairs = [
+        TokenizedPair(0, [5, 6], [7, 8, 9, 10, 2], [11, 2]),
+        TokenizedPair(1, [5], [12, 2], [13, 14, 15, 2]),
+    ]
     batch = collate_pairs(pairs, pad_token_id=0)
     plain = CausalLMPolicy(tiny_llama).logps(batch).pairs()
     full = CausalLMPolicy(tiny_llama, ld_alpha=1.0).logps(batch).pairs()
@@ -124,8 +154,15 @@ def test_ld_dpo_weights_tokens_past_the_shorter_completion(tiny_llama):
 
 
 def test_tr_dpo_syncs_the_reference(tmp_path, tokenizer):
-    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=3, ref_sync=True, ref_sync_every=2,
-                           ref_sync_alpha=1.0, learning_rate=1e-2)
+    trainer = tiny_trainer(
+        tmp_path,
+        tokenizer,
+        max_steps=3,
+        ref_sync=True,
+        ref_sync_every=2,
+        ref_sync_alpha=1.0,
+        learning_rate=1e-2,
+    )
     policy = trainer.policy
     name, ref_param = next(iter(policy.reference_model.named_parameters()))
     initial = ref_param.detach().clone()

@@ -77,11 +77,13 @@ def test_ipo_norm_length_averaging_in_trainer():
     """ipo_norm divides log-probs by completion lengths before the same formula:
     chosen -4 over 4 tokens -> -1, rejected -4 over 2 -> -2, refs -6/4=-1.5 and -3/2=-1.5,
     so h = 1 again and the loss is 16 for β=0.1."""
-    from dpokit.objectives import PreferenceObjective as Objective
     from dpokit.core import PairLogps
+    from dpokit.objectives import PreferenceObjective as Objective
 
     objective = Objective.from_names("ipo_norm", None, LossParams(beta=0.1))
-    logps = PairLogps(torch.tensor([-4.0]), torch.tensor([-4.0]), torch.tensor([4]), torch.tensor([2]))
+    logps = PairLogps(
+        torch.tensor([-4.0]), torch.tensor([-4.0]), torch.tensor([4]), torch.tensor([2])
+    )
     out = objective.losses(logps, torch.tensor([-6.0]), torch.tensor([-3.0]), {})
     assert out.losses.item() == pytest.approx(16.0)
 
@@ -95,8 +97,13 @@ def test_hinge_hand_derived():
 def test_simpo_hand_derived():
     """-log σ(β(avg_w - avg_l) - γ), avg_w=-1, avg_l=-2, β=2, γ=0.5: softplus(-1.5)=0.201413.
     Rewards are β·avg log-prob: -2 and -4. No reference is read."""
-    out = get_loss("simpo").fn(torch.tensor([-1.0]), torch.tensor([-2.0]), None, None,
-                               LossParams(beta=2.0, simpo_gamma=0.5))
+    out = get_loss("simpo").fn(
+        torch.tensor([-1.0]),
+        torch.tensor([-2.0]),
+        None,
+        None,
+        LossParams(beta=2.0, simpo_gamma=0.5),
+    )
     assert out.losses.item() == pytest.approx(softplus(-1.5), abs=1e-6)
     assert out.losses.item() == pytest.approx(0.2014133, abs=1e-6)
     assert out.chosen_rewards.item() == -2.0 and out.rejected_rewards.item() == -4.0
@@ -117,10 +124,12 @@ NAMES = sorted({spec.name for spec in available_losses().values()})
 
 def generic_extras(n: int, dtype=torch.float64) -> dict:
     """Every extra any loss may read: token counts, an ODPO offset, KTO labels (mixed)."""
-    return {"chosen_tokens": torch.full((n,), 4.0, dtype=dtype),
-            "rejected_tokens": torch.full((n,), 6.0, dtype=dtype),
-            "offset": torch.full((n,), 0.3, dtype=dtype),
-            "label": torch.tensor([1.0, 0.0] * (n // 2) + [1.0] * (n % 2), dtype=dtype)}
+    return {
+        "chosen_tokens": torch.full((n,), 4.0, dtype=dtype),
+        "rejected_tokens": torch.full((n,), 6.0, dtype=dtype),
+        "offset": torch.full((n,), 0.3, dtype=dtype),
+        "label": torch.tensor([1.0, 0.0] * (n // 2) + [1.0] * (n % 2), dtype=dtype),
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -177,8 +186,10 @@ def test_import_needs_only_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dpokit.losses; heavy = [m for m in ('transformers', 'peft', 'accelerate',"
-            " 'datasets') if m in sys.modules]; print(heavy); assert not heavy")
+    code = (
+        "import sys, dpokit.losses; heavy = [m for m in ('transformers', 'peft', 'accelerate',"
+        " 'datasets') if m in sys.modules]; print(heavy); assert not heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -187,7 +198,10 @@ def test_apo_down_lowers_chosen_and_rewards_a_lower_rejected():
     always falls as the rejected log-ratio drops."""
     p = LossParams(beta=1.0)
     ref = torch.tensor([0.0])
-    loss = lambda c, r: run("apo_down", p, torch.tensor([c]), torch.tensor([r]), ref, ref).losses.item()  # noqa: E731
+
+    def loss(c, r):
+        return run("apo_down", p, torch.tensor([c]), torch.tensor([r]), ref, ref).losses.item()
+
     assert loss(1.0, -6.0) > loss(0.0, -6.0)  # the chosen is pushed down
     assert loss(0.0, -1.0) > loss(0.0, -2.0) > loss(0.0, -3.0)
 
@@ -221,8 +235,9 @@ def test_exo_pair_hand_derived():
     σ(z)(log σ(z) - log(1-ε)) + σ(-z)(log σ(-z) - log ε)
     = 0.524979·(-0.644397 + 0.0010005) + 0.475021·(-0.744397 + 6.907755) = 2.589955."""
     out = run("exo_pair", LossParams(beta=0.1), *case())
-    expected = (sigmoid(0.1) * (-softplus(-0.1) - math.log(1 - 1e-3))
-                + sigmoid(-0.1) * (-softplus(0.1) - math.log(1e-3)))
+    expected = sigmoid(0.1) * (-softplus(-0.1) - math.log(1 - 1e-3)) + sigmoid(-0.1) * (
+        -softplus(0.1) - math.log(1e-3)
+    )
     assert out.losses.item() == pytest.approx(expected, rel=1e-9)
     assert out.losses.item() == pytest.approx(2.589955, abs=1e-5)
 
@@ -262,7 +277,9 @@ def test_aot_sorts_the_batch():
         out = run(name, LossParams(beta=0.1), c, r, ref, ref)
         torch.testing.assert_close(out.losses, want)
     out = run("aot", LossParams(beta=0.1, label_smoothing=0.2), c, r, ref, ref)
-    assert out.losses[0].item() == pytest.approx(0.8 * softplus(0.1) + 0.2 * softplus(-0.1), rel=1e-6)
+    assert out.losses[0].item() == pytest.approx(
+        0.8 * softplus(0.1) + 0.2 * softplus(-0.1), rel=1e-6
+    )
     assert get_loss("aot").batch_level and get_loss("aot_unpaired").batch_level
 
 
@@ -270,9 +287,11 @@ def test_apo_zero_and_down_hand_derived():
     """APO-zero: (1 - σ(0.05)) + σ(-0.05) = 2σ(-0.05) = 0.975021.
     APO-down: σ(0.05) + 1 - σ(0.1) = 0.512497 + 0.475021 = 0.987518."""
     assert run("apo_zero", LossParams(beta=0.1), *case()).losses.item() == pytest.approx(
-        2 * sigmoid(-0.05), rel=1e-9)
+        2 * sigmoid(-0.05), rel=1e-9
+    )
     assert run("apo_down", LossParams(beta=0.1), *case()).losses.item() == pytest.approx(
-        sigmoid(0.05) + 1 - sigmoid(0.1), rel=1e-9)
+        sigmoid(0.05) + 1 - sigmoid(0.1), rel=1e-9
+    )
 
 
 def test_discopop_hand_derived():
@@ -280,7 +299,9 @@ def test_discopop_hand_derived():
     (1-m)·softplus(-0.1) + m·e^{-0.1} = 0.119203·0.644397 + 0.880797·0.904837 = 0.873792."""
     out = run("discopop", LossParams(beta=0.1, discopop_tau=0.05), *case())
     m = sigmoid(2.0)
-    assert out.losses.item() == pytest.approx((1 - m) * softplus(-0.1) + m * math.exp(-0.1), rel=1e-9)
+    assert out.losses.item() == pytest.approx(
+        (1 - m) * softplus(-0.1) + m * math.exp(-0.1), rel=1e-9
+    )
     assert out.losses.item() == pytest.approx(0.8737921, abs=1e-6)
 
 
@@ -308,8 +329,9 @@ def test_rdpo_hand_derived():
 def test_cpo_hand_derived():
     """Summed log-probs -1 and -2, |y_w| = 4: softplus(-0.1) + 1.0·(1/4) = 0.894397."""
     extras = {"chosen_tokens": torch.tensor([4.0]), "rejected_tokens": torch.tensor([4.0])}
-    out = get_loss("cpo").fn(torch.tensor([-1.0]), torch.tensor([-2.0]), None, None,
-                             LossParams(beta=0.1), extras)
+    out = get_loss("cpo").fn(
+        torch.tensor([-1.0]), torch.tensor([-2.0]), None, None, LossParams(beta=0.1), extras
+    )
     assert out.losses.item() == pytest.approx(softplus(-0.1) + 0.25, rel=1e-6)
 
 
@@ -318,9 +340,14 @@ def test_orpo_hand_derived():
     = 1 − (−0.458675 + 0.145413) = 1.313262; loss = NLL 1 + 0.1·softplus(−1.313262)
     = 1 + 0.1·0.238183 = 1.023818."""
     assert get_loss("orpo").length_normalized and not get_loss("orpo").needs_reference
-    out = get_loss("orpo").fn(torch.tensor([-1.0], dtype=torch.float64),
-                              torch.tensor([-2.0], dtype=torch.float64), None, None,
-                              LossParams(beta=0.1), {})
+    out = get_loss("orpo").fn(
+        torch.tensor([-1.0], dtype=torch.float64),
+        torch.tensor([-2.0], dtype=torch.float64),
+        None,
+        None,
+        LossParams(beta=0.1),
+        {},
+    )
     log_odds = 1 - (math.log(1 - math.exp(-1)) - math.log(1 - math.exp(-2)))
     assert log_odds == pytest.approx(1.313262, abs=1e-6)
     assert out.losses.item() == pytest.approx(1 + 0.1 * softplus(-log_odds), rel=1e-9)
@@ -329,8 +356,14 @@ def test_orpo_hand_derived():
 
 def test_sft_hand_derived():
     """Summed log-prob -6 over 3 tokens: NLL per token 2."""
-    out = get_loss("sft").fn(torch.tensor([-6.0]), torch.tensor([-1.0]), None, None, LossParams(),
-                             {"chosen_tokens": torch.tensor([3.0])})
+    out = get_loss("sft").fn(
+        torch.tensor([-6.0]),
+        torch.tensor([-1.0]),
+        None,
+        None,
+        LossParams(),
+        {"chosen_tokens": torch.tensor([3.0])},
+    )
     assert out.losses.item() == pytest.approx(2.0)
 
 
@@ -351,18 +384,29 @@ def test_kto_hand_derived():
     torch.testing.assert_close(out.losses, torch.tensor([1 - sigmoid(-0.05), 1 - sigmoid(0.05)]))
     out = spec.fn(c, torch.tensor([-3.5, -4.5]), ref_c, ref_kl, p, labels)
     torch.testing.assert_close(out.losses, torch.tensor([1 - sigmoid(0.05), 1 - sigmoid(-0.05)]))
-    weighted = spec.fn(c, torch.tensor([-2.0, -3.0]), ref_c, ref_kl,
-                       LossParams(beta=0.1, kto_desirable_weight=2.0, kto_undesirable_weight=0.5),
-                       labels)
-    torch.testing.assert_close(weighted.losses, torch.tensor([2 * (1 - sigmoid(0.05)),
-                                                              0.5 * (1 - sigmoid(-0.05))]))
+    weighted = spec.fn(
+        c,
+        torch.tensor([-2.0, -3.0]),
+        ref_c,
+        ref_kl,
+        LossParams(beta=0.1, kto_desirable_weight=2.0, kto_undesirable_weight=0.5),
+        labels,
+    )
+    torch.testing.assert_close(
+        weighted.losses, torch.tensor([2 * (1 - sigmoid(0.05)), 0.5 * (1 - sigmoid(-0.05))])
+    )
 
 
 def test_apo_zero_unpaired_hand_derived():
     """r = 0.5 for both rows; labels (1, 0): 1 - σ(0.05) and σ(0.05)."""
     out = get_loss("apo_zero_unpaired").fn(
-        torch.tensor([-1.0, -1.0]), torch.tensor([-9.0, -9.0]), torch.tensor([-1.5, -1.5]),
-        torch.tensor([-9.0, -9.0]), LossParams(beta=0.1), {"label": torch.tensor([1.0, 0.0])})
+        torch.tensor([-1.0, -1.0]),
+        torch.tensor([-9.0, -9.0]),
+        torch.tensor([-1.5, -1.5]),
+        torch.tensor([-9.0, -9.0]),
+        LossParams(beta=0.1),
+        {"label": torch.tensor([1.0, 0.0])},
+    )
     torch.testing.assert_close(out.losses, torch.tensor([1 - sigmoid(0.05), sigmoid(0.05)]))
 
 
@@ -378,8 +422,9 @@ def _objective(names, weights=None, **modifiers):
 def _logps(chosen=-1.0, rejected=-2.0, n_c=4, n_r=4):
     from dpokit.core import PairLogps
 
-    return PairLogps(torch.tensor([chosen]), torch.tensor([rejected]), torch.tensor([n_c]),
-                     torch.tensor([n_r]))
+    return PairLogps(
+        torch.tensor([chosen]), torch.tensor([rejected]), torch.tensor([n_c]), torch.tensor([n_r])
+    )
 
 
 def test_mixing_losses_with_weights():
@@ -413,7 +458,12 @@ def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
     pooled, alone = [], []
     for i, h in enumerate(halves):
         other = stats[1 - i].double()
-        args = (PairLogps(c[h], r[h], tokens[h], tokens[h]), rc[h], rr[h], {"label": extras["label"][h]})
+        args = (
+            PairLogps(c[h], r[h], tokens[h], tokens[h]),
+            rc[h],
+            rr[h],
+            {"label": extras["label"][h]},
+        )
         alone.append(obj.losses(*args).losses)
         obj.reduce_sum = lambda t, o=other: t + torch.stack([o.sum(), o.new_tensor(o.numel())])
         pooled.append(obj.losses(*args).losses)
@@ -422,12 +472,15 @@ def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
     assert not torch.allclose(torch.cat(alone), whole, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind,h", [
-    ("reverse_kl", 1.0),
-    ("forward_kl", 2 * math.sinh(0.5)),  # -e^{-0.5} + e^{0.5}
-    ("js", 0.5),  # (0.5 - softplus(0.5)) - (-0.5 - softplus(-0.5)) = 1 - 0.5
-    ("alpha", 4 * math.sinh(0.25)),  # α = 0.5: (e^{0.25} - e^{-0.25}) / 0.5
-])
+@pytest.mark.parametrize(
+    "kind,h",
+    [
+        ("reverse_kl", 1.0),
+        ("forward_kl", 2 * math.sinh(0.5)),  # -e^{-0.5} + e^{0.5}
+        ("js", 0.5),  # (0.5 - softplus(0.5)) - (-0.5 - softplus(-0.5)) = 1 - 0.5
+        ("alpha", 4 * math.sinh(0.25)),  # α = 0.5: (e^{0.25} - e^{-0.25}) / 0.5
+    ],
+)
 def test_f_divergence_transforms(kind, h):
     """u_w = 0.5, u_l = -0.5; DPO on f'(e^u): -log σ(β·(f'(u_w) - f'(u_l)))."""
     obj = _objective("sigmoid", f_divergence=kind, f_alpha=0.5)

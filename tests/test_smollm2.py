@@ -25,11 +25,11 @@ def smol():
 
 
 def test_greedy_answer_is_coherent(smol):
-    from dpokit.evaluate import generate
+    from dpokit.eval import generate
     from dpokit.policies.causal_lm import CausalLMPolicy
 
     model, tok = smol
-    text = generate(CausalLMPolicy(model, tok), tok, ["What is the capital of France?"],
+    text = generate(CausalLMPolicy(model, tok), ["What is the capital of France?"],
                     max_new_tokens=12)[0]
     assert "Paris" in text
 
@@ -87,10 +87,26 @@ def test_prefix_sharing_and_packing_exact_on_the_real_model(smol):
     from dpokit.policies.causal_lm import CausalLMPolicy
 
     model, tok = smol
-    rows = [Record("mem", 1, {"prompt": "Name a fruit.", "chosen": " An apple, crisp and red.",
-                              "rejected": " A chair."}),
-            Record("mem", 2, {"prompt": "Describe the sea in a long sentence, please.",
-                              "chosen": " Blue.", "rejected": " The sea is wide, deep and restless."})]
+    rows = [
+        Record(
+            "mem",
+            1,
+            {
+                "prompt": "Name a fruit.",
+                "chosen": " An apple, crisp and red.",
+                "rejected": " A chair.",
+            },
+        ),
+        Record(
+            "mem",
+            2,
+            {
+                "prompt": "Describe the sea in a long sentence, please.",
+                "chosen": " Blue.",
+                "rejected": " The sea is wide, deep and restless.",
+            },
+        ),
+    ]
     pairs = build_pairs(rows, tok, TokenizeSettings(chat_template_for_strings=True)).pairs
     policy = CausalLMPolicy(model, tok)
     with torch.no_grad():
@@ -110,7 +126,9 @@ def test_bf16_reference_within_tolerance_of_fp32(smol):
 
     model, tok = smol
     data = Path(__file__).resolve().parents[1] / "data" / "sentiment_pairs.eval.jsonl"
-    pairs = build_pairs(load_records(str(data)), tok, TokenizeSettings(chat_template_for_strings=True)).pairs
+    pairs = build_pairs(
+        load_records(str(data)), tok, TokenizeSettings(chat_template_for_strings=True)
+    ).pairs
     batch = collate_pairs(pairs, tok.pad_token_id, "prefix_shared")
     policy = CausalLMPolicy(model, tok)
     with torch.inference_mode():
@@ -118,7 +136,9 @@ def test_bf16_reference_within_tolerance_of_fp32(smol):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             half = policy.logps(batch).pairs()
     tokens = torch.cat([full.chosen_tokens, full.rejected_tokens]).float()
-    per_token = (torch.cat([half.chosen, half.rejected]) - torch.cat([full.chosen, full.rejected])).abs() / tokens
+    per_token = (
+        torch.cat([half.chosen, half.rejected]) - torch.cat([full.chosen, full.rejected])
+    ).abs() / tokens
     assert per_token.mean() <= 0.02
     agree = ((half.chosen > half.rejected) == (full.chosen > full.rejected)).float().mean()
     assert agree >= 0.95

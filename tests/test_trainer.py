@@ -61,7 +61,9 @@ def test_resume_gives_the_same_later_losses(tmp_path, tokenizer):
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
     assert [p.name for p in (tmp_path / "b/out/checkpoints").iterdir()] == ["step-0000003"]
-    resumed = tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True).train()
+    resumed = tiny_trainer(
+        tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True
+    ).train()
     assert [m["step"] for m in resumed.history] == [4, 5, 6]
     later = [m["loss"] for m in full.history[3:]]
     assert [m["loss"] for m in resumed.history] == pytest.approx(later, rel=1e-6, abs=1e-7)
@@ -95,15 +97,33 @@ def test_nonfinite_gradient_stops(tmp_path, tokenizer):
         trainer.train()
 
 
-@pytest.mark.parametrize("loss,lora", [("sigmoid", False), ("sigmoid", True), ("ipo", False),
-                                       ("hinge", False), ("robust", False), ("simpo", False)])
+@pytest.mark.parametrize(
+    "loss,lora",
+    [
+        ("sigmoid", False),
+        ("sigmoid", True),
+        ("ipo", False),
+        ("hinge", False),
+        ("robust", False),
+        ("simpo", False),
+    ],
+)
 def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, lora):
     extra = {"label_smoothing": 0.1} if loss == "robust" else {}
     if loss == "simpo":
         extra = {"beta": 2.0}
-    trainer = tiny_trainer(tmp_path, tokenizer, rows=sentiment_rows(2), eval_rows=held_out_rows(),
-                           loss=loss, lora=lora, learning_rate=3e-3 if lora else 1e-3,
-                           num_epochs=6, batch_size=8, **extra)
+    trainer = tiny_trainer(
+        tmp_path,
+        tokenizer,
+        rows=sentiment_rows(2),
+        eval_rows=held_out_rows(),
+        loss=loss,
+        lora=lora,
+        learning_rate=3e-3 if lora else 1e-3,
+        num_epochs=6,
+        batch_size=8,
+        **extra,
+    )
     before = trainer.evaluate()
     result = trainer.train()
     after = result.eval_history[-1]
@@ -113,9 +133,19 @@ def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, lora):
     assert after["eval/rewards/margins"] > before["eval/rewards/margins"]
     history = result.history
     assert history[-1]["loss"] < history[0]["loss"]
-    assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-            "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "tokens_per_s",
-            "examples_per_s"} <= history[0].keys()
+    assert {
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_s",
+        "examples_per_s",
+    } <= history[0].keys()
     lines = [json.loads(x) for x in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
     assert len(lines) == len(history) + 1 and "eval/logp_accuracy" in lines[-1]
 
@@ -129,27 +159,43 @@ def test_reference_log_probs_are_cached_and_reused(tmp_path, tokenizer):
         trainer.policy.reference_logps = lambda b: calls.append(b.num_pairs) or original(b)
         return trainer
 
-    first = counting(tiny_trainer(tmp_path / "1", tokenizer, max_steps=2, precompute_ref_logps=True,
-                                  ref_cache_dir=cache))
+    first = counting(
+        tiny_trainer(
+            tmp_path / "1", tokenizer, max_steps=2, precompute_ref_logps=True, ref_cache_dir=cache
+        )
+    )
     first.train()
     assert sum(calls) == len(first.source.dataset)  # once per pair, up front; not in training
     assert len(list((tmp_path / "refcache").glob("*.pt"))) == 1
     calls.clear()
-    second = counting(tiny_trainer(tmp_path / "2", tokenizer, max_steps=2, precompute_ref_logps=True,
-                                   ref_cache_dir=cache))
+    second = counting(
+        tiny_trainer(
+            tmp_path / "2", tokenizer, max_steps=2, precompute_ref_logps=True, ref_cache_dir=cache
+        )
+    )
     second.train()
     assert calls == []  # reused from disk
-    torch.testing.assert_close(second.reference.tables["train"].values,
-                               first.reference.tables["train"].values)
+    torch.testing.assert_close(
+        second.reference.tables["train"].values, first.reference.tables["train"].values
+    )
     # the cached values equal on-the-fly reference log-probs
     batch = first.source.collate([first.source.dataset[i] for i in range(4)])
     on_the_fly = first.policy.reference_logps(batch).pairs()
-    torch.testing.assert_close(first.reference.tables["train"].values[:4, 0], on_the_fly.chosen,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        first.reference.tables["train"].values[:4, 0], on_the_fly.chosen, atol=1e-5, rtol=1e-5
+    )
     # other data -> another key
     calls.clear()
-    third = counting(tiny_trainer(tmp_path / "3", tokenizer, rows=sentiment_rows(1), max_steps=1,
-                                  precompute_ref_logps=True, ref_cache_dir=cache))
+    third = counting(
+        tiny_trainer(
+            tmp_path / "3",
+            tokenizer,
+            rows=sentiment_rows(1),
+            max_steps=1,
+            precompute_ref_logps=True,
+            ref_cache_dir=cache,
+        )
+    )
     third.train()
     assert sum(calls) == len(third.source.dataset)
     assert len(list((tmp_path / "refcache").glob("*.pt"))) == 2
@@ -195,9 +241,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tokenizer, lo
     for checkpointing in (False, True):
         model = make_tiny_llama(len(tokenizer))
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trainer = tiny_trainer(tmp_path / str(checkpointing), tokenizer, model=model, lora=lora,
-                               max_steps=1, batch_size=8)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        trainer = tiny_trainer(
+            tmp_path / str(checkpointing),
+            tokenizer,
+            model=model,
+            lora=lora,
+            max_steps=1,
+            batch_size=8,
+        )
         grads.append(_grads_at_first_step(trainer)[0])
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:

@@ -27,7 +27,9 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     try:
         from transformers.utils import logging as hf_logging
 
@@ -67,9 +69,11 @@ def _train(build, recipe: str | None, overrides: list[str], what: str) -> int:
     result = run.trainer.train()
     final = run.trainer.save_final()
     run.trainer.close()
-    _main_process_print(f"done: {what}, {result.step} steps on {run.trainer.world} process(es); "
-                        f"model saved to {final}; metrics in "
-                        f"{Path(cfg.run.output_dir) / 'metrics.jsonl'}")
+    _main_process_print(
+        f"done: {what}, {result.step} steps on {run.trainer.world} process(es); "
+        f"model saved to {final}; metrics in "
+        f"{Path(cfg.run.output_dir) / 'metrics.jsonl'}"
+    )
     return 0
 
 
@@ -103,8 +107,10 @@ def cmd_quickstart(overrides: list[str]) -> int:
     cfg = load_config(str(recipe), overrides)
     cfg.data.train_data = _repo_relative(cfg.data.train_data)
     cfg.data.eval_data = _repo_relative(cfg.data.eval_data)
-    print(f"dpokit quickstart: DPO + LoRA on {cfg.model.name}, loss={cfg.loss.name}, "
-          f"beta={cfg.loss.beta}")
+    print(
+        f"dpokit quickstart: DPO + LoRA on {cfg.model.name}, loss={cfg.loss.name}, "
+        f"beta={cfg.loss.beta}"
+    )
     run = build_run(cfg)
     print("evaluating the model before training ...")
     before = run.trainer.evaluate()
@@ -114,8 +120,10 @@ def cmd_quickstart(overrides: list[str]) -> int:
     after_text = generate(run.policy, QUICKSTART_PROMPTS)
     final = run.trainer.save_final()
     print("\n" + comparison_table(before, after))
-    print(f"\n(held-out: {len(run.eval_data)} pairs from sentences never seen in training; "
-          f"50% is the no-skill level by construction)\n")
+    print(
+        f"\n(held-out: {len(run.eval_data)} pairs from sentences never seen in training; "
+        f"50% is the no-skill level by construction)\n"
+    )
     for prompt, b, a in zip(QUICKSTART_PROMPTS, before_text, after_text, strict=True):
         print(f"prompt: {prompt}\n  before: {b}\n  after:  {a}\n")
     minutes = (time.perf_counter() - started) / 60
@@ -144,11 +152,15 @@ def cmd_config() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dpokit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dpokit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="preference optimization from a YAML recipe and "
-                           "key=value overrides (`dpokit config` lists the keys)")
+    train = sub.add_parser(
+        "train",
+        help="preference optimization from a YAML recipe and "
+        "key=value overrides (`dpokit config` lists the keys)",
+    )
     train.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     sft = sub.add_parser("sft", help="supervised fine-tuning from a YAML recipe and overrides")
     sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
@@ -173,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return cmd_config()
         return cmd_losses()
-    except (ConfigError, DataError, ModelLoadError, NonFiniteError, PushError, KeyError,
-            ValueError, NotImplementedError) as err:
+    except (
+        ConfigError,
+        DataError,
+        ModelLoadError,
+        NonFiniteError,
+        PushError,
+        KeyError,
+        ValueError,
+        NotImplementedError,
+    ) as err:
         print(f"dpokit: error: {err}", file=sys.stderr)
         return 2
 

@@ -167,20 +167,30 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
         disable_dropout(model)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    segments = m.segment_attention and cfg.data.batch_layout != "padded"
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
                           chunk_size=m.lm_head_chunk_size,
                           ld_alpha=cfg.loss.ld_alpha if pairs else None,
-                          segment_attention=m.segment_attention and cfg.data.batch_layout != "padded")
+                          segment_attention=segments)
 
 
 def _sources(cfg: TrainConfig, train: ExampleSet, evaluation: ExampleSet | None, collate):
     o = cfg.optim
-    source = StaticSource(train, collate, o.batch_size, o.grad_accum_steps, o.seed,
-                          cfg.data.shuffle, train.fingerprint(), collate.key)
+    source = StaticSource(
+        train,
+        collate,
+        o.batch_size,
+        o.grad_accum_steps,
+        o.seed,
+        cfg.data.shuffle,
+        train.fingerprint(),
+        collate.key,
+    )
     eval_set = None
     if evaluation is not None:
-        eval_set = EvalSet(evaluation, collate, cfg.run.eval_batch_size,
-                           evaluation.fingerprint(), collate.key)
+        eval_set = EvalSet(
+            evaluation, collate, cfg.run.eval_batch_size, evaluation.fingerprint(), collate.key
+        )
     return source, eval_set
 
 
@@ -188,7 +198,9 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
     """A preference run (DPO and its family, KTO on unpaired rows)."""
     torch.manual_seed(cfg.optim.seed)
     objective = build_objective(cfg)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name)
+    tokenizer = load_tokenizer(
+        cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name
+    )
     train, evaluation = load_pairs(cfg, tokenizer, log)
     policy = build_policy(cfg, tokenizer, objective.needs_reference)
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
@@ -201,11 +213,14 @@ def build_sft_run(cfg: TrainConfig, log=print) -> Run:
     """A supervised fine-tuning run (completion-only NLL, packed without padding)."""
     torch.manual_seed(cfg.optim.seed)
     objective = SFTObjective()
-    tokenizer = load_tokenizer(cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name)
+    tokenizer = load_tokenizer(
+        cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name
+    )
     train, evaluation = load_sequences(cfg, tokenizer, log)
     policy = build_policy(cfg, tokenizer, needs_reference=False, pairs=False)
-    collate = SequenceCollator(tokenizer.pad_token_id, cfg.data.batch_layout,
-                               cfg.data.max_row_tokens)
+    collate = SequenceCollator(
+        tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens
+    )
     source, eval_set = _sources(cfg, train, evaluation, collate)
     trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
     return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)

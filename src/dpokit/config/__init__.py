@@ -144,7 +144,8 @@ def validate(cfg: TrainConfig) -> None:
         part = getattr(cfg, section)
         for f in dataclasses.fields(part):
             domain, value = f.metadata.get("domain"), getattr(part, f.name)
-            if domain is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if domain is not None and numeric:
                 problem = domain.check(f.name, float(value))
                 if problem:
                     raise ConfigError(problem)
@@ -154,22 +155,30 @@ def validate(cfg: TrainConfig) -> None:
     if m.adapter and not m.lora:
         raise ConfigError("adapter= starts LoRA training from an adapter: it needs lora=true")
     if d.max_prompt_length >= d.max_length:
-        raise ConfigError(f"max_prompt_length={d.max_prompt_length} leaves no room for a "
-                          f"completion in max_length={d.max_length}")
+        raise ConfigError(
+            f"max_prompt_length={d.max_prompt_length} leaves no room for a "
+            f"completion in max_length={d.max_length}"
+        )
     if d.eval_data and d.eval_fraction > 0:
-        raise ConfigError("eval_data and eval_fraction both set: hold out a fraction of "
-                          "train_data, or name an eval file, not both")
+        raise ConfigError(
+            "eval_data and eval_fraction both set: hold out a fraction of "
+            "train_data, or name an eval file, not both"
+        )
     names = [loss.name] if isinstance(loss.name, str) else loss.name
     if loss.loss_weights is not None and len(loss.loss_weights) != len(names):
-        raise ConfigError(f"loss_weights has {len(loss.loss_weights)} values for "
-                          f"{len(names)} losses")
+        raise ConfigError(
+            f"loss_weights has {len(loss.loss_weights)} values for {len(names)} losses"
+        )
     if loss.ref_sync:
         if m.lora or m.reference in ("adapter", "adapter_copy"):
-            raise ConfigError("TR-DPO reference syncing needs a separate reference copy: "
-                              "use lora=false (reference=copy)")
+            raise ConfigError(
+                "TR-DPO reference syncing needs a separate reference copy: "
+                "use lora=false (reference=copy)"
+            )
         if loss.precompute_ref_logps:
-            raise ConfigError("TR-DPO changes the reference during training: set "
-                              "precompute_ref_logps=false")
+            raise ConfigError(
+                "TR-DPO changes the reference during training: set precompute_ref_logps=false"
+            )
 
 
 def describe_config() -> str:
@@ -183,8 +192,10 @@ def describe_config() -> str:
             where = f" in {domain.describe()}" if domain is not None else ""
             hint = _HINTS[section][f.name]
             choices = _choices(hint)
-            lines.append(f"  {f.name} = {getattr(defaults, f.name)!r}{where}"
-                         f"{'  ' + choices if choices else ''}")
+            lines.append(
+                f"  {f.name} = {getattr(defaults, f.name)!r}{where}"
+                f"{'  ' + choices if choices else ''}"
+            )
             lines.append(f"      {f.metadata.get('help', '')}")
     return "\n".join(lines)
 

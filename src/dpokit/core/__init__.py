@@ -1,8 +1,8 @@
 """The bottom layer: value types and protocols every other layer shares. Needs only torch."""
 
 from .protocols import (
-    Batch,
     BasePolicy,
+    Batch,
     DataSource,
     Objective,
     ObjectiveOutput,

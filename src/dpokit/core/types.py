@@ -100,7 +100,8 @@ class MetricSums:
         """Add ``values`` (any shape; summed) counted as ``count`` items (default: numel)."""
         values = values.detach()
         self.sums[name] = self.sums.get(name, 0.0) + float(values.double().sum())
-        self.counts[name] = self.counts.get(name, 0.0) + (values.numel() if count is None else count)
+        count = values.numel() if count is None else count
+        self.counts[name] = self.counts.get(name, 0.0) + count
 
     def merge(self, other: MetricSums) -> None:
         for name in other.sums:
@@ -109,14 +110,18 @@ class MetricSums:
 
     def as_tensor(self, names: list[str]) -> torch.Tensor:
         """(2K,) float64: the sums then the counts of ``names`` (for one all-reduce)."""
-        return torch.tensor([self.sums.get(n, 0.0) for n in names]
-                            + [self.counts.get(n, 0.0) for n in names], dtype=torch.float64)
+        return torch.tensor(
+            [self.sums.get(n, 0.0) for n in names] + [self.counts.get(n, 0.0) for n in names],
+            dtype=torch.float64,
+        )
 
     @classmethod
     def from_tensor(cls, names: list[str], values: torch.Tensor) -> MetricSums:
         k = len(names)
-        return cls(dict(zip(names, values[:k].tolist(), strict=True)),
-                   dict(zip(names, values[k:].tolist(), strict=True)))
+        return cls(
+            dict(zip(names, values[:k].tolist(), strict=True)),
+            dict(zip(names, values[k:].tolist(), strict=True)),
+        )
 
     def means(self) -> dict[str, float]:
         return {n: self.sums[n] / self.counts[n] for n in self.sums if self.counts[n]}
@@ -145,12 +150,16 @@ class Domain:
         if value < self.low or (value == self.low and not self.low_inclusive):
             return f"{name} must be {'>=' if self.low_inclusive else '>'} {self.low:g}, got {value}"
         if value > self.high or (value == self.high and not self.high_inclusive):
-            return f"{name} must be {'<=' if self.high_inclusive else '<'} {self.high:g}, got {value}"
+            return (
+                f"{name} must be {'<=' if self.high_inclusive else '<'} {self.high:g}, got {value}"
+            )
         return None
 
     def describe(self) -> str:
-        return (f"{'[' if self.low_inclusive else '('}{self.low:g}, "
-                f"{self.high:g}{']' if self.high_inclusive else ')'}")
+        return (
+            f"{'[' if self.low_inclusive else '('}{self.low:g}, "
+            f"{self.high:g}{']' if self.high_inclusive else ')'}"
+        )
 
 
 POSITIVE = Domain(low=0.0)

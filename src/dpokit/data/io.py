@@ -64,7 +64,9 @@ def _read_json(path: Path) -> list[Record]:
         lengths = {len(value[c]) for c in columns}
         if len(lengths) != 1:
             raise DataError(str(path), None, None, "columns have different lengths")
-        value = [dict(zip(columns, items, strict=False)) for items in zip(*value.values(), strict=False)]
+        value = [
+            dict(zip(columns, items, strict=False)) for items in zip(*value.values(), strict=False)
+        ]
     if not isinstance(value, list):
         raise DataError(str(path), None, None, "expected a list of objects or a dict of columns")
     records = []
@@ -85,7 +87,9 @@ def _read_parquet(path: Path) -> list[Record]:
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
-        raise DataError(str(path), None, None, "reading Parquet needs `pip install pyarrow`") from err
+        raise DataError(
+            str(path), None, None, "reading Parquet needs `pip install pyarrow`"
+        ) from err
     rows = pq.read_table(path).to_pylist()
     return [Record(str(path), i, row) for i, row in enumerate(rows, start=1)]
 
@@ -94,16 +98,23 @@ def _read_hf_dataset(name: str, split: str) -> list[Record]:
     try:
         import datasets
     except ImportError as err:
-        raise DataError(name, None, None, "reading a datasets dataset needs `pip install datasets`") from err
+        raise DataError(
+            name, None, None, "reading a datasets dataset needs `pip install datasets`"
+        ) from err
     path = Path(name)
     try:
-        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        if path.is_dir() and (
+            (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+        ):
             ds = datasets.load_from_disk(str(path))
         else:
             ds = datasets.load_dataset(name, split=split)
     except Exception as err:  # the datasets library raises many kinds; name the source either way
-        offline = "" if path.exists() else (
-            " It is not a local path; loading it from the hub failed (offline?).")
+        offline = (
+            ""
+            if path.exists()
+            else (" It is not a local path; loading it from the hub failed (offline?).")
+        )
         raise DataError(name, None, None, f"could not load dataset.{offline} Cause: {err}") from err
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
@@ -112,7 +123,12 @@ def _read_hf_dataset(name: str, split: str) -> list[Record]:
     return [Record(name, i, dict(row)) for i, row in enumerate(ds, start=1)]
 
 
-_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+_READERS = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+}
 
 
 def load_records(source: str, split: str = "train") -> list[Record]:
@@ -130,4 +146,6 @@ def load_records(source: str, split: str = "train") -> list[Record]:
     except DataError:
         raise
     except Exception as err:  # e.g. a corrupt Parquet footer
-        raise DataError(source, None, None, f"unreadable file: {type(err).__name__}: {err}") from err
+        raise DataError(
+            source, None, None, f"unreadable file: {type(err).__name__}: {err}"
+        ) from err

@@ -108,21 +108,30 @@ def hinge_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, e
     """SLiC hinge on the reference-normalized margin."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     h = chosen_ratio - rejected_ratio  # (B,)
-    losses = torch.relu(1 - params.beta * h)  # SLiC hinge with reference normalization: RSO (Liu et al. 2024), "hinge-norm" loss
+    # SLiC hinge with reference normalization: RSO (Liu et al. 2024), "hinge-norm" loss
+    losses = torch.relu(1 - params.beta * h)
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("sigmoid_norm", needs_reference=True, length_normalized=True,
-               paper="Rafailov et al. 2023, DPO on per-token average log-probs",
-               formula="-log σ(β·h), log-ratios averaged per token")
+@register_loss(
+    "sigmoid_norm",
+    needs_reference=True,
+    length_normalized=True,
+    paper="Rafailov et al. 2023, DPO on per-token average log-probs",
+    formula="-log σ(β·h), log-ratios averaged per token",
+)
 def sigmoid_norm_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """Length-normalized DPO: the trainer passes per-token averages, the formula is DPO's."""
     return sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, params)
 
 
-@register_loss("exo_pair", params=(LABEL_SMOOTHING,), needs_reference=True,
-               paper="Ji et al. 2024, EXO (Towards Efficient Exact Optimization of LM Alignment)",
-               formula="KL(σ(β·h) || target 1-ε): σ(βh)(log σ(βh) - log(1-ε)) + σ(-βh)(log σ(-βh) - log ε)")
+@register_loss(
+    "exo_pair",
+    params=(LABEL_SMOOTHING,),
+    needs_reference=True,
+    paper="Ji et al. 2024, EXO (Towards Efficient Exact Optimization of LM Alignment)",
+    formula="KL(σ(β·h) || target 1-ε): σ(βh)(log σ(βh) - log(1-ε)) + σ(-βh)(log σ(-βh) - log ε)",
+)
 def exo_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """EXO for pairs: reverse KL from the model's pairwise preference to a smoothed label.
     ``label_smoothing`` is ε (0 means the paper's default 1e-3)."""
@@ -130,16 +139,21 @@ def exo_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     z = params.beta * (chosen_ratio - rejected_ratio)  # (B,)
     # EXO_pref with K=2, Ji et al. 2024: sum_y p_θ(y) (log p_θ(y) - log p_target(y))
-    losses = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - eps))
-              + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
+    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - eps)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - math.log(eps)
+    )
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("nca_pair", needs_reference=True,
-               paper="Chen et al. 2024, Noise Contrastive Alignment (NCA)",
-               formula="-log σ(r_w) - ½ log σ(-r_w) - ½ log σ(-r_l), r = β·log-ratio")
+@register_loss(
+    "nca_pair",
+    needs_reference=True,
+    paper="Chen et al. 2024, Noise Contrastive Alignment (NCA)",
+    formula="-log σ(r_w) - ½ log σ(-r_w) - ½ log σ(-r_l), r = β·log-ratio",
+)
 def nca_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
-    """NCA for pairs: absolute (not relative) rewards, so the chosen likelihood is not pushed down."""
+    """NCA for pairs: absolute (not relative) rewards, so the chosen likelihood is not pushed
+    down."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     r_w, r_l = params.beta * chosen_ratio, params.beta * rejected_ratio  # (B,)
     # NCA pairwise loss, Chen et al. 2024 (K=2 responses)
@@ -152,10 +166,14 @@ def _bco_rewards(chosen, rejected, ref_chosen, ref_rejected, params):
     return params.beta * torch.cat([chosen_ratio, rejected_ratio])  # (2B,) rewards
 
 
-@register_loss("bco_pair", needs_reference=True, batch_level=True,
-               batch_mean=("bco_delta", _bco_rewards),
-               paper="Jung et al. 2024, Binary Classifier Optimization (BCO)",
-               formula="-log σ(r_w - δ) - log σ(-(r_l - δ)), δ = mean reward of the batch")
+@register_loss(
+    "bco_pair",
+    needs_reference=True,
+    batch_level=True,
+    batch_mean=("bco_delta", _bco_rewards),
+    paper="Jung et al. 2024, Binary Classifier Optimization (BCO)",
+    formula="-log σ(r_w - δ) - log σ(-(r_l - δ)), δ = mean reward of the batch",
+)
 def bco_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """BCO on pairs: each completion is classified good/bad against the reward shift δ.
     δ is ``extras["bco_delta"]`` when given, else the (detached) mean reward of this batch."""
@@ -170,9 +188,12 @@ def bco_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     return LossOutput(losses, r_w.detach(), r_l.detach())
 
 
-@register_loss("sppo_hard", needs_reference=True,
-               paper="Wu et al. 2024, Self-Play Preference Optimization (SPPO), hard labels",
-               formula="(u_w - 1/(2β))² + (u_l + 1/(2β))², u = log-ratio")
+@register_loss(
+    "sppo_hard",
+    needs_reference=True,
+    paper="Wu et al. 2024, Self-Play Preference Optimization (SPPO), hard labels",
+    formula="(u_w - 1/(2β))² + (u_l + 1/(2β))², u = log-ratio",
+)
 def sppo_hard_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """SPPO with win probabilities 1 (chosen) and 0 (rejected): squared targets per completion."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
@@ -182,9 +203,15 @@ def sppo_hard_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParam
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("aot", params=(LABEL_SMOOTHING,), needs_reference=True, batch_level=True,
-               paper="Melnyk et al. 2024, Distributional Preference Alignment via Optimal Transport (AOT), paired",
-               formula="-log σ(β·(sort(Δπ) - sort(Δref))), Δ = log π(y_w) - log π(y_l)")
+@register_loss(
+    "aot",
+    params=(LABEL_SMOOTHING,),
+    needs_reference=True,
+    batch_level=True,
+    paper="Melnyk et al. 2024, Distributional Preference Alignment via Optimal Transport "
+    "(AOT), paired",
+    formula="-log σ(β·(sort(Δπ) - sort(Δref))), Δ = log π(y_w) - log π(y_l)",
+)
 def aot_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """AOT (paired): first-order stochastic dominance of the policy's chosen-minus-rejected
     log-prob distribution over the reference's, enforced on the sorted batch (1-D OT)."""
@@ -195,9 +222,14 @@ def aot_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ext
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("aot_unpaired", params=(LABEL_SMOOTHING,), needs_reference=True, batch_level=True,
-               paper="Melnyk et al. 2024, AOT, unpaired",
-               formula="-log σ(β·(sort(u_w) - sort(u_l))), u = log-ratio")
+@register_loss(
+    "aot_unpaired",
+    params=(LABEL_SMOOTHING,),
+    needs_reference=True,
+    batch_level=True,
+    paper="Melnyk et al. 2024, AOT, unpaired",
+    formula="-log σ(β·(sort(u_w) - sort(u_l))), u = log-ratio",
+)
 def aot_unpaired_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """AOT (unpaired): the chosen log-ratio distribution should dominate the rejected one; the
     two are sorted separately, so the pairing of the batch is not used."""
@@ -208,34 +240,47 @@ def aot_unpaired_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossPa
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("apo_zero", needs_reference=True,
-               paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization (APO-zero)",
-               formula="(1 - σ(β·u_w)) + σ(β·u_l)")
+@register_loss(
+    "apo_zero",
+    needs_reference=True,
+    paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization (APO-zero)",
+    formula="(1 - σ(β·u_w)) + σ(β·u_l)",
+)
 def apo_zero_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """APO-zero: raise the chosen likelihood and lower the rejected one (for chosen answers
     better than the model's own)."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     # APO-zero, D'Oosterlinck et al. 2024
-    losses = (1 - torch.sigmoid(params.beta * chosen_ratio)) + torch.sigmoid(params.beta * rejected_ratio)
+    losses = (1 - torch.sigmoid(params.beta * chosen_ratio)) + torch.sigmoid(
+        params.beta * rejected_ratio
+    )
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("apo_down", needs_reference=True,
-               paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization (APO-down)",
-               formula="σ(β·u_w) + (1 - σ(β·(u_w - u_l)))")
+@register_loss(
+    "apo_down",
+    needs_reference=True,
+    paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization (APO-down)",
+    formula="σ(β·u_w) + (1 - σ(β·(u_w - u_l)))",
+)
 def apo_down_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """APO-down: lower both likelihoods, the rejected more (for chosen answers worse than the
     model's own)."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     # APO-down, D'Oosterlinck et al. 2024
     losses = torch.sigmoid(params.beta * chosen_ratio) + (
-        1 - torch.sigmoid(params.beta * (chosen_ratio - rejected_ratio)))
+        1 - torch.sigmoid(params.beta * (chosen_ratio - rejected_ratio))
+    )
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("discopop", params=(DISCOPOP_TAU,), needs_reference=True,
-               paper="Chris Lu et al. 2024, DiscoPOP (log-ratio modulated loss)",
-               formula="(1-m)·(-log σ(βh)) + m·exp(-βh), m = σ(βh/τ)")
+@register_loss(
+    "discopop",
+    params=(DISCOPOP_TAU,),
+    needs_reference=True,
+    paper="Chris Lu et al. 2024, DiscoPOP (log-ratio modulated loss)",
+    formula="(1-m)·(-log σ(βh)) + m·exp(-βh), m = σ(βh/τ)",
+)
 def discopop_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """DiscoPOP: blends the logistic (DPO) and exponential losses by a sigmoid of the margin."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
@@ -246,9 +291,14 @@ def discopop_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-@register_loss("odpo", params=(ODPO_ALPHA,), needs_reference=True, extra_columns=("offset",),
-               paper="Amini et al. 2024, Direct Preference Optimization with an Offset (ODPO)",
-               formula="-log σ(β·h - Δ), Δ = per-pair offset")
+@register_loss(
+    "odpo",
+    params=(ODPO_ALPHA,),
+    needs_reference=True,
+    extra_columns=("offset",),
+    paper="Amini et al. 2024, Direct Preference Optimization with an Offset (ODPO)",
+    formula="-log σ(β·h - Δ), Δ = per-pair offset",
+)
 def odpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """ODPO: the chosen must beat the rejected by a margin Δ that grows with how much better it
     is. Δ comes from the dataset column ``offset`` or from scores (see
@@ -260,7 +310,9 @@ def odpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ex
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
 
 
-def odpo_offset_from_scores(score_chosen: float, score_rejected: float, alpha: float = 1.0) -> float:
+def odpo_offset_from_scores(
+    score_chosen: float, score_rejected: float, alpha: float = 1.0
+) -> float:
     """ODPO's offset from scalar scores: Δ = α·log(1 + s_w - s_l) (0 for equal scores).
 
     >>> round(odpo_offset_from_scores(3.0, 1.0, alpha=0.5), 4)   # 0.5 * log(3)
@@ -272,13 +324,20 @@ def odpo_offset_from_scores(score_chosen: float, score_rejected: float, alpha: f
     return alpha * math.log1p(diff)
 
 
-@register_loss("rdpo", params=(RDPO_ALPHA,), needs_reference=True,
-               paper="Park et al. 2024, Disentangling Length from Quality in DPO (R-DPO)",
-               formula="-log σ(β·h - α·(|y_w| - |y_l|))")
+@register_loss(
+    "rdpo",
+    params=(RDPO_ALPHA,),
+    needs_reference=True,
+    paper="Park et al. 2024, Disentangling Length from Quality in DPO (R-DPO)",
+    formula="-log σ(β·h - α·(|y_w| - |y_l|))",
+)
 def rdpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
-    """Length-regularized DPO: a longer chosen answer must win by more (``rdpo_alpha`` per token)."""
+    """Length-regularized DPO: a longer chosen answer must win by more (``rdpo_alpha`` per
+    token)."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     length_gap = extras["chosen_tokens"] - extras["rejected_tokens"]  # (B,)
     # R-DPO, Park et al. 2024: β h - α (|y_w| - |y_l|)
-    losses = -F.logsigmoid(params.beta * (chosen_ratio - rejected_ratio) - params.rdpo_alpha * length_gap)
+    losses = -F.logsigmoid(
+        params.beta * (chosen_ratio - rejected_ratio) - params.rdpo_alpha * length_gap
+    )
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
+from ..core.types import NON_NEGATIVE, LossOutput
 from .registry import LossParam, LossParams, declare_param, register_loss
 
 SIMPO_GAMMA = declare_param(LossParam(
@@ -35,28 +35,39 @@ def _chosen_nll(chosen, extras, length_normalized: bool):
                paper="Xu et al. 2024, Contrastive Preference Optimization (CPO)",
                formula="-log σ(β·(log π(y_w) - log π(y_l))) + λ·NLL(y_w)")
 def cpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
-    """CPO: reference-free DPO plus a behaviour-cloning NLL on the chosen (weight ``nll_weight``)."""
+    """CPO: reference-free DPO plus a behaviour-cloning NLL on the chosen (weight
+    ``nll_weight``)."""
     preference = -F.logsigmoid(params.beta * (chosen - rejected))  # (B,)
     # CPO objective, Xu et al. 2024: L_prefer + L_NLL
     losses = preference + params.nll_weight * _chosen_nll(chosen, extras, False)
     return LossOutput(losses, (params.beta * chosen).detach(), (params.beta * rejected).detach())
 
 
-@register_loss("orpo", params=(NLL_WEIGHT,), needs_reference=False, length_normalized=True,
-               paper="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model",
-               formula="NLL(y_w) - β·log σ(log odds(y_w) - log odds(y_l)), odds = p/(1-p)")
+@register_loss(
+    "orpo",
+    params=(NLL_WEIGHT,),
+    needs_reference=False,
+    length_normalized=True,
+    paper="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model",
+    formula="NLL(y_w) - β·log σ(log odds(y_w) - log odds(y_l)), odds = p/(1-p)",
+)
 def orpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """ORPO on per-token average log-probs; ``beta`` is the paper's λ (odds-ratio weight)."""
     # log odds(y) = log p - log(1 - p), with p = exp(avg log-prob) < 1
-    log_odds = (chosen - rejected) - (torch.log(-torch.expm1(chosen)) - torch.log(-torch.expm1(rejected)))
+    log_odds = (chosen - rejected) - (
+        torch.log(-torch.expm1(chosen)) - torch.log(-torch.expm1(rejected))
+    )
     odds_ratio_loss = -F.logsigmoid(log_odds)  # (B,) L_OR, Hong et al. 2024
     losses = params.nll_weight * _chosen_nll(chosen, extras, True) + params.beta * odds_ratio_loss
     return LossOutput(losses, (params.beta * chosen).detach(), (params.beta * rejected).detach())
 
 
-@register_loss("sft", needs_reference=False,
-               paper="supervised fine-tuning on the chosen completions",
-               formula="NLL(y_w), averaged over its tokens")
+@register_loss(
+    "sft",
+    needs_reference=False,
+    paper="supervised fine-tuning on the chosen completions",
+    formula="NLL(y_w), averaged over its tokens",
+)
 def sft_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """Per-token NLL of the chosen completion; mix it with a preference loss for RPO-style runs."""
     losses = _chosen_nll(chosen, extras, False)

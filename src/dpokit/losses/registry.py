@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
+from ..core.types import POSITIVE, Domain, LossOutput
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,8 @@ def get_loss(name: str) -> LossSpec:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown loss {name!r}.{hint} Known: {', '.join(sorted(_REGISTRY))}") from None
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown loss {name!r}.{hint} Known: {known}") from None
 
 
 def available_losses() -> Mapping[str, LossSpec]:

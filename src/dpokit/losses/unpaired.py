@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
+from ..core.types import POSITIVE, LossOutput
 from .registry import LossParam, LossParams, declare_param, register_loss
 
 KTO_DESIRABLE_WEIGHT = declare_param(LossParam(
@@ -22,10 +22,16 @@ def _kl_sample_log_ratios(chosen, rejected, ref_chosen, ref_rejected, params):
     return rejected - ref_rejected  # (B,) log-ratios of the mismatched (KL) completions
 
 
-@register_loss("kto", params=(KTO_DESIRABLE_WEIGHT, KTO_UNDESIRABLE_WEIGHT), needs_reference=True, unpaired=True, batch_level=True,
-               batch_mean=("kto_kl", _kl_sample_log_ratios),
-               paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization",
-               formula="λ_D(1 - σ(β(r - z0))) if desirable, λ_U(1 - σ(β(z0 - r))) if not")
+@register_loss(
+    "kto",
+    params=(KTO_DESIRABLE_WEIGHT, KTO_UNDESIRABLE_WEIGHT),
+    needs_reference=True,
+    unpaired=True,
+    batch_level=True,
+    batch_mean=("kto_kl", _kl_sample_log_ratios),
+    paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization",
+    formula="λ_D(1 - σ(β(r - z0))) if desirable, λ_U(1 - σ(β(z0 - r))) if not",
+)
 def kto_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """KTO. r = log-ratio of the completion; z0 = max(0, mean log-ratio of the mismatched
     completions), the batch estimate of KL(π || π_ref), detached. The mean is
@@ -44,21 +50,30 @@ def kto_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ext
     )
     reward = (params.beta * ratio).detach()
     baseline = (params.beta * z0).expand_as(reward)
-    return LossOutput(losses, torch.where(desirable, reward, baseline),
-                      torch.where(desirable, baseline, reward))
+    return LossOutput(
+        losses, torch.where(desirable, reward, baseline), torch.where(desirable, baseline, reward)
+    )
 
 
-@register_loss("apo_zero_unpaired", needs_reference=True, unpaired=True,
-               paper="D'Oosterlinck et al. 2024, APO-zero for unpaired data",
-               formula="1 - σ(β·r) if desirable, σ(β·r) if not")
-def apo_zero_unpaired_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams,
-                           extras=None):
+@register_loss(
+    "apo_zero_unpaired",
+    needs_reference=True,
+    unpaired=True,
+    paper="D'Oosterlinck et al. 2024, APO-zero for unpaired data",
+    formula="1 - σ(β·r) if desirable, σ(β·r) if not",
+)
+def apo_zero_unpaired_loss(
+    chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None
+):
     """APO-zero with labels: push desirable completions up and undesirable ones down."""
     ratio = chosen - ref_chosen  # (B,)
     desirable = extras["label"] > 0.5
     # APO-zero (unpaired), D'Oosterlinck et al. 2024
-    losses = torch.where(desirable, 1 - torch.sigmoid(params.beta * ratio),
-                         torch.sigmoid(params.beta * ratio))
+    losses = torch.where(
+        desirable, 1 - torch.sigmoid(params.beta * ratio), torch.sigmoid(params.beta * ratio)
+    )
     reward = (params.beta * ratio).detach()
     zero = torch.zeros_like(reward)
-    return LossOutput(losses, torch.where(desirable, reward, zero), torch.where(desirable, zero, reward))
+    return LossOutput(
+        losses, torch.where(desirable, reward, zero), torch.where(desirable, zero, reward)
+    )

@@ -80,7 +80,9 @@ class PreferenceObjective:
             raise ValueError("cannot mix paired and unpaired losses: " + ", ".join(names))
         objective = cls(specs, weights, params, **modifiers)
         if objective.f_divergence not in F_DIVERGENCES:
-            raise ValueError(f"f_divergence={objective.f_divergence!r}: choose from {F_DIVERGENCES}")
+            raise ValueError(
+                f"f_divergence={objective.f_divergence!r}: choose from {F_DIVERGENCES}"
+            )
         if objective.f_divergence != "reverse_kl" and not all(s.needs_reference for s in specs):
             raise ValueError("f_divergence transforms log-ratios and needs reference-based losses")
         if objective.wpo not in WPO_FORMS:
@@ -117,11 +119,15 @@ class PreferenceObjective:
         """Losses are averaged over pairs (or unpaired rows)."""
         return int(batch.example_index.shape[0])
 
-    def __call__(self, policy: Policy, batch: Any, ref_logps: torch.Tensor | None) -> ObjectiveOutput:
+    def __call__(
+        self, policy: Policy, batch: Any, ref_logps: torch.Tensor | None
+    ) -> ObjectiveOutput:
         """Score the batch's 2B sequences, apply the losses, report reward metrics."""
         if self.wpo == "paper" and not policy.capabilities.token_distribution:
-            raise ValueError("wpo=paper needs per-token distributions (a policy that declares "
-                             "token_distribution); use wpo=mean")
+            raise ValueError(
+                "wpo=paper needs per-token distributions (a policy that declares "
+                "token_distribution); use wpo=mean"
+            )
         out = policy.logps(batch, sampling_norm=self.wpo == "paper").pairs()
         ref_chosen = ref_rejected = None
         if ref_logps is not None:
@@ -131,8 +137,13 @@ class PreferenceObjective:
         return ObjectiveOutput(result.losses, pair_metrics(result, out))
 
     # --- the math ------------------------------------------------------------------------------
-    def losses(self, out: PairLogps, ref_chosen: torch.Tensor | None,
-               ref_rejected: torch.Tensor | None, extras: Mapping[str, torch.Tensor]) -> LossOutput:
+    def losses(
+        self,
+        out: PairLogps,
+        ref_chosen: torch.Tensor | None,
+        ref_rejected: torch.Tensor | None,
+        extras: Mapping[str, torch.Tensor],
+    ) -> LossOutput:
         """Per-pair losses (B,) summed over the weighted losses; rewards from the first loss."""
         extras = dict(extras)
         extras["chosen_tokens"] = out.chosen_tokens.float()  # (B,)
@@ -156,8 +167,9 @@ class PreferenceObjective:
         if spec.length_normalized:
             out = out.per_token()
             if ref_chosen is not None:
-                ref = PairLogps(ref_chosen, ref_rejected, out.chosen_tokens,
-                                out.rejected_tokens).per_token()
+                ref = PairLogps(
+                    ref_chosen, ref_rejected, out.chosen_tokens, out.rejected_tokens
+                ).per_token()
                 ref_chosen, ref_rejected = ref.chosen, ref.rejected
         chosen, rejected = out.chosen.float(), out.rejected.float()  # (B,)
         if not spec.needs_reference:
@@ -166,7 +178,9 @@ class PreferenceObjective:
             # Hand the loss f'(ratio) as its "log-ratio": chosen' - 0 = f'(u_w).
             zero = torch.zeros_like(chosen)
             chosen = f_divergence_logratio(chosen - ref_chosen, self.f_divergence, self.f_alpha)
-            rejected = f_divergence_logratio(rejected - ref_rejected, self.f_divergence, self.f_alpha)
+            rejected = f_divergence_logratio(
+                rejected - ref_rejected, self.f_divergence, self.f_alpha
+            )
             return chosen, rejected, zero, zero
         return chosen, rejected, ref_chosen, ref_rejected
 

@@ -32,7 +32,9 @@ class SFTObjective:
         """Losses are averaged over scored tokens."""
         return int(batch.score_target.shape[0])
 
-    def __call__(self, policy: Policy, batch: Any, ref_logps: torch.Tensor | None) -> ObjectiveOutput:
+    def __call__(
+        self, policy: Policy, batch: Any, ref_logps: torch.Tensor | None
+    ) -> ObjectiveOutput:
         scores = policy.logps(batch)
         nll = -scores.logps.float()  # (S,) summed NLL per sequence
         metrics = MetricSums()  # the loop's "loss" is the NLL per scored token

@@ -59,13 +59,18 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+            out[f"{prefix}{key}"] = (
+                value if isinstance(value, (int, float, str, bool)) else str(value)
+            )
     return out
 
 
 def format_eval(m: dict[str, Any]) -> str:
     """One line of the headline eval metrics that are present."""
     keys = ("loss", "rewards/accuracies", "rewards/margins", "logp_accuracy")
-    parts = [f"{k} {m[f'eval/{k}']:.{4 if k in ('loss', 'rewards/margins') else 3}f}"
-             for k in keys if f"eval/{k}" in m]
+    parts = [
+        f"{k} {m[f'eval/{k}']:.{4 if k in ('loss', 'rewards/margins') else 3}f}"
+        for k in keys
+        if f"eval/{k}" in m
+    ]
     return f"[eval @ step {m['step']}] " + "  ".join(parts)

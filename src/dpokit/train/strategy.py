@@ -29,10 +29,13 @@ def launched_without_accelerator() -> bool:
 
 
 def make_accelerator(log_with: list[Any] | None = None, project_dir: str | None = None):
-    """An Accelerator for this launch, with the given trackers (strings or tracker objects)."""
+    """An Accelerator for this launch, with the given trackers (names or tracker objects);
+    named trackers whose package is not installed are left out."""
     from accelerate import Accelerator
+    from accelerate.tracking import filter_trackers
 
-    return Accelerator(cpu=launched_without_accelerator(), log_with=log_with or None,
+    trackers = filter_trackers(list(log_with or []), project_dir) or None
+    return Accelerator(cpu=launched_without_accelerator(), log_with=trackers,
                        project_dir=project_dir)
 
 

@@ -206,7 +206,8 @@ def _collate(segments: list[_Segment], layout: Layout, pad_token_id: int,
             position_ids[r, offset:offset + n] = torch.tensor(s.positions)
             segment_ids[r, offset:offset + n] = i
             branch_ids[r, offset:offset + n] = torch.tensor(s.branch)
-            scores += [(r * length + offset + src, tgt, seq, pos) for src, tgt, seq, pos in s.scores]
+            start = r * length + offset
+            scores += [(start + src, tgt, seq, pos) for src, tgt, seq, pos in s.scores]
             offset += n
     score = torch.tensor(scores, dtype=torch.long).view(-1, 4)  # (N, 4)
     real = segment_ids >= 0  # (R, T)
@@ -215,10 +216,17 @@ def _collate(segments: list[_Segment], layout: Layout, pad_token_id: int,
     else:
         attention_mask, positions = _segment_mask(segment_ids, branch_ids), position_ids
     return TextBatch(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-        score_source=score[:, 0], score_target=score[:, 1], score_sequence=score[:, 2],
-        score_position=score[:, 3], example_index=torch.tensor(example_index, dtype=torch.long),
-        num_sequences=num_sequences, extras=extras, num_tokens=int(real.sum()),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        score_source=score[:, 0],
+        score_target=score[:, 1],
+        score_sequence=score[:, 2],
+        score_position=score[:, 3],
+        example_index=torch.tensor(example_index, dtype=torch.long),
+        num_sequences=num_sequences,
+        extras=extras,
+        num_tokens=int(real.sum()),
         segments=None if layout == "padded" else plan,
     )
 

@@ -77,8 +77,12 @@ def _split_implicit(record: Record, chosen: Any, rejected: Any) -> tuple[Any, An
         raise DataError(record.source, record.row, "rejected",
                         "chosen and rejected must both be strings or both be message lists")
     if not prompt:
-        raise DataError(record.source, record.row, "chosen",
-                        "empty field: implicit-prompt row whose chosen and rejected share no prefix")
+        raise DataError(
+            record.source,
+            record.row,
+            "chosen",
+            "empty field: implicit-prompt row whose chosen and rejected share no prefix",
+        )
     return prompt, chosen, rejected
 
 
@@ -86,11 +90,20 @@ def _extras(record: Record, settings: TokenizeSettings) -> dict[str, float]:
     extras = {}
     for name in settings.extra_columns:
         value = record.values.get(name)
-        if value is None and name == "offset" and {"score_chosen", "score_rejected"} <= record.values.keys():
+        if (
+            value is None
+            and name == "offset"
+            and {"score_chosen", "score_rejected"} <= record.values.keys()
+        ):
             value = _offset_from_scores(record, settings.offset_alpha)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(record.source, record.row, name,
-                            f"missing column or not a finite number: {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise DataError(
+                record.source, record.row, name, f"missing column or not a finite number: {value!r}"
+            )
         extras[name] = float(value)
     return extras
 
@@ -102,18 +115,30 @@ def _offset_from_scores(record: Record, alpha: float) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise DataError(record.source, record.row, name, f"not a finite number: {v!r}")
     if s_w < s_l:
-        raise DataError(record.source, record.row, "score_chosen",
-                        f"score_chosen {s_w} is below score_rejected {s_l}")
+        raise DataError(
+            record.source,
+            record.row,
+            "score_chosen",
+            f"score_chosen {s_w} is below score_rejected {s_l}",
+        )
     return odpo_offset_from_scores(s_w, s_l, alpha)
 
 
 def _tokenize(record, tokenizer, settings: TokenizeSettings, prompt, named):
-    return tokenize_completions(record, tokenizer, prompt, named, settings.max_length,
-                                settings.max_prompt_length, settings.chat_template_for_strings)
+    return tokenize_completions(
+        record,
+        tokenizer,
+        prompt,
+        named,
+        settings.max_length,
+        settings.max_prompt_length,
+        settings.chat_template_for_strings,
+    )
 
 
-def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
-                    report: DataReport, index: int) -> TokenizedPair:
+def tokenize_record(
+    record: Record, tokenizer, settings: TokenizeSettings, report: DataReport, index: int
+) -> TokenizedPair:
     """Validate and tokenize one paired row, raising :class:`DataError` for a bad one."""
     chosen = check_text(record, "chosen")
     rejected = check_text(record, "rejected")
@@ -125,21 +150,25 @@ def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings,
         raise DataError(record.source, record.row, "chosen", "chosen identical to rejected")
     extras = _extras(record, settings)
     prompt_ids, (chosen_ids, rejected_ids), truncated = _tokenize(
-        record, tokenizer, settings, prompt, [("chosen", chosen), ("rejected", rejected)])
+        record, tokenizer, settings, prompt, [("chosen", chosen), ("rejected", rejected)]
+    )
     if chosen_ids == rejected_ids:
-        raise DataError(record.source, record.row, "chosen",
-                        "chosen identical to rejected after truncation")
+        raise DataError(
+            record.source, record.row, "chosen", "chosen identical to rejected after truncation"
+        )
     report.truncated_completions += truncated  # counted only for rows that are kept
-    return TokenizedPair(index, prompt_ids, chosen_ids, rejected_ids, extras,
-                         record.source, record.row)
+    return TokenizedPair(
+        index, prompt_ids, chosen_ids, rejected_ids, extras, record.source, record.row
+    )
 
 
 _TRUE = {True, "1", "true", "True", "yes"}
 _FALSE = {False, "0", "false", "False", "no"}
 
 
-def tokenize_unpaired_record(record: Record, tokenizer, settings: TokenizeSettings,
-                             report: DataReport, index: int) -> TokenizedPair:
+def tokenize_unpaired_record(
+    record: Record, tokenizer, settings: TokenizeSettings, report: DataReport, index: int
+) -> TokenizedPair:
     """Validate and tokenize a (prompt, completion, label) row. The KL completion
     (``rejected_ids``) is filled in by :func:`build_unpaired`."""
     prompt = check_text(record, "prompt")
@@ -150,23 +179,30 @@ def tokenize_unpaired_record(record: Record, tokenizer, settings: TokenizeSettin
     if isinstance(label, float) and label in (0.0, 1.0):
         label = int(label)
     if label not in _TRUE and label not in _FALSE:
-        raise DataError(record.source, record.row, "label",
-                        f"not a boolean: {label!r} (use true/false or 1/0)")
+        raise DataError(
+            record.source, record.row, "label", f"not a boolean: {label!r} (use true/false or 1/0)"
+        )
     extras = _extras(record, settings)
     extras["label"] = 1.0 if label in _TRUE else 0.0
     prompt_ids, (completion_ids,), truncated = _tokenize(
-        record, tokenizer, settings, prompt, [("completion", completion)])
+        record, tokenizer, settings, prompt, [("completion", completion)]
+    )
     report.truncated_completions += truncated
     return TokenizedPair(index, prompt_ids, completion_ids, [], extras, record.source, record.row)
 
 
-def build_unpaired(records: list[Record], tokenizer, settings: TokenizeSettings,
-                   on_bad_rows: OnBadRows = "error") -> ExampleSet:
+def build_unpaired(
+    records: list[Record], tokenizer, settings: TokenizeSettings, on_bad_rows: OnBadRows = "error"
+) -> ExampleSet:
     """Tokenize unpaired rows (KTO format). Row i's mismatched KL completion is the completion of
     kept row i+1 (cyclically), cut to fit row i's length budget; this fixed pairing lets the
     reference log-probs of the KL completions be precomputed like any other."""
-    pairs = build_examples(records, lambda r, rep, i: tokenize_unpaired_record(
-        r, tokenizer, settings, rep, i), on_bad_rows, unit="unpaired rows")
+    pairs = build_examples(
+        records,
+        lambda r, rep, i: tokenize_unpaired_record(r, tokenizer, settings, rep, i),
+        on_bad_rows,
+        unit="unpaired rows",
+    )
     if len(pairs) < 2:
         raise DataError(records[0].source, None, None, "unpaired data needs at least 2 rows")
     items = pairs.items
@@ -176,9 +212,11 @@ def build_unpaired(records: list[Record], tokenizer, settings: TokenizeSettings,
     return pairs
 
 
-def build_pairs(records: list[Record], tokenizer, settings: TokenizeSettings,
-                on_bad_rows: OnBadRows = "error") -> ExampleSet:
+def build_pairs(
+    records: list[Record], tokenizer, settings: TokenizeSettings, on_bad_rows: OnBadRows = "error"
+) -> ExampleSet:
     """Tokenize every paired record; a bad row raises, or with ``on_bad_rows="skip"`` is
     skipped and counted by reason."""
-    return build_examples(records, lambda r, rep, i: tokenize_record(
-        r, tokenizer, settings, rep, i), on_bad_rows)
+    return build_examples(
+        records, lambda r, rep, i: tokenize_record(r, tokenizer, settings, rep, i), on_bad_rows
+    )

@@ -56,7 +56,9 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                     scale=scaling))  # (1, H, n, D)
             used = start + p + c + n
         if used < query.shape[2]:
-            pieces.append(query.new_zeros(1, query.shape[1], query.shape[2] - used, value.shape[-1]))
+            pieces.append(
+                query.new_zeros(1, query.shape[1], query.shape[2] - used, value.shape[-1])
+            )
         rows.append(torch.cat(pieces, dim=2))  # (1, H, T, D)
     out = torch.cat(rows, dim=0)  # (R, H, T, D)
     return out.transpose(1, 2).contiguous(), None

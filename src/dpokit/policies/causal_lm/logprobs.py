@@ -40,7 +40,9 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         w = weight.to(ctx.compute_dtype)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        )
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = start + ctx.chunk_size
             h = hidden[start:stop].to(ctx.compute_dtype)  # (c, H)
@@ -50,7 +52,8 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             grad_logits = -probs * g  # (c, V)
             grad_logits.scatter_add_(1, targets[start:stop, None], g)
             if need_h:
-                grad_h[start:stop] = (grad_logits.to(ctx.compute_dtype) @ w).to(hidden.dtype)  # (c, H)
+                # (c, H)
+                grad_h[start:stop] = (grad_logits.to(ctx.compute_dtype) @ w).to(hidden.dtype)
             if need_w:
                 grad_w += grad_logits.T @ h.float()  # (V, H)
         if need_w:
@@ -58,9 +61,13 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         return grad_h, grad_w, None, None, None
 
 
-def token_logps_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                        chunk_size: int = 256,
-                        compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+def token_logps_chunked(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 256,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """(N, H) hidden, (V, H) head weight, (N,) targets -> (N,) fp32 log-probs of the targets.
 
     ``compute_dtype`` is the matmul precision (default: ``hidden``'s dtype); the log-softmax is
@@ -71,8 +78,12 @@ def token_logps_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
         return _ChunkedTokenLogps.apply(hidden, weight, targets, chunk_size, compute_dtype)
 
 
-def token_logps_plain(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+def token_logps_plain(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """The plain twin: full (N, V) logits, fp32 ``log_softmax``, gather."""
     compute_dtype = compute_dtype or hidden.dtype
     with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -80,15 +91,21 @@ def token_logps_plain(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
         return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (N,)
 
 
-def sum_per_sequence(token_logps: torch.Tensor, row_ids: torch.Tensor, num_rows: int) -> torch.Tensor:
+def sum_per_sequence(
+    token_logps: torch.Tensor, row_ids: torch.Tensor, num_rows: int
+) -> torch.Tensor:
     """(N,) values with (N,) row ids -> (num_rows,) per-row sums."""
     out = torch.zeros(num_rows, dtype=token_logps.dtype, device=token_logps.device)
     return out.index_add(0, row_ids, token_logps)
 
 
 @torch.no_grad()
-def token_log_sum_sq_probs(hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int = 256,
-                           compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+def token_log_sum_sq_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    chunk_size: int = 256,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """(N, H) hidden, (V, H) head weight -> (N,) fp32 log sum_v p(v)^2 of each position's
     next-token distribution (WPO's normalizer, Zhou et al. 2024, Eq. 2), without gradients:
     log sum_v p_v^2 = logsumexp(2 z) - 2 logsumexp(z), chunked like the head.
@@ -102,8 +119,8 @@ def token_log_sum_sq_probs(hidden: torch.Tensor, weight: torch.Tensor, chunk_siz
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         w = weight.to(compute_dtype)
         for start in range(0, hidden.shape[0], chunk_size):
-            logits = (hidden[start:start + chunk_size].to(compute_dtype) @ w.T).float()  # (c, V)
-            out[start:start + chunk_size] = log_sum_sq_from_logits(logits)
+            logits = (hidden[start : start + chunk_size].to(compute_dtype) @ w.T).float()  # (c, V)
+            out[start : start + chunk_size] = log_sum_sq_from_logits(logits)
     return out
 
 

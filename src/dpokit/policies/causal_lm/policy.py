@@ -206,17 +206,23 @@ class CausalLMPolicy(BasePolicy):
                 if chat and getattr(tokenizer, "chat_template", None):
                     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                          tokenize=False, add_generation_prompt=True)
-                    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                    ids = tokenizer(text, add_special_tokens=False,
+                                    return_tensors="pt")["input_ids"]
                 else:
                     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
                 ids = ids.to(next(model.parameters()).device)
                 settings = {"do_sample": False, **options}
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                                     **settings)
-                outputs.append(tokenizer.decode(out[0, ids.shape[1]:],
-                                                skip_special_tokens=True).strip())
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
+                    **settings,
+                )
+                outputs.append(
+                    tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+                )
         return outputs
 
     # --- internals -----------------------------------------------------------------------
@@ -249,16 +255,37 @@ class CausalLMPolicy(BasePolicy):
         scorer = self.scorer if model is self.model else _Scorer(self, model)
         weights = None
         if self.ld_alpha is not None:
-            weights = ld_token_weights(batch.score_sequence, batch.score_position,
-                                       batch.num_sequences // 2, self.ld_alpha)
-        seq, counts, norm = scorer(batch.input_ids, batch.attention_mask, batch.position_ids,
-                                   batch.score_source, batch.score_target, batch.score_sequence,
-                                   batch.num_sequences, weights, batch.segments, sampling_norm)
+            weights = ld_token_weights(
+                batch.score_sequence, batch.score_position, batch.num_sequences // 2, self.ld_alpha
+            )
+        seq, counts, norm = scorer(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.position_ids,
+            batch.score_source,
+            batch.score_target,
+            batch.score_sequence,
+            batch.num_sequences,
+            weights,
+            batch.segments,
+            sampling_norm,
+        )
         return SequenceScores(seq, counts, norm)
 
-    def sequence_logps(self, model: nn.Module, input_ids, attention_mask, position_ids,
-                       score_source, score_target, score_sequence, num_sequences: int,
-                       token_weights=None, segments=None, sampling_norm: bool = False):
+    def sequence_logps(
+        self,
+        model: nn.Module,
+        input_ids,
+        attention_mask,
+        position_ids,
+        score_source,
+        score_target,
+        score_sequence,
+        num_sequences: int,
+        token_weights=None,
+        segments=None,
+        sampling_norm: bool = False,
+    ):
         """Run the body once, score the N completion tokens, sum them per sequence.
 
         input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; returns
@@ -270,10 +297,17 @@ class CausalLMPolicy(BasePolicy):
         if segments is not None and self.segment_attention:
             attention_mask, extra = None, {"dpokit_segments": segments}  # see dpokit.attention
         elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
-            attention_mask = additive_mask(attention_mask, _compute_dtype(input_ids.device.type,
-                                                                    next(base.parameters()).dtype))
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids, use_cache=False, **extra).last_hidden_state  # (R, T, H)
+            attention_mask = additive_mask(
+                attention_mask, _compute_dtype(input_ids.device.type, next(base.parameters()).dtype)
+            )
+        hidden = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            # (R, T, H)
+            position_ids=position_ids,
+            use_cache=False,
+            **extra,
+        ).last_hidden_state
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
         token_logps = self._head_logps(base, h, score_target)  # (N,) fp32
         if token_weights is not None:
@@ -281,17 +315,21 @@ class CausalLMPolicy(BasePolicy):
         seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (S,)
         norm = None
         if sampling_norm:
-            norm = sum_per_sequence(self._head_log_sum_sq(base, h.detach()), score_sequence,
-                                    num_sequences)  # (S,)
+            norm = sum_per_sequence(
+                self._head_log_sum_sq(base, h.detach()), score_sequence, num_sequences
+            )  # (S,)
         return seq, torch.bincount(score_sequence, minlength=num_sequences), norm
 
     @staticmethod
     def _simple_head(base: nn.Module) -> bool:
         """A bias-free linear head with no soft-capping or scaling (the fast path applies)."""
         head = base.get_output_embeddings()
-        return (type(head) is nn.Linear and head.bias is None
-                and getattr(base.config, "final_logit_softcapping", None) is None
-                and getattr(base.config, "logit_scale", None) is None)
+        return (
+            type(head) is nn.Linear
+            and head.bias is None
+            and getattr(base.config, "final_logit_softcapping", None) is None
+            and getattr(base.config, "logit_scale", None) is None
+        )
 
     def _logits(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
         """Any head (bias, LoRA on lm_head, soft-capping, scaling) on (c, H) -> (c, V) fp32."""
@@ -309,10 +347,15 @@ class CausalLMPolicy(BasePolicy):
         """(N, H) -> (N,) log sum_v p(v)^2 of each scored position (WPO), no gradients."""
         head = base.get_output_embeddings()
         if self._simple_head(base):
-            return token_log_sum_sq_probs(h, head.weight, self.chunk_size,
-                                          _compute_dtype(h.device.type, head.weight.dtype))
-        return torch.cat([log_sum_sq_from_logits(self._logits(base, h[s:s + self.chunk_size]))
-                          for s in range(0, h.shape[0], self.chunk_size)])
+            return token_log_sum_sq_probs(
+                h, head.weight, self.chunk_size, _compute_dtype(h.device.type, head.weight.dtype)
+            )
+        return torch.cat(
+            [
+                log_sum_sq_from_logits(self._logits(base, h[s : s + self.chunk_size]))
+                for s in range(0, h.shape[0], self.chunk_size)
+            ]
+        )
 
     def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head = base.get_output_embeddings()
@@ -326,8 +369,10 @@ class CausalLMPolicy(BasePolicy):
         # completion positions, in chunks, and let autograd keep the logits.
         pieces = []
         for start in range(0, h.shape[0], self.chunk_size):
-            logits = self._logits(base, h[start:start + self.chunk_size])  # (c, V)
-            piece = torch.log_softmax(logits, -1).gather(1, targets[start:start + self.chunk_size, None])
+            logits = self._logits(base, h[start : start + self.chunk_size])  # (c, V)
+            piece = torch.log_softmax(logits, -1).gather(
+                1, targets[start : start + self.chunk_size, None]
+            )
             pieces.append(piece.squeeze(1))
         return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
 
