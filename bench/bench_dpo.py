@@ -165,16 +165,14 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
 
 # --- workers (each runs in its own process) -------------------------------------------------
 def worker_dpokit(args, rows, path) -> dict:
-    from functools import partial
-
     import torch
-    from dpokit.trainer import Trainer
 
     from dpokit.config import load_config
-    from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
+    from dpokit.data import PairCollator, TokenizeSettings, build_pairs
     from dpokit.data.io import Record
-    from dpokit.pipeline import build_policy
+    from dpokit.pipeline import build_objective, build_policy
     from dpokit.policies.causal_lm.models import load_tokenizer
+    from dpokit.train import StaticSource, Trainer
 
     base = dict(
         model=path,
@@ -185,12 +183,11 @@ def worker_dpokit(args, rows, path) -> dict:
         max_steps=args.steps,
         mixed_precision=args.precision,
         max_length=args.max_length,
-        max_prompt_length=args.max_length,
+        max_prompt_length=args.max_length - 1,
         beta=0.1,
         shuffle=False,
         progress_bar=False,
-        tensorboard=False,
-        eval_data=None,
+        log_with=[],
         output_dir=tempfile.mkdtemp(),
         ref_cache_dir=None,
         batch_layout=args.layout,
@@ -205,16 +202,14 @@ def worker_dpokit(args, rows, path) -> dict:
     pairs = build_pairs(
         [Record("bench", i + 1, r) for i, r in enumerate(rows)],
         tok,
-        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length),
+        TokenizeSettings(max_length=cfg.data.max_length,
+                         max_prompt_length=cfg.data.max_prompt_length),
     )
-    policy = build_policy(cfg, tok)
-    trainer = Trainer(
-        cfg,
-        policy,
-        pairs,
-        partial(collate_pairs, pad_token_id=tok.pad_token_id, layout=cfg.batch_layout),
-        log=lambda _: None,
-    )
+    objective = build_objective(cfg)
+    policy = build_policy(cfg, tok, objective.needs_reference)
+    collate = PairCollator(tok.pad_token_id, cfg.data.batch_layout)
+    source = StaticSource(pairs, collate, cfg.optim.batch_size, shuffle=False)
+    trainer = Trainer(cfg, policy, objective, source, log=lambda _: None)
     times = []
     step = trainer._train_step
 
@@ -308,16 +303,15 @@ def worker_floor(args, rows, path) -> dict:
     scoring it gave NaN gradients on a randomly initialised SmolLM2)."""
     import torch
 
-    from dpokit.config import load_config
     from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
     from dpokit.data.io import Record
-    from dpokit.pipeline import apply_lora
+    from dpokit.policies.causal_lm.lora import apply_lora
     from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(path)
     model = load_causal_lm(path)
     if args.lora:
-        model = apply_lora(model, load_config(None, lora=True))
+        model = apply_lora(model)
     device = device_type()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]

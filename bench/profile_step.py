@@ -10,44 +10,42 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dpo import make_pairs  # noqa: E402
-from dpokit.trainer import Trainer  # noqa: E402
 
 from dpokit.config import load_config  # noqa: E402
-from dpokit.data import TokenizeSettings, build_pairs, collate_pairs  # noqa: E402
+from dpokit.data import PairCollator, TokenizeSettings, build_pairs  # noqa: E402
 from dpokit.data.io import Record  # noqa: E402
-from dpokit.pipeline import build_policy  # noqa: E402
+from dpokit.pipeline import build_objective, build_policy  # noqa: E402
 from dpokit.policies.causal_lm.models import load_tokenizer  # noqa: E402
+from dpokit.train import StaticSource, Trainer  # noqa: E402
 
 
 def main(overrides: list[str]) -> None:
     base = dict(model="smollm2", lora=True, mixed_precision="bf16", batch_size=4, max_steps=4,
-                max_length=1024, max_prompt_length=1024, shuffle=False, progress_bar=False,
-                tensorboard=False, eval_data=None, output_dir=tempfile.mkdtemp(),
-                ref_cache_dir=None, learning_rate=5e-6)
+                max_length=1024, max_prompt_length=1023, shuffle=False, progress_bar=False,
+                log_with=[], output_dir=tempfile.mkdtemp(), ref_cache_dir=None,
+                learning_rate=5e-6)
     overridden = {o.partition("=")[0] for o in overrides}
     cfg = load_config(None, overrides, **{k: v for k, v in base.items() if k not in overridden})
-    tok = load_tokenizer(cfg.model)
-    rows = make_pairs(tok, cfg.batch_size * cfg.max_steps, (20, 400), (20, 300))
+    tok = load_tokenizer(cfg.model.name)
+    rows = make_pairs(tok, cfg.optim.batch_size * cfg.optim.max_steps, (20, 400), (20, 300))
     pairs = build_pairs(
         [Record("bench", i + 1, r) for i, r in enumerate(rows)],
         tok,
-        TokenizeSettings(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length),
+        TokenizeSettings(max_length=cfg.data.max_length,
+                         max_prompt_length=cfg.data.max_prompt_length),
     )
-    trainer = Trainer(
-        cfg,
-        build_policy(cfg, tok),
-        pairs,
-        partial(collate_pairs, pad_token_id=tok.pad_token_id, layout=cfg.batch_layout),
-        log=lambda _: None,
-    )
-    trainer._precompute_reference()
+    objective = build_objective(cfg)
+    source = StaticSource(pairs, PairCollator(tok.pad_token_id, cfg.data.batch_layout),
+                          cfg.optim.batch_size, shuffle=False)
+    trainer = Trainer(cfg, build_policy(cfg, tok, objective.needs_reference), objective, source,
+                      log=lambda _: None)
+    trainer.reference.prepare("train", trainer.source)
     trainer._train_step()  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(2):

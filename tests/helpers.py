@@ -20,6 +20,7 @@ from dpokit.policies.causal_lm import CausalLMPolicy
 from dpokit.train import EvalSet, StaticSource, Trainer
 
 TEST_DEFAULTS = dict(lora=False, progress_bar=False, log_with=[], precompute_ref_logps=False,
+                     eval_before=False,
                      learning_rate=1e-3, batch_size=4, max_grad_norm=None)
 
 

@@ -90,7 +90,8 @@ def test_cli_train_end_to_end(tmp_path, tiny_model_dir, capsys):
                  "progress_bar=false", "log_with=[]", "learning_rate=1e-3"])
     assert code == 0, capsys.readouterr().err
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [1, 2, 3, 3]
+    assert [m["step"] for m in lines] == [0, 1, 2, 3, 3]  # eval before, 3 steps, eval after
+    assert "eval/loss" in lines[0]
     assert "eval/rewards/accuracies" in lines[-1]
     assert (out / "final" / "config.json").is_file()
     card = (out / "final" / "README.md").read_text()  # the model card

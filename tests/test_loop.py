@@ -244,3 +244,23 @@ def test_generic_code_never_imports_a_modality_or_the_app():
             absolute = isinstance(node, ast.ImportFrom) and not node.level
             if absolute and (node.module or "").startswith("dpokit"):
                 raise AssertionError(f"{path.relative_to(root)}: use relative imports")
+
+
+def test_static_source_orders_each_epoch_differently_and_shards_exactly():
+    """Each epoch is a fresh seeded permutation (not the same order again), steps cover every
+    example once per epoch, and 2 processes split each step into disjoint halves."""
+    data = list(range(10))
+    src = StaticSource(data, collate=list, batch_size=2, grad_accum_steps=1, seed=3)
+    epochs = [[i for s in range(e * 5, e * 5 + 5) for mb in src.step_indices(s)[0] for i in mb]
+              for e in range(3)]
+    assert all(sorted(order) == data for order in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert epochs[0] == [i for s in range(5) for mb in StaticSource(
+        data, list, 2, seed=3).step_indices(s)[0] for i in mb]  # a pure function of (seed, step)
+    halves = []
+    for rank in (0, 1):
+        part = StaticSource(data, list, batch_size=1, seed=3)
+        part.shard(2, rank)
+        halves.append([i for mb in part.step_indices(0)[0] for i in mb])
+    assert set(halves[0]).isdisjoint(halves[1])
+    assert sorted(halves[0] + halves[1]) == sorted(src.step_indices(0)[0][0])

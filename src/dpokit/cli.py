@@ -69,6 +69,10 @@ def _train(build, recipe: str | None, overrides: list[str], what: str) -> int:
     result = run.trainer.train()
     final = run.trainer.save_final()
     run.trainer.close()
+    evals = result.eval_history
+    if len(evals) > 1 and evals[0]["step"] == 0:
+        _main_process_print(f"held-out loss: {evals[0]['eval/loss']:.4f} before, "
+                            f"{evals[-1]['eval/loss']:.4f} after")
     _main_process_print(
         f"done: {what}, {result.step} steps on {run.trainer.world} process(es); "
         f"model saved to {final}; metrics in "

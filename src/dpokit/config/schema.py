@@ -147,6 +147,8 @@ class RunConfig:
     output_dir: str = setting("outputs/run", "metrics, checkpoints and final/")
     eval_every: int | None = setting(None, "steps; null: only at the end", AT_LEAST_ONE)
     eval_batch_size: int = setting(8, "examples per eval batch", AT_LEAST_ONE)
+    eval_before: bool = setting(True, "evaluate once before training too, as a baseline for "
+                                "the final evaluation")
     log_every: int = setting(1, "steps between metric rows", AT_LEAST_ONE)
     save_every: int | None = setting(None, "steps between checkpoints; null: none",
                                      AT_LEAST_ONE)

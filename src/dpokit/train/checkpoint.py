@@ -110,24 +110,30 @@ def save_final(policy: Policy, target: str | Path, card: str | None = None,
     return target
 
 
-def model_card(base_model: str, data: dict[str, Any], objective: str,
-               hyperparameters: dict[str, Any], metrics: dict[str, float],
-               adapter: bool) -> str:
-    """A Hugging Face model card: base model, data, objective, hyper-parameters, final metrics.
+def model_card(cfg: Any, objective: str, metrics: dict[str, float]) -> str:
+    """A Hugging Face model card from the run's config: base model, data, objective,
+    hyper-parameters, final metrics.
 
-    >>> print(model_card("smollm2", {"train": "pairs.jsonl"}, "sigmoid", {"beta": 0.1},
-    ...                  {"eval/loss": 0.5}, adapter=True).splitlines()[1])
+    >>> from dpokit.config import TrainConfig
+    >>> print(model_card(TrainConfig(), "sigmoid", {"eval/loss": 0.5}).splitlines()[1])
     base_model: smollm2
     """
-    tags = ["dpokit", "peft", "lora"] if adapter else ["dpokit"]
-    lines = ["---", f"base_model: {base_model}",
-             f"library_name: {'peft' if adapter else 'transformers'}",
+    m, d, loss, optim = cfg.model, cfg.data, cfg.loss, cfg.optim
+    hyper = {"loss": loss.name, "beta": loss.beta, "learning_rate": optim.learning_rate,
+             "lr_scheduler": optim.lr_scheduler, "batch_size": optim.batch_size,
+             "grad_accum_steps": optim.grad_accum_steps, "num_epochs": optim.num_epochs,
+             "max_steps": optim.max_steps, "lora": m.lora, "lora_r": m.lora_r,
+             "mixed_precision": optim.mixed_precision, "seed": optim.seed}
+    tags = ["dpokit", "peft", "lora"] if m.lora else ["dpokit"]
+    lines = ["---", f"base_model: {m.name}",
+             f"library_name: {'peft' if m.lora else 'transformers'}",
              "tags:", *[f"- {t}" for t in tags], "---", "",
-             f"# {'LoRA adapter' if adapter else 'Model'} trained with dpokit", "",
-             f"- **Base model**: `{base_model}`", f"- **Objective**: `{objective}`"]
-    lines += [f"- **{name.capitalize()} data**: `{path}`" for name, path in data.items() if path]
+             f"# {'LoRA adapter' if m.lora else 'Model'} trained with dpokit", "",
+             f"- **Base model**: `{m.name}`", f"- **Objective**: `{objective}`"]
+    lines += [f"- **{name} data**: `{path}`"
+              for name, path in (("Train", d.train_data), ("Eval", d.eval_data)) if path]
     lines += ["", "## Hyper-parameters", "", "| name | value |", "|---|---|"]
-    lines += [f"| `{k}` | `{v}` |" for k, v in hyperparameters.items()]
+    lines += [f"| `{k}` | `{v}` |" for k, v in hyper.items()]
     if metrics:
         lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| `{k}` | {v:.4g} |" for k, v in metrics.items() if isinstance(v, float)]

@@ -44,7 +44,6 @@ class TrainResult:
     step: int
     history: list[dict] = field(default_factory=list)  # one record per logged step
     eval_history: list[dict] = field(default_factory=list)
-    final_dir: str | None = None
 
 
 class Trainer:
@@ -129,11 +128,9 @@ class Trainer:
             latest = self.checkpoints.latest()
             kept = (f"the last good checkpoint, {latest}, is intact" if latest
                     else "no checkpoint was written")
-            raise NonFiniteError(
-                f"{what} is {value.item() if value.numel() == 1 else value} at "
-                f"step {self.step + 1}; stopping before the optimizer step "
-                f"({kept}). Try a lower learning_rate or mixed_precision=no."
-            )
+            raise NonFiniteError(f"{what} is {value.item() if value.numel() == 1 else value} at "
+                                 f"step {self.step + 1}; stopping before the optimizer step "
+                                 f"({kept}). Try a lower learning_rate or mixed_precision=no.")
 
     def _global_sum(self, *values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -146,9 +143,8 @@ class Trainer:
         device = self.accelerator.device
         batches = [b.to(device) for b in self.source.micro_batches(self.step, self.policy)]
         units = [self.objective.units(b) for b in batches]
-        step_units, step_examples = self._global_sum(
-            sum(units), sum(len(b.example_index) for b in batches)
-        )
+        examples = sum(len(b.example_index) for b in batches)
+        step_units, step_examples = self._global_sum(sum(units), examples)
         scale = self.world / step_units  # DDP averages over processes; we want the global mean
         sums, tokens = MetricSums(), 0
         for i, batch in enumerate(batches):
@@ -176,16 +172,10 @@ class Trainer:
         metrics = reduce_metrics(sums, self.accelerator).means()
         seconds = time.perf_counter() - started
         epoch = self.step / self.source.steps_per_epoch if self.source.steps_per_epoch else None
-        metrics.update(
-            {
-                "grad_norm": float(grad_norm),
-                "learning_rate": lr,
-                "examples_per_s": step_examples / seconds,
-                "tokens_per_s": self._global_sum(tokens)[0] / seconds,
-                "epoch": epoch,
-                "step": self.step,
-            }
-        )
+        metrics.update({"grad_norm": float(grad_norm), "learning_rate": lr,
+                        "examples_per_s": step_examples / seconds,
+                        "tokens_per_s": self._global_sum(tokens)[0] / seconds,
+                        "epoch": epoch, "step": self.step})
         return metrics
 
     # --- evaluation --------------------------------------------------------------------------
@@ -214,14 +204,8 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(
-            self.step,
-            self.policy,
-            self.optimizer,
-            self.scheduler,
-            self.source.state_dict(),
-            self.cfg.to_dict(),
-        )
+        return self.checkpoints.save(self.step, self.policy, self.optimizer, self.scheduler,
+                                     self.source.state_dict(), self.cfg.to_dict())
 
     def load_checkpoint(self, path: Path) -> None:
         self.step, state = self.checkpoints.load(path, self.policy, self.optimizer, self.scheduler)
@@ -254,6 +238,8 @@ class Trainer:
                 self.log(f"resume: continuing from {latest} (step {self.step})")
         self.reference.prepare("train", self.source)
         self.reference.prepare("eval", self.eval_set)
+        if self.eval_set is not None and run.eval_before and self.step == 0:
+            self._run_eval(result)
         self.policy.train(True)
         bar = None
         if run.progress_bar and self.accelerator.is_main_process:
@@ -287,21 +273,8 @@ class Trainer:
         ``push_to_hub`` names a repo."""
         cfg = self.cfg
         target = Path(directory) if directory else self.output_dir / "final"
-        card = model_card(
-            cfg.model.name,
-            {"train": cfg.data.train_data, "eval": cfg.data.eval_data},
-            self.objective.name,
-            _card_hyperparameters(cfg),
-            self._last_eval,
-            adapter=cfg.model.lora,
-        )
-        save_final(
-            self.policy,
-            target,
-            card,
-            self.accelerator.is_main_process,
-            self.accelerator.wait_for_everyone,
-        )
+        save_final(self.policy, target, model_card(cfg, self.objective.name, self._last_eval),
+                   self.accelerator.is_main_process, self.accelerator.wait_for_everyone)
         if cfg.run.push_to_hub and self.accelerator.is_main_process:
             self.log(f"pushed to {push_to_hub(target, cfg.run.push_to_hub)}")
         return target
@@ -313,20 +286,3 @@ class Trainer:
         if self.world > 1 or (self._metrics is not None and self._metrics.trackers):
             self.accelerator.end_training()
 
-
-def _card_hyperparameters(cfg: Any) -> dict[str, Any]:
-    loss, optim = cfg.loss, cfg.optim
-    return {
-        "loss": loss.name,
-        "beta": loss.beta,
-        "learning_rate": optim.learning_rate,
-        "lr_scheduler": optim.lr_scheduler,
-        "batch_size": optim.batch_size,
-        "grad_accum_steps": optim.grad_accum_steps,
-        "num_epochs": optim.num_epochs,
-        "max_steps": optim.max_steps,
-        "lora": cfg.model.lora,
-        "lora_r": cfg.model.lora_r,
-        "mixed_precision": optim.mixed_precision,
-        "seed": optim.seed,
-    }

@@ -32,10 +32,11 @@ def make_accelerator(log_with: list[Any] | None = None, project_dir: str | None 
     """An Accelerator for this launch, with the given trackers (names or tracker objects);
     named trackers whose package is not installed are left out."""
     from accelerate import Accelerator
-    from accelerate.tracking import filter_trackers
+    from accelerate.tracking import GeneralTracker, get_available_trackers
 
-    trackers = filter_trackers(list(log_with or []), project_dir) or None
-    return Accelerator(cpu=launched_without_accelerator(), log_with=trackers,
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    trackers = [t for t in log_with or [] if isinstance(t, GeneralTracker) or t in available]
+    return Accelerator(cpu=launched_without_accelerator(), log_with=trackers or None,
                        project_dir=project_dir)
 
 

@@ -1,0 +1,229 @@
+"""dpokit SFT vs TRL's SFTTrainer, side by side, on the same rows.
+
+Every measurement runs in a fresh subprocess (so peak memory is its own), alternating the
+systems round by round. Both train the same model on the same prompt/completion rows in the
+same order with the same hyper-parameters (AdamW, constant lr, clip 1.0, bf16 autocast, loss
+on completion tokens only). TRL runs its fastest configuration here: padding-free (each
+batch flattened into one row with restarting positions), completion-only loss, bf16, no
+gradient checkpointing; it computes the full-vocabulary logits of every position. dpokit runs
+its defaults: the batch packed without padding, segment attention, the chunked LM head on
+completion positions only.
+
+    pip install trl==1.16.0            # benchmark only; never a dpokit dependency
+    python bench/bench_sft.py                              # both workloads, 2 rounds
+    python bench/bench_sft.py --workloads smollm2-lora --steps 4 --rounds 1
+
+Reported per run: median seconds per step over steps 2..N, tokens/s (real prompt + completion
+tokens, the same count for both), peak memory (RSS on the CPU, max allocated on CUDA), and
+the first losses (mean NLL per completion token; the two should agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dpo import ROOT, device_type, make_pairs, model_path, peak_memory_gb  # noqa: E402
+
+WORKLOADS = {
+    # name: (model, lora, batch sequences, prompt token range, completion token range, max_length)
+    "smollm2-lora": ("smollm2", True, 8, (20, 400), (20, 300), 1024),
+    "smollm2-full": ("smollm2", False, 8, (20, 400), (20, 300), 1024),
+}
+
+
+def sft_rows(tok, n: int, prompt_range, completion_range) -> list[dict]:
+    return [{"prompt": r["prompt"], "completion": r["chosen"]}
+            for r in make_pairs(tok, n, prompt_range, completion_range)]
+
+
+def _timed(step):
+    import torch
+
+    times = []
+
+    def timed():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metrics = step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        return metrics
+
+    return timed, times
+
+
+def worker_dpokit(args, rows, path) -> dict:
+    from dpokit.config import load_config
+    from dpokit.data import SequenceCollator, TokenizeSettings, build_sequences
+    from dpokit.data.io import Record
+    from dpokit.objectives import SFTObjective
+    from dpokit.pipeline import build_policy
+    from dpokit.policies.causal_lm.models import load_tokenizer
+    from dpokit.train import StaticSource, Trainer
+
+    cfg = load_config(None, args.dpokit_set, model=path, lora=args.lora, learning_rate=args.lr,
+                      lr_scheduler="constant", batch_size=args.batch, max_steps=args.steps,
+                      mixed_precision=args.precision, max_length=args.max_length,
+                      max_prompt_length=args.max_length - 1, shuffle=False, progress_bar=False,
+                      log_with=[], output_dir=tempfile.mkdtemp(), max_grad_norm=1.0,
+                      batch_layout="packed")
+    tok = load_tokenizer(path)
+    settings = TokenizeSettings(max_length=cfg.data.max_length,
+                                max_prompt_length=cfg.data.max_prompt_length)
+    data = build_sequences([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok, settings)
+    policy = build_policy(cfg, tok, needs_reference=False, pairs=False)
+    source = StaticSource(data, SequenceCollator(tok.pad_token_id, cfg.data.batch_layout),
+                          cfg.optim.batch_size, shuffle=False)
+    trainer = Trainer(cfg, policy, SFTObjective(), source, log=lambda _: None)
+    trainer._train_step, times = _timed(trainer._train_step)
+    history = trainer.train().history
+    return {"times": times, "losses": [m["loss"] for m in history]}
+
+
+def worker_trl(args, rows, path) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    times, losses = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
+        learning_rate=args.lr, lr_scheduler_type="constant", max_steps=args.steps,
+        max_length=args.max_length, bf16=args.precision == "bf16", gradient_checkpointing=False,
+        padding_free=True, packing=False, completion_only_loss=True, logging_steps=1,
+        report_to="none", save_strategy="no", max_grad_norm=1.0,
+        train_sampling_strategy="sequential", use_cpu=device_type() == "cpu",
+        dataloader_num_workers=0, seed=0, warmup_steps=0)
+    trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=peft_config,
+                         train_dataset=datasets.Dataset.from_list(rows), callbacks=[Clock()])
+    trainer.train()
+    return {"times": times, "losses": losses}
+
+
+def run_worker(args) -> None:
+    rows = json.loads(Path(args.data).read_text())
+    fn = {"dpokit": worker_dpokit, "trl": worker_trl}[args.worker]
+    result = fn(args, rows, args.model_path)
+    result["peak_memory_gb"] = peak_memory_gb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def summarize(result: dict, rows: list[dict], tok, batch: int) -> dict:
+    times = result["times"][1:] or result["times"]  # step 1 warms up
+    median = statistics.median(times)
+    tokens = [sum(len(tok(r["prompt"])["input_ids"]) + len(tok(r["completion"])["input_ids"])
+                  for r in rows[i * batch:(i + 1) * batch])
+              for i in range(len(result["times"]))]
+    return {"s_per_step": median, "tokens_per_s": statistics.mean(tokens[1:] or tokens) / median,
+            "peak_gb": result["peak_memory_gb"],
+            "losses": [round(x, 4) for x in result["losses"][:3]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="smollm2-lora,smollm2-full")
+    parser.add_argument("--systems", default="trl,dpokit")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "no"])
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--out", default=None, help="write the summary JSON here")
+    parser.add_argument("--shape-dir", type=Path, default=None, metavar="DIR",
+                        help="SmolLM2's architecture with random weights (see bench_dpo.py)")
+    parser.add_argument("--dpokit-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra dpokit config overrides")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+
+    from transformers import AutoTokenizer
+
+    workdir = Path(tempfile.mkdtemp(prefix="dpokit-bench-sft-"))
+    report, failed = {}, []
+    for name in args.workloads.split(","):
+        model, lora, batch, prompt_range, completion_range, max_length = WORKLOADS[name]
+        path = model_path(model, workdir, args.shape_dir)
+        tok = AutoTokenizer.from_pretrained(path)
+        rows = sft_rows(tok, batch * args.steps, prompt_range, completion_range)
+        data = workdir / f"{name}.json"
+        data.write_text(json.dumps(rows))
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.rounds):
+            for system in args.systems.split(","):
+                cmd = [sys.executable, __file__, "--worker", system, "--data", str(data),
+                       "--model-path", path, "--batch", str(batch), "--max-length",
+                       str(max_length), "--steps", str(args.steps), "--precision",
+                       args.precision, "--lr", str(args.lr)] + (["--lora"] if lora else [])
+                cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
+                python_path = os.pathsep.join(
+                    filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+                env = dict(os.environ, PYTHONPATH=python_path, TOKENIZERS_PARALLELISM="false")
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not lines:
+                    failed.append(f"{name}/{system}")
+                    print(f"{name} {system}: FAILED\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}")
+                    continue
+                summary = summarize(json.loads(lines[-1][7:]), rows, tok, batch)
+                runs.setdefault(system, []).append(summary)
+                print(f"{name:14s} {system:7s} {summary['s_per_step']:7.2f} s/step "
+                      f"{summary['tokens_per_s']:8.1f} tok/s {summary['peak_gb']:6.2f} GB "
+                      f"losses {summary['losses']}", flush=True)
+        best = {s: min(r, key=lambda x: x["s_per_step"]) for s, r in runs.items()}
+        report[name] = best
+        if "trl" in best and "dpokit" in best:
+            speed = best["dpokit"]["tokens_per_s"] / best["trl"]["tokens_per_s"]
+            memory = best["dpokit"]["peak_gb"] / best["trl"]["peak_gb"]
+            print(f"{name}: dpokit/TRL tokens/s {speed:.2f}x, peak memory {memory:.2f}x")
+            report[name]["ratios"] = {"throughput": speed, "memory": memory}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    if failed:
+        sys.exit(f"failed runs: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
