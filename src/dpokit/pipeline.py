@@ -124,15 +124,19 @@ def _tokenize_both(cfg: TrainConfig, build: Callable, log: Callable[[str], None]
     return train, evaluation
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, log=print) -> tuple[ExampleSet, ExampleSet | None]:
-    objective = build_objective(cfg)
+Splits = tuple[ExampleSet, ExampleSet | None]
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, log=print,
+               objective: PreferenceObjective | None = None) -> Splits:
+    objective = objective or build_objective(cfg)
     settings = _settings(cfg, objective.extra_columns)
     build = build_unpaired if objective.unpaired else build_pairs
     return _tokenize_both(cfg, lambda records: build(records, tokenizer, settings,
                                                      cfg.data.on_bad_rows), log)
 
 
-def load_sequences(cfg: TrainConfig, tokenizer, log=print) -> tuple[ExampleSet, ExampleSet | None]:
+def load_sequences(cfg: TrainConfig, tokenizer, log=print) -> Splits:
     settings = _settings(cfg)
     return _tokenize_both(cfg, lambda records: build_sequences(
         records, tokenizer, settings, cfg.data.on_bad_rows, cfg.data.completion_only_loss), log)
@@ -201,7 +205,7 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
     tokenizer = load_tokenizer(
         cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name
     )
-    train, evaluation = load_pairs(cfg, tokenizer, log)
+    train, evaluation = load_pairs(cfg, tokenizer, log, objective)
     policy = build_policy(cfg, tokenizer, objective.needs_reference)
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     source, eval_set = _sources(cfg, train, evaluation, collate)
