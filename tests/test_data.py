@@ -1,6 +1,7 @@
 """Tokenization boundaries for each format, file readers, and every bad-input case."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -166,7 +167,7 @@ def test_unreadable_files(tmp_path):
         load_records(str(bad))
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00\x81garbage")
-    with pytest.raises(DataError, match="unreadable file"):
+    with pytest.raises(DataError, match=r"binary.csv, row 1: not UTF-8: byte 0xff"):
         load_records(str(binary))
     parquet = tmp_path / "corrupt.parquet"
     parquet.write_bytes(b"not parquet")
@@ -235,3 +236,100 @@ def test_shipped_dataset_is_valid_and_balanced(tokenizer):
             r.values["rejected"] for r in records
         )
     build_pairs(train + held_out, tokenizer, TokenizeSettings())
+
+
+# --- files and columns checked, not guessed -------------------------------------------------
+
+
+def _pairs(tokenizer, path, **kw):
+    return build_pairs(load_records(str(path)), tokenizer, TokenizeSettings(), **kw)
+
+
+def test_utf8_bom_is_stripped_from_csv_and_json(tmp_path, tokenizer):
+    csv_file = tmp_path / "excel.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\nthe movie,great,dull\n")
+    assert load_records(str(csv_file))[0].values == {"prompt": "the movie", "chosen": "great",
+                                                    "rejected": "dull"}
+    assert len(_pairs(tokenizer, csv_file)) == 1
+    json_file = tmp_path / "bom.jsonl"
+    json_file.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    assert load_records(str(json_file))[0].values["prompt"] == "a"
+
+
+def test_non_utf8_bytes_name_their_row(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                  b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl, row 2: not UTF-8: byte 0xe9"):
+        load_records(str(f))
+
+
+def test_misspelled_column_is_an_error_naming_both(tmp_path, tokenizer):
+    f = write_jsonl(tmp_path / "typo.jsonl", [{"promt": "p", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"typo.jsonl, row 1, field 'promt': unknown column "
+                                        r"'promt'; did you mean 'prompt'"):
+        _pairs(tokenizer, f)
+    ok = write_jsonl(tmp_path / "extra.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b",
+                                                "id": 7, "source": "web"}])
+    assert len(_pairs(tokenizer, ok)) == 1  # unrelated extra columns are fine
+
+
+def test_implicit_prompt_only_when_the_whole_file_has_none(tmp_path, tokenizer):
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"prompt": "the movie was", "chosen": " great", "rejected": " dull"},
+        {"chosen": "the movie was great", "rejected": "the movie was dull"}])
+    with pytest.raises(DataError, match=r"mixed.jsonl, row 2, field 'prompt': missing column"):
+        _pairs(tokenizer, mixed)
+    implicit = write_jsonl(tmp_path / "implicit.jsonl", [
+        {"chosen": "the movie was great", "rejected": "the movie was dull"}])
+    pairs = _pairs(tokenizer, implicit)
+    assert "implicit prompt" in pairs.report.summary()
+
+
+@pytest.mark.parametrize("message,field,reason", [
+    ({"role": "usr", "content": "hi"}, "prompt[0].role", "unknown role 'usr'"),
+    ({"role": 3, "content": "hi"}, "prompt[0].role", "unknown role 3"),
+    ({"role": "user", "content": "   "}, "prompt[0].content", "empty field"),
+])
+def test_chat_roles_and_content_are_checked(tokenizer, message, field, reason):
+    row = {"prompt": [message], "chosen": [{"role": "assistant", "content": "a"}],
+           "rejected": [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(DataError, match=rf"row 1, field '{re.escape(field)}': {reason}"):
+        build_pairs([rec(row)], tokenizer, TokenizeSettings())
+    bad_completion = dict(row, prompt=[{"role": "user", "content": "hi"}],
+                          chosen=[{"role": "assistant", "content": ""}])
+    with pytest.raises(DataError, match=r"field 'chosen\[0\].content': empty field"):
+        build_pairs([rec(bad_completion)], tokenizer, TokenizeSettings())
+
+
+def test_json_file_holding_json_lines_is_read(tmp_path):
+    f = tmp_path / "really_lines.json"
+    f.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                 '{"prompt": "d", "chosen": "e", "rejected": "f"}\n')
+    assert [r.values["prompt"] for r in load_records(str(f))] == ["a", "d"]
+    assert [r.row for r in load_records(str(f))] == [1, 2]
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda d: (d / "empty.jsonl").write_text("") and None or d / "empty.jsonl", "empty file"),
+    (lambda d: (d / "blank.jsonl").write_text("\n\n") and None or d / "blank.jsonl",
+     "empty file"),
+    (lambda d: d / "no" / "such" / "pairs", "no such file or folder"),
+    (lambda d: d / "missing.jsonl", "file not found"),
+    (lambda d: (d / "folder").mkdir() or d / "folder", "a folder, but not a dataset"),
+    (lambda d: (d / "dir.jsonl").mkdir() or d / "dir.jsonl", "a folder, not a file"),
+])
+def test_each_unusable_path_gets_its_own_line(tmp_path, make, reason):
+    path = make(tmp_path)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: {reason}"):
+        load_records(str(path))
+
+
+def test_skip_also_skips_rows_that_are_not_json(tmp_path, tokenizer):
+    f = tmp_path / "half.jsonl"
+    f.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{not json\n[1, 2]\n')
+    skipped = []
+    records = load_records(str(f), bad_rows=skipped)
+    pairs = build_pairs(records, tokenizer, TokenizeSettings(), "skip", skipped)
+    assert pairs.report.kept == 1 and sum(pairs.report.skipped.values()) == 2
+    assert "invalid JSON" in pairs.report.summary() and "2 skipped" in pairs.report.summary()

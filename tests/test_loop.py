@@ -26,6 +26,7 @@ class OnlineItemSource:
 
     steps_per_epoch = None
     precomputable = False
+    fingerprint = None
 
     def __init__(self, seed: int = 0, batch_size: int = 8):
         self.generator = torch.Generator().manual_seed(seed)

@@ -155,16 +155,25 @@ def cmd_config() -> int:
     return 0
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message's lines joined, a KeyError's quotes dropped.
+
+    >>> one_line(ValueError("bad value\\n  in file x.yaml\\n"))
+    'bad value / in file x.yaml'
+    """
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " / ".join(lines) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dpokit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="dpokit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (or DPOKIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        help="preference optimization from a YAML recipe and "
-        "key=value overrides (`dpokit config` lists the keys)",
-    )
+    train = sub.add_parser("train", help="preference optimization from a YAML recipe and "
+                           "key=value overrides (`dpokit config` lists the keys)")
     train.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     sft = sub.add_parser("sft", help="supervised fine-tuning from a YAML recipe and overrides")
     sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
@@ -173,12 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("losses", help="list the registered losses and their hyper-parameters")
     sub.add_parser("config", help="list every config field with its default and meaning")
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("DPOKIT_DEBUG", "") not in ("", "0")
     _quiet_libraries()
-    from .config import ConfigError
-    from .data import DataError
-    from .policies.causal_lm.models import ModelLoadError
-    from .train import NonFiniteError
-    from .train.checkpoint import PushError
+    from .train import Interrupted
 
     try:
         if args.command in ("train", "sft"):
@@ -189,17 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return cmd_config()
         return cmd_losses()
-    except (
-        ConfigError,
-        DataError,
-        ModelLoadError,
-        NonFiniteError,
-        PushError,
-        KeyError,
-        ValueError,
-        NotImplementedError,
-    ) as err:
-        print(f"dpokit: error: {err}", file=sys.stderr)
+    except Interrupted as stop:
+        if debug:
+            raise
+        _main_process_print(f"dpokit: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("dpokit: interrupted (no checkpoint saved since the last one)", file=sys.stderr)
+        return 130
+    except Exception as err:  # every failure a user sees is one line; --debug shows the rest
+        if debug:
+            raise
+        print(f"dpokit: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -86,20 +86,35 @@ def _starting_adapter(cfg: TrainConfig) -> str | None:
     return cfg.model.name if adapter_base(cfg.model.name) else None
 
 
-def split_records(cfg: TrainConfig) -> tuple[list[Record], list[Record] | None]:
-    """Train and eval records: ``eval_data``, or ``eval_fraction`` held out from train."""
+@dataclass
+class Rows:
+    """Rows read from a source, and the rows the reader skipped (invalid JSON, with
+    ``on_bad_rows: skip``), to be counted in the data report."""
+
+    records: list[Record]
+    skipped: list[DataError] = field(default_factory=list)
+
+
+def _read(cfg: TrainConfig, source: str, split: str) -> Rows:
+    skipped: list[DataError] | None = [] if cfg.data.on_bad_rows == "skip" else None
+    return Rows(load_records(source, split, skipped), skipped or [])
+
+
+def split_records(cfg: TrainConfig) -> tuple[Rows, Rows | None]:
+    """Train and eval rows: ``eval_data``, or ``eval_fraction`` held out from train."""
     if not cfg.data.train_data:
         raise DataError("config", None, "train_data", "not set: name a file of training rows "
                         "(train_data=PATH)")
-    train = load_records(cfg.data.train_data, cfg.data.train_split)
+    train = _read(cfg, cfg.data.train_data, cfg.data.train_split)
     if cfg.data.eval_data:
-        return train, load_records(cfg.data.eval_data, cfg.data.eval_split)
+        return train, _read(cfg, cfg.data.eval_data, cfg.data.eval_split)
     if cfg.data.eval_fraction > 0:
-        order = list(range(len(train)))
+        records = train.records
+        order = list(range(len(records)))
         random.Random(cfg.optim.seed).shuffle(order)
         n_eval = max(1, int(len(order) * cfg.data.eval_fraction))
-        held = [train[i] for i in sorted(order[:n_eval])]
-        return [train[i] for i in sorted(order[n_eval:])], held
+        held = Rows([records[i] for i in sorted(order[:n_eval])])
+        return Rows([records[i] for i in sorted(order[n_eval:])], train.skipped), held
     return train, None
 
 
@@ -132,14 +147,15 @@ def load_pairs(cfg: TrainConfig, tokenizer, log=print,
     objective = objective or build_objective(cfg)
     settings = _settings(cfg, objective.extra_columns)
     build = build_unpaired if objective.unpaired else build_pairs
-    return _tokenize_both(cfg, lambda records: build(records, tokenizer, settings,
-                                                     cfg.data.on_bad_rows), log)
+    return _tokenize_both(cfg, lambda rows: build(rows.records, tokenizer, settings,
+                                                  cfg.data.on_bad_rows, rows.skipped), log)
 
 
 def load_sequences(cfg: TrainConfig, tokenizer, log=print) -> Splits:
     settings = _settings(cfg)
-    return _tokenize_both(cfg, lambda records: build_sequences(
-        records, tokenizer, settings, cfg.data.on_bad_rows, cfg.data.completion_only_loss), log)
+    return _tokenize_both(cfg, lambda rows: build_sequences(
+        rows.records, tokenizer, settings, cfg.data.on_bad_rows, cfg.data.completion_only_loss,
+        rows.skipped), log)
 
 
 def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None = None,

@@ -154,6 +154,11 @@ class RunConfig:
                                      AT_LEAST_ONE)
     keep_checkpoints: int = setting(2, "newest checkpoints kept", AT_LEAST_ONE)
     resume: bool = setting(False, "continue from the latest checkpoint in output_dir")
+    resume_allow_changes: bool = setting(False, "resume even when the data, the config fields "
+                                         "that change the computation or the code changed "
+                                         "(each difference is warned)")
+    overwrite_output_dir: bool = setting(False, "replace another run's checkpoints, final/ and "
+                                         "metrics in output_dir")
     log_with: list[str] = setting(None, "trackers through accelerate (tensorboard, wandb, "
                                   "mlflow, aim, comet_ml); those not installed are skipped",
                                   factory=lambda: ["tensorboard"])

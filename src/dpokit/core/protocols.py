@@ -174,10 +174,12 @@ class DataSource(Protocol):
     steps_per_epoch: None when the source has no epochs (then ``max_steps`` must be set).
     precomputable: the batches do not depend on the policy, so reference scores can be
         computed once before training (``reference_plan``).
+    fingerprint: identifies the data (checked on resume, keys the reference cache), or None.
     """
 
     steps_per_epoch: int | None
     precomputable: bool
+    fingerprint: str | None
 
     def micro_batches(self, step: int, policy: Policy) -> list[Any]:
         """This process's micro-batches for optimizer step ``step`` (0-based)."""

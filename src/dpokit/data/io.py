@@ -10,6 +10,7 @@ Every record keeps where it came from (file and 1-based row), so later errors ca
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,26 +39,54 @@ class Record:
     values: dict[str, Any]
 
 
-def _read_jsonl(path: Path) -> list[Record]:
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) of a UTF-8 file, a leading BOM dropped; bytes that are not
+    UTF-8 are an error naming their line."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # what spreadsheet tools write
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(str(path), line, None, f"not UTF-8: byte {raw[err.start]:#04x} at "
+                        f"offset {err.start}; save the file as UTF-8") from None
+    return list(enumerate(text.splitlines(), start=1))
+
+
+def _parse_json_lines(path: Path, lines: list[tuple[int, str]],
+                      bad_rows: list[DataError] | None) -> list[Record]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), line_no, None, f"invalid JSON: {err.msg}") from err
+    for line_no, line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
             if not isinstance(value, dict):
                 raise DataError(str(path), line_no, None, "expected a JSON object per line")
-            records.append(Record(str(path), line_no, value))
+        except (json.JSONDecodeError, DataError) as err:
+            error = err if isinstance(err, DataError) else DataError(
+                str(path), line_no, None, f"invalid JSON: {err.msg}")
+            if bad_rows is None:
+                raise error from None
+            bad_rows.append(error)
+            continue
+        records.append(Record(str(path), line_no, value))
     return records
 
 
-def _read_json(path: Path) -> list[Record]:
+def _read_jsonl(path: Path, bad_rows: list[DataError] | None = None) -> list[Record]:
+    return _parse_json_lines(path, _lines(path), bad_rows)
+
+
+def _read_json(path: Path, bad_rows: list[DataError] | None = None) -> list[Record]:
+    lines = _lines(path)
+    text = "\n".join(line for _, line in lines)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(text)
     except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and text.lstrip().startswith("{"):
+            return _parse_json_lines(path, lines, bad_rows)  # JSON Lines named .json
         raise DataError(str(path), err.lineno, None, f"invalid JSON: {err.msg}") from err
     if isinstance(value, dict) and all(isinstance(v, list) for v in value.values()) and value:
         columns = list(value)  # column-oriented {"prompt": [...], "chosen": [...]}
@@ -77,13 +106,13 @@ def _read_json(path: Path) -> list[Record]:
     return records
 
 
-def _read_csv(path: Path) -> list[Record]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        return [Record(str(path), i, dict(row)) for i, row in enumerate(reader, start=1)]
+def _read_csv(path: Path, bad_rows: list[DataError] | None = None) -> list[Record]:
+    text = "\n".join(line for _, line in _lines(path))
+    reader = csv.DictReader(io.StringIO(text))
+    return [Record(str(path), i, dict(row)) for i, row in enumerate(reader, start=1)]
 
 
-def _read_parquet(path: Path) -> list[Record]:
+def _read_parquet(path: Path, bad_rows: list[DataError] | None = None) -> list[Record]:
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
@@ -94,28 +123,38 @@ def _read_parquet(path: Path) -> list[Record]:
     return [Record(str(path), i, row) for i, row in enumerate(rows, start=1)]
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """A local path rather than a hub name (``org/name``)."""
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+            or "\\" in name)
+
+
 def _read_hf_dataset(name: str, split: str) -> list[Record]:
+    path = Path(name)
+    if path.is_dir() and not any((path / f).exists()
+                                 for f in ("dataset_info.json", "dataset_dict.json")):
+        raise DataError(name, None, None, "a folder, but not a dataset saved with "
+                        "save_to_disk (no dataset_info.json or dataset_dict.json); name a "
+                        ".jsonl / .json / .csv / .parquet file instead")
+    if not path.exists() and _looks_like_a_path(name):
+        raise DataError(name, None, None, "no such file or folder")
     try:
         import datasets
     except ImportError as err:
         raise DataError(
             name, None, None, "reading a datasets dataset needs `pip install datasets`"
         ) from err
-    path = Path(name)
     try:
-        if path.is_dir() and (
-            (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-        ):
+        if path.is_dir():
             ds = datasets.load_from_disk(str(path))
         else:
             ds = datasets.load_dataset(name, split=split)
     except Exception as err:  # the datasets library raises many kinds; name the source either way
-        offline = (
-            ""
-            if path.exists()
-            else (" It is not a local path; loading it from the hub failed (offline?).")
-        )
-        raise DataError(name, None, None, f"could not load dataset.{offline} Cause: {err}") from err
+        offline = "" if path.exists() else (
+            " It is not a local path; loading it from the hub failed (offline?).")
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(name, None, None,
+                        f"could not load dataset.{offline} Cause: {cause}") from err
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(name, None, None, f"no split {split!r}; splits: {list(ds)}")
@@ -131,16 +170,24 @@ _READERS = {
 }
 
 
-def load_records(source: str, split: str = "train") -> list[Record]:
-    """Read every row of ``source``: a file by its extension, else a ``datasets`` dataset."""
+def load_records(source: str, split: str = "train",
+                 bad_rows: list[DataError] | None = None) -> list[Record]:
+    """Read every row of ``source``: a file by its extension, else a ``datasets`` dataset.
+
+    bad_rows: when a list is given, JSON rows that do not parse are appended to it (to be
+    counted as skipped) instead of raising."""
     path = Path(source)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         return _read_hf_dataset(source, split)
+    if path.is_dir():
+        raise DataError(source, None, None, "a folder, not a file")
     if not path.is_file():
         raise DataError(source, None, None, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(source, None, None, "empty file: no rows")
     try:
-        return reader(path)
+        records = reader(path, bad_rows)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(source, None, None, f"unreadable file: {err}") from err
     except DataError:
@@ -149,3 +196,6 @@ def load_records(source: str, split: str = "train") -> list[Record]:
         raise DataError(
             source, None, None, f"unreadable file: {type(err).__name__}: {err}"
         ) from err
+    if not records and not bad_rows:
+        raise DataError(source, None, None, "empty file: no rows")
+    return records

@@ -29,6 +29,7 @@ class DataReport:
     first_skipped: list[str] = field(default_factory=list)  # up to 5 located examples
     truncated_completions: int = 0
     unit: str = "pairs"  # what is counted: "pairs", "unpaired rows" (KTO), "sequences" (SFT)
+    notes: list[str] = field(default_factory=list)  # how the file was read
 
     def skip(self, err: DataError) -> None:
         self.skipped[err.reason.split(":")[0]] += 1
@@ -41,7 +42,7 @@ class DataReport:
                 f"{self.truncated_completions} completions truncated")
         if total:
             text += " (" + ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) + ")"
-        return text
+        return "; ".join([text, *self.notes])
 
 
 @dataclass
@@ -70,12 +71,16 @@ class ExampleSet:
 
 
 def build_examples(records: Sequence[Record], make: Callable[[Record, DataReport, int], Any],
-                   on_bad_rows: OnBadRows = "error", unit: str = "pairs") -> ExampleSet:
+                   on_bad_rows: OnBadRows = "error", unit: str = "pairs",
+                   skipped: list[DataError] | None = None) -> ExampleSet:
     """``make(record, report, index)`` each record; a bad row raises :class:`DataError`, or
-    with ``on_bad_rows="skip"`` is skipped and counted by reason."""
+    with ``on_bad_rows="skip"`` is skipped and counted by reason. ``skipped``: rows the reader
+    already skipped (invalid JSON), counted the same way."""
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
     report = DataReport(unit=unit)
+    for err in skipped or []:
+        report.skip(err)
     items: list[Any] = []
     for record in records:
         try:

@@ -12,11 +12,13 @@ last inside the staging folder, so a kill at any moment leaves the previous one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,28 @@ def _stage(parent: Path, prefix: str) -> Path:
 
 
 def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by ``staging``: set the old one aside, rename the new one in, then
+    delete the old one. Killed halfway, the old one is put back at the next start
+    (``RunFolder.clean_staging``)."""
+    old = None
     if target.exists():
-        shutil.rmtree(target)
+        old = target.parent / f".old-{target.name}-{os.getpid()}{time.monotonic_ns()}"
+        os.replace(target, old)
     os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file is missing, truncated or does not match its recorded checksum."""
 
 
 class CheckpointStore:
@@ -47,14 +68,18 @@ class CheckpointStore:
         self.root = Path(output_dir) / "checkpoints"
         self.keep, self.is_main, self.barrier = keep, is_main, barrier
 
-    def latest(self) -> Path | None:
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
         if not self.root.is_dir():
-            return None
-        done = sorted(p for p in self.root.glob("step-*") if (p / "state.json").is_file())
+            return []
+        return sorted(p for p in self.root.glob("step-*") if (p / "state.json").is_file())
+
+    def latest(self) -> Path | None:
+        done = self.complete()
         return done[-1] if done else None
 
     def save(self, step: int, policy: Policy, optimizer: Any, scheduler: Any,
-             source_state: dict[str, Any], config: dict[str, Any]) -> Path:
+             source_state: dict[str, Any], signature: dict[str, Any]) -> Path:
         from safetensors.torch import save_file
 
         final = self.root / f"step-{step:07d}"
@@ -69,19 +94,35 @@ class CheckpointStore:
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, staging / "rng.pt")
             torch.save(source_state, staging / "source.pt")
+            files = {f.name: _sha256(f) for f in sorted(staging.iterdir())}
             (staging / "state.json").write_text(json.dumps(
-                {"step": step, "config": config}, indent=1, default=str))
+                {"step": step, "signature": signature, "files": files}, indent=1, default=str))
             _swap_in(staging, final)
             for old in sorted(self.root.glob("step-*"))[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.barrier()
         return final
 
+    def state(self, path: Path) -> dict[str, Any]:
+        """The checkpoint's ``state.json`` after checking every file against its checksum."""
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CorruptCheckpoint(f"{path}/state.json: {err}") from None
+        for name, digest in state.get("files", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise CorruptCheckpoint(f"{file} is missing")
+            if _sha256(file) != digest:
+                raise CorruptCheckpoint(f"{file} is corrupt (checksum mismatch)")
+        return state
+
     def load(self, path: Path, policy: Policy, optimizer: Any,
              scheduler: Any) -> tuple[int, dict[str, Any]]:
         """Restore weights, optimizer, scheduler and RNG; return (step, source state)."""
         from safetensors.torch import load_file
 
+        self.state(path)
         policy.load_trainable_state_dict(load_file(path / "trainable.safetensors"))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import __version__
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy
 from ..core.types import MetricSums
-from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
+from .checkpoint import CheckpointStore, CorruptCheckpoint, model_card, push_to_hub, save_final
+from .folder import RunFolder
 from .metrics import MetricsLogger, format_eval, reduce_metrics
 from .optim import build_optimizer
 from .reference import ReferenceService
@@ -37,6 +41,27 @@ from .strategy import check_launch, make_accelerator
 
 class NonFiniteError(RuntimeError):
     """The loss or the gradient became NaN/inf; the run stopped before stepping."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped the run at a step boundary, after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; "
+                         f"checkpoint saved to {checkpoint}; continue with resume=true")
+
+
+class ResumeMismatch(RuntimeError):
+    """Resuming would continue a different computation (data, config or code changed)."""
+
+
+# config fields that do not change what is computed (eval, paths, exact plain twins)
+NOT_COMPUTATION = frozenset({
+    "train_data", "eval_data", "train_split", "eval_split", "eval_fraction", "on_bad_rows",
+    "logprob_impl", "lm_head_chunk_size", "segment_attention", "max_row_tokens",
+    "precompute_ref_logps", "ref_cache_dir", "tokenizer"})
 
 
 @dataclass
@@ -56,12 +81,15 @@ class Trainer:
         self.cfg, self.policy, self.objective = cfg, policy, objective
         self.source, self.eval_set, self.log = source, eval_set, log
         optim, run = cfg.optim, cfg.run
+        self.folder = RunFolder(run.output_dir, log=log)
+        self.folder.check_usable()  # before any compute
         # accelerate's state is a per-process singleton that refuses a second mixed_precision,
         # so the loop applies its own autocast (optim.mixed_precision) around the forwards.
         self.accelerator = accelerator or make_accelerator([*run.log_with, *trackers],
                                                            run.output_dir)
         check_launch(self.accelerator, cfg.distributed.strategy)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.folder.is_main = self.accelerator.is_main_process
         source.shard(self.world, self.rank)
         if self.world > 1:  # batch statistics (KTO's KL estimate, BCO's δ) pooled over processes
             objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
@@ -88,6 +116,7 @@ class Trainer:
         self.output_dir = Path(run.output_dir)
         self._metrics: MetricsLogger | None = None
         self._last_eval: dict = {}
+        self._stop: int | None = None
         self.step = 0
 
     # --- precision ---------------------------------------------------------------------------
@@ -203,13 +232,81 @@ class Trainer:
         self.log(format_eval(metrics))
 
     # --- checkpoints -------------------------------------------------------------------------
+    def signature(self) -> dict[str, Any]:
+        """What the run computes: its data, the config fields that change the math, the code."""
+        config = self.cfg.to_dict()
+        signature = {f"{section}.{key}": value for section in ("model", "data", "loss", "optim")
+                     for key, value in config[section].items() if key not in NOT_COMPUTATION}
+        signature["data.fingerprint"] = self.source.fingerprint
+        signature["dpokit.version"] = __version__
+        return signature
+
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.step, self.policy, self.optimizer, self.scheduler,
-                                     self.source.state_dict(), self.cfg.to_dict())
+                                     self.source.state_dict(), self.signature())
 
     def load_checkpoint(self, path: Path) -> None:
         self.step, state = self.checkpoints.load(path, self.policy, self.optimizer, self.scheduler)
         self.source.load_state_dict(state)
+
+    def _resume(self) -> None:
+        """Continue from the newest usable checkpoint: one whose files match their checksums
+        (a corrupt one is named and the previous one tried) and whose signature matches this
+        run's (or ``resume_allow_changes``, which warns about each difference)."""
+        found = list(reversed(self.checkpoints.complete()))
+        if not found:
+            self.log(f"resume: no checkpoint in {self.checkpoints.root}; starting fresh")
+            return
+        for path in found:
+            try:
+                saved = self.checkpoints.state(path).get("signature", {})
+            except CorruptCheckpoint as err:
+                warnings.warn(f"resume: {err}; trying the previous checkpoint", stacklevel=2)
+                continue
+            current = self.signature()
+            changed = sorted(k for k in current.keys() | saved.keys()
+                             if current.get(k) != saved.get(k))
+            diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed]
+            if diffs and not self.cfg.run.resume_allow_changes:
+                raise ResumeMismatch(f"resume: {path} was trained on something else; changed: "
+                                     f"{'; '.join(diffs)}. Set resume_allow_changes=true to "
+                                     f"continue anyway, or overwrite_output_dir=true to restart")
+            for diff in diffs:
+                warnings.warn(f"resume with a change: {diff}", stacklevel=2)
+            self.load_checkpoint(path)
+            self.log(f"resume: continuing from {path} (step {self.step})")
+            if self.accelerator.is_main_process:
+                MetricsLogger.truncate(self.output_dir, self.step)
+            return
+        raise CorruptCheckpoint(f"resume: no usable checkpoint in {self.checkpoints.root} "
+                                f"(all {len(found)} are corrupt)")
+
+    @contextmanager
+    def _signals(self):
+        """SIGINT / SIGTERM ask the loop to stop at the next step boundary (and save); a
+        second SIGINT stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop = signum
+            self.log(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
+                     f"(Ctrl-C again to stop at once)")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        if self.world == 1:
+            return self._stop is not None
+        return self._global_sum(1.0 if self._stop is not None else 0.0)[0] > 0
 
     # --- output ------------------------------------------------------------------------------
     def _progress(self, desc: str):
@@ -227,15 +324,17 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainResult:
+        """Train to ``total_steps``, holding the output folder's lock; SIGINT / SIGTERM save a
+        checkpoint at the next step boundary and raise :class:`Interrupted`."""
+        with self.folder.locked(), self._signals():
+            self.folder.claim(self.cfg.run.resume, self.cfg.run.overwrite_output_dir)
+            if self.cfg.run.resume:
+                self._resume()
+            return self._train()
+
+    def _train(self) -> TrainResult:
         run = self.cfg.run
         result = TrainResult(step=0)
-        if run.resume:
-            latest = self.checkpoints.latest()
-            if latest is None:
-                self.log(f"resume: no checkpoint in {self.checkpoints.root}; starting fresh")
-            else:
-                self.load_checkpoint(latest)
-                self.log(f"resume: continuing from {latest} (step {self.step})")
         self.reference.prepare("train", self.source)
         self.reference.prepare("eval", self.eval_set)
         if self.eval_set is not None and run.eval_before and self.step == 0:
@@ -260,6 +359,13 @@ class Trainer:
                 evaluated_at = self.step
             if run.save_every and self.step % run.save_every == 0:
                 self.save_checkpoint()
+            if self._stop_requested():
+                if bar is not None:
+                    bar.close()
+                saved = self.checkpoints.latest()
+                if saved is None or not saved.name.endswith(f"{self.step:07d}"):
+                    saved = self.save_checkpoint()
+                raise Interrupted(self._stop or signal.SIGTERM, self.step, saved)
         if bar is not None:
             bar.close()
         if self.eval_set is not None and evaluated_at != self.step:
@@ -273,8 +379,9 @@ class Trainer:
         ``push_to_hub`` names a repo."""
         cfg = self.cfg
         target = Path(directory) if directory else self.output_dir / "final"
-        save_final(self.policy, target, model_card(cfg, self.objective.name, self._last_eval),
-                   self.accelerator.is_main_process, self.accelerator.wait_for_everyone)
+        with self.folder.locked():
+            save_final(self.policy, target, model_card(cfg, self.objective.name, self._last_eval),
+                       self.accelerator.is_main_process, self.accelerator.wait_for_everyone)
         if cfg.run.push_to_hub and self.accelerator.is_main_process:
             self.log(f"pushed to {push_to_hub(target, cfg.run.push_to_hub)}")
         return target

@@ -47,6 +47,17 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
 
+    @staticmethod
+    def truncate(output_dir: str | Path, step: int) -> None:
+        """Drop the rows of steps after ``step`` (written after the checkpoint a run resumes
+        from), so that every step is in ``metrics.jsonl`` exactly once."""
+        path = Path(output_dir) / "metrics.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(row + "\n" for row in rows))
+
     def close(self) -> None:
         if self.trackers:
             self.accelerator.end_training()

@@ -75,21 +75,41 @@ def compute_reference_table(policy: Policy, dataset: Sequence, collate: Callable
     return ReferenceTable(values if values is not None else torch.zeros(len(dataset), 2))
 
 
+def _checksum(values: torch.Tensor) -> str:
+    return hashlib.sha256(values.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_cached(path: Path) -> ReferenceTable:
+    """The table saved at ``path``; ValueError when the file is truncated or altered."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        values = saved["values"]
+    except Exception as err:  # truncated zip, unpickling errors, missing keys: all corrupt
+        raise ValueError(f"unreadable ({type(err).__name__})") from None
+    if saved.get("sha256") != _checksum(values):
+        raise ValueError("checksum mismatch")
+    return ReferenceTable(values)
+
+
 def load_or_compute(cache_dir: str | Path | None, key: str, compute: Callable[[], ReferenceTable],
                     log: Callable[[str], None] = print) -> ReferenceTable:
-    """Return the cached table for ``key``, computing and saving it (atomically) if absent."""
+    """Return the cached table for ``key``, computing and saving it (atomically) if absent,
+    or if the cached file is corrupt (checksum), which is reported in one line."""
     if cache_dir is None:
         return compute()
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        log(f"reference log-probs: reusing {path}")
-        return ReferenceTable(saved["values"])
+        try:
+            table = _read_cached(path)
+            log(f"reference log-probs: reusing {path}")
+            return table
+        except ValueError as err:
+            log(f"reference log-probs: {path} is corrupt ({err}); recomputing")
     result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
-    torch.save({"values": result.values}, tmp)
+    torch.save({"values": result.values, "sha256": _checksum(result.values)}, tmp)
     os.replace(tmp, path)
     log(f"reference log-probs: cached in {path}")
     return result

@@ -11,9 +11,24 @@ is what the template adds after the prompt rendered with ``add_generation_prompt
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from ..io import DataError, Record
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def check_columns(record: Record, known: tuple[str, ...]) -> None:
+    """A column that is not used and looks like a misspelling of a known one is an error
+    naming both (``promt`` for ``prompt``), instead of a silently ignored column."""
+    for column in record.values:
+        if column in known:
+            continue
+        close = difflib.get_close_matches(column, known, n=1, cutoff=0.75)
+        if close and close[0] not in record.values:
+            raise DataError(record.source, record.row, column, f"unknown column {column!r}; "
+                            f"did you mean {close[0]!r}? (it is not used as it is)")
 
 
 def is_messages(value: Any) -> bool:
@@ -33,6 +48,13 @@ def check_text(record: Record, name: str) -> Any:
             if not isinstance(message.get("content"), str) or "role" not in message:
                 raise DataError(record.source, record.row, f"{name}[{i}]",
                                 "not a string: a message needs a 'role' and a string 'content'")
+            role = message["role"]
+            if not isinstance(role, str) or role not in ROLES:
+                raise DataError(record.source, record.row, f"{name}[{i}].role",
+                                f"unknown role {role!r}: chat templates know {sorted(ROLES)}")
+            if not message["content"].strip():
+                raise DataError(record.source, record.row, f"{name}[{i}].content",
+                                "empty field: blank message content")
         return value
     if not isinstance(value, str):
         raise DataError(record.source, record.row, name,

@@ -30,7 +30,7 @@ from typing import Any
 from ...losses.paired import odpo_offset_from_scores
 from ..io import DataError, Record
 from ..report import DataReport, ExampleSet, OnBadRows, build_examples
-from .format import check_text, is_messages, tokenize_completions
+from .format import check_columns, check_text, is_messages, tokenize_completions
 
 PreferencePairs = ExampleSet  # a tokenized preference dataset (items: TokenizedPair)
 
@@ -136,14 +136,23 @@ def _tokenize(record, tokenizer, settings: TokenizeSettings, prompt, named):
     )
 
 
-def tokenize_record(
-    record: Record, tokenizer, settings: TokenizeSettings, report: DataReport, index: int
-) -> TokenizedPair:
-    """Validate and tokenize one paired row, raising :class:`DataError` for a bad one."""
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "score_chosen", "score_rejected")
+UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+
+
+def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings, report: DataReport,
+                    index: int, implicit_prompt: bool = True) -> TokenizedPair:
+    """Validate and tokenize one paired row, raising :class:`DataError` for a bad one.
+    ``implicit_prompt``: a row without ``prompt`` takes the shared prefix of chosen and
+    rejected as its prompt (only when the whole file has no prompt column)."""
+    check_columns(record, PAIR_COLUMNS + settings.extra_columns)
     chosen = check_text(record, "chosen")
     rejected = check_text(record, "rejected")
     if "prompt" in record.values:
         prompt = check_text(record, "prompt")
+    elif not implicit_prompt:
+        raise DataError(record.source, record.row, "prompt", "missing column: 'prompt' (other "
+                        "rows have one; a file is implicit-prompt only when no row has one)")
     else:
         prompt, chosen, rejected = _split_implicit(record, chosen, rejected)
     if chosen == rejected:
@@ -171,6 +180,7 @@ def tokenize_unpaired_record(
 ) -> TokenizedPair:
     """Validate and tokenize a (prompt, completion, label) row. The KL completion
     (``rejected_ids``) is filled in by :func:`build_unpaired`."""
+    check_columns(record, UNPAIRED_COLUMNS + settings.extra_columns)
     prompt = check_text(record, "prompt")
     completion = check_text(record, "completion")
     if "label" not in record.values:
@@ -191,18 +201,14 @@ def tokenize_unpaired_record(
     return TokenizedPair(index, prompt_ids, completion_ids, [], extras, record.source, record.row)
 
 
-def build_unpaired(
-    records: list[Record], tokenizer, settings: TokenizeSettings, on_bad_rows: OnBadRows = "error"
-) -> ExampleSet:
+def build_unpaired(records: list[Record], tokenizer, settings: TokenizeSettings,
+                   on_bad_rows: OnBadRows = "error",
+                   skipped: list[DataError] | None = None) -> ExampleSet:
     """Tokenize unpaired rows (KTO format). Row i's mismatched KL completion is the completion of
     kept row i+1 (cyclically), cut to fit row i's length budget; this fixed pairing lets the
     reference log-probs of the KL completions be precomputed like any other."""
-    pairs = build_examples(
-        records,
-        lambda r, rep, i: tokenize_unpaired_record(r, tokenizer, settings, rep, i),
-        on_bad_rows,
-        unit="unpaired rows",
-    )
+    pairs = build_examples(records, lambda r, rep, i: tokenize_unpaired_record(
+        r, tokenizer, settings, rep, i), on_bad_rows, unit="unpaired rows", skipped=skipped)
     if len(pairs) < 2:
         raise DataError(records[0].source, None, None, "unpaired data needs at least 2 rows")
     items = pairs.items
@@ -212,11 +218,15 @@ def build_unpaired(
     return pairs
 
 
-def build_pairs(
-    records: list[Record], tokenizer, settings: TokenizeSettings, on_bad_rows: OnBadRows = "error"
-) -> ExampleSet:
+def build_pairs(records: list[Record], tokenizer, settings: TokenizeSettings,
+                on_bad_rows: OnBadRows = "error",
+                skipped: list[DataError] | None = None) -> ExampleSet:
     """Tokenize every paired record; a bad row raises, or with ``on_bad_rows="skip"`` is
-    skipped and counted by reason."""
-    return build_examples(
-        records, lambda r, rep, i: tokenize_record(r, tokenizer, settings, rep, i), on_bad_rows
-    )
+    skipped and counted by reason. The file is implicit-prompt only when no row has one."""
+    implicit = not any("prompt" in r.values for r in records)
+    pairs = build_examples(records, lambda r, rep, i: tokenize_record(
+        r, tokenizer, settings, rep, i, implicit), on_bad_rows, skipped=skipped)
+    if implicit:
+        pairs.report.notes.append("implicit prompt: no row has a `prompt`, so the shared "
+                                  "prefix of chosen and rejected is each pair's prompt")
+    return pairs

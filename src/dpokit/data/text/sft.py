@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from ..io import DataError, Record
 from ..report import DataReport, ExampleSet, OnBadRows, build_examples
-from .format import check_text, tokenize, tokenize_completions
+from .format import check_columns, check_text, tokenize, tokenize_completions
 from .pairs import TokenizeSettings
+
+SFT_COLUMNS = ("prompt", "completion", "messages", "text")
 
 
 @dataclass
@@ -46,6 +48,7 @@ def tokenize_sft_record(record: Record, tokenizer, settings: TokenizeSettings,
                         completion_only_loss: bool = True) -> TokenizedSequence:
     """Validate and tokenize one SFT row, raising :class:`DataError` for a bad one."""
     values = record.values
+    check_columns(record, SFT_COLUMNS)
     if "text" in values and "completion" not in values and "messages" not in values:
         text = check_text(record, "text")
         if not isinstance(text, str):
@@ -84,8 +87,9 @@ def tokenize_sft_record(record: Record, tokenizer, settings: TokenizeSettings,
 
 
 def build_sequences(records: list[Record], tokenizer, settings: TokenizeSettings,
-                    on_bad_rows: OnBadRows = "error",
-                    completion_only_loss: bool = True) -> ExampleSet:
+                    on_bad_rows: OnBadRows = "error", completion_only_loss: bool = True,
+                    skipped: list[DataError] | None = None) -> ExampleSet:
     """Tokenize every SFT record (bad rows raise, or are skipped and counted)."""
     return build_examples(records, lambda r, rep, i: tokenize_sft_record(
-        r, tokenizer, settings, rep, i, completion_only_loss), on_bad_rows, unit="sequences")
+        r, tokenizer, settings, rep, i, completion_only_loss), on_bad_rows, unit="sequences",
+        skipped=skipped)
