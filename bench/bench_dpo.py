@@ -163,16 +163,84 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
     return _random_init(config, smol, workdir / "tiny-llama")
 
 
-# --- workers (each runs in its own process) -------------------------------------------------
-def worker_dpokit(args, rows, path) -> dict:
+# --- pieces both benchmarks share ---------------------------------------------------------
+def timed_step(step):
+    """Wrap a trainer's ``_train_step`` to record each step's wall time: (wrapped, times)."""
     import torch
 
-    from dpokit.config import load_config
-    from dpokit.data import PairCollator, TokenizeSettings, build_pairs
+    times: list[float] = []
+
+    def timed():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metrics = step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        return metrics
+
+    return timed, times
+
+
+def trl_clock(times: list[float], losses: list[float]):
+    """A TRL/transformers callback recording each step's wall time and logged loss."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    return Clock()
+
+
+def trl_lora(lora: bool):
+    """The LoRA config both systems use (r 16, alpha 32, every linear layer), or None."""
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def records(rows: list[dict]):
     from dpokit.data.io import Record
+
+    return [Record("bench", i + 1, r) for i, r in enumerate(rows)]
+
+
+# --- workers (each runs in its own process) -------------------------------------------------
+def dpokit_trainer(cfg, tok, rows: list[dict]):
+    """A dpokit preference Trainer on ``rows`` in file order, from a bench config."""
+    from dpokit.data import PairCollator, TokenizeSettings, build_pairs
     from dpokit.pipeline import build_objective, build_policy
-    from dpokit.policies.causal_lm.models import load_tokenizer
     from dpokit.train import StaticSource, Trainer
+
+    pairs = build_pairs(records(rows), tok, TokenizeSettings(
+        max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length))
+    objective = build_objective(cfg)
+    policy = build_policy(cfg, tok, objective.needs_reference)
+    source = StaticSource(pairs, PairCollator(tok.pad_token_id, cfg.data.batch_layout),
+                          cfg.optim.batch_size, shuffle=False)
+    return Trainer(cfg, policy, objective, source, log=lambda _: None)
+
+
+def worker_dpokit(args, rows, path) -> dict:
+    from dpokit.config import load_config
+    from dpokit.policies.causal_lm.models import load_tokenizer
 
     base = dict(
         model=path,
@@ -198,32 +266,8 @@ def worker_dpokit(args, rows, path) -> dict:
     cfg = load_config(
         None, args.dpokit_set, **{k: v for k, v in base.items() if k not in overridden}
     )
-    tok = load_tokenizer(path)
-    pairs = build_pairs(
-        [Record("bench", i + 1, r) for i, r in enumerate(rows)],
-        tok,
-        TokenizeSettings(max_length=cfg.data.max_length,
-                         max_prompt_length=cfg.data.max_prompt_length),
-    )
-    objective = build_objective(cfg)
-    policy = build_policy(cfg, tok, objective.needs_reference)
-    collate = PairCollator(tok.pad_token_id, cfg.data.batch_layout)
-    source = StaticSource(pairs, collate, cfg.optim.batch_size, shuffle=False)
-    trainer = Trainer(cfg, policy, objective, source, log=lambda _: None)
-    times = []
-    step = trainer._train_step
-
-    def timed():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        metrics = step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        return metrics
-
-    trainer._train_step = timed
+    trainer = dpokit_trainer(cfg, load_tokenizer(path), rows)
+    trainer._train_step, times = timed_step(trainer._train_step)
     history = trainer.train().history
     return {"times": times, "losses": [m["loss"] for m in history]}
 
@@ -231,39 +275,12 @@ def worker_dpokit(args, rows, path) -> dict:
 def worker_trl(args, rows, path) -> dict:
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     times, losses = [], []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.start)
-
-        def on_log(self, _args, _state, _control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
-    peft_config = None
-    if args.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
     config = DPOConfig(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=args.batch,
@@ -289,9 +306,9 @@ def worker_trl(args, rows, path) -> dict:
         model=model,
         args=config,
         processing_class=tok,
-        peft_config=peft_config,
+        peft_config=trl_lora(args.lora),
         train_dataset=datasets.Dataset.from_list(rows),
-        callbacks=[Clock()],
+        callbacks=[trl_clock(times, losses)],
     )
     trainer.train()
     return {"times": times, "losses": losses}
@@ -304,7 +321,6 @@ def worker_floor(args, rows, path) -> dict:
     import torch
 
     from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
-    from dpokit.data.io import Record
     from dpokit.policies.causal_lm.lora import apply_lora
     from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
@@ -316,11 +332,8 @@ def worker_floor(args, rows, path) -> dict:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
-    pairs = build_pairs(
-        [Record("bench", i + 1, r) for i, r in enumerate(rows)],
-        tok,
-        TokenizeSettings(max_length=args.max_length, max_prompt_length=args.max_length),
-    )
+    pairs = build_pairs(records(rows), tok, TokenizeSettings(
+        max_length=args.max_length, max_prompt_length=args.max_length))
     times, losses = [], []
     for step in range(args.steps):
         batch = collate_pairs(

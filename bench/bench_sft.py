@@ -27,11 +27,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dpo import ROOT, device_type, make_pairs, model_path, peak_memory_gb  # noqa: E402
+from bench_dpo import (  # noqa: E402
+    ROOT,
+    device_type,
+    make_pairs,
+    model_path,
+    peak_memory_gb,
+    records,
+    timed_step,
+    trl_clock,
+    trl_lora,
+)
 
 WORKLOADS = {
     # name: (model, lora, batch sequences, prompt token range, completion token range, max_length)
@@ -45,28 +54,9 @@ def sft_rows(tok, n: int, prompt_range, completion_range) -> list[dict]:
             for r in make_pairs(tok, n, prompt_range, completion_range)]
 
 
-def _timed(step):
-    import torch
-
-    times = []
-
-    def timed():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        metrics = step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        return metrics
-
-    return timed, times
-
-
 def worker_dpokit(args, rows, path) -> dict:
     from dpokit.config import load_config
     from dpokit.data import SequenceCollator, TokenizeSettings, build_sequences
-    from dpokit.data.io import Record
     from dpokit.objectives import SFTObjective
     from dpokit.pipeline import build_policy
     from dpokit.policies.causal_lm.models import load_tokenizer
@@ -81,12 +71,12 @@ def worker_dpokit(args, rows, path) -> dict:
     tok = load_tokenizer(path)
     settings = TokenizeSettings(max_length=cfg.data.max_length,
                                 max_prompt_length=cfg.data.max_prompt_length)
-    data = build_sequences([Record("bench", i + 1, r) for i, r in enumerate(rows)], tok, settings)
+    data = build_sequences(records(rows), tok, settings)
     policy = build_policy(cfg, tok, needs_reference=False, pairs=False)
     source = StaticSource(data, SequenceCollator(tok.pad_token_id, cfg.data.batch_layout),
                           cfg.optim.batch_size, shuffle=False)
     trainer = Trainer(cfg, policy, SFTObjective(), source, log=lambda _: None)
-    trainer._train_step, times = _timed(trainer._train_step)
+    trainer._train_step, times = timed_step(trainer._train_step)
     history = trainer.train().history
     return {"times": times, "losses": [m["loss"] for m in history]}
 
@@ -94,35 +84,13 @@ def worker_dpokit(args, rows, path) -> dict:
 def worker_trl(args, rows, path) -> dict:
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                  attn_implementation="sdpa")
     times, losses = [], []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.start)
-
-        def on_log(self, _args, _state, _control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
-    peft_config = None
-    if args.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
     # max_length=None: TRL refuses max_length with padding_free and no packing; every row here
     # is shorter than max_length anyway (prompts <= ~410, completions <= 300 tokens)
     config = SFTConfig(
@@ -133,8 +101,10 @@ def worker_trl(args, rows, path) -> dict:
         report_to="none", save_strategy="no", max_grad_norm=1.0,
         train_sampling_strategy="sequential", use_cpu=device_type() == "cpu",
         dataloader_num_workers=0, seed=0, warmup_steps=0)
-    trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=peft_config,
-                         train_dataset=datasets.Dataset.from_list(rows), callbacks=[Clock()])
+    trainer = SFTTrainer(model=model, args=config, processing_class=tok,
+                         peft_config=trl_lora(args.lora),
+                         train_dataset=datasets.Dataset.from_list(rows),
+                         callbacks=[trl_clock(times, losses)])
     trainer.train()
     return {"times": times, "losses": losses}
 

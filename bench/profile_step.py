@@ -15,14 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dpo import make_pairs  # noqa: E402
+from bench_dpo import dpokit_trainer, make_pairs  # noqa: E402
 
 from dpokit.config import load_config  # noqa: E402
-from dpokit.data import PairCollator, TokenizeSettings, build_pairs  # noqa: E402
-from dpokit.data.io import Record  # noqa: E402
-from dpokit.pipeline import build_objective, build_policy  # noqa: E402
 from dpokit.policies.causal_lm.models import load_tokenizer  # noqa: E402
-from dpokit.train import StaticSource, Trainer  # noqa: E402
 
 
 def main(overrides: list[str]) -> None:
@@ -34,17 +30,7 @@ def main(overrides: list[str]) -> None:
     cfg = load_config(None, overrides, **{k: v for k, v in base.items() if k not in overridden})
     tok = load_tokenizer(cfg.model.name)
     rows = make_pairs(tok, cfg.optim.batch_size * cfg.optim.max_steps, (20, 400), (20, 300))
-    pairs = build_pairs(
-        [Record("bench", i + 1, r) for i, r in enumerate(rows)],
-        tok,
-        TokenizeSettings(max_length=cfg.data.max_length,
-                         max_prompt_length=cfg.data.max_prompt_length),
-    )
-    objective = build_objective(cfg)
-    source = StaticSource(pairs, PairCollator(tok.pad_token_id, cfg.data.batch_layout),
-                          cfg.optim.batch_size, shuffle=False)
-    trainer = Trainer(cfg, build_policy(cfg, tok, objective.needs_reference), objective, source,
-                      log=lambda _: None)
+    trainer = dpokit_trainer(cfg, tok, rows)
     trainer.reference.prepare("train", trainer.source)
     trainer._train_step()  # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -54,4 +40,7 @@ def main(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        raise SystemExit(0)
     main(sys.argv[1:])
