@@ -1,7 +1,9 @@
-"""The generic training loop and its services (sources, reference, checkpoints, launch,
-metrics, optimizer). Never imports a modality."""
+"""The generic training loop and its services (sources, reference, checkpoints, resume,
+signals, launch, metrics, optimizer). Never imports a modality."""
 
-from .loop import Interrupted, NonFiniteError, ResumeMismatch, Trainer, TrainResult
+from .loop import NonFiniteError, Trainer, TrainResult
+from .resume import ResumeMismatch
+from .signals import Interrupted
 from .sources import EvalSet, StaticSource, sequential_batches
 
 __all__ = ["EvalSet", "Interrupted", "NonFiniteError", "ResumeMismatch", "StaticSource",

@@ -5,7 +5,8 @@ contributes ``sum(per-example losses) * processes / (units in the whole step, al
 where units are what the objective averages over (pairs, tokens), so accumulation, packing
 and data-parallel splits give the update of one big batch. The services it composes each live
 in their own module: ``sources`` (data order), ``reference`` (precompute, cache, TR-DPO),
-``checkpoint``, ``strategy`` (launch), ``metrics`` (JSONL, trackers), ``optim``.
+``checkpoint``, ``folder`` (ownership, lock), ``resume`` (what may continue), ``signals``,
+``strategy`` (launch), ``metrics`` (JSONL, trackers), ``optim``.
 
     >>> trainer = Trainer(cfg, policy, objective, StaticSource(pairs, collate, 4))  # doctest: +SKIP
     >>> result = trainer.train()                                                   # doctest: +SKIP
@@ -16,52 +17,30 @@ from __future__ import annotations
 import math
 import random
 import signal
-import threading
 import time
-import warnings
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy
 from ..core.types import MetricSums
-from .checkpoint import CheckpointStore, CorruptCheckpoint, model_card, push_to_hub, save_final
+from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .folder import RunFolder
-from .metrics import MetricsLogger, format_eval, reduce_metrics
+from .metrics import MetricsLogger, format_eval, progress_bar, reduce_metrics
 from .optim import build_optimizer
-from .reference import ReferenceService
+from .reference import ReferenceService, reference_precision
+from .resume import find_resumable, run_signature
+from .signals import Interrupted, StopRequests
 from .sources import EvalSet
-from .strategy import check_launch, make_accelerator
+from .strategy import check_launch, make_accelerator, warn_batch_level
 
 
 class NonFiniteError(RuntimeError):
     """The loss or the gradient became NaN/inf; the run stopped before stepping."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT / SIGTERM stopped the run at a step boundary, after saving a checkpoint."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; "
-                         f"checkpoint saved to {checkpoint}; continue with resume=true")
-
-
-class ResumeMismatch(RuntimeError):
-    """Resuming would continue a different computation (data, config or code changed)."""
-
-
-# config fields that do not change what is computed (eval, paths, exact plain twins)
-NOT_COMPUTATION = frozenset({
-    "train_data", "eval_data", "train_split", "eval_split", "eval_fraction", "on_bad_rows",
-    "logprob_impl", "lm_head_chunk_size", "segment_attention", "max_row_tokens",
-    "precompute_ref_logps", "ref_cache_dir", "tokenizer"})
 
 
 @dataclass
@@ -93,7 +72,7 @@ class Trainer:
         source.shard(self.world, self.rank)
         if self.world > 1:  # batch statistics (KTO's KL estimate, BCO's δ) pooled over processes
             objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
-        self._warn_batch_level()
+        warn_batch_level(objective, optim.grad_accum_steps, optim.batch_size, self.world)
         if optim.max_steps:
             self.total_steps = optim.max_steps
         elif source.steps_per_epoch is None:
@@ -106,7 +85,7 @@ class Trainer:
                                                          self.total_steps)
         self.synced_modules = policy.prepare(self.accelerator)
         self.optimizer = self.accelerator.prepare(self.optimizer)
-        precision = self._reference_precision()
+        precision = reference_precision(cfg.loss.ref_precision, optim.mixed_precision)
         self.reference = ReferenceService(policy, objective, cfg.loss, self.accelerator,
                                           lambda: self.autocast(precision == "bf16"), precision,
                                           log, self._progress)
@@ -116,7 +95,7 @@ class Trainer:
         self.output_dir = Path(run.output_dir)
         self._metrics: MetricsLogger | None = None
         self._last_eval: dict = {}
-        self._stop: int | None = None
+        self.stop = StopRequests(log)
         self.step = 0
 
     # --- precision ---------------------------------------------------------------------------
@@ -124,27 +103,6 @@ class Trainer:
         """bf16 autocast for the forwards when ``mixed_precision=bf16``; losses stay fp32."""
         enabled = self.cfg.optim.mixed_precision == "bf16" if bf16 is None else bf16
         return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def _reference_precision(self) -> str:
-        """``ref_precision``, where auto follows training's ``mixed_precision``."""
-        chosen = self.cfg.loss.ref_precision
-        if chosen == "auto":
-            return "bf16" if self.cfg.optim.mixed_precision == "bf16" else "fp32"
-        return chosen
-
-    def _warn_batch_level(self) -> None:
-        """A batch-level loss takes its statistics per micro-batch, per process: say so once."""
-        if not self.objective.batch_level:
-            return
-        accum = self.cfg.optim.grad_accum_steps
-        split = self.world > 1 and not self.objective.pools_batch_stats
-        if accum > 1 or split:
-            what = " and ".join(([f"{accum} accumulated micro-batches"] if accum > 1 else [])
-                                + ([f"{self.world} processes"] if split else []))
-            warnings.warn(f"loss {self.objective.name!r} is batch-level (it sorts or averages "
-                          f"over the batch): with {what} its batch statistics are taken per "
-                          f"micro-batch of {self.cfg.optim.batch_size}, not over the whole "
-                          f"step, so the update differs from one big batch", stacklevel=3)
 
     # --- one step ----------------------------------------------------------------------------
     def _forward(self, batch: Any, table: str | None) -> ObjectiveOutput:
@@ -234,12 +192,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------
     def signature(self) -> dict[str, Any]:
         """What the run computes: its data, the config fields that change the math, the code."""
-        config = self.cfg.to_dict()
-        signature = {f"{section}.{key}": value for section in ("model", "data", "loss", "optim")
-                     for key, value in config[section].items() if key not in NOT_COMPUTATION}
-        signature["data.fingerprint"] = self.source.fingerprint
-        signature["dpokit.version"] = __version__
-        return signature
+        return run_signature(self.cfg.to_dict(), self.source.fingerprint)
 
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.step, self.policy, self.optimizer, self.scheduler,
@@ -250,72 +203,26 @@ class Trainer:
         self.source.load_state_dict(state)
 
     def _resume(self) -> None:
-        """Continue from the newest usable checkpoint: one whose files match their checksums
-        (a corrupt one is named and the previous one tried) and whose signature matches this
-        run's (or ``resume_allow_changes``, which warns about each difference)."""
-        found = list(reversed(self.checkpoints.complete()))
-        if not found:
+        """Continue from the newest checkpoint that is intact and computes what this run does
+        (or any difference allowed by ``resume_allow_changes``)."""
+        path = find_resumable(self.checkpoints, self.signature(), self.cfg.run.resume_allow_changes)
+        if path is None:
             self.log(f"resume: no checkpoint in {self.checkpoints.root}; starting fresh")
             return
-        for path in found:
-            try:
-                saved = self.checkpoints.state(path).get("signature", {})
-            except CorruptCheckpoint as err:
-                warnings.warn(f"resume: {err}; trying the previous checkpoint", stacklevel=2)
-                continue
-            current = self.signature()
-            changed = sorted(k for k in current.keys() | saved.keys()
-                             if current.get(k) != saved.get(k))
-            diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed]
-            if diffs and not self.cfg.run.resume_allow_changes:
-                raise ResumeMismatch(f"resume: {path} was trained on something else; changed: "
-                                     f"{'; '.join(diffs)}. Set resume_allow_changes=true to "
-                                     f"continue anyway, or overwrite_output_dir=true to restart")
-            for diff in diffs:
-                warnings.warn(f"resume with a change: {diff}", stacklevel=2)
-            self.load_checkpoint(path)
-            self.log(f"resume: continuing from {path} (step {self.step})")
-            if self.accelerator.is_main_process:
-                MetricsLogger.truncate(self.output_dir, self.step)
-            return
-        raise CorruptCheckpoint(f"resume: no usable checkpoint in {self.checkpoints.root} "
-                                f"(all {len(found)} are corrupt)")
-
-    @contextmanager
-    def _signals(self):
-        """SIGINT / SIGTERM ask the loop to stop at the next step boundary (and save); a
-        second SIGINT stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop = signum
-            self.log(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
-                     f"(Ctrl-C again to stop at once)")
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+        self.load_checkpoint(path)
+        self.log(f"resume: continuing from {path} (step {self.step})")
+        if self.accelerator.is_main_process:
+            MetricsLogger.truncate(self.output_dir, self.step)
 
     def _stop_requested(self) -> bool:
         if self.world == 1:
-            return self._stop is not None
-        return self._global_sum(1.0 if self._stop is not None else 0.0)[0] > 0
+            return self.stop.requested
+        return self._global_sum(1.0 if self.stop.requested else 0.0)[0] > 0
 
     # --- output ------------------------------------------------------------------------------
-    def _progress(self, desc: str):
-        """A tqdm wrapper for iterables when progress bars are on (main process only)."""
-        if not (self.cfg.run.progress_bar and self.accelerator.is_main_process):
-            return None
-        from tqdm.auto import tqdm
-
-        return lambda items: tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+    def _progress(self, desc: str, total: int | None = None):
+        enabled = self.cfg.run.progress_bar and self.accelerator.is_main_process
+        return progress_bar(enabled, desc, total, self.step)
 
     def _emit(self, metrics: dict) -> None:
         if self._metrics is None:
@@ -326,7 +233,7 @@ class Trainer:
     def train(self) -> TrainResult:
         """Train to ``total_steps``, holding the output folder's lock; SIGINT / SIGTERM save a
         checkpoint at the next step boundary and raise :class:`Interrupted`."""
-        with self.folder.locked(), self._signals():
+        with self.folder.locked(), self.stop.installed():
             self.folder.claim(self.cfg.run.resume, self.cfg.run.overwrite_output_dir)
             if self.cfg.run.resume:
                 self._resume()
@@ -340,11 +247,7 @@ class Trainer:
         if self.eval_set is not None and run.eval_before and self.step == 0:
             self._run_eval(result)
         self.policy.train(True)
-        bar = None
-        if run.progress_bar and self.accelerator.is_main_process:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="dpokit", dynamic_ncols=True)
+        bar = self._progress("dpokit", self.total_steps)
         evaluated_at = None
         while self.step < self.total_steps:
             metrics = self._train_step()
@@ -365,7 +268,7 @@ class Trainer:
                 saved = self.checkpoints.latest()
                 if saved is None or not saved.name.endswith(f"{self.step:07d}"):
                     saved = self.save_checkpoint()
-                raise Interrupted(self._stop or signal.SIGTERM, self.step, saved)
+                raise Interrupted(self.stop.signum or signal.SIGTERM, self.step, saved)
         if bar is not None:
             bar.close()
         if self.eval_set is not None and evaluated_at != self.step:

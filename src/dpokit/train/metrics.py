@@ -85,3 +85,15 @@ def format_eval(m: dict[str, Any]) -> str:
         if f"eval/{k}" in m
     ]
     return f"[eval @ step {m['step']}] " + "  ".join(parts)
+
+
+def progress_bar(enabled: bool, desc: str, total: int | None = None, initial: int = 0):
+    """A tqdm bar (``total`` given) or a wrapper for iterables (``total`` None); None when
+    progress bars are off or this is not the main process."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    if total is None:
+        return lambda items: tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)

@@ -115,6 +115,17 @@ def load_or_compute(cache_dir: str | Path | None, key: str, compute: Callable[[]
     return result
 
 
+def reference_precision(ref_precision: str, mixed_precision: str) -> str:
+    """``ref_precision``, where auto follows training's ``mixed_precision``.
+
+    >>> reference_precision("auto", "bf16"), reference_precision("fp32", "bf16")
+    ('bf16', 'fp32')
+    """
+    if ref_precision == "auto":
+        return "bf16" if mixed_precision == "bf16" else "fp32"
+    return ref_precision
+
+
 class ReferenceService:
     """Gives the loop the reference scores of each batch, from a precomputed table or a
     forward pass, and syncs the reference for TR-DPO.

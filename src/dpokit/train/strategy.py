@@ -11,6 +11,7 @@ data. A sharding engine this loop does not drive yet is refused.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -55,3 +56,18 @@ def check_launch(accelerator: Any, strategy: str = "ddp") -> None:
         raise NotImplementedError(f"distributed type {engine} is not supported yet: dpokit trains "
                                   f"data-parallel (strategy={strategy}), one process per device, "
                                   f"on one or more machines. Launch without the {engine} plugin.")
+
+
+def warn_batch_level(objective: Any, grad_accum_steps: int, batch_size: int, world: int) -> None:
+    """A batch-level loss takes its statistics per micro-batch, per process: say so once."""
+    if not objective.batch_level:
+        return
+    split = world > 1 and not objective.pools_batch_stats
+    if grad_accum_steps > 1 or split:
+        what = " and ".join(([f"{grad_accum_steps} accumulated micro-batches"]
+                             if grad_accum_steps > 1 else [])
+                            + ([f"{world} processes"] if split else []))
+        warnings.warn(f"loss {objective.name!r} is batch-level (it sorts or averages over the "
+                      f"batch): with {what} its batch statistics are taken per micro-batch of "
+                      f"{batch_size}, not over the whole step, so the update differs from one "
+                      f"big batch", stacklevel=3)
