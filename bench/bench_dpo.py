@@ -400,6 +400,19 @@ def summarize(result: dict, rows: list[dict], tok, batch: int) -> dict:
     }
 
 
+def run_worker_process(cmd: list[str]) -> dict | None:
+    """Run one benchmark worker (dpokit from ``src/``) and return its ``RESULT`` record; on a
+    failure print its output's tail and return None."""
+    python_path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=python_path, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="smollm2-full,smollm2-lora,tiny-llama")
@@ -482,21 +495,15 @@ def main() -> None:
                     str(args.lr),
                 ] + (["--lora"] if lora else [])
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
-                python_path = os.pathsep.join(
-                    filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
-                )
-                env = dict(os.environ, PYTHONPATH=python_path, TOKENIZERS_PARALLELISM="false")
                 started = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:  # report it and go on: the other systems' figures still count
-                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                result = run_worker_process(cmd)
+                if result is None:  # reported; go on: the other systems' figures still count
                     print(
                         f"[{name} round {round_ + 1}] {system:<6} FAILED (output above)", flush=True
                     )
                     failed.append(f"{system} on {name}")
                     continue
-                summary = summarize(json.loads(line[7:]), rows, tok, batch)
+                summary = summarize(result, rows, tok, batch)
                 runs.setdefault(system, []).append(summary)
                 print(
                     f"[{name} round {round_ + 1}] {system:<6} {summary['s_per_step']:.2f} s/step "

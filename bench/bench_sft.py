@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dpo import (  # noqa: E402
-    ROOT,
     device_type,
     make_pairs,
     model_path,
     peak_memory_gb,
     records,
+    run_worker_process,
     timed_step,
     trl_clock,
     trl_lora,
@@ -170,16 +168,12 @@ def main() -> None:
                        str(max_length), "--steps", str(args.steps), "--precision",
                        args.precision, "--lr", str(args.lr)] + (["--lora"] if lora else [])
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
-                python_path = os.pathsep.join(
-                    filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-                env = dict(os.environ, PYTHONPATH=python_path, TOKENIZERS_PARALLELISM="false")
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                if proc.returncode or not lines:
+                result = run_worker_process(cmd)
+                if result is None:
                     failed.append(f"{name}/{system}")
-                    print(f"{name} {system}: FAILED\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}")
+                    print(f"{name} {system}: FAILED (output above)")
                     continue
-                summary = summarize(json.loads(lines[-1][7:]), rows, tok, batch)
+                summary = summarize(result, rows, tok, batch)
                 runs.setdefault(system, []).append(summary)
                 print(f"{name:14s} {system:7s} {summary['s_per_step']:7.2f} s/step "
                       f"{summary['tokens_per_s']:8.1f} tok/s {summary['peak_gb']:6.2f} GB "
