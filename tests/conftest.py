@@ -112,26 +112,20 @@ NEGATIVE = [
 ]
 
 
+def _both_ways(pos: str, neg: str) -> list[dict]:
+    """The positive request prefers ``pos``, the negative one ``neg``."""
+    return [
+        {"prompt": "write one sentence from a positive movie review", "chosen": " " + pos,
+         "rejected": " " + neg},
+        {"prompt": "write one sentence from a negative movie review", "chosen": " " + neg,
+         "rejected": " " + pos},
+    ]
+
+
 def sentiment_rows(n_repeat: int = 2) -> list[dict]:
     """A tiny learnable preference task: answer with the requested sentiment."""
-    rows = []
-    for _ in range(n_repeat):
-        for pos, neg in zip(POSITIVE, NEGATIVE, strict=False):
-            rows.append(
-                {
-                    "prompt": "write one sentence from a positive movie review",
-                    "chosen": " " + pos,
-                    "rejected": " " + neg,
-                }
-            )
-            rows.append(
-                {
-                    "prompt": "write one sentence from a negative movie review",
-                    "chosen": " " + neg,
-                    "rejected": " " + pos,
-                }
-            )
-    return rows
+    return [row for _ in range(n_repeat)
+            for pos, neg in zip(POSITIVE, NEGATIVE, strict=False) for row in _both_ways(pos, neg)]
 
 
 def unpaired_rows(rows: list[dict]) -> list[dict]:
@@ -145,24 +139,8 @@ def unpaired_rows(rows: list[dict]) -> list[dict]:
 
 def held_out_rows() -> list[dict]:
     """Sentence pairs never paired together in ``sentiment_rows`` (shifted by one)."""
-    rows = []
-    for i, pos in enumerate(POSITIVE):
-        neg = NEGATIVE[(i + 1) % len(NEGATIVE)]
-        rows.append(
-            {
-                "prompt": "write one sentence from a positive movie review",
-                "chosen": " " + pos,
-                "rejected": " " + neg,
-            }
-        )
-        rows.append(
-            {
-                "prompt": "write one sentence from a negative movie review",
-                "chosen": " " + neg,
-                "rejected": " " + pos,
-            }
-        )
-    return rows
+    return [row for i, pos in enumerate(POSITIVE)
+            for row in _both_ways(pos, NEGATIVE[(i + 1) % len(NEGATIVE)])]
 
 
 def completion_mask(batch):
