@@ -1,0 +1,13 @@
+"""Where pairs come from: builders that turn votes, scored answers, samples and failures into
+``prompt, chosen, rejected`` rows with provenance columns, each with a report of what was kept
+and what was dropped, by reason. Text only, no tokenizer, no model: a sampler or a reward is
+passed in as a function."""
+
+from .common import BuildReport, BuiltPairs, write_rows
+from .failures import DETECTORS, FailureSettings, detect_failures, failure_pairs
+from .scored import PAIRINGS, ScoredSettings, pair_scored, scored_groups
+from .votes import VoteRules, reddit_rows, vote_pairs
+
+__all__ = ["DETECTORS", "PAIRINGS", "BuildReport", "BuiltPairs", "FailureSettings",
+           "ScoredSettings", "VoteRules", "detect_failures", "failure_pairs", "pair_scored",
+           "reddit_rows", "scored_groups", "vote_pairs", "write_rows"]

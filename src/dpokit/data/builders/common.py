@@ -1,0 +1,68 @@
+"""What every builder returns (rows and a report of what was kept and dropped) and how the
+rows are written.
+
+    >>> report = BuildReport(); report.drop("tied scores", 2); report.kept = 1
+    >>> report.summary()
+    '1 pairs written; dropped: 2 tied scores'
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BuildReport:
+    """kept: pairs written; dropped: what was not used, by reason (comments, candidate pairs,
+    samples: ``unit`` says what each reason counts, e.g. "comment: reply to a comment")."""
+
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] += n
+
+    def summary(self) -> str:
+        text = f"{self.kept} pairs written"
+        if self.dropped:
+            text += "; dropped: " + ", ".join(f"{n} {why}" for why, n in
+                                              sorted(self.dropped.items(), key=lambda x: -x[1]))
+        return "; ".join([text, *self.notes])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": self.kept, "dropped": dict(self.dropped), "notes": self.notes}
+
+
+@dataclass
+class BuiltPairs:
+    """rows: dicts with ``prompt``, ``chosen``, ``rejected`` and the builder's provenance
+    columns (``rule`` always); report: what was kept and dropped."""
+
+    rows: list[dict[str, Any]]
+    report: BuildReport
+
+
+def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """JSON Lines (``.jsonl``) or Parquet (``.parquet``, needs pyarrow), by the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.suffix == ".jsonl":
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    else:
+        raise ValueError(f"{path}: write .jsonl or .parquet")
+    return path
