@@ -224,7 +224,8 @@ def test_sampling_norm_chunked_equals_full_logits(tokenizer):
     assert not scores.sampling_norm.requires_grad
 
 
-GENERIC = ("core", "losses", "objectives", "train", "config", "data/io.py", "data/report.py")
+GENERIC = ("core", "losses", "objectives", "train", "config", "data/io.py", "data/report.py",
+           "data/builders")
 
 
 def test_generic_code_never_imports_a_modality_or_the_app():

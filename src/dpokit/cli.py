@@ -3,6 +3,8 @@
     dpokit quickstart [key=value ...]        DPO + LoRA on the embedded SmolLM2, before/after
     dpokit train [RECIPE.yaml] [key=value ...]   preference optimization (DPO and its family)
     dpokit sft [RECIPE.yaml] [key=value ...]     supervised fine-tuning
+    dpokit pairs votes|scored|sample|failures IN... --out OUT    build preference pairs
+    dpokit data inspect|split FILE            look at a dataset; split it by prompt
     dpokit losses                             the registered losses and their hyper-parameters
     dpokit config                             every config field, its default and meaning
 """
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     quick = sub.add_parser("quickstart", help="align the embedded SmolLM2, show before/after")
     quick.add_argument("overrides", nargs="*", help="key=value ...")
+    from .cli_data import add_parsers, cmd_data, cmd_pairs
+
+    add_parsers(sub)
     sub.add_parser("losses", help="list the registered losses and their hyper-parameters")
     sub.add_parser("config", help="list every config field with its default and meaning")
     args = parser.parse_args(argv)
@@ -194,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_quickstart(args.overrides)
         if args.command == "config":
             return cmd_config()
+        if args.command == "pairs":
+            return cmd_pairs(args)
+        if args.command == "data":
+            return cmd_data(args)
         return cmd_losses()
     except Interrupted as stop:
         if debug:

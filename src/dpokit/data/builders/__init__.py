@@ -5,9 +5,12 @@ passed in as a function."""
 
 from .common import BuildReport, BuiltPairs, write_rows
 from .failures import DETECTORS, FailureSettings, detect_failures, failure_pairs
-from .scored import PAIRINGS, ScoredSettings, pair_scored, scored_groups
+from .sample import PromptRow, SampleText, ScoredSamples, prompt_rows, sample_pairs, score_samples
+from .scored import PAIRINGS, ScoredGroup, ScoredSettings, pair_scored, scored_groups
 from .votes import VoteRules, reddit_rows, vote_pairs
 
 __all__ = ["DETECTORS", "PAIRINGS", "BuildReport", "BuiltPairs", "FailureSettings",
-           "ScoredSettings", "VoteRules", "detect_failures", "failure_pairs", "pair_scored",
-           "reddit_rows", "scored_groups", "vote_pairs", "write_rows"]
+           "PromptRow", "SampleText", "ScoredGroup", "ScoredSamples", "ScoredSettings",
+           "VoteRules", "detect_failures", "failure_pairs", "pair_scored", "prompt_rows",
+           "reddit_rows", "sample_pairs", "score_samples", "scored_groups", "vote_pairs",
+           "write_rows"]

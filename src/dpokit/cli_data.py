@@ -1,0 +1,193 @@
+"""``dpokit pairs <kind>`` and ``dpokit data <inspect|split>``: build, look at and split data.
+
+    dpokit pairs votes comments.jsonl --out pairs.jsonl          SHP rules on comment votes
+    dpokit pairs scored rated.jsonl --out pairs.jsonl --pairing best_random
+    dpokit pairs sample prompts.jsonl --out pairs.jsonl --reward vader --num-samples 4
+    dpokit pairs failures prompts.jsonl --out pairs.jsonl --model smollm2
+    dpokit data inspect pairs.jsonl --eval eval.jsonl --png lengths.png
+    dpokit data split pairs.jsonl --eval-fraction 0.1        (no prompt in both splits)
+
+Each builder's thresholds are the fields of its settings class, offered as ``--field-name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--name`` option per field of a settings dataclass, typed from its default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default
+        option = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(option, type=lambda s: s.lower() in ("1", "true", "yes"),
+                                default=default, metavar="BOOL", help=f"default {default}")
+        elif isinstance(default, tuple):
+            parser.add_argument(option, type=lambda s: tuple(x for x in s.split(",") if x),
+                                default=default, metavar="A,B", help=f"default {','.join(default)}")
+        else:
+            choices = typing.get_args(hints[f.name])
+            literal = typing.get_origin(hints[f.name]) is typing.Literal
+            kind = type(default) if default is not None else next(
+                t for t in typing.get_args(hints[f.name]) if t is not type(None))
+            parser.add_argument(option, type=str if literal else kind, default=default,
+                                choices=choices if literal else None, help=f"default {default}")
+
+
+def _settings(cls: type, args: argparse.Namespace, **extra: Any):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name)}
+    return cls(**{**values, **extra})
+
+
+def _read(paths: list[str]):
+    from .data.io import load_records
+
+    return [r for p in paths for r in load_records(p)]
+
+
+def _finish(built, out: str) -> int:
+    from .data.builders import write_rows
+
+    path = write_rows(built.rows, out)
+    report = Path(str(path) + ".report.json")
+    report.write_text(json.dumps(built.report.to_dict(), indent=1))
+    print(f"{path}: {built.report.summary()}")
+    for reason, n in sorted(built.report.dropped.items(), key=lambda x: -x[1]):
+        print(f"  dropped {n:6d}  {reason}")
+    print(f"  (the same counts in {report})")
+    return 0
+
+
+def _model(name: str):
+    from .policies.causal_lm.models import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(name), load_tokenizer(name)
+
+
+def _sampler(args: argparse.Namespace):
+    from tqdm.auto import tqdm
+
+    from .policies.causal_lm.sampling import SamplingSettings, sample_completions
+
+    model, tokenizer = _model(args.model)
+    settings = _settings(SamplingSettings, args)
+    return lambda prompts: sample_completions(model, tokenizer, prompts, settings,
+                                              lambda b: tqdm(b, desc="sampling"))
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from .data import builders as b
+
+    if args.kind == "votes":
+        records = _read(args.inputs)
+        reddit = [r for r in records if "link_id" in r.values or "title" in r.values
+                  and "comment_id" not in r.values]
+        rows = b.reddit_rows(records) if reddit else records
+        return _finish(b.vote_pairs(rows, _settings(b.VoteRules, args)), args.out)
+    if args.kind == "scored":
+        groups = b.scored_groups(_read(args.inputs))
+        return _finish(b.pair_scored(groups, _settings(b.ScoredSettings, args)), args.out)
+    if args.kind == "sample":
+        from .eval.rewards import load_reward
+
+        reward = load_reward(args.reward)
+        built = b.sample_pairs(b.prompt_rows(_read(args.inputs)), _sampler(args), reward,
+                               _settings(b.ScoredSettings, args), reward.name)
+        return _finish(built, args.out)
+    records = _read(args.inputs)  # failures
+    if args.model and not any("outputs" in r.values or "completion" in r.values
+                              for r in records):
+        prompts = b.prompt_rows(records)
+        samples = _sampler(args)([p.prompt for p in prompts])
+        records = [{"prompt": p.prompt, "reference": p.reference,
+                    "outputs": [s.text for s in group], "finished": [s.finished for s in group]}
+                   for p, group in zip(prompts, samples, strict=True)]
+    return _finish(b.failure_pairs(records, _settings(b.FailureSettings, args)), args.out)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "split":
+        from .data.split import split_by_prompt
+
+        split = split_by_prompt(_read([args.input]), args.eval_fraction, args.seed)
+        stem = Path(args.input)
+        train = args.train_out or str(stem.with_suffix(".train.jsonl"))
+        held = args.eval_out or str(stem.with_suffix(".eval.jsonl"))
+        from .data.builders import write_rows
+
+        write_rows([r.values for r in split.train], train)
+        write_rows([r.values for r in split.eval], held)
+        print(f"{train}: {len(split.train)} rows; {held}: {len(split.eval)} rows; "
+              f"{split.prompts_train} + {split.prompts_eval} distinct prompts, none in both")
+        return 0
+    from .data.text.inspect import inspect_data
+
+    tokenizer = None
+    if args.model != "none":
+        from .policies.causal_lm.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    report = inspect_data(args.input, args.eval, tokenizer, args.max_length,
+                          args.max_prompt_length, args.chat_template_for_strings)
+    print(report.text())
+    if args.png:
+        print(f"histogram: {report.plot(args.png)}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    from .data.builders import FailureSettings, ScoredSettings, VoteRules
+    from .policies.causal_lm.sampling import SamplingSettings
+
+    pairs = sub.add_parser("pairs", help="build preference pairs: votes, scored, sample, "
+                           "failures")
+    kinds = pairs.add_subparsers(dest="kind", required=True)
+    helps = {"votes": "comments with votes -> pairs (SHP rules; Reddit JSON lines read too)",
+             "scored": "several scored answers per prompt -> pairs",
+             "sample": "K samples per prompt from a model, scored by a reward -> pairs",
+             "failures": "the model's degenerate outputs as rejected, the reference as chosen"}
+    for kind, help_text in helps.items():
+        p = kinds.add_parser(kind, help=help_text)
+        p.add_argument("inputs", nargs="+", help="input files (.jsonl/.json/.csv/.parquet)")
+        p.add_argument("--out", required=True, help="output .jsonl or .parquet")
+        if kind == "votes":
+            _add_fields(p, VoteRules, skip=("deleted_authors",))
+        if kind in ("scored", "sample"):  # sample: one --seed for sampling and pairing
+            _add_fields(p, ScoredSettings, skip=("seed",) if kind == "sample" else ())
+        if kind in ("sample", "failures"):
+            p.add_argument("--model", default="smollm2" if kind == "sample" else None,
+                           help="model to sample from (failures: when rows have no outputs)")
+            _add_fields(p, SamplingSettings)
+        if kind == "sample":
+            p.add_argument("--reward", default="vader", help="module:function, vader, "
+                           "vader_negative, minilm (vs the row's reference) or hf:PATH")
+        if kind == "failures":
+            _add_fields(p, FailureSettings, skip=("refusal_patterns",))
+    data = sub.add_parser("data", help="inspect or split a dataset")
+    actions = data.add_subparsers(dest="action", required=True)
+    inspect = actions.add_parser("inspect", help="rows, token lengths, duplicates, overlap, "
+                                 "length bias, in one screen")
+    inspect.add_argument("input")
+    inspect.add_argument("--eval", help="held-out file: prompt overlap with the input")
+    inspect.add_argument("--model", help="tokenizer of the model to be trained (default: "
+                         "smollm2; none: count words)", default="smollm2")
+    inspect.add_argument("--max-length", type=int, default=512)
+    inspect.add_argument("--max-prompt-length", type=int, default=256)
+    inspect.add_argument("--chat-template-for-strings", action="store_true")
+    inspect.add_argument("--png", help="write the token-length histogram here")
+    split = actions.add_parser("split", help="deterministic train/eval split by prompt")
+    split.add_argument("input")
+    split.add_argument("--eval-fraction", type=float, default=0.1)
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--train-out")
+    split.add_argument("--eval-out")

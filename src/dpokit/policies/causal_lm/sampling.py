@@ -1,0 +1,101 @@
+"""Sampling K completions per prompt from a causal LM: batched, left-padded, KV cache.
+
+Prompts are rendered with the chat template (``chat``) when the tokenizer has one, repeated K
+times, and generated in batches of ``batch_size`` sequences with ``model.generate`` (KV cache
+on). Each batch has its own seed (``seed`` + batch number), so a run is reproducible for a
+given batch size. A sample records whether it ended with EOS (``finished``) or hit
+``max_new_tokens``.
+
+    >>> settings = SamplingSettings(num_samples=4, temperature=0.8, top_p=0.95)
+    >>> samples = sample_completions(model, tokenizer, ["Hi!"], settings)  # doctest: +SKIP
+    >>> len(samples[0]), samples[0][0].text                                # doctest: +SKIP
+    (4, 'Hello! How can I help you today?')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    num_samples: int = 2  # K completions per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy (then K identical samples: use K = 1)
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16  # sequences per generate call
+    chat: bool = True  # render prompts with the chat template when the tokenizer has one
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion: its text, its token count and whether it ended with EOS."""
+
+    text: str
+    num_tokens: int
+    finished: bool
+
+
+def render_prompt(tokenizer, prompt: Any, chat: bool = True) -> str:
+    """The text the model continues: a string or message list through the chat template, or
+    the raw string when ``chat`` is off or the tokenizer has none."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not isinstance(prompt, str):
+        raise ValueError("a message-list prompt needs a tokenizer with a chat template")
+    return prompt
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    return ids | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: SamplingSettings,
+                       progress: Callable | None = None) -> list[list[Sample]]:
+    """``settings.num_samples`` samples for each prompt, in prompt order."""
+    texts = [render_prompt(tokenizer, p, settings.chat) for p in prompts]
+    jobs = [i for i in range(len(texts)) for _ in range(settings.num_samples)]
+    batches = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
+    device = next(model.parameters()).device
+    special = not (settings.chat and getattr(tokenizer, "chat_template", None))
+    stop = _stop_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+        tokenizer.eos_token_id
+    out: list[list[Sample]] = [[] for _ in texts]
+    was_training = model.training
+    model.eval()
+    try:
+        for number, batch in enumerate(progress(batches) if progress else batches):
+            encoded = [tokenizer(texts[i], add_special_tokens=special)["input_ids"] for i in batch]
+            width = max(len(ids) for ids in encoded)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (N, P)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)  # (N, P), left padding
+            for row, ids in enumerate(encoded):
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                mask[row, width - len(ids):] = 1
+            torch.manual_seed(settings.seed + number)
+            sampling = settings.temperature > 0
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=settings.max_new_tokens, do_sample=sampling,
+                temperature=settings.temperature if sampling else None,
+                top_p=settings.top_p if sampling else None, top_k=None,
+                pad_token_id=pad_id, use_cache=True,
+            )[:, width:].cpu()  # (N, new tokens)
+            for row, i in enumerate(batch):
+                tokens = generated[row].tolist()
+                end = next((t for t, tok in enumerate(tokens) if tok in stop), None)
+                kept = tokens if end is None else tokens[:end]
+                out[i].append(Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                                     len(kept), end is not None))
+    finally:
+        model.train(was_training)
+    return out
