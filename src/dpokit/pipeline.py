@@ -9,7 +9,6 @@ application glue the CLI and users share (DPO and its family with ``build_run``,
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from .data import (
     load_records,
 )
 from .data.io import DataError, Record
+from .data.split import split_by_prompt
 from .losses import param_values
 from .objectives import PreferenceObjective, SFTObjective
 from .policies.causal_lm import CausalLMPolicy
@@ -108,13 +108,9 @@ def split_records(cfg: TrainConfig) -> tuple[Rows, Rows | None]:
     train = _read(cfg, cfg.data.train_data, cfg.data.train_split)
     if cfg.data.eval_data:
         return train, _read(cfg, cfg.data.eval_data, cfg.data.eval_split)
-    if cfg.data.eval_fraction > 0:
-        records = train.records
-        order = list(range(len(records)))
-        random.Random(cfg.optim.seed).shuffle(order)
-        n_eval = max(1, int(len(order) * cfg.data.eval_fraction))
-        held = Rows([records[i] for i in sorted(order[:n_eval])])
-        return Rows([records[i] for i in sorted(order[n_eval:])], train.skipped), held
+    if cfg.data.eval_fraction > 0:  # by prompt: no prompt in both splits
+        split = split_by_prompt(train.records, cfg.data.eval_fraction, cfg.optim.seed)
+        return Rows(split.train, train.skipped), Rows(split.eval)
     return train, None
 
 

@@ -72,8 +72,9 @@ class DataConfig:
     eval_data: str | None = setting(None, "held-out rows (same formats)")
     train_split: str = setting("train", "split of a datasets dataset")
     eval_split: str = setting("test", "split of a datasets dataset for eval_data")
-    eval_fraction: float = setting(0.0, "hold out this fraction of train_data when eval_data "
-                                   "is not set", Domain(0.0, 1.0, low_inclusive=True))
+    eval_fraction: float = setting(0.0, "when eval_data is not set, hold out this fraction of "
+                                   "train_data's prompts, with all their rows (no prompt in "
+                                   "both splits)", Domain(0.0, 1.0, low_inclusive=True))
     max_length: int = setting(512, "prompt + completion tokens per sequence", AT_LEAST_ONE)
     max_prompt_length: int = setting(256, "a longer prompt is a bad row", AT_LEAST_ONE)
     chat_template_for_strings: bool = setting(False, "render string rows as a chat turn")

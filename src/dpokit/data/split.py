@@ -27,6 +27,17 @@ def prompt_key(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
+def row_prompt(values: Mapping[str, Any]) -> Any:
+    """What a row asks: its ``prompt``; for a conversation, every message before the last; for
+    a plain-text row, the row itself (each row its own prompt)."""
+    if "prompt" in values:
+        return values["prompt"]
+    messages = values.get("messages")
+    if isinstance(messages, list) and len(messages) > 1:
+        return messages[:-1]
+    return dict(values)
+
+
 @dataclass
 class PromptSplit:
     train: list[Any]  # the input rows (Records stay Records), in input order
@@ -42,8 +53,7 @@ def split_by_prompt(rows: Iterable[Record | Mapping[str, Any]], fraction: float,
     rows = list(rows)
 
     def key(row) -> str:
-        values = row.values if isinstance(row, Record) else row
-        return prompt_key(values.get("prompt", ""))
+        return prompt_key(row_prompt(row.values if isinstance(row, Record) else row))
 
     keys = sorted({key(r) for r in rows},
                   key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())
