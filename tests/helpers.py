@@ -92,3 +92,8 @@ def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora
     collate = SequenceCollator(tokenizer.pad_token_id, config.data.batch_layout)
     source, eval_set = sources(config, train, evaluation, collate)
     return Trainer(config, policy, SFTObjective(), source, eval_set, log=lambda _: None)
+
+
+def brevity_reward(prompt, completion) -> float:
+    """A reward a tiny model can learn: shorter answers score higher (0 for an empty one)."""
+    return -float(len(completion))

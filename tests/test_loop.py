@@ -47,6 +47,9 @@ class OnlineItemSource:
         self.drawn += self.batch_size
         return [ItemBatch(contexts, best, picks, index)]
 
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "drawn": self.drawn}
 

@@ -61,12 +61,18 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
-def _train(build, recipe: str | None, overrides: list[str], what: str) -> int:
+def _load(recipe: str | None, overrides: list[str]):
     from .config import load_config
 
     cfg = load_config(_repo_relative_recipe(recipe), overrides)
     cfg.data.train_data = _repo_relative(cfg.data.train_data)
     cfg.data.eval_data = _repo_relative(cfg.data.eval_data)
+    cfg.online.prompts = _repo_relative(cfg.online.prompts)
+    cfg.online.eval_prompts = _repo_relative(cfg.online.eval_prompts)
+    return cfg
+
+
+def _train(build, cfg, what: str) -> int:
     run = build(cfg, log=_main_process_print)
     result = run.trainer.train()
     final = run.trainer.save_final()
@@ -84,15 +90,32 @@ def _train(build, recipe: str | None, overrides: list[str], what: str) -> int:
 
 
 def cmd_train(recipe: str | None, overrides: list[str]) -> int:
+    cfg = _load(recipe, overrides)
+    if cfg.online.mode == "iterative":
+        from .online import run_iterative
+
+        result = run_iterative(cfg, log=_main_process_print)
+        rewards = [r.get("eval/sample_reward") for r in result.rounds]
+        if rewards and rewards[0] is not None:
+            _main_process_print("mean reward of own samples on held-out prompts by round: "
+                                + ", ".join(f"{r:+.4f}" for r in rewards))
+        _main_process_print(f"done: iterative DPO, {len(result.rounds) - 1} round(s); model "
+                            f"saved to {result.final}; rounds in "
+                            f"{Path(cfg.run.output_dir) / 'iterations.jsonl'}")
+        return 0
+    if cfg.online.mode == "online":
+        from .online import build_online_run
+
+        return _train(build_online_run, cfg, "online DPO")
     from .pipeline import build_run
 
-    return _train(build_run, recipe, overrides, "preference optimization")
+    return _train(build_run, cfg, "preference optimization")
 
 
 def cmd_sft(recipe: str | None, overrides: list[str]) -> int:
     from .pipeline import build_sft_run
 
-    return _train(build_sft_run, recipe, overrides, "supervised fine-tuning")
+    return _train(build_sft_run, _load(recipe, overrides), "supervised fine-tuning")
 
 
 def _repo_relative_recipe(recipe: str | None) -> str | None:

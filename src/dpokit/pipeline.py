@@ -31,7 +31,7 @@ from .data.split import split_by_prompt
 from .losses import param_values
 from .objectives import PreferenceObjective, SFTObjective
 from .policies.causal_lm import CausalLMPolicy
-from .policies.causal_lm.lora import adapter_base, apply_lora, load_adapter
+from .policies.causal_lm.lora import adapter_base, add_reference_copy, apply_lora, load_adapter
 from .policies.causal_lm.models import disable_dropout, load_causal_lm, load_tokenizer
 from .train import EvalSet, StaticSource, Trainer
 
@@ -179,6 +179,8 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
     elif m.lora:
         torch.manual_seed(cfg.optim.seed)  # LoRA's initialization draws from the global generator
         model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+        if reference == "adapter_copy":  # a frozen copy of the fresh adapter (iterative DPO)
+            model = add_reference_copy(model)
     if m.disable_dropout:
         disable_dropout(model)
     if m.gradient_checkpointing:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Domain
+from ..data.builders.scored import PAIRINGS
 from ..data.text.collate import LAYOUTS
 from ..losses import declared_params
 from ..objectives import F_DIVERGENCES, WPO_FORMS
@@ -174,9 +175,37 @@ class DistributedConfig:
         "refused for now)")
 
 
+@dataclass
+class OnlineConfig:
+    mode: Literal["off", "online", "iterative"] = setting(
+        "off", "off: train on train_data's pairs; online: every step, pairs from the policy's "
+        "own samples (online DPO); iterative: rounds of sample -> score -> pair -> train, each "
+        "round's model the next round's reference")
+    prompts: str | None = setting(None, "prompt rows (prompt, optional reference) to sample "
+                                  "for; default: train_data")
+    eval_prompts: str | None = setting(None, "held-out prompts: the mean reward of the "
+                                       "policy's own samples on them, before and after (each "
+                                       "round)")
+    reward: str = setting("vader", "scores samples: module:function, vader, vader_negative, "
+                          "minilm (vs the row's reference) or hf:PATH")
+    num_samples: int = setting(2, "completions sampled per prompt",
+                               Domain(2.0, low_inclusive=True))
+    temperature: float = setting(1.0, "sampling temperature", POSITIVE)
+    top_p: float = setting(1.0, "nucleus sampling mass", Domain(0.0, 1.0, high_inclusive=True))
+    max_new_tokens: int = setting(48, "tokens per sample at most", AT_LEAST_ONE)
+    sample_batch_size: int = setting(16, "sequences per generate call", AT_LEAST_ONE)
+    pairing: Literal[PAIRINGS] = setting(  # type: ignore[valid-type]
+        "best_worst", "how scored samples become pairs (best_worst, best_random, all_pairs)")
+    pair_margin: float = setting(0.0, "smallest reward difference that makes a pair",
+                                 NON_NEGATIVE)
+    prompts_per_step: int = setting(4, "online: prompts sampled per step per process",
+                                    AT_LEAST_ONE)
+    iterations: int = setting(2, "iterative: rounds", AT_LEAST_ONE)
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
                              "optim": OptimConfig, "run": RunConfig,
-                             "distributed": DistributedConfig}
+                             "distributed": DistributedConfig, "online": OnlineConfig}
 
 
 @dataclass
@@ -189,6 +218,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -184,6 +184,13 @@ class DataSource(Protocol):
     def micro_batches(self, step: int, policy: Policy) -> list[Any]:
         """This process's micro-batches for optimizer step ``step`` (0-based)."""
 
+    def shard(self, world: int, rank: int) -> None:
+        """Take process ``rank``'s share of every step, of ``world`` processes."""
+
+    def step_metrics(self) -> dict[str, float]:
+        """What the source measured while making the last step's batches (an online source's
+        mean reward of the policy's samples, say), logged with the step; {} for none."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...

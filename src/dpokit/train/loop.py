@@ -157,6 +157,7 @@ class Trainer:
         self.step += 1
         self.reference.after_step(self.step)
         metrics = reduce_metrics(sums, self.accelerator).means()
+        metrics.update(self.source.step_metrics())
         seconds = time.perf_counter() - started
         epoch = self.step / self.source.steps_per_epoch if self.source.steps_per_epoch else None
         metrics.update({"grad_norm": float(grad_norm), "learning_rate": lr,

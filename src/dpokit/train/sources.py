@@ -80,6 +80,9 @@ class StaticSource:
         return [self.collate([self.dataset[i] for i in indices])
                 for indices in self.step_indices(step)[0]]
 
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
     def reference_plan(self) -> list[list[int]]:
         """The batches the reference is precomputed on: this process's epoch-0 micro-batches
         (the same row composition as the first training pass; later epochs only reorder)."""

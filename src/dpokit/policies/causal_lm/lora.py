@@ -36,6 +36,26 @@ def load_adapter(model, adapter_dir: str | Path, with_reference: bool = True):
     return peft_model
 
 
+def add_reference_copy(peft_model):
+    """Give a LoRA model a frozen copy of its ``"default"`` adapter, named ``"reference"``, so
+    the reference can later be moved to the trained adapter (iterative DPO)."""
+    import copy
+
+    import torch
+
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    peft_model.add_adapter(REFERENCE_ADAPTER, config)
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            marker = f".{REFERENCE_ADAPTER}."
+            if marker in name:
+                p.copy_(params[name.replace(marker, ".default.")])
+                p.requires_grad_(False)
+    peft_model.set_adapter("default")
+    return peft_model
+
+
 def adapter_base(folder: str | Path) -> str | None:
     """The base model a saved adapter folder names, or None when it is not an adapter."""
     config = Path(folder) / "adapter_config.json"

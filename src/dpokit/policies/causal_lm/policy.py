@@ -115,7 +115,8 @@ class CausalLMPolicy(BasePolicy):
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.capabilities = PolicyCapabilities(
             reference=reference, deterministic=True, fingerprint=True,
-            generation=tokenizer is not None, reference_sync=reference == "copy",
+            generation=tokenizer is not None,
+            reference_sync=reference in ("copy", "adapter_copy"),
             sharding=False, token_distribution=True)
 
     # --- the interface -------------------------------------------------------------------
@@ -136,9 +137,19 @@ class CausalLMPolicy(BasePolicy):
 
     @torch.no_grad()
     def sync_reference(self, alpha: float = 1.0) -> None:
-        """TR-DPO (Gorbatovski et al. 2024): θ_ref <- α·θ + (1-α)·θ_ref; α = 1 is a hard copy."""
+        """TR-DPO (Gorbatovski et al. 2024): θ_ref <- α·θ + (1-α)·θ_ref; α = 1 is a hard copy
+        (iterative DPO: the model of the last round becomes the reference). ``copy``: the
+        reference model's weights; ``adapter_copy``: the frozen reference adapter's."""
+        if self.reference_mode == "adapter_copy":
+            params = dict(self.model.named_parameters())
+            for name, ref in params.items():
+                marker = f".{REFERENCE_ADAPTER}."
+                if marker in name:
+                    trained = params[name.replace(marker, ".default.")]
+                    ref.lerp_(trained.detach().to(ref.dtype), alpha)
+            return
         if self.reference_model is None:
-            raise RuntimeError("reference syncing needs reference='copy'")
+            raise RuntimeError("reference syncing needs reference='copy' or 'adapter_copy'")
         policy_params = dict(_unwrap_peft(self.model).named_parameters())
         for name, ref in self.reference_model.named_parameters():
             ref.lerp_(policy_params[name].detach().to(ref.dtype), alpha)
