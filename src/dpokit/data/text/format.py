@@ -17,6 +17,7 @@ from typing import Any
 from ..io import DataError, Record
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
+TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # per-row inputs of the chat template
 
 
 def check_columns(record: Record, known: tuple[str, ...]) -> None:
@@ -64,10 +65,39 @@ def check_text(record: Record, name: str) -> Any:
     return value
 
 
+def template_inputs(record: Record) -> dict[str, Any]:
+    """A row's ``tools`` (a list of tool schemas) and ``chat_template_kwargs`` (e.g.
+    ``{"enable_thinking": false}``), checked, as keyword arguments of the chat template."""
+    values, inputs = record.values, {}
+    tools = values.get("tools")
+    if tools is not None:
+        if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise DataError(record.source, record.row, "tools",
+                            "expected a list of tool schemas (JSON objects)")
+        inputs["tools"] = tools or None
+    kwargs = values.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise DataError(record.source, record.row, "chat_template_kwargs",
+                            "expected an object of template variables")
+        clash = sorted(set(kwargs) & {"tools", "conversation", "tokenize",
+                                      "add_generation_prompt"})
+        if clash:
+            raise DataError(record.source, record.row, "chat_template_kwargs",
+                            f"{clash[0]!r} is set by dpokit, not by the row")
+        inputs.update(kwargs)
+    return inputs
+
+
 def render(tokenizer, prompt: Any, completion: Any, record: Record, name: str,
            chat_template_for_strings: bool) -> tuple[str, str, bool, bool]:
-    """Return (prompt_text, completion_text, add_special_tokens, ends_with_eos)."""
-    chat = is_messages(prompt) or is_messages(completion) or chat_template_for_strings
+    """Return (prompt_text, completion_text, add_special_tokens, ends_with_eos). The row's
+    ``tools`` and ``chat_template_kwargs`` go to both renderings, so the prompt stays an exact
+    prefix (a thinking template with ``enable_thinking: false`` puts its empty think block in
+    the prompt, not in the trained completion)."""
+    inputs = template_inputs(record)
+    chat = (is_messages(prompt) or is_messages(completion) or chat_template_for_strings
+            or bool(inputs))
     if not chat:
         return prompt, completion, True, False
     if getattr(tokenizer, "chat_template", None) is None:
@@ -77,8 +107,9 @@ def render(tokenizer, prompt: Any, completion: Any, record: Record, name: str,
     completion_msgs = (completion if is_messages(completion)
                        else [{"role": "assistant", "content": completion}])
     prompt_text = tokenizer.apply_chat_template(prompt_msgs, tokenize=False,
-                                                add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(prompt_msgs + completion_msgs, tokenize=False)
+                                                add_generation_prompt=True, **inputs)
+    full_text = tokenizer.apply_chat_template(prompt_msgs + completion_msgs, tokenize=False,
+                                              **inputs)
     if not full_text.startswith(prompt_text):
         raise DataError(record.source, record.row, name, "the chat template does not render the "
                         "prompt as a prefix of prompt + completion")

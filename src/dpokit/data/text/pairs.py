@@ -30,7 +30,7 @@ from typing import Any
 from ...losses.paired import odpo_offset_from_scores
 from ..io import DataError, Record
 from ..report import DataReport, ExampleSet, OnBadRows, build_examples
-from .format import check_columns, check_text, is_messages, tokenize_completions
+from .format import TEMPLATE_COLUMNS, check_columns, check_text, is_messages, tokenize_completions
 
 PreferencePairs = ExampleSet  # a tokenized preference dataset (items: TokenizedPair)
 
@@ -136,8 +136,9 @@ def _tokenize(record, tokenizer, settings: TokenizeSettings, prompt, named):
     )
 
 
-PAIR_COLUMNS = ("prompt", "chosen", "rejected", "score_chosen", "score_rejected")
-UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "score_chosen", "score_rejected",
+                *TEMPLATE_COLUMNS)
+UNPAIRED_COLUMNS = ("prompt", "completion", "label", *TEMPLATE_COLUMNS)
 
 
 def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings, report: DataReport,

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from ..io import DataError, Record
 from ..report import DataReport, ExampleSet, OnBadRows, build_examples
-from .format import check_columns, check_text, tokenize, tokenize_completions
+from .format import TEMPLATE_COLUMNS, check_columns, check_text, tokenize, tokenize_completions
 from .pairs import TokenizeSettings
 
-SFT_COLUMNS = ("prompt", "completion", "messages", "text")
+SFT_COLUMNS = ("prompt", "completion", "messages", "text", *TEMPLATE_COLUMNS)
 
 
 @dataclass
