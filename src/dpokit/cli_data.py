@@ -69,9 +69,9 @@ def _finish(built, out: str) -> int:
 
 
 def _model(name: str):
-    from .policies.causal_lm.models import load_causal_lm, load_tokenizer
+    from .policies.causal_lm.lora import load_for_generation
 
-    return load_causal_lm(name), load_tokenizer(name)
+    return load_for_generation(name)
 
 
 def _sampler(args: argparse.Namespace):

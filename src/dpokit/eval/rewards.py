@@ -124,6 +124,29 @@ def classifier_reward(path: str, label: str | None = None, batch_size: int = 16)
     return Reward(f"hf:{path}", score)
 
 
+def requested_sentiment(prompt: str, completion: str) -> float:
+    """VADER compound sentiment signed by what the prompt asks for: +compound when it says
+    "positive", -compound when it says "negative" (the review-prompt demonstrations).
+
+    >>> requested_sentiment("a negative review", "A dull, awful mess.") > 0.5
+    True
+    """
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    global _VADER
+    if _VADER is None:
+        _VADER = SentimentIntensityAnalyzer()
+    asked = str(prompt).lower()
+    if ("positive" in asked) == ("negative" in asked):
+        raise ValueError(f"requested_sentiment: the prompt must say positive or negative: "
+                         f"{prompt!r}")
+    score = _VADER.polarity_scores(completion)["compound"]
+    return score if "positive" in asked else -score
+
+
+_VADER = None
+
+
 def load_reward(spec: str | Callable[..., float] | Reward) -> Reward:
     """A reward from a spec string (see the module docstring), a callable or a Reward."""
     if isinstance(spec, Reward):
