@@ -9,10 +9,17 @@ samples per prompt, the same seeds at every stage). Writes experiments/results/p
 and .png.
 
     python experiments/pairs_chain.py            # about 15 minutes on 2 CPU cores
+    python experiments/pairs_chain.py --reward dpokit.eval.rewards:requested_sentiment \
+        --name pairs_chain_unguarded              # the lexicon alone: watch it get hacked
+
+The default reward is ``guarded:`` the lexicon: -1 for a sample the failure detectors flag
+(repetition loop, cut off, empty). With the lexicon alone the reward climbs by repeating
+"wonderful" (the unguarded table shows it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -29,7 +36,7 @@ from dpokit.policies.causal_lm.sampling import SamplingSettings  # noqa: E402
 
 OUT = ROOT / "outputs" / "chain"
 RESULTS = ROOT / "experiments" / "results"
-REWARD = "dpokit.eval.rewards:requested_sentiment"
+REWARD = "guarded:dpokit.eval.rewards:requested_sentiment"
 TRAIN_PROMPTS = str(ROOT / "data" / "review_prompts.train.jsonl")
 EVAL_PROMPTS = str(ROOT / "data" / "review_prompts.eval.jsonl")
 SAMPLING = dict(num_samples=4, max_new_tokens=48, temperature=0.8, top_p=0.95, seed=10_000,
@@ -44,11 +51,12 @@ class _Policy:  # what sample_reward reads
         self.model = model
 
 
-def measure(model_name: str) -> dict:
+def measure(model_name: str, reward: str) -> dict:
     model, tokenizer = load_for_generation(model_name)
-    est = sample_reward(_Policy(model), tokenizer, prompt_pool(EVAL_PROMPTS), load_reward(REWARD),
+    est = sample_reward(_Policy(model), tokenizer, prompt_pool(EVAL_PROMPTS), load_reward(reward),
                         SamplingSettings(**SAMPLING))
-    return {"reward": est.mean, "se": est.stderr, "prompts": est.n}
+    return {"reward": est.mean, "se": est.stderr, "prompts": est.n,
+            "failure_rate": est.failure_rate, "examples": est.examples}
 
 
 def run(args: list[str]) -> float:
@@ -60,59 +68,75 @@ def run(args: list[str]) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reward", default=REWARD)
+    parser.add_argument("--name", default="pairs_chain", help="results file stem")
+    args = parser.parse_args()
+    reward, out = args.reward, OUT / args.name
     started = time.perf_counter()
     stages = []
 
     def stage(name: str, what: str, model: str, minutes: float) -> None:
-        stages.append({"stage": name, "what": what, "minutes": minutes, **measure(model)})
+        stages.append({"stage": name, "what": what, "minutes": minutes,
+                       **measure(model, reward)})
         print(f"== {name}: mean reward {stages[-1]['reward']:+.4f} ± {stages[-1]['se']:.4f}")
 
     stage("base", "SmolLM2-135M-Instruct as shipped", "smollm2", 0.0)
-    minutes = run(["sft", "sft_reviews", f"output_dir={OUT / 'sft'}", "progress_bar=false"])
-    stage("SFT", "LoRA SFT on 160 real review sentences", str(OUT / "sft" / "final"), minutes)
+    minutes = run(["sft", "sft_reviews", f"output_dir={out / 'sft'}", "progress_bar=false"])
+    stage("SFT", "LoRA SFT on 160 real review sentences", str(out / "sft" / "final"), minutes)
 
-    minutes = run(["pairs", "sample", TRAIN_PROMPTS, "--model", str(OUT / "sft" / "final"),
-                   "--reward", REWARD, "--num-samples", "6", "--temperature", "0.8",
+    minutes = run(["pairs", "sample", TRAIN_PROMPTS, "--model", str(out / "sft" / "final"),
+                   "--reward", reward, "--num-samples", "6", "--temperature", "0.8",
                    "--top-p", "0.95", "--max-new-tokens", "48", "--out",
-                   str(OUT / "sampled_pairs.jsonl")])
-    minutes += run(["train", f"model={OUT / 'sft' / 'final'}",
-                    f"train_data={OUT / 'sampled_pairs.jsonl'}", "eval_data=null",
+                   str(out / "sampled_pairs.jsonl")])
+    minutes += run(["train", f"model={out / 'sft' / 'final'}",
+                    f"train_data={out / 'sampled_pairs.jsonl'}", "eval_data=null",
                     "loss=sigmoid", "beta=0.1", "learning_rate=5e-4", "num_epochs=3",
-                    f"output_dir={OUT / 'dpo'}", *COMMON])
+                    f"output_dir={out / 'dpo'}", *COMMON])
     stage("DPO", "DPO on pairs from the SFT model's samples (40 prompts x 6 samples, best vs "
-          "worst)", str(OUT / "dpo" / "final"), minutes)
+          "worst)", str(out / "dpo" / "final"), minutes)
 
-    minutes = run(["train", "iterative_reviews", f"model={OUT / 'dpo' / 'final'}",
-                   f"output_dir={OUT / 'iterative'}", "online.iterations=2",
+    minutes = run(["train", "iterative_reviews", f"model={out / 'dpo' / 'final'}",
+                   f"output_dir={out / 'iterative'}", "online.iterations=2",
                    f"online.prompts={TRAIN_PROMPTS}", f"online.eval_prompts={EVAL_PROMPTS}",
+                   f"online.reward={reward}",
                    "progress_bar=false", "log_with=[]"])
-    rounds = [json.loads(x) for x in (OUT / "iterative" / "iterations.jsonl").read_text()
+    rounds = [json.loads(x) for x in (out / "iterative" / "iterations.jsonl").read_text()
               .splitlines()]
     stage("iterative", "2 rounds of sample -> score -> pair -> DPO, each round's model the "
-          "next reference", str(OUT / "iterative" / "final"), minutes)
+          "next reference", str(out / "iterative" / "final"), minutes)
     total = (time.perf_counter() - started) / 60
-    write(stages, rounds, total)
+    write(args.name, reward, stages, rounds, total)
 
 
-def write(stages: list[dict], rounds: list[dict], total: float) -> None:
+def write(name: str, reward: str, stages: list[dict], rounds: list[dict], total: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     lines = ["# Pairs from the model's own samples: SFT -> sampled pairs -> DPO -> iterative DPO",
-             "", "Mean reward (VADER compound signed by the requested polarity, in [-1, 1]) of "
-             "the model's own samples on 16 held-out prompts (other film kinds, other "
-             "phrasing), 4 samples each at temperature 0.8, the same seeds at every stage; ± is "
-             "the standard error over prompts. Embedded SmolLM2-135M-Instruct, LoRA, 2 CPU "
-             "cores.", "", "| stage | what | held-out reward | minutes |", "|---|---|---|---|"]
+             "", f"Reward `{reward}` (VADER compound signed by the requested polarity, in [-1, "
+             "1]; `guarded:` gives -1 to a sample the failure detectors flag) of the model's "
+             "own samples on 16 held-out prompts (other film kinds, other phrasing), 4 samples "
+             "each at temperature 0.8, the same seeds at every stage; ± is the standard error "
+             "over prompts. Degenerate: share of those samples flagged as a repetition loop, "
+             "cut off at 48 tokens, or empty. Embedded SmolLM2-135M-Instruct, LoRA, 2 CPU "
+             "cores.", "", "| stage | what | held-out reward | degenerate | minutes |",
+             "|---|---|---|---|---|"]
     for s in stages:
         lines.append(f"| {s['stage']} | {s['what']} | {s['reward']:+.3f} ± {s['se']:.3f} | "
-                     f"{s['minutes']:.1f} |")
+                     f"{s['failure_rate']:.0%} | {s['minutes']:.1f} |")
     lines += ["", "Inside the iterative run (`iterations.jsonl`, measured by the trainer on the "
               "same prompts and seeds, base weights in bf16):", "",
-              "| round | held-out reward | pairs trained on |", "|---|---|---|"]
+              "| round | held-out reward | degenerate | pairs trained on |", "|---|---|---|---|"]
     for r in rounds:
         lines.append(f"| {r['round']} | {r['eval/sample_reward']:+.3f} ± "
-                     f"{r['eval/sample_reward_se']:.3f} | {r.get('pairs', '-')} |")
-    lines += ["", f"Whole chain: {total:.1f} min. Command: `python experiments/pairs_chain.py`."]
-    (RESULTS / "pairs_chain.md").write_text("\n".join(lines) + "\n")
+                     f"{r['eval/sample_reward_se']:.3f} | {r['eval/sample_failure_rate']:.0%} | "
+                     f"{r.get('pairs', '-')} |")
+    lines += ["", "First sample (temperature 0.8) for the first held-out prompts, by stage:", ""]
+    for s in stages:
+        for prompt, text in s["examples"][:2]:
+            lines.append(f"- {s['stage']}: *{prompt}* -> {text[:160]!r}")
+    lines += ["", f"Whole chain: {total:.1f} min. Command: `python experiments/pairs_chain.py"
+              + (f" --reward {reward} --name {name}`." if name != "pairs_chain" else "`.")]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,11 +148,12 @@ def write(stages: list[dict], rounds: list[dict], total: float) -> None:
                 yerr=[s["se"] for s in stages], marker="o", capsize=4)
     ax.set_xticks(range(len(stages)), names)
     ax.set_ylabel("held-out reward of own samples")
-    ax.set_title("SmolLM2-135M: SFT, DPO on sampled pairs, iterative DPO")
+    ax.set_title(f"SmolLM2-135M, reward {reward.split(':')[0]}: SFT, DPO, iterative DPO",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "pairs_chain.png", dpi=120)
-    print((RESULTS / "pairs_chain.md").read_text())
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    print((RESULTS / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -84,6 +84,14 @@ def test_vader_reward_and_its_negation():
     assert up[0] > 0.5 > -0.5 > up[1] and down == [-x for x in up]
 
 
+def test_guarded_reward_scores_degenerate_answers_minus_one():
+    reward = load_reward("guarded:vader")
+    assert reward.name == "guarded:vader"
+    good, loop, cut = reward(["q"] * 3, ["A wonderful film.", "wonderful " * 12,
+                                          "A wonderful film that"])
+    assert good > 0.5 and loop == -1.0 and cut == -1.0
+
+
 def test_unknown_reward_is_named():
     with pytest.raises(ValueError, match="unknown reward 'vadr'"):
         load_reward("vadr")
@@ -187,3 +195,36 @@ def test_data_split_and_inspect_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0 prompts also in train" in out and "words:" in out
     assert "duplicate pairs" in out and (tmp_path / "len.png").is_file()
+
+
+def test_classifier_reward_reads_the_named_label(tmp_path, tokenizer):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         num_labels=2, pad_token_id=tokenizer.pad_token_id,
+                         id2label={0: "bad", 1: "good"}, label2id={"bad": 0, "good": 1})
+    model = LlamaForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    reward = load_reward(f"hf:{tmp_path / 'clf'}@good")
+    prompts, texts = ["hi", "the capital"], ["a good movie", "of france is paris"]
+    got = reward(prompts, texts)
+    for prompt, text, value in zip(prompts, texts, got, strict=True):
+        enc = tokenizer(prompt, text, return_tensors="pt")
+        with torch.no_grad():
+            assert value == pytest.approx(model(**enc).logits[0, 1].item(), abs=1e-5)
+    with pytest.raises(ValueError, match="no label 'great'"):
+        load_reward(f"hf:{tmp_path / 'clf'}@great")
+
+
+def test_failures_generates_when_rows_have_no_outputs(tmp_path, tiny_model_dir, capsys):
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi", "reference": "Hello."},
+                                             {"prompt": "the capital", "reference": "Paris."}])
+    assert main(["pairs", "failures", str(src), "--out", str(tmp_path / "o.jsonl"), "--model",
+                 str(tiny_model_dir), "--num-samples", "2", "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    # a random tiny model never ends a sentence within 6 tokens: every sample is cut off
+    assert rows and all("truncation" in r["failure"] and r["chosen"] in ("Hello.", "Paris.")
+                        for r in rows)

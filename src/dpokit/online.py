@@ -32,8 +32,10 @@ from safetensors.torch import load_file, save_file
 from .config import TrainConfig
 from .data import PairCollator, build_pairs, load_records
 from .data.builders import (
+    FailureSettings,
     PromptRow,
     ScoredSettings,
+    detect_failures,
     pair_scored,
     prompt_rows,
     score_samples,
@@ -62,6 +64,9 @@ def prompt_pool(path: str, what: str = "prompts") -> list[PromptRow]:
     return rows
 
 
+DEGENERATE = FailureSettings(detectors=("empty", "repetition", "truncation"))
+
+
 def sampling_settings(cfg: TrainConfig, seed: int) -> SamplingSettings:
     o = cfg.online
     return SamplingSettings(num_samples=o.num_samples, max_new_tokens=o.max_new_tokens,
@@ -71,24 +76,30 @@ def sampling_settings(cfg: TrainConfig, seed: int) -> SamplingSettings:
 
 @dataclass
 class RewardEstimate:
-    """Mean reward of the policy's own samples and its standard error."""
+    """Mean reward of the policy's own samples, its standard error over prompts, the share of
+    samples the failure detectors flag (repetition loops, cut off, empty) and a few samples."""
 
     mean: float
     stderr: float
     n: int
+    failure_rate: float = 0.0
+    examples: list[tuple[Any, str]] = field(default_factory=list)
 
 
 def sample_reward(policy, tokenizer, prompts: list[PromptRow], reward: Reward,
                   settings: SamplingSettings) -> RewardEstimate:
     """Mean reward of ``settings.num_samples`` samples per prompt (standard error over
     prompts, whose per-prompt means are independent)."""
-    sampler = lambda ps: sample_completions(policy.model, tokenizer, ps, settings)  # noqa: E731
-    scored = score_samples(prompts, sampler, reward)
+    samples = sample_completions(policy.model, tokenizer, [p.prompt for p in prompts], settings)
+    scored = score_samples(prompts, lambda _: samples, reward)
     per_prompt = [sum(s for _, s in g.responses) / len(g.responses) for g in scored.groups]
     n = len(per_prompt)
     mean = sum(per_prompt) / n
     var = sum((x - mean) ** 2 for x in per_prompt) / max(n - 1, 1)
-    return RewardEstimate(mean, math.sqrt(var / n), n)
+    flat = [s for group in samples for s in group]
+    failed = sum(bool(detect_failures(s.text, s.finished, DEGENERATE)) for s in flat)
+    examples = [(p.prompt, group[0].text) for p, group in zip(prompts, samples, strict=True)]
+    return RewardEstimate(mean, math.sqrt(var / n), n, failed / max(len(flat), 1), examples[:4])
 
 
 def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward
@@ -177,9 +188,12 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
         record = {"round": round_no, **extra}
         if held:
             est = sample_reward(policy, tokenizer, held, reward, eval_settings)
-            record.update({"eval/sample_reward": est.mean, "eval/sample_reward_se": est.stderr})
+            record.update({"eval/sample_reward": est.mean, "eval/sample_reward_se": est.stderr,
+                           "eval/sample_failure_rate": est.failure_rate,
+                           "eval/examples": est.examples})
             log(f"round {round_no}: mean reward of own samples on {est.n} held-out prompts "
-                f"{est.mean:+.4f} ± {est.stderr:.4f}")
+                f"{est.mean:+.4f} ± {est.stderr:.4f}; degenerate samples "
+                f"{est.failure_rate:.0%}")
         result.rounds.append(record)
         out.mkdir(parents=True, exist_ok=True)
         with history.open("a") as f:

