@@ -28,19 +28,23 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
             continue
         default = f.default
         option = "--" + f.name.replace("_", "-")
+        meaning = f.metadata.get("help", "")
         if isinstance(default, bool):
             parser.add_argument(option, type=lambda s: s.lower() in ("1", "true", "yes"),
-                                default=default, metavar="BOOL", help=f"default {default}")
+                                default=default, metavar="BOOL",
+                                help=f"{meaning} (default {default})")
         elif isinstance(default, tuple):
             parser.add_argument(option, type=lambda s: tuple(x for x in s.split(",") if x),
-                                default=default, metavar="A,B", help=f"default {','.join(default)}")
+                                default=default, metavar="A,B",
+                                help=f"{meaning} (default {','.join(default)})")
         else:
             choices = typing.get_args(hints[f.name])
             literal = typing.get_origin(hints[f.name]) is typing.Literal
             kind = type(default) if default is not None else next(
                 t for t in typing.get_args(hints[f.name]) if t is not type(None))
             parser.add_argument(option, type=str if literal else kind, default=default,
-                                choices=choices if literal else None, help=f"default {default}")
+                                choices=choices if literal else None,
+                                help=f"{meaning} (default {default})")
 
 
 def _settings(cls: type, args: argparse.Namespace, **extra: Any):

@@ -66,3 +66,8 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
     else:
         raise ValueError(f"{path}: write .jsonl or .parquet")
     return path
+
+
+def option(default: Any, help: str) -> Any:
+    """A settings field with its one-line meaning (``dpokit pairs ... --help`` shows it)."""
+    return field(default=default, metadata={"help": help})

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs
+from .common import BuildReport, BuiltPairs, option
 
 DETECTORS: tuple[str, ...] = ("empty", "repetition", "truncation", "refusal", "off_language")
 REFUSALS = (r"\bI(?:'m| am) sorry\b", r"\bI can(?:not|'t|’t)\b",
@@ -41,15 +41,19 @@ _SENTENCE_END = re.compile(r"[.!?…)\]\"'”’*`]\s*$")
 
 @dataclass(frozen=True)
 class FailureSettings:
-    detectors: tuple[str, ...] = DETECTORS
-    min_chars: int = 1
-    ngram: int = 3
-    max_repeat: float = 0.5
+    detectors: tuple[str, ...] = option(DETECTORS, "which detectors run (comma-separated)")
+    min_chars: int = option(1, "empty: fewer letters or digits than this")
+    ngram: int = option(3, "repetition: word n-gram size")
+    max_repeat: float = option(0.5, "repetition: share of repeated n-grams that flags a loop")
     refusal_patterns: tuple[str, ...] = REFUSALS
-    refusal_window: int = 200
-    min_latin: float = 0.8
-    min_stopwords: float = 0.05
-    min_words: int = 8
+    refusal_window: int = option(200, "refusal: characters searched from the start")
+    min_latin: float = option(0.8,
+                              "off_language: share of Latin letters below which a text is flagged")
+    min_stopwords: float = option(0.05,
+                                  "off_language: share of English function words below which it is"
+                                  " flagged")
+    min_words: int = option(8,
+                            "off_language: the function-word test needs at least this many words")
 
     def __post_init__(self):
         unknown = set(self.detectors) - set(DETECTORS)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs
+from .common import BuildReport, BuiltPairs, option
 
 Pairing = Literal["best_worst", "best_random", "all_pairs"]
 PAIRINGS: tuple[str, ...] = ("best_worst", "best_random", "all_pairs")
@@ -35,9 +35,11 @@ TEXT_KEYS = ("response", "completion", "text", "content")
 
 @dataclass(frozen=True)
 class ScoredSettings:
-    pairing: Pairing = "best_worst"
-    margin: float = 0.0  # the smallest score difference that makes a pair (> 0 always)
-    seed: int = 0
+    pairing: Pairing = option("best_worst",
+                              "best_worst, best_random (a seeded draw among the lower ones) or "
+                              "all_pairs")
+    margin: float = option(0.0, "the smallest score difference that makes a pair (ties never do)")
+    seed: int = option(0, "seeds best_random's draw (per prompt)")
 
 
 @dataclass

@@ -42,27 +42,30 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs
+from .common import BuildReport, BuiltPairs, option
 
 DELETED_AUTHORS = ("[deleted]", "[removed]", "")
 DELETED_TEXTS = ("[deleted]", "[removed]")
+Order = Literal["later_preferred", "earlier_preferred", "any"]
 
 
 @dataclass(frozen=True)
 class VoteRules:
     """The SHP rules, each threshold a field (see the module docstring)."""
 
-    min_ratio: float = 2.0
-    min_comment_score: float = 2.0
-    min_post_score: float = 10.0
-    max_comments_per_post: int = 50
-    order: Literal["later_preferred", "earlier_preferred", "any"] = "later_preferred"
-    drop_edited: bool = True
-    drop_over_18: bool = True
-    drop_moderators: bool = True
-    drop_post_author: bool = True
+    min_ratio: float = option(2.0, "the preferred comment's score is at least this many times "
+                                   "the other's")
+    min_comment_score: float = option(2.0, "comments scoring less are dropped")
+    min_post_score: float = option(10.0, "posts scoring less are dropped")
+    max_comments_per_post: int = option(50, "the highest-scoring comments of a post considered")
+    order: Order = option("later_preferred", "later_preferred (SHP's intent), "
+                          "earlier_preferred (its rule 1 read literally), any")
+    drop_edited: bool = option(True, "drop edited comments (their votes may be for another text)")
+    drop_over_18: bool = option(True, "drop over-18 posts")
+    drop_moderators: bool = option(True, "drop comments marked distinguished (moderators, admins)")
+    drop_post_author: bool = option(True, "drop the post author's own comments")
     deleted_authors: tuple[str, ...] = DELETED_AUTHORS
-    max_pairs_per_post: int | None = None  # None: every qualifying pair
+    max_pairs_per_post: int | None = option(None, "pairs kept per post at most (default: all)")
 
 
 @dataclass(frozen=True)

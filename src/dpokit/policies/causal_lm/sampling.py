@@ -20,16 +20,18 @@ from typing import Any
 
 import torch
 
+from ...data.builders.common import option
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    num_samples: int = 2  # K completions per prompt
-    max_new_tokens: int = 64
-    temperature: float = 1.0  # 0 = greedy (then K identical samples: use K = 1)
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16  # sequences per generate call
-    chat: bool = True  # render prompts with the chat template when the tokenizer has one
+    num_samples: int = option(2, "completions sampled per prompt")
+    max_new_tokens: int = option(64, "tokens per completion at most")
+    temperature: float = option(1.0, "sampling temperature (0: greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    seed: int = option(0, "seeds sampling (each batch: seed + its number)")
+    batch_size: int = option(16, "sequences per generate call")
+    chat: bool = option(True, "render prompts with the chat template when the tokenizer has one")
 
 
 @dataclass(frozen=True)
