@@ -5,6 +5,7 @@
     dpokit sft [RECIPE.yaml] [key=value ...]     supervised fine-tuning
     dpokit pairs votes|scored|sample|failures IN... --out OUT    build preference pairs
     dpokit data inspect|split FILE            look at a dataset; split it by prompt
+    dpokit eval MODEL --pairs F --prompts F --reward R   held-out figures vs the reference
     dpokit losses                             the registered losses and their hyper-parameters
     dpokit config                             every config field, its default and meaning
 """
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     quick = sub.add_parser("quickstart", help="align the embedded SmolLM2, show before/after")
     quick.add_argument("overrides", nargs="*", help="key=value ...")
-    from .cli_data import add_parsers, cmd_data, cmd_pairs
+    from .cli_data import add_parsers, cmd_data, cmd_eval, cmd_pairs
 
     add_parsers(sub)
     sub.add_parser("losses", help="list the registered losses and their hyper-parameters")
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_pairs(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "eval":
+            return cmd_eval(args)
         return cmd_losses()
     except Interrupted as stop:
         if debug:

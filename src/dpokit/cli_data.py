@@ -149,6 +149,48 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data.builders import prompt_rows
+    from .data.text.pairs import TokenizeSettings
+    from .eval.evaluate import evaluate, format_report, load_eval_policy
+    from .eval.metrics import reward_judge
+    from .eval.rewards import load_reward
+    from .policies.causal_lm.sampling import SamplingSettings
+
+    if not (args.pairs or args.prompts):
+        raise ValueError("nothing to evaluate: give --pairs (held-out pairs) and/or --prompts "
+                         "(held-out prompts for generation)")
+    policy = load_eval_policy(args.model, args.reference)
+    reward = load_reward(args.reward) if args.reward else None
+    judge = _callable(args.judge_fn) if args.judge_fn else (
+        reward_judge(load_reward(args.judge)) if args.judge else None)
+    report = evaluate(
+        policy, pairs=_read([args.pairs]) if args.pairs else None,
+        prompts=prompt_rows(_read([args.prompts])) if args.prompts else None, reward=reward,
+        judge=judge, settings=_settings(SamplingSettings, args), beta=args.beta,
+        tokenize=TokenizeSettings(max_length=args.max_length,
+                                  max_prompt_length=args.max_prompt_length,
+                                  chat_template_for_strings=not args.no_chat_template))
+    print(format_report(report))
+    for sample in report.samples[:3]:
+        print(f"  sample: {sample['prompt']!r} -> {sample['sample'][:120]!r}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": args.model, "reference": args.reference,
+                                               **report.metrics,
+                                               "samples": report.samples}, indent=1))
+        print(f"figures in {args.json}")
+    return 0
+
+
+def _callable(spec: str):
+    """``module:function`` as a judge ``(prompt, first, second) -> 1 / 0.5 / 0``."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def add_parsers(sub) -> None:
     from .data.builders import FailureSettings, ScoredSettings, VoteRules
     from .policies.causal_lm.sampling import SamplingSettings
@@ -177,6 +219,26 @@ def add_parsers(sub) -> None:
                            "vader_negative, minilm (vs the row's reference) or hf:PATH")
         if kind == "failures":
             _add_fields(p, FailureSettings, skip=("refusal_patterns",))
+    ev = sub.add_parser("eval", help="held-out preference and generation figures of a saved "
+                        "model or adapter against its reference")
+    ev.add_argument("model", help="model folder, hub name, smollm2, or a LoRA adapter folder")
+    ev.add_argument("--reference", help="reference model or adapter (default: an adapter's "
+                    "base; a full model has none unless given)")
+    ev.add_argument("--pairs", help="held-out preference pairs")
+    ev.add_argument("--prompts", help="held-out prompts to sample answers for")
+    ev.add_argument("--reward", help="reward of the samples: module:function, vader, minilm, "
+                    "hf:PATH, guarded:SPEC")
+    ev.add_argument("--judge", help="reward spec whose higher-scored answer wins the win-rate "
+                    "comparison (default: --reward)")
+    ev.add_argument("--judge-fn", help="a pairwise judge instead: module:function(prompt, "
+                    "first, second) -> 1 (first), 0.5 (tie) or 0 (second)")
+    ev.add_argument("--beta", type=float, default=0.1, help="β of the implicit reward")
+    ev.add_argument("--max-length", type=int, default=512)
+    ev.add_argument("--max-prompt-length", type=int, default=256)
+    ev.add_argument("--no-chat-template", action="store_true",
+                    help="string pairs as raw text (default: a chat turn)")
+    ev.add_argument("--json", help="write every figure and a few samples here")
+    _add_fields(ev, SamplingSettings)
     data = sub.add_parser("data", help="inspect or split a dataset")
     actions = data.add_subparsers(dest="action", required=True)
     inspect = actions.add_parser("inspect", help="rows, token lengths, duplicates, overlap, "

@@ -30,7 +30,7 @@ from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .folder import RunFolder
-from .metrics import MetricsLogger, format_eval, progress_bar, reduce_metrics
+from .metrics import MetricsLogger, format_eval, objective_metrics, progress_bar, reduce_metrics
 from .optim import build_optimizer
 from .reference import ReferenceService, reference_precision
 from .resume import find_resumable, run_signature
@@ -173,14 +173,11 @@ class Trainer:
         eval_set = eval_set or self.eval_set
         table = "eval" if eval_set is self.eval_set else None
         self.policy.train(False)
-        sums = MetricSums()
-        for batch in eval_set.batches():
-            batch = batch.to(self.accelerator.device)
-            out = self._forward(batch, table)
-            sums.add("loss", out.losses.float(), count=self.objective.units(batch))
-            sums.merge(out.metrics)
+        device = self.accelerator.device
+        means = objective_metrics(self.objective, eval_set.batches(),
+                                  lambda batch: self._forward(batch.to(device), table))
         self.policy.train(True)
-        metrics = {f"eval/{k}": v for k, v in sums.means().items()}
+        metrics = {f"eval/{k}": v for k, v in means.items()}
         metrics["step"] = self.step
         return metrics
 

@@ -9,6 +9,7 @@ installed). Only the main process writes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ def reduce_metrics(sums: MetricSums, accelerator: Any) -> MetricSums:
     names = sorted(sums.sums)
     total = accelerator.reduce(sums.as_tensor(names).to(accelerator.device), "sum").cpu()
     return MetricSums.from_tensor(names, total)
+
+
+def objective_metrics(objective: Any, batches: Iterable[Any],
+                      forward: Callable[[Any], Any]) -> dict[str, float]:
+    """An objective's loss and metrics over held-out batches, each reduced over the whole set
+    by its own count; ``forward(batch) -> ObjectiveOutput``."""
+    sums = MetricSums()
+    for batch in batches:
+        out = forward(batch)
+        sums.add("loss", out.losses.float(), count=objective.units(batch))
+        sums.merge(out.metrics)
+    return sums.means()
 
 
 class MetricsLogger:

@@ -29,7 +29,7 @@ from .logprobs import (
     token_logps_plain,
 )
 
-ReferenceMode = Literal["copy", "adapter", "adapter_copy", "none"]
+ReferenceMode = Literal["copy", "adapter", "adapter_copy", "external", "none"]
 REFERENCE_ADAPTER = "reference"  # the frozen copy of a starting adapter (adapter_copy)
 
 
@@ -79,7 +79,8 @@ class CausalLMPolicy(BasePolicy):
 
     reference: ``"adapter"`` (LoRA: the same model with the adapter disabled), ``"adapter_copy"``
     (a frozen copy of the adapter the run started from, loaded as the peft adapter
-    ``"reference"``), ``"copy"`` (a frozen deep copy made now), or ``"none"``.
+    ``"reference"``), ``"copy"`` (a frozen deep copy made now), ``"external"`` (the given
+    ``reference_model``, e.g. another checkpoint) or ``"none"``.
     logprob_impl: ``"chunked"`` (LM head on completion positions only, chunked, recomputing
     backward) or ``"plain"`` (its twin: full logits on completion positions).
     ld_alpha: LD-DPO (Liu et al. 2024): tokens past the shorter completion of a pair count with
@@ -89,6 +90,7 @@ class CausalLMPolicy(BasePolicy):
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
+                 reference_model: nn.Module | None = None,
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
                  ld_alpha: float | None = None, segment_attention: bool = False):
         if reference in ("adapter", "adapter_copy") and not _is_peft(model):
@@ -113,6 +115,10 @@ class CausalLMPolicy(BasePolicy):
         self.reference_model: nn.Module | None = None
         if reference == "copy":
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if (reference == "external") != (reference_model is not None):
+            raise ValueError("reference='external' goes with a reference_model, and only it")
+        if reference_model is not None:
+            self.reference_model = reference_model.eval().requires_grad_(False)
         self.capabilities = PolicyCapabilities(
             reference=reference, deterministic=True, fingerprint=True,
             generation=tokenizer is not None,
@@ -127,7 +133,7 @@ class CausalLMPolicy(BasePolicy):
     def reference_logps(self, batch) -> SequenceScores:
         if self.reference_mode == "none":
             raise RuntimeError("this policy has no reference model (reference='none')")
-        if self.reference_mode == "copy":
+        if self.reference_mode in ("copy", "external"):
             return self._scores(self.reference_model, batch)
         with self._eval_mode(self.model), self._reference_adapter():
             return self._scores(self.model, batch)

@@ -36,11 +36,15 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class Sample:
-    """One completion: its text, its token count and whether it ended with EOS."""
+    """One completion: its text, its token count, whether it ended with EOS, the prompt's token
+    ids as the model saw them, and the generated ids (with the EOS when ``finished``), so the
+    sample can be scored exactly as drawn."""
 
     text: str
     num_tokens: int
     finished: bool
+    prompt_ids: tuple[int, ...] = ()
+    token_ids: tuple[int, ...] = ()
 
 
 def render_prompt(tokenizer, prompt: Any, chat: bool = True) -> str:
@@ -96,8 +100,10 @@ def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: Sampl
                 tokens = generated[row].tolist()
                 end = next((t for t, tok in enumerate(tokens) if tok in stop), None)
                 kept = tokens if end is None else tokens[:end]
+                drawn = tokens if end is None else tokens[:end + 1]
                 out[i].append(Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                                     len(kept), end is not None))
+                                     len(kept), end is not None, tuple(encoded[row]),
+                                     tuple(drawn)))
     finally:
         model.train(was_training)
     return out

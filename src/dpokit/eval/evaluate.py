@@ -1,0 +1,244 @@
+"""``dpokit eval``: what a saved model or adapter does, against its reference.
+
+On held-out pairs: the DPO loss, accuracy and margin of the implicit reward
+β·(log π - log π_ref), and of the model's own log-prob ranking (summed and per token). With
+generation on held-out prompts (batched, KV cache, seeded): the mean reward of the model's
+samples, the sequence-level KL to the reference estimated from those samples (exactly the
+tokens drawn, scored by both models), mean length, distinct-1/2, repetition rate, the share of
+degenerate samples, and the win rate against the reference's own samples under a judge
+(randomized order, ties, length-controlled).
+
+    >>> report = evaluate(load_eval_policy("outputs/run/final"), pairs=records,   # doctest: +SKIP
+    ...                   prompts=prompt_rows, reward=load_reward("vader"))
+    >>> print(format_report(report))                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data import SequenceCollator, TokenizeSettings, build_pairs
+from ..data.builders import PromptRow, detect_failures
+from ..data.builders.failures import FailureSettings
+from ..data.io import Record
+from ..data.text.collate import PairCollator
+from ..data.text.sft import TokenizedSequence
+from ..losses import LossParams
+from ..objectives import PreferenceObjective
+from ..policies.causal_lm import CausalLMPolicy
+from ..policies.causal_lm.sampling import Sample, SamplingSettings, sample_completions
+from ..train.metrics import objective_metrics
+from .metrics import (
+    Estimate,
+    Judge,
+    distinct_n,
+    repetition_rate,
+    reward_judge,
+    sequence_kl,
+    win_rate,
+)
+from .rewards import Reward
+
+DEGENERATE = FailureSettings(detectors=("empty", "repetition", "truncation"))
+
+
+def load_eval_policy(model: str, reference: str | None = None) -> CausalLMPolicy:
+    """A saved model or LoRA adapter folder, with its reference: the adapter's base (adapter
+    disabled) by default, or the model at ``reference``; a full model needs ``reference`` for
+    the reference-based figures."""
+    from peft import PeftModel
+
+    from ..policies.causal_lm.lora import adapter_base
+    from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
+
+    base = adapter_base(model)
+    tokenizer = load_tokenizer(model if base is None or _has_tokenizer(model) else base)
+    if base is not None:
+        net = PeftModel.from_pretrained(load_causal_lm(base), model).eval()
+        if reference is None:
+            return CausalLMPolicy(net, tokenizer, reference="adapter")
+    else:
+        net = load_causal_lm(model).eval()
+    if reference is None:
+        return CausalLMPolicy(net, tokenizer, reference="none")
+    ref_base = adapter_base(reference)
+    ref = (PeftModel.from_pretrained(load_causal_lm(ref_base), reference).merge_and_unload()
+           if ref_base else load_causal_lm(reference))
+    return CausalLMPolicy(net, tokenizer, reference="external", reference_model=ref.eval())
+
+
+def _has_tokenizer(folder: str) -> bool:
+    from pathlib import Path
+
+    return (Path(folder) / "tokenizer_config.json").is_file()
+
+
+@dataclass
+class EvalReport:
+    """Every figure, by name (``eval/...`` keys, as in ``metrics.jsonl``), and a few samples."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def preference_metrics(policy: CausalLMPolicy, records: Sequence[Record], beta: float = 0.1,
+                       settings: TokenizeSettings | None = None,
+                       batch_size: int = 8) -> dict[str, float]:
+    """DPO loss and implicit-reward figures (when the policy has a reference) and the model's
+    own log-prob ranking, on held-out pairs."""
+    settings = settings or TokenizeSettings(chat_template_for_strings=True)
+    pairs = build_pairs(list(records), policy.tokenizer, settings)
+    collate = PairCollator(policy.tokenizer.pad_token_id, "padded")
+    objective = PreferenceObjective.from_names("sigmoid", None, LossParams(beta=beta))
+    has_ref = policy.capabilities.has_reference
+
+    def forward(batch):
+        with torch.no_grad():
+            ref = policy.reference_logps(batch).logps.float() if has_ref else None
+            if ref is None:  # ranking only: a zero reference leaves the log-prob figures
+                ref = torch.zeros(batch.num_sequences)
+            return objective(policy, batch, ref)
+
+    batches = (collate([pairs[i] for i in range(j, min(j + batch_size, len(pairs)))])
+               for j in range(0, len(pairs), batch_size))
+    with policy_eval_mode(policy):
+        means = objective_metrics(objective, batches, forward)
+    keep = means if has_ref else {k: v for k, v in means.items() if k.startswith(("logp",
+                                                                                  "logps"))}
+    return {f"eval/{k}": v for k, v in keep.items()}
+
+
+@contextmanager
+def policy_eval_mode(policy: CausalLMPolicy):
+    policy.train(False)
+    try:
+        yield
+    finally:
+        policy.train(True)
+
+
+@contextmanager
+def reference_for_sampling(policy: CausalLMPolicy):
+    """The model that generates the reference's samples."""
+    if policy.reference_mode == "adapter":
+        with policy.model.disable_adapter():
+            yield policy.model
+    elif policy.reference_model is not None:
+        yield policy.reference_model
+    else:
+        raise ValueError("this policy has no reference to sample from")
+
+
+@torch.no_grad()
+def sample_logps(policy: CausalLMPolicy, samples: Sequence[Sample],
+                 batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """Summed log-probs of exactly the drawn tokens, under the policy and its reference."""
+    sequences = [TokenizedSequence(i, list(s.prompt_ids), list(s.token_ids))
+                 for i, s in enumerate(samples)]
+    collate = SequenceCollator(policy.tokenizer.pad_token_id, "padded")
+    mine, ref = [], []
+    with policy_eval_mode(policy):
+        for j in range(0, len(sequences), batch_size):
+            batch = collate(sequences[j:j + batch_size])
+            mine += policy.logps(batch).logps.float().tolist()  # (S,)
+            ref += policy.reference_logps(batch).logps.float().tolist()  # (S,)
+    return mine, ref
+
+
+def generation_metrics(policy: CausalLMPolicy, prompts: Sequence[PromptRow],
+                       settings: SamplingSettings, reward: Reward | None = None,
+                       judge: Judge | None = None) -> EvalReport:
+    """Sampled-answer figures on ``prompts`` (see the module docstring)."""
+    tok = policy.tokenizer
+    texts_in = [p.prompt for p in prompts]
+    groups = sample_completions(policy.model, tok, texts_in, settings)
+    flat = [(p, s) for p, g in zip(prompts, groups, strict=True) for s in g]
+    texts = [s.text for _, s in flat]
+    report = EvalReport()
+    m = report.metrics
+    m["eval/gen/length_tokens"] = sum(s.num_tokens for _, s in flat) / len(flat)
+    m["eval/gen/distinct_1"] = distinct_n(texts, 1)
+    m["eval/gen/distinct_2"] = distinct_n(texts, 2)
+    m["eval/gen/repetition"] = repetition_rate(texts)
+    m["eval/gen/degenerate"] = sum(bool(detect_failures(s.text, s.finished, DEGENERATE))
+                                   for _, s in flat) / len(flat)
+    scores = None
+    if reward is not None:
+        scores = reward([p.prompt for p, _ in flat], texts, [p.reference for p, _ in flat])
+        per_prompt = [sum(scores[i:i + settings.num_samples]) / settings.num_samples
+                      for i in range(0, len(scores), settings.num_samples)]
+        est = Estimate.of(per_prompt)
+        m["eval/gen/reward"], m["eval/gen/reward_se"] = est.mean, est.stderr
+    if policy.capabilities.has_reference:
+        mine, ref = sample_logps(policy, [s for _, s in flat])
+        kl = sequence_kl(mine, ref)
+        m["eval/gen/kl"], m["eval/gen/kl_se"] = kl.mean, kl.stderr
+        judge = judge or (reward_judge(reward) if reward is not None else None)
+        if judge is not None:
+            with reference_for_sampling(policy) as ref_model:
+                ref_groups = sample_completions(ref_model, tok, texts_in, settings)
+            baseline = [s.text for g in ref_groups for s in g]
+            wr = win_rate(judge, [p.prompt for p, _ in flat], texts, baseline, settings.seed)
+            m["eval/gen/win_rate"], m["eval/gen/win_rate_se"] = wr.rate, wr.stderr
+            m["eval/gen/win_rate_lc"] = wr.length_controlled
+            m["eval/gen/ties"] = wr.ties / len(flat)
+    for i, (p, s) in enumerate(flat[::settings.num_samples][:6]):
+        report.samples.append({"prompt": p.prompt, "sample": s.text,
+                               **({"reward": scores[i * settings.num_samples]}
+                                  if scores else {})})
+    return report
+
+
+def evaluate(policy: CausalLMPolicy, pairs: Sequence[Record] | None = None,
+             prompts: Sequence[PromptRow] | None = None, reward: Reward | None = None,
+             judge: Judge | None = None, settings: SamplingSettings | None = None,
+             beta: float = 0.1, tokenize: TokenizeSettings | None = None) -> EvalReport:
+    """Preference figures on ``pairs`` and generation figures on ``prompts``."""
+    report = EvalReport()
+    if pairs:
+        report.metrics.update(preference_metrics(policy, pairs, beta, tokenize))
+    if prompts:
+        gen = generation_metrics(policy, prompts, settings or SamplingSettings(), reward, judge)
+        report.metrics.update(gen.metrics)
+        report.samples = gen.samples
+    return report
+
+
+ROWS = [
+    ("eval/loss", "DPO loss (held-out pairs)", "{:.4f}"),
+    ("eval/rewards/accuracies", "implicit-reward accuracy", "{:.3f}"),
+    ("eval/rewards/margins", "implicit-reward margin", "{:+.4f}"),
+    ("eval/logp_accuracy", "own log-prob ranking accuracy", "{:.3f}"),
+    ("eval/logp_accuracy_per_token", "  same, per token", "{:.3f}"),
+    ("eval/gen/reward", "mean reward of own samples", "{:+.4f}"),
+    ("eval/gen/kl", "KL(policy || reference), nats/sample", "{:.4f}"),
+    ("eval/gen/win_rate", "win rate vs reference samples", "{:.3f}"),
+    ("eval/gen/win_rate_lc", "  length-controlled", "{:.3f}"),
+    ("eval/gen/ties", "  ties", "{:.3f}"),
+    ("eval/gen/length_tokens", "mean length, tokens", "{:.1f}"),
+    ("eval/gen/distinct_1", "distinct-1", "{:.3f}"),
+    ("eval/gen/distinct_2", "distinct-2", "{:.3f}"),
+    ("eval/gen/repetition", "repetition rate (3-grams)", "{:.3f}"),
+    ("eval/gen/degenerate", "degenerate samples", "{:.3f}"),
+]
+
+
+def format_report(report: EvalReport) -> str:
+    """The figures as a table (with ± standard errors where measured)."""
+    m, lines = report.metrics, []
+    width = max(len(label) for _, label, _ in ROWS)
+    for key, label, fmt in ROWS:
+        if key in m:
+            se = m.get(f"{key}_se")
+            lines.append(f"{label:<{width}}  {fmt.format(m[key])}"
+                         + (f" ± {se:.4f}" if se is not None else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["EvalReport", "evaluate", "format_report", "generation_metrics", "load_eval_policy",
+           "preference_metrics"]
