@@ -95,3 +95,44 @@ def test_reference_copy_is_frozen_and_adapter_disabled_equals_base(tiny_llama):
     torch.testing.assert_close(ref.chosen, base.chosen.detach())
     assert not torch.allclose(policy.logps(batch).pairs().chosen, ref.chosen)  # adapter is active
     assert lora.training  # the reference pass restored the training mode
+
+
+def test_token_stats_chunked_equal_plain_and_full_softmax():
+    """Entropy and argmax accuracy from the chunked head equal the plain twin's and a full
+    softmax computed by hand."""
+    from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain
+
+    torch.manual_seed(0)
+    h, w = torch.randn(13, 8), torch.randn(40, 8)
+    targets = torch.randint(0, 40, (13,))
+    targets[:4] = (h[:4] @ w.T).argmax(-1)  # some positions predicted right
+    chunked, plain = torch.zeros(13, 2), torch.zeros(13, 2)
+    token_logps_chunked(h, w, targets, chunk_size=4, stats=chunked)
+    token_logps_plain(h, w, targets, stats=plain)
+    probs = torch.softmax(h @ w.T, -1)
+    entropy = -(probs * probs.log()).sum(-1)
+    correct = ((h @ w.T).argmax(-1) == targets).float()
+    assert torch.allclose(chunked, plain, atol=1e-5)
+    assert torch.allclose(chunked[:, 0], entropy, atol=1e-4)
+    assert torch.equal(chunked[:, 1], correct) and correct[:4].sum() == 4
+
+
+def test_objectives_report_token_entropy_and_accuracy(tokenizer):
+    from conftest import make_tiny_llama
+    from helpers import tiny_pairs
+
+    from dpokit.data import PairCollator
+    from dpokit.losses import LossParams
+    from dpokit.objectives import PreferenceObjective
+    from dpokit.policies.causal_lm import CausalLMPolicy
+
+    policy = CausalLMPolicy(make_tiny_llama(len(tokenizer)), tokenizer)
+    batch = PairCollator(tokenizer.pad_token_id)(tiny_pairs(tokenizer).pairs[:4])
+    objective = PreferenceObjective.from_names("sigmoid", None, LossParams())
+    means = objective(policy, batch, torch.zeros(8)).metrics.means()
+    scored = int(batch.score_target.shape[0])
+    assert 0 < means["entropy"] <= float(torch.log(torch.tensor(len(tokenizer)))) + 1e-4
+    assert 0 <= means["mean_token_accuracy"] <= 1
+    with torch.no_grad():
+        scores = policy.logps(batch)
+    assert int(scores.tokens.sum()) == scored and scores.entropy is not None

@@ -24,6 +24,8 @@ class SequenceScores:
     sampling_norm: (S,) or None, detached: the sum over a sequence's scored tokens of
         log sum_v p(v)^2 (the per-token normalizer of WPO, Zhou et al. 2024, Eq. 2); only
         filled when asked for and the policy declares ``token_distribution``.
+    entropy / correct: (S,) or None, detached: the sums over a sequence's scored tokens of
+        the next-token entropy (nats) and of argmax == target (token accuracy).
 
     Preference batches order their sequences as the B chosen, then the B rejected completions.
     """
@@ -31,6 +33,17 @@ class SequenceScores:
     logps: torch.Tensor
     tokens: torch.Tensor
     sampling_norm: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+
+    def token_metrics(self) -> MetricSums:
+        """Token entropy and accuracy as (sum, count) metrics over the scored tokens."""
+        metrics = MetricSums()
+        if self.entropy is not None and self.correct is not None:
+            count = float(self.tokens.sum())
+            metrics.add("entropy", self.entropy.sum().reshape(1), count=count)
+            metrics.add("mean_token_accuracy", self.correct.sum().reshape(1), count=count)
+        return metrics
 
     def pairs(self) -> PairLogps:
         """Split S = 2B sequences into B (chosen, rejected) pairs."""

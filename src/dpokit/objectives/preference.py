@@ -128,13 +128,16 @@ class PreferenceObjective:
                 "wpo=paper needs per-token distributions (a policy that declares "
                 "token_distribution); use wpo=mean"
             )
-        out = policy.logps(batch, sampling_norm=self.wpo == "paper").pairs()
+        scores = policy.logps(batch, sampling_norm=self.wpo == "paper")
+        out = scores.pairs()
         ref_chosen = ref_rejected = None
         if ref_logps is not None:
             b = out.chosen.shape[0]
             ref_chosen, ref_rejected = ref_logps[:b].float(), ref_logps[b:].float()  # (B,), (B,)
         result = self.losses(out, ref_chosen, ref_rejected, batch.extras)
-        return ObjectiveOutput(result.losses, pair_metrics(result, out))
+        metrics = pair_metrics(result, out)
+        metrics.merge(scores.token_metrics())
+        return ObjectiveOutput(result.losses, metrics)
 
     # --- the math ------------------------------------------------------------------------------
     def losses(

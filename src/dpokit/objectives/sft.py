@@ -39,4 +39,5 @@ class SFTObjective:
         nll = -scores.logps.float()  # (S,) summed NLL per sequence
         metrics = MetricSums()  # the loop's "loss" is the NLL per scored token
         metrics.add("tokens_per_sequence", scores.tokens.float())
+        metrics.merge(scores.token_metrics())
         return ObjectiveOutput(nll, metrics)

@@ -160,9 +160,10 @@ class Trainer:
         metrics.update(self.source.step_metrics())
         seconds = time.perf_counter() - started
         epoch = self.step / self.source.steps_per_epoch if self.source.steps_per_epoch else None
+        step_tokens = self._global_sum(tokens)[0]
         metrics.update({"grad_norm": float(grad_norm), "learning_rate": lr,
                         "examples_per_s": step_examples / seconds,
-                        "tokens_per_s": self._global_sum(tokens)[0] / seconds,
+                        "num_tokens": step_tokens, "tokens_per_s": step_tokens / seconds,
                         "epoch": epoch, "step": self.step})
         return metrics
 

@@ -9,10 +9,14 @@ rows are written.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..io import Record
 
 
 @dataclass
@@ -71,3 +75,19 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
 def option(default: Any, help: str) -> Any:
     """A settings field with its one-line meaning (``dpokit pairs ... --help`` shows it)."""
     return field(default=default, metadata={"help": help})
+
+
+def as_number(value: Any) -> float | None:
+    """A score as a float; None for missing, empty, boolean, non-numeric or NaN values."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def as_record(row: Record | Mapping[str, Any], i: int) -> Record:
+    """A row as a located :class:`Record` (in-memory rows are ``rows``, row ``i + 1``)."""
+    return row if isinstance(row, Record) else Record("rows", i + 1, dict(row))

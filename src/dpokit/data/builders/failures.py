@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, option
+from .common import BuildReport, BuiltPairs, as_record, option
 
 DETECTORS: tuple[str, ...] = ("empty", "repetition", "truncation", "refusal", "off_language")
 REFUSALS = (r"\bI(?:'m| am) sorry\b", r"\bI can(?:not|'t|’t)\b",
@@ -103,7 +103,7 @@ def failure_pairs(rows: Iterable[Record | Mapping[str, Any]],
     failing output, ``failure`` naming every detector that fired."""
     report, out = BuildReport(), []
     for i, row in enumerate(rows):
-        rec = row if isinstance(row, Record) else Record("rows", i + 1, dict(row))
+        rec = as_record(row, i)
         v = rec.values
         for name in ("prompt", "reference"):
             if name not in v:

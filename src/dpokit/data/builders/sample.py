@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs
+from .common import BuildReport, BuiltPairs, as_record
 from .scored import ScoredGroup, ScoredSettings, _prompt_id, pair_scored
 
 
@@ -53,7 +53,7 @@ def prompt_rows(rows: Iterable[Record | Mapping[str, Any]]) -> list[PromptRow]:
     preference file works too (its ``chosen`` is then taken as the reference)."""
     out = []
     for i, row in enumerate(rows):
-        rec = row if isinstance(row, Record) else Record("rows", i + 1, dict(row))
+        rec = as_record(row, i)
         v = rec.values
         if "prompt" not in v:
             raise DataError(rec.source, rec.row, "prompt", "missing column: 'prompt'")

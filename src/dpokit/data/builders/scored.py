@@ -19,14 +19,13 @@ are responses without a numeric score and pairs of identical texts.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, option
+from .common import BuildReport, BuiltPairs, as_number, as_record, option
 
 Pairing = Literal["best_worst", "best_random", "all_pairs"]
 PAIRINGS: tuple[str, ...] = ("best_worst", "best_random", "all_pairs")
@@ -51,16 +50,6 @@ class ScoredGroup:
     responses: list[tuple[str, float | None]]
 
 
-def _score(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def _text(value: Any, rec: Record, name: str) -> str:
     if isinstance(value, Mapping):
         key = next((k for k in TEXT_KEYS if k in value), None)
@@ -83,7 +72,7 @@ def scored_groups(rows: Iterable[Record | Mapping[str, Any]]) -> list[ScoredGrou
     """
     groups: dict[str, ScoredGroup] = {}
     for i, row in enumerate(rows):
-        rec = row if isinstance(row, Record) else Record("rows", i + 1, dict(row))
+        rec = as_record(row, i)
         v = rec.values
         if "prompt" not in v:
             raise DataError(rec.source, rec.row, "prompt", "missing column: 'prompt'")
@@ -101,13 +90,13 @@ def scored_groups(rows: Iterable[Record | Mapping[str, Any]]) -> list[ScoredGrou
             for j, item in enumerate(responses):
                 score = scores[j] if scores is not None else (
                     item.get("score") if isinstance(item, Mapping) else None)
-                group.responses.append((_text(item, rec, f"responses[{j}]"), _score(score)))
+                group.responses.append((_text(item, rec, f"responses[{j}]"), as_number(score)))
             continue
         key = next((k for k in TEXT_KEYS if k in v), None)
         if key is None or "score" not in v:
             raise DataError(rec.source, rec.row, None, "expected 'responses' (wide) or "
                             "'response' and 'score' (long)")
-        group.responses.append((_text(v[key], rec, key), _score(v["score"])))
+        group.responses.append((_text(v[key], rec, key), as_number(v["score"])))
     return list(groups.values())
 
 

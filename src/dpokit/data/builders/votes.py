@@ -35,14 +35,13 @@ no ratio and is dropped ("pair: non-positive score"). Ties never make a pair.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, option
+from .common import BuildReport, BuiltPairs, as_number, as_record, option
 
 DELETED_AUTHORS = ("[deleted]", "[removed]", "")
 DELETED_TEXTS = ("[deleted]", "[removed]")
@@ -106,25 +105,11 @@ def parse_time(value: Any, record: Record, name: str = "created") -> float:
     return moment.timestamp()
 
 
-def _number(value: Any) -> float | None:
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def _flag(value: Any) -> bool:
     """Reddit's ``edited`` is False or a timestamp; CSV gives strings."""
     if isinstance(value, str):
         return value.strip().lower() not in ("", "0", "false", "no", "none")
     return bool(value)
-
-
-def _as_record(row: Record | Mapping[str, Any], i: int) -> Record:
-    return row if isinstance(row, Record) else Record("rows", i + 1, dict(row))
 
 
 def _post_text(v: Mapping[str, Any]) -> str:
@@ -153,7 +138,7 @@ def _comment_reason(v: Mapping[str, Any], post_id: str, rules: VoteRules) -> str
         return "post author's comment"
     if rules.drop_edited and _flag(v.get("edited")):
         return "edited"
-    score = _number(v.get("score"))
+    score = as_number(v.get("score"))
     if score is None:
         return "missing score"
     if score < rules.min_comment_score:
@@ -173,7 +158,7 @@ def _group(records: list[Record], rules: VoteRules, report: BuildReport) -> list
         post_id, comment_id = str(v["post_id"]), str(v["comment_id"])
         post = posts.get(post_id)
         if post is None:
-            post = posts[post_id] = _Post(post_id, _post_text(v), _number(v.get("post_score")),
+            post = posts[post_id] = _Post(post_id, _post_text(v), as_number(v.get("post_score")),
                                           _flag(v.get("over_18")))
         if (post_id, comment_id) in seen:
             report.drop("comment: duplicate comment_id")
@@ -223,7 +208,7 @@ def vote_pairs(rows: Iterable[Record | Mapping[str, Any]],
     """Preference pairs from comment votes under ``rules`` (SHP's by default); the report
     counts dropped comments, posts and candidate pairs by reason."""
     report = BuildReport()
-    records = [_as_record(r, i) for i, r in enumerate(rows)]
+    records = [as_record(r, i) for i, r in enumerate(rows)]
     out: list[dict[str, Any]] = []
     for post in _group(records, rules, report):
         reason = _post_reason(post, rules)
@@ -269,7 +254,7 @@ def reddit_rows(records: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
     has ``link_id`` (``t3_<post>``) and ``parent_id`` (``t3_`` = top level, ``t1_`` = reply).
     Comments whose submission is absent are kept with an empty post (and then dropped as
     "no post text" by :func:`vote_pairs`)."""
-    records = [_as_record(r, i) for i, r in enumerate(records)]
+    records = [as_record(r, i) for i, r in enumerate(records)]
     posts: dict[str, dict[str, Any]] = {}
     comments: list[Record] = []
     for rec in records:

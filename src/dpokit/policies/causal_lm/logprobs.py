@@ -21,15 +21,21 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     """log softmax(h @ W^T)[target], chunked over rows, with a recomputing backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, compute_dtype: torch.dtype):
-        # hidden: (N, H), weight: (V, H), targets: (N,) -> (N,) fp32 log-probs
+    def forward(ctx, hidden, weight, targets, chunk_size: int, compute_dtype: torch.dtype,
+                stats: torch.Tensor | None):
+        # hidden: (N, H), weight: (V, H), targets: (N,) -> (N,) fp32 log-probs; ``stats``
+        # (N, 2), when given, receives each position's entropy and argmax == target
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         w = weight.to(compute_dtype)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size].to(compute_dtype)  # (c, H)
             logits = (h @ w.T).float()  # (c, V), fp32 for the softmax
             picked = logits.gather(1, targets[start:start + chunk_size, None]).squeeze(1)  # (c,)
-            out[start:start + chunk_size] = picked - torch.logsumexp(logits, dim=-1)
+            lse = torch.logsumexp(logits, dim=-1)  # (c,)
+            out[start:start + chunk_size] = picked - lse
+            if stats is not None:
+                stats[start:start + chunk_size] = token_stats(logits, lse,
+                                                              targets[start:start + chunk_size])
         ctx.save_for_backward(hidden, weight, targets)
         ctx.chunk_size, ctx.compute_dtype = chunk_size, compute_dtype
         return out
@@ -58,7 +64,22 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                 grad_w += grad_logits.T @ h.float()  # (V, H)
         if need_w:
             grad_w = grad_w.to(weight.dtype)
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
+
+
+@torch.no_grad()
+def token_stats(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(c, V) fp32 logits, (c,) their logsumexp, (c,) targets -> (c, 2): the entropy of each
+    next-token distribution (nats) and whether its argmax is the target (what TRL logs as
+    ``entropy`` and ``mean_token_accuracy``).
+
+    >>> token_stats(torch.zeros(1, 4), torch.tensor([math.log(4)]), torch.tensor([0]))
+    tensor([[1.3863, 1.0000]])
+    """
+    probs = torch.exp(logits - lse[:, None])  # (c, V)
+    entropy = lse - (probs * logits).sum(-1)  # (c,)
+    correct = (logits.argmax(-1) == targets).float()  # (c,)
+    return torch.stack([entropy, correct], 1)
 
 
 def token_logps_chunked(
@@ -67,15 +88,18 @@ def token_logps_chunked(
     targets: torch.Tensor,
     chunk_size: int = 256,
     compute_dtype: torch.dtype | None = None,
+    stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, H) hidden, (V, H) head weight, (N,) targets -> (N,) fp32 log-probs of the targets.
 
     ``compute_dtype`` is the matmul precision (default: ``hidden``'s dtype); the log-softmax is
-    always fp32. Runs outside autocast so the precision is exactly the one asked for.
+    always fp32. Runs outside autocast so the precision is exactly the one asked for. ``stats``
+    (N, 2), when given, is filled with :func:`token_stats` (no gradient, no extra matmul).
     """
     compute_dtype = compute_dtype or hidden.dtype
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        return _ChunkedTokenLogps.apply(hidden, weight, targets, chunk_size, compute_dtype)
+        return _ChunkedTokenLogps.apply(hidden, weight, targets, chunk_size, compute_dtype,
+                                        stats)
 
 
 def token_logps_plain(
@@ -83,11 +107,15 @@ def token_logps_plain(
     weight: torch.Tensor,
     targets: torch.Tensor,
     compute_dtype: torch.dtype | None = None,
+    stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The plain twin: full (N, V) logits, fp32 ``log_softmax``, gather."""
     compute_dtype = compute_dtype or hidden.dtype
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         logits = (hidden.to(compute_dtype) @ weight.to(compute_dtype).T).float()  # (N, V)
+        if stats is not None:
+            stats.copy_(token_stats(logits.detach(), torch.logsumexp(logits.detach(), -1),
+                                    targets))
         return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (N,)
 
 

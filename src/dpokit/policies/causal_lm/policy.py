@@ -27,6 +27,7 @@ from .logprobs import (
     token_log_sum_sq_probs,
     token_logps_chunked,
     token_logps_plain,
+    token_stats,
 )
 
 ReferenceMode = Literal["copy", "adapter", "adapter_copy", "external", "none"]
@@ -127,7 +128,7 @@ class CausalLMPolicy(BasePolicy):
 
     # --- the interface -------------------------------------------------------------------
     def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
-        return self._scores(self.model, batch, sampling_norm)
+        return self._scores(self.model, batch, sampling_norm, token_stats=True)
 
     @torch.no_grad()
     def reference_logps(self, batch) -> SequenceScores:
@@ -268,14 +269,15 @@ class CausalLMPolicy(BasePolicy):
         finally:
             self.model.set_adapter("default")
 
-    def _scores(self, model: nn.Module, batch, sampling_norm: bool = False) -> SequenceScores:
+    def _scores(self, model: nn.Module, batch, sampling_norm: bool = False,
+                token_stats: bool = False) -> SequenceScores:
         scorer = self.scorer if model is self.model else _Scorer(self, model)
         weights = None
         if self.ld_alpha is not None:
             weights = ld_token_weights(
                 batch.score_sequence, batch.score_position, batch.num_sequences // 2, self.ld_alpha
             )
-        seq, counts, norm = scorer(
+        seq, counts, norm, stats = scorer(
             batch.input_ids,
             batch.attention_mask,
             batch.position_ids,
@@ -286,8 +288,10 @@ class CausalLMPolicy(BasePolicy):
             weights,
             batch.segments,
             sampling_norm,
+            token_stats,
         )
-        return SequenceScores(seq, counts, norm)
+        entropy, correct = (None, None) if stats is None else (stats[:, 0], stats[:, 1])
+        return SequenceScores(seq, counts, norm, entropy, correct)
 
     def sequence_logps(
         self,
@@ -302,11 +306,13 @@ class CausalLMPolicy(BasePolicy):
         token_weights=None,
         segments=None,
         sampling_norm: bool = False,
+        token_stats: bool = False,
     ):
         """Run the body once, score the N completion tokens, sum them per sequence.
 
         input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; returns
-        ((S,) summed log-probs, (S,) token counts, (S,) summed log sum p^2 or None).
+        ((S,) summed log-probs, (S,) token counts, (S,) summed log sum p^2 or None, (S, 2)
+        summed token entropy and argmax-correct counts or None).
         """
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
@@ -326,7 +332,8 @@ class CausalLMPolicy(BasePolicy):
             **extra,
         ).last_hidden_state
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
-        token_logps = self._head_logps(base, h, score_target)  # (N,) fp32
+        stats = h.new_zeros((h.shape[0], 2), dtype=torch.float32) if token_stats else None
+        token_logps = self._head_logps(base, h, score_target, stats)  # (N,) fp32
         if token_weights is not None:
             token_logps = token_logps * token_weights  # (N,)
         seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (S,)
@@ -335,7 +342,10 @@ class CausalLMPolicy(BasePolicy):
             norm = sum_per_sequence(
                 self._head_log_sum_sq(base, h.detach()), score_sequence, num_sequences
             )  # (S,)
-        return seq, torch.bincount(score_sequence, minlength=num_sequences), norm
+        if stats is not None:
+            stats = torch.zeros(num_sequences, 2, device=h.device).index_add(
+                0, score_sequence, stats)  # (S, 2)
+        return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats
 
     @staticmethod
     def _simple_head(base: nn.Module) -> bool:
@@ -374,14 +384,18 @@ class CausalLMPolicy(BasePolicy):
             ]
         )
 
-    def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor,
+                    stats: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) fp32 log-probs of ``targets``; ``stats`` (N, 2), when given, gets each
+        position's entropy and argmax == target."""
         head = base.get_output_embeddings()
         compute_dtype = _compute_dtype(h.device.type, head.weight.dtype)
         simple_head = self._simple_head(base)
         if simple_head and self.logprob_impl == "chunked":
-            return token_logps_chunked(h, head.weight, targets, self.chunk_size, compute_dtype)
+            return token_logps_chunked(h, head.weight, targets, self.chunk_size, compute_dtype,
+                                       stats)
         if simple_head:
-            return token_logps_plain(h, head.weight, targets, compute_dtype)
+            return token_logps_plain(h, head.weight, targets, compute_dtype, stats)
         # Any other head (bias, LoRA on lm_head, soft-capping): call it, still only on the
         # completion positions, in chunks, and let autograd keep the logits.
         pieces = []
@@ -390,6 +404,10 @@ class CausalLMPolicy(BasePolicy):
             piece = torch.log_softmax(logits, -1).gather(
                 1, targets[start : start + self.chunk_size, None]
             )
+            if stats is not None:
+                chunk, cut = logits.detach(), targets[start : start + self.chunk_size]
+                stats[start : start + self.chunk_size] = token_stats(
+                    chunk, torch.logsumexp(chunk, -1), cut)
             pieces.append(piece.squeeze(1))
         return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
 
