@@ -98,7 +98,7 @@ def main() -> None:
 
     minutes = run(["train", "iterative_reviews", f"model={out / 'dpo' / 'final'}",
                    f"output_dir={out / 'iterative'}", "online.iterations=2",
-                   f"online.prompts={TRAIN_PROMPTS}", f"online.eval_prompts={EVAL_PROMPTS}",
+                   f"online.prompts={TRAIN_PROMPTS}", f"run.eval_prompts={EVAL_PROMPTS}",
                    f"online.reward={reward}",
                    "progress_bar=false", "log_with=[]"])
     rounds = [json.loads(x) for x in (out / "iterative" / "iterations.jsonl").read_text()

@@ -134,3 +134,22 @@ def test_preference_figures_without_a_reference_keep_only_the_ranking(tokenizer)
     report = evaluate(policy, pairs=records(sentiment_rows(1)))
     assert set(report.metrics) and all(k.startswith(("eval/logp", "eval/logps"))
                                        for k in report.metrics)
+
+
+def test_generation_figures_during_training_land_in_metrics_jsonl(tmp_path, tiny_model_dir):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}, {"prompt": "the end"}])
+    out = tmp_path / "run"
+    assert main(["train", f"model={tiny_model_dir}", f"train_data={pairs}", "lora=false",
+                 f"run.eval_prompts={prompts}", "eval_reward=helpers:brevity_reward",
+                 "eval_samples=2", "online.max_new_tokens=6", "max_steps=2", "eval_every=1",
+                 "batch_size=4", f"output_dir={out}", "progress_bar=false", "log_with=[]",
+                 f"ref_cache_dir={tmp_path / 'cache'}", "learning_rate=1e-2"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/gen/reward" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    assert evals[0]["eval/gen/kl"] == pytest.approx(0.0, abs=1e-4)  # before training
+    assert evals[-1]["eval/gen/kl"] != pytest.approx(0.0, abs=1e-4)  # it moved
+    train_rows = [r for r in rows if "loss" in r and "eval/loss" not in r]
+    assert all("entropy" in r and "mean_token_accuracy" in r and r["num_tokens"] > 0
+               for r in train_rows)

@@ -68,7 +68,7 @@ def test_iterative_rounds_move_the_reference_and_log_rewards(tmp_path, tiny_mode
     cfg = online_config(tmp_path, tiny_model_dir, max_steps=3, lora=True,
                         learning_rate=1e-2, **{"online.mode": "iterative",
                                                "online.iterations": 2,
-                                               "online.eval_prompts": str(held)})
+                                               "run.eval_prompts": str(held)})
     seen = []
     result = run_iterative(cfg, log=seen.append)
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
@@ -108,7 +108,7 @@ def test_adapter_copy_reference_sync_is_a_hard_copy(tiny_model_dir):
 def test_iterative_from_the_command_line(tmp_path, tiny_model_dir, capsys):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", sentiment_rows(1))
     args = ["train", f"model={tiny_model_dir}", "online.mode=iterative", "online.iterations=1",
-            f"online.prompts={prompts}", f"online.eval_prompts={prompts}",
+            f"online.prompts={prompts}", f"run.eval_prompts={prompts}",
             f"output_dir={tmp_path / 'out'}", "max_steps=2", "progress_bar=false",
             "log_with=[]", f"ref_cache_dir={tmp_path / 'cache'}"]
     args += [f"{k}={v}" for k, v in ONLINE.items()]

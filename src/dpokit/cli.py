@@ -69,7 +69,7 @@ def _load(recipe: str | None, overrides: list[str]):
     cfg.data.train_data = _repo_relative(cfg.data.train_data)
     cfg.data.eval_data = _repo_relative(cfg.data.eval_data)
     cfg.online.prompts = _repo_relative(cfg.online.prompts)
-    cfg.online.eval_prompts = _repo_relative(cfg.online.eval_prompts)
+    cfg.run.eval_prompts = _repo_relative(cfg.run.eval_prompts)
     return cfg
 
 
@@ -79,7 +79,7 @@ def _train(build, cfg, what: str) -> int:
     final = run.trainer.save_final()
     run.trainer.close()
     evals = result.eval_history
-    if len(evals) > 1 and evals[0]["step"] == 0:
+    if len(evals) > 1 and evals[0]["step"] == 0 and "eval/loss" in evals[0]:
         _main_process_print(f"held-out loss: {evals[0]['eval/loss']:.4f} before, "
                             f"{evals[-1]['eval/loss']:.4f} after")
     _main_process_print(

@@ -9,8 +9,8 @@
   writes its pairs and a round state under ``output_dir/round-N``; ``resume=true`` continues
   after the last finished round (and inside a round from its checkpoints).
 
-Both report the mean reward of the policy's own samples on ``eval_prompts`` (fixed seeds, so
-rounds are compared on the same random numbers).
+Both report the mean reward of the policy's own samples on ``run.eval_prompts`` (fixed seeds,
+so rounds are compared on the same random numbers).
 
     >>> result = run_iterative(load_config("iterative_reviews"))   # doctest: +SKIP
     >>> [r["eval/sample_reward"] for r in result.rounds]           # doctest: +SKIP
@@ -44,7 +44,7 @@ from .data.builders import (
 from .data.io import Record
 from .data.split import prompt_key
 from .eval.rewards import Reward, load_reward
-from .pipeline import Run, _settings, _sources, build_objective, build_policy
+from .pipeline import Run, _evaluators, _settings, _sources, build_objective, build_policy
 from .policies.causal_lm.models import load_tokenizer
 from .policies.causal_lm.sampling import SamplingSettings, sample_completions
 from .train import EvalSet, Trainer
@@ -151,7 +151,7 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
     log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each, reward "
         f"{cfg.online.reward}")
     trainer = Trainer(cfg, policy, objective, source, _eval_pairs(cfg, tokenizer, collate),
-                      log=log)
+                      log=log, evaluators=_evaluators(cfg))
     return Run(cfg, tokenizer, policy, objective, None, None, trainer)  # type: ignore[arg-type]
 
 
@@ -178,7 +178,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     policy = build_policy(cfg, tokenizer, True)
     reward = load_reward(o.reward)
     pool = prompt_pool(o.prompts or cfg.data.train_data or "")
-    held = prompt_pool(o.eval_prompts, "eval_prompts") if o.eval_prompts else None
+    held = prompt_pool(cfg.run.eval_prompts, "eval_prompts") if cfg.run.eval_prompts else None
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     eval_settings = sampling_settings(cfg, seed=10_000 + cfg.optim.seed)
     result = IterativeResult()

@@ -212,6 +212,14 @@ def _sources(cfg: TrainConfig, train: ExampleSet, evaluation: ExampleSet | None,
     return source, eval_set
 
 
+def _evaluators(cfg: TrainConfig) -> list:
+    """Held-out generation figures at each evaluation when ``run.eval_prompts`` is set."""
+    from .eval.evaluate import generation_evaluator
+
+    evaluator = generation_evaluator(cfg)
+    return [evaluator] if evaluator is not None else []
+
+
 def build_run(cfg: TrainConfig, log=print) -> Run:
     """A preference run (DPO and its family, KTO on unpaired rows)."""
     torch.manual_seed(cfg.optim.seed)
@@ -223,7 +231,8 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
     policy = build_policy(cfg, tokenizer, objective.needs_reference)
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     source, eval_set = _sources(cfg, train, evaluation, collate)
-    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
+    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log,
+                      evaluators=_evaluators(cfg))
     return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)
 
 
@@ -240,5 +249,6 @@ def build_sft_run(cfg: TrainConfig, log=print) -> Run:
         tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens
     )
     source, eval_set = _sources(cfg, train, evaluation, collate)
-    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
+    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log,
+                      evaluators=_evaluators(cfg))
     return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)

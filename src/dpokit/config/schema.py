@@ -151,6 +151,11 @@ class RunConfig:
     eval_batch_size: int = setting(8, "examples per eval batch", AT_LEAST_ONE)
     eval_before: bool = setting(True, "evaluate once before training too, as a baseline for "
                                 "the final evaluation")
+    eval_prompts: str | None = setting(
+        None, "held-out prompts: at each evaluation, sample answers and log their reward, KL to "
+        "the reference, length, diversity and win rate (eval/gen/...; sampling as in online)")
+    eval_reward: str | None = setting(None, "reward of those samples; default: online.reward")
+    eval_samples: int = setting(4, "answers sampled per eval prompt", AT_LEAST_ONE)
     log_every: int = setting(1, "steps between metric rows", AT_LEAST_ONE)
     save_every: int | None = setting(None, "steps between checkpoints; null: none",
                                      AT_LEAST_ONE)
@@ -183,9 +188,6 @@ class OnlineConfig:
         "round's model the next round's reference")
     prompts: str | None = setting(None, "prompt rows (prompt, optional reference) to sample "
                                   "for; default: train_data")
-    eval_prompts: str | None = setting(None, "held-out prompts: the mean reward of the "
-                                       "policy's own samples on them, before and after (each "
-                                       "round)")
     reward: str = setting("vader", "scores samples: module:function, vader, vader_negative, "
                           "minilm (vs the row's reference) or hf:PATH")
     num_samples: int = setting(2, "completions sampled per prompt",

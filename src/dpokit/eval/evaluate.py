@@ -209,6 +209,25 @@ def evaluate(policy: CausalLMPolicy, pairs: Sequence[Record] | None = None,
     return report
 
 
+def generation_evaluator(cfg: Any) -> Any:
+    """What the loop calls at each evaluation when ``run.eval_prompts`` is set: the generation
+    figures of :func:`generation_metrics` (sampling as the ``online`` section says, seed
+    10,000 + optim.seed, the same at every evaluation); None when it is not set."""
+    from ..data import load_records
+    from ..data.builders import prompt_rows
+    from .rewards import load_reward
+
+    run, o = cfg.run, cfg.online
+    if not run.eval_prompts:
+        return None
+    prompts = prompt_rows(load_records(run.eval_prompts))
+    reward = load_reward(run.eval_reward or o.reward)
+    settings = SamplingSettings(num_samples=run.eval_samples, max_new_tokens=o.max_new_tokens,
+                                temperature=o.temperature, top_p=o.top_p,
+                                seed=10_000 + cfg.optim.seed, batch_size=o.sample_batch_size)
+    return lambda policy: generation_metrics(policy, prompts, settings, reward).metrics
+
+
 ROWS = [
     ("eval/loss", "DPO loss (held-out pairs)", "{:.4f}"),
     ("eval/rewards/accuracies", "implicit-reward accuracy", "{:.3f}"),

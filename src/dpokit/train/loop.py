@@ -18,7 +18,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +56,12 @@ class Trainer:
 
     def __init__(self, cfg: Any, policy: Policy, objective: Objective, source: DataSource,
                  eval_set: EvalSet | None = None, accelerator: Any = None,
-                 trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print):
+                 trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print,
+                 evaluators: Sequence[Callable[[Policy], dict[str, float]]] = ()):
         self.cfg, self.policy, self.objective = cfg, policy, objective
         self.source, self.eval_set, self.log = source, eval_set, log
+        self.evaluators = list(evaluators)  # more held-out figures (generation), eval/ keys
+        self.evaluating = eval_set is not None or bool(self.evaluators)
         optim, run = cfg.optim, cfg.run
         self.folder = RunFolder(run.output_dir, log=log)
         self.folder.check_usable()  # before any compute
@@ -170,15 +173,20 @@ class Trainer:
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, eval_set: EvalSet | None = None) -> dict:
-        """The objective's loss and metrics on held-out examples (``eval/`` prefixed)."""
+        """The objective's loss and metrics on held-out examples, and the evaluators' figures
+        (``eval/`` prefixed)."""
         eval_set = eval_set or self.eval_set
         table = "eval" if eval_set is self.eval_set else None
         self.policy.train(False)
-        device = self.accelerator.device
-        means = objective_metrics(self.objective, eval_set.batches(),
-                                  lambda batch: self._forward(batch.to(device), table))
+        metrics: dict[str, Any] = {}
+        if eval_set is not None:
+            device = self.accelerator.device
+            means = objective_metrics(self.objective, eval_set.batches(),
+                                      lambda batch: self._forward(batch.to(device), table))
+            metrics = {f"eval/{k}": v for k, v in means.items()}
+        for evaluator in self.evaluators:
+            metrics.update(evaluator(self.policy))
         self.policy.train(True)
-        metrics = {f"eval/{k}": v for k, v in means.items()}
         metrics["step"] = self.step
         return metrics
 
@@ -243,7 +251,7 @@ class Trainer:
         result = TrainResult(step=0)
         self.reference.prepare("train", self.source)
         self.reference.prepare("eval", self.eval_set)
-        if self.eval_set is not None and run.eval_before and self.step == 0:
+        if self.evaluating and run.eval_before and self.step == 0:
             self._run_eval(result)
         self.policy.train(True)
         bar = self._progress("dpokit", self.total_steps)
@@ -256,7 +264,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if self.eval_set is not None and run.eval_every and self.step % run.eval_every == 0:
+            if self.evaluating and run.eval_every and self.step % run.eval_every == 0:
                 self._run_eval(result)
                 evaluated_at = self.step
             if run.save_every and self.step % run.save_every == 0:
@@ -270,7 +278,7 @@ class Trainer:
                 raise Interrupted(self.stop.signum or signal.SIGTERM, self.step, saved)
         if bar is not None:
             bar.close()
-        if self.eval_set is not None and evaluated_at != self.step:
+        if self.evaluating and evaluated_at != self.step:
             self._run_eval(result)
         result.step = self.step
         self._last_eval = result.eval_history[-1] if result.eval_history else {}

@@ -91,9 +91,10 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def format_eval(m: dict[str, Any]) -> str:
     """One line of the headline eval metrics that are present."""
-    keys = ("loss", "rewards/accuracies", "rewards/margins", "logp_accuracy")
+    keys = ("loss", "rewards/accuracies", "rewards/margins", "logp_accuracy", "gen/reward",
+            "gen/kl", "gen/win_rate")
     parts = [
-        f"{k} {m[f'eval/{k}']:.{4 if k in ('loss', 'rewards/margins') else 3}f}"
+        f"{k} {m[f'eval/{k}']:.{4 if k in ('loss', 'rewards/margins', 'gen/kl') else 3}f}"
         for k in keys
         if f"eval/{k}" in m
     ]
