@@ -153,3 +153,25 @@ def test_generation_figures_during_training_land_in_metrics_jsonl(tmp_path, tiny
     train_rows = [r for r in rows if "loss" in r and "eval/loss" not in r]
     assert all("entropy" in r and "mean_token_accuracy" in r and r["num_tokens"] > 0
                for r in train_rows)
+    assert evals[0]["eval/gen/samples"][0]["prompt"] == "hi"
+
+    assert main(["report", str(out)]) == 0  # the run's HTML page
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "eval/gen/kl" in page
+    assert "first evaluation (step 0)" in page and "model card" in page
+    assert (out / "report_files" / "train_0.png").is_file()
+
+
+def test_report_compares_runs_side_by_side(tmp_path):
+    for name, margin in (("a", 0.5), ("b", 1.5)):
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/margins": margin * s}
+                for s in (1, 2, 3)]
+        rows.append({"step": 3, "eval/loss": 0.6, "eval/rewards/accuracies": margin / 2})
+        write_jsonl(run / "metrics.jsonl", rows)
+    out = tmp_path / "cmp.html"
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "a: first" in page and "b: first" in page and "0.75" in page
+    assert main(["report", str(tmp_path)]) == 2  # not a run folder: one line

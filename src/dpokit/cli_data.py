@@ -183,6 +183,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .eval.report import write_report
+
+    out = args.out or (str(Path(args.runs[0]) / "report.html") if len(args.runs) == 1
+                       else "report.html")
+    print(f"report: {write_report(args.runs, out)}")
+    return 0
+
+
 def _callable(spec: str):
     """``module:function`` as a judge ``(prompt, first, second) -> 1 / 0.5 / 0``."""
     import importlib
@@ -239,6 +248,10 @@ def add_parsers(sub) -> None:
                     help="string pairs as raw text (default: a chat turn)")
     ev.add_argument("--json", help="write every figure and a few samples here")
     _add_fields(ev, SamplingSettings)
+    report = sub.add_parser("report", help="a self-contained HTML page of one run, or several "
+                            "side by side")
+    report.add_argument("runs", nargs="+", help="run folders (output_dir of dpokit train/sft)")
+    report.add_argument("--out", help="HTML file (default: RUN/report.html, or report.html)")
     data = sub.add_parser("data", help="inspect or split a dataset")
     actions = data.add_subparsers(dest="action", required=True)
     inspect = actions.add_parser("inspect", help="rows, token lengths, duplicates, overlap, "

@@ -225,7 +225,11 @@ def generation_evaluator(cfg: Any) -> Any:
     settings = SamplingSettings(num_samples=run.eval_samples, max_new_tokens=o.max_new_tokens,
                                 temperature=o.temperature, top_p=o.top_p,
                                 seed=10_000 + cfg.optim.seed, batch_size=o.sample_batch_size)
-    return lambda policy: generation_metrics(policy, prompts, settings, reward).metrics
+    def evaluate_generation(policy) -> dict[str, Any]:
+        report = generation_metrics(policy, prompts, settings, reward)
+        return {**report.metrics, "eval/gen/samples": report.samples}
+
+    return evaluate_generation
 
 
 ROWS = [

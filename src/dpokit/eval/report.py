@@ -1,0 +1,159 @@
+"""``dpokit report RUN_DIR [RUN_DIR ...]``: one self-contained HTML page per run or comparison.
+
+Training curves, held-out figures over steps (the objective's and the generation figures),
+the last evaluation's figures side by side, and sample answers from the first and last
+evaluations; the PNG plots are written next to the page and embedded in it (base64), so the
+page can be mailed alone.
+
+    >>> write_report(["outputs/run-a", "outputs/run-b"], "compare.html")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRAIN_PANELS = [
+    ("training loss", ["loss"]),
+    ("implicit reward", ["rewards/margins", "rewards/accuracies"]),
+    ("tokens", ["entropy", "mean_token_accuracy"]),
+    ("optimizer", ["grad_norm", "learning_rate"]),
+]
+EVAL_PANELS = [
+    ("held-out loss", ["eval/loss"]),
+    ("held-out preference accuracy", ["eval/rewards/accuracies", "eval/logp_accuracy"]),
+    ("reward of own samples", ["eval/gen/reward"]),
+    ("KL to the reference (nats per sample)", ["eval/gen/kl"]),
+    ("win rate vs reference", ["eval/gen/win_rate", "eval/gen/win_rate_lc"]),
+]
+
+
+@dataclass
+class RunData:
+    name: str
+    path: Path
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    card: str = ""
+
+
+def load_run(path: str | Path) -> RunData:
+    """A run folder's ``metrics.jsonl`` (training and evaluation rows) and model card."""
+    path = Path(path)
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (is it a dpokit run folder?)")
+    run = RunData(path.name or str(path), path)
+    for line in metrics.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        (run.evals if any(k.startswith("eval/") for k in row) else run.train).append(row)
+    card = path / "final" / "README.md"
+    run.card = card.read_text() if card.is_file() else ""
+    return run
+
+
+def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: Path
+          ) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(run, key, [(r["step"], r[key]) for r in getattr(run, rows_of)
+                          if isinstance(r.get(key), int | float)])
+              for run in runs for key in keys]
+    series = [s for s in series if s[2]]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for run, key, points in series:
+        label = key if len(runs) == 1 else f"{run.name}: {key}"
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o" if len(points) < 12 else None, markersize=3, label=label)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _table(runs: list[RunData]) -> str:
+    last = [run.evals[-1] if run.evals else {} for run in runs]
+    first = [run.evals[0] if run.evals else {} for run in runs]
+    keys = sorted({k for row in last for k, v in row.items()
+                   if k.startswith("eval/") and isinstance(v, int | float)})
+    if not keys:
+        return "<p>No evaluation rows.</p>"
+    head = "".join(f"<th>{html.escape(r.name)}: first</th><th>last</th>" for r in runs)
+    body = []
+    for k in keys:
+        cells = "".join(f"<td>{_fmt(f.get(k))}</td><td>{_fmt(x.get(k))}</td>"
+                        for f, x in zip(first, last, strict=True))
+        body.append(f"<tr><td>{html.escape(k)}</td>{cells}</tr>")
+    steps = "".join(f"<td>{_fmt(f.get('step'))}</td><td>{_fmt(x.get('step'))}</td>"
+                    for f, x in zip(first, last, strict=True))
+    return (f"<table><tr><th>figure</th>{head}</tr><tr><td>step</td>{steps}</tr>"
+            + "".join(body) + "</table>")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else html.escape(str(value))
+
+
+def _samples(runs: list[RunData]) -> str:
+    parts = []
+    for run in runs:
+        with_samples = [r for r in run.evals if r.get("eval/gen/samples")]
+        if not with_samples:
+            continue
+        for label, row in (("first evaluation", with_samples[0]),
+                           ("last evaluation", with_samples[-1])):
+            items = "".join(f"<li><i>{html.escape(str(s['prompt']))}</i> &rarr; "
+                            f"{html.escape(s['sample'])}</li>"
+                            for s in row["eval/gen/samples"][:4])
+            parts.append(f"<h3>{html.escape(run.name)}, {label} (step {row['step']})</h3>"
+                         f"<ul>{items}</ul>")
+    return "".join(parts) or "<p>No sample answers (set run.eval_prompts).</p>"
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write the HTML page (and its PNGs in ``<out stem>_files/``)."""
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out)
+    figures = out.parent / f"{out.stem}_files"
+    figures.mkdir(parents=True, exist_ok=True)
+    images = []
+    for rows_of, panels in (("train", TRAIN_PANELS), ("evals", EVAL_PANELS)):
+        for i, (title, keys) in enumerate(panels):
+            png = _plot(runs, rows_of, keys, title, figures / f"{rows_of}_{i}.png")
+            if png is not None:
+                data = base64.b64encode(png.read_bytes()).decode()
+                images.append(f'<img alt="{html.escape(title)}" '
+                              f'src="data:image/png;base64,{data}">')
+    cards = "".join(f"<details><summary>{html.escape(r.name)}: model card</summary>"
+                    f"<pre>{html.escape(r.card)}</pre></details>" for r in runs if r.card)
+    names = ", ".join(html.escape(r.name) for r in runs)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>dpokit: {names}</title>
+<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{margin:4px}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
+</style></head><body><h1>dpokit report: {names}</h1>
+<p>{" ".join(f"{html.escape(str(r.path))}: {len(r.train)} training rows, {len(r.evals)} "
+             f"evaluations." for r in runs)}</p>
+<h2>Curves</h2>{"".join(images)}
+<h2>Held-out figures (first and last evaluation)</h2>{_table(runs)}
+<h2>Sample answers</h2>{_samples(runs)}
+<h2>Configuration</h2>{cards or "<p>No model card (final/README.md).</p>"}
+</body></html>"""
+    out.write_text(page)
+    return out
