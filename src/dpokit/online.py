@@ -71,7 +71,8 @@ def sampling_settings(cfg: TrainConfig, seed: int) -> SamplingSettings:
     o = cfg.online
     return SamplingSettings(num_samples=o.num_samples, max_new_tokens=o.max_new_tokens,
                             temperature=o.temperature, top_p=o.top_p, seed=seed,
-                            batch_size=o.sample_batch_size)
+                            batch_size=o.sample_batch_size,
+                            chat=cfg.data.chat_template_for_strings)
 
 
 @dataclass

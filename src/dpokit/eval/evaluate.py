@@ -224,7 +224,8 @@ def generation_evaluator(cfg: Any) -> Any:
     reward = load_reward(run.eval_reward or o.reward)
     settings = SamplingSettings(num_samples=run.eval_samples, max_new_tokens=o.max_new_tokens,
                                 temperature=o.temperature, top_p=o.top_p,
-                                seed=10_000 + cfg.optim.seed, batch_size=o.sample_batch_size)
+                                seed=10_000 + cfg.optim.seed, batch_size=o.sample_batch_size,
+                                chat=cfg.data.chat_template_for_strings)
     def evaluate_generation(policy) -> dict[str, Any]:
         report = generation_metrics(policy, prompts, settings, reward)
         return {**report.metrics, "eval/gen/samples": report.samples}

