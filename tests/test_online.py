@@ -116,3 +116,24 @@ def test_iterative_from_the_command_line(tmp_path, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert "mean reward of own samples on held-out prompts by round:" in out
     assert "done: iterative DPO, 1 round(s)" in out
+
+
+def test_iterative_resume_continues_after_the_last_finished_round(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    cfg = online_config(tmp_path, tiny_model_dir, max_steps=2, lora=True,
+                        **{"online.mode": "iterative", "online.iterations": 1})
+    run_iterative(cfg, log=lambda _: None)
+    round_one = load_file(tmp_path / "out" / "round-1" / "round_state.safetensors")
+    seen: list[str] = []
+    more = online_config(tmp_path, tiny_model_dir, max_steps=2, lora=True, resume=True,
+                         **{"online.mode": "iterative", "online.iterations": 2})
+    result = run_iterative(more, log=seen.append)
+    assert any("rounds 1-1 done; continuing with round 2" in s for s in seen)
+    assert [r["round"] for r in result.rounds] == [2]  # round 1 was not trained again
+    assert (tmp_path / "out" / "round-2" / "pairs.jsonl").is_file()
+    after = load_file(tmp_path / "out" / "round-2" / "round_state.safetensors")
+    assert set(after) == set(round_one) and any(
+        not torch.equal(after[k], round_one[k]) for k in after)
+    lines = (tmp_path / "out" / "iterations.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [0, 1, 2]
