@@ -152,6 +152,7 @@ def main() -> None:
                    figs["eval/gen/reward"], figs["eval/gen/reward_se"]))
     minutes = (time.perf_counter() - started) / 60
     write(points, accuracy, vader_acc, len(pairs), minutes)
+    print((RESULTS / "frontier.md").read_text())
 
 
 def write(points, accuracy, vader_acc, n_pairs, minutes) -> None:
@@ -169,17 +170,25 @@ def write(points, accuracy, vader_acc, n_pairs, minutes) -> None:
         lines.append(f"| {arm} | {label} | {kl:.3f} ± {kl_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
     lines += ["", f"Run time: {minutes:.1f} min. Command: `python experiments/frontier.py`."]
     (RESULTS / "frontier.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "frontier.json").write_text(json.dumps(points, indent=1))
+    plot(points)
+
+
+def plot(points) -> None:
+    """One line per arm and setting (a trained arm's checkpoints in step order)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm in dict.fromkeys(p[0] for p in points):
-        pts = [p for p in points if p[0] == arm]
+    series = dict.fromkeys(p[0] if p[0] in ("start", "best-of-N") else
+                           f"{p[0]} {p[1].split(' @')[0]}" for p in points)
+    for name in series:
+        pts = [p for p in points if name in (p[0], f"{p[0]} {p[1].split(' @')[0]}")]
         ax.errorbar([p[2] for p in pts], [p[4] for p in pts], xerr=[p[3] for p in pts],
                     yerr=[p[5] for p in pts], marker="o", linestyle="-" if len(pts) > 1
-                    else "none", capsize=2, label=arm)
+                    else "none", capsize=2, label=name)
     ax.set_xlabel("KL(policy || starting model), nats per sample")
     ax.set_ylabel("held-out reward (sentiment logit)")
     ax.set_title("Reward vs KL, SmolLM2-135M, controlled sentiment")
@@ -187,9 +196,11 @@ def write(points, accuracy, vader_acc, n_pairs, minutes) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "frontier.png", dpi=120)
-    print((RESULTS / "frontier.md").read_text())
 
 
 if __name__ == "__main__":
-    torch.manual_seed(0)
-    main()
+    if sys.argv[1:] == ["--replot"]:  # redraw the PNG from frontier.json
+        plot([tuple(p) for p in json.loads((RESULTS / "frontier.json").read_text())])
+    else:
+        torch.manual_seed(0)
+        main()
