@@ -175,3 +175,36 @@ def test_report_compares_runs_side_by_side(tmp_path):
     page = out.read_text()
     assert "a: first" in page and "b: first" in page and "0.75" in page
     assert main(["report", str(tmp_path)]) == 2  # not a run folder: one line
+
+
+def test_generation_figures_with_a_frozen_adapter_copy_reference(tiny_model_dir):
+    """The SFT -> DPO hand-off's reference (adapter_copy) can be sampled and scored: KL 0 and
+    all ties while the trained adapter still equals its frozen copy."""
+    from dpokit.config import load_config
+    from dpokit.pipeline import build_policy, load_tokenizer
+
+    cfg = load_config(None, model=str(tiny_model_dir), lora=True, reference="adapter_copy",
+                      output_dir="unused")
+    policy = build_policy(cfg, load_tokenizer(str(tiny_model_dir)))
+    report = generation_metrics(policy, [PromptRow("hi")],
+                                SamplingSettings(num_samples=2, max_new_tokens=6, seed=0),
+                                load_reward(lambda p, c: float(len(c))))
+    assert report.metrics["eval/gen/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert report.metrics["eval/gen/ties"] == 1.0
+
+
+def test_iterative_refuses_to_erase_another_runs_history(tmp_path, tiny_model_dir):
+    from dpokit.online import run_iterative
+    from dpokit.train.folder import OutputDirError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "iterations.jsonl").write_text('{"round": 0}\n')
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    from dpokit.config import load_config
+
+    cfg = load_config(None, model=str(tiny_model_dir), output_dir=str(out),
+                      **{"online.mode": "iterative", "online.prompts": str(prompts)})
+    with pytest.raises(OutputDirError, match="resume=true continues it"):
+        run_iterative(cfg, log=lambda _: None)
+    assert (out / "iterations.jsonl").read_text() == '{"round": 0}\n'

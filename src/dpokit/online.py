@@ -48,6 +48,7 @@ from .pipeline import Run, _evaluators, _settings, _sources, build_objective, bu
 from .policies.causal_lm.models import load_tokenizer
 from .policies.causal_lm.sampling import SamplingSettings, sample_completions
 from .train import EvalSet, Trainer
+from .train.folder import OutputDirError
 from .train.online import MadePairs, OnlineSource
 
 
@@ -169,6 +170,10 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     """Rounds of sample -> score -> pair -> train; round N's model is round N+1's reference."""
     torch.manual_seed(cfg.optim.seed)
     o, out = cfg.online, Path(cfg.run.output_dir)
+    history = out / "iterations.jsonl"
+    if history.exists() and not (cfg.run.resume or cfg.run.overwrite_output_dir):
+        raise OutputDirError(f"{out} holds an iterative run (iterations.jsonl): resume=true "
+                             f"continues it, overwrite_output_dir=true replaces it")
     objective = build_objective(cfg)
     if not objective.needs_reference or objective.unpaired:
         raise ValueError(f"iterative DPO needs a paired loss with a reference; "
@@ -183,7 +188,6 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     eval_settings = sampling_settings(cfg, seed=10_000 + cfg.optim.seed)
     result = IterativeResult()
-    history = out / "iterations.jsonl"
 
     def measure(round_no: int, extra: dict[str, Any]) -> None:
         record = {"round": round_no, **extra}
@@ -209,7 +213,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
             policy.load_trainable_state_dict(load_file(out / f"round-{done}" / ROUND_STATE))
             log(f"resume: rounds 1-{done} done; continuing with round {done + 1}")
     elif history.exists():
-        history.unlink()
+        history.unlink()  # overwrite_output_dir (checked before any loading)
     if done == 0:
         measure(0, {})
     trainer = None

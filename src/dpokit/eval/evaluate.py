@@ -122,18 +122,6 @@ def policy_eval_mode(policy: CausalLMPolicy):
         policy.train(True)
 
 
-@contextmanager
-def reference_for_sampling(policy: CausalLMPolicy):
-    """The model that generates the reference's samples."""
-    if policy.reference_mode == "adapter":
-        with policy.model.disable_adapter():
-            yield policy.model
-    elif policy.reference_model is not None:
-        yield policy.reference_model
-    else:
-        raise ValueError("this policy has no reference to sample from")
-
-
 @torch.no_grad()
 def sample_logps(policy: CausalLMPolicy, samples: Sequence[Sample],
                  batch_size: int = 16) -> tuple[list[float], list[float]]:
@@ -180,7 +168,7 @@ def generation_metrics(policy: CausalLMPolicy, prompts: Sequence[PromptRow],
         m["eval/gen/kl"], m["eval/gen/kl_se"] = kl.mean, kl.stderr
         judge = judge or (reward_judge(reward) if reward is not None else None)
         if judge is not None:
-            with reference_for_sampling(policy) as ref_model:
+            with policy.as_reference() as ref_model:
                 ref_groups = sample_completions(ref_model, tok, texts_in, settings)
             baseline = [s.text for g in ref_groups for s in g]
             wr = win_rate(judge, [p.prompt for p, _ in flat], texts, baseline, settings.seed)

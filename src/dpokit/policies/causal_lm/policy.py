@@ -243,6 +243,18 @@ class CausalLMPolicy(BasePolicy):
                 )
         return outputs
 
+    @contextmanager
+    def as_reference(self):
+        """The module that computes the reference (to sample from it, say): the frozen copy or
+        external model, or this model with its adapter off / switched to the frozen copy."""
+        if self.reference_mode == "none":
+            raise RuntimeError("this policy has no reference model (reference='none')")
+        if self.reference_model is not None:
+            yield self.reference_model
+            return
+        with self._eval_mode(self.model), self._reference_adapter():
+            yield self.model
+
     # --- internals -----------------------------------------------------------------------
     @staticmethod
     @contextmanager
