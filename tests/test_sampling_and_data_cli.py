@@ -228,3 +228,13 @@ def test_failures_generates_when_rows_have_no_outputs(tmp_path, tiny_model_dir, 
     # a random tiny model never ends a sentence within 6 tokens: every sample is cut off
     assert rows and all("truncation" in r["failure"] and r["chosen"] in ("Hello.", "Paris.")
                         for r in rows)
+
+
+def test_sampling_leaves_the_global_random_stream_alone(tokenizer):
+    model = make_tiny_llama(len(tokenizer), seed=1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    sample_completions(model, tokenizer, ["hi"], SamplingSettings(num_samples=2,
+                                                                  max_new_tokens=4, seed=9))
+    assert torch.equal(torch.rand(3), expected)

@@ -78,32 +78,36 @@ def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: Sampl
     out: list[list[Sample]] = [[] for _ in texts]
     was_training = model.training
     model.eval()
+    # seed per batch without touching the caller's random stream (training resumes exactly)
+    devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        for number, batch in enumerate(progress(batches) if progress else batches):
-            encoded = [tokenizer(texts[i], add_special_tokens=special)["input_ids"] for i in batch]
-            width = max(len(ids) for ids in encoded)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (N, P)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)  # (N, P), left padding
-            for row, ids in enumerate(encoded):
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                mask[row, width - len(ids):] = 1
-            torch.manual_seed(settings.seed + number)
-            sampling = settings.temperature > 0
-            generated = model.generate(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=settings.max_new_tokens, do_sample=sampling,
-                temperature=settings.temperature if sampling else None,
-                top_p=settings.top_p if sampling else None, top_k=None,
-                pad_token_id=pad_id, use_cache=True,
-            )[:, width:].cpu()  # (N, new tokens)
-            for row, i in enumerate(batch):
-                tokens = generated[row].tolist()
-                end = next((t for t, tok in enumerate(tokens) if tok in stop), None)
-                kept = tokens if end is None else tokens[:end]
-                drawn = tokens if end is None else tokens[:end + 1]
-                out[i].append(Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                                     len(kept), end is not None, tuple(encoded[row]),
-                                     tuple(drawn)))
+        with torch.random.fork_rng(devices=devices):
+            for number, batch in enumerate(progress(batches) if progress else batches):
+                encoded = [tokenizer(texts[i], add_special_tokens=special)["input_ids"]
+                           for i in batch]
+                width = max(len(ids) for ids in encoded)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (N, P)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)  # (N, P), left padding
+                for row, ids in enumerate(encoded):
+                    input_ids[row, width - len(ids):] = torch.tensor(ids)
+                    mask[row, width - len(ids):] = 1
+                torch.manual_seed(settings.seed + number)
+                sampling = settings.temperature > 0
+                generated = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                    max_new_tokens=settings.max_new_tokens, do_sample=sampling,
+                    temperature=settings.temperature if sampling else None,
+                    top_p=settings.top_p if sampling else None, top_k=None,
+                    pad_token_id=pad_id, use_cache=True,
+                )[:, width:].cpu()  # (N, new tokens)
+                for row, i in enumerate(batch):
+                    tokens = generated[row].tolist()
+                    end = next((t for t, tok in enumerate(tokens) if tok in stop), None)
+                    kept = tokens if end is None else tokens[:end]
+                    drawn = tokens if end is None else tokens[:end + 1]
+                    out[i].append(Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                                         len(kept), end is not None, tuple(encoded[row]),
+                                         tuple(drawn)))
     finally:
         model.train(was_training)
     return out
