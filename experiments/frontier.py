@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from dpokit.cli import main as dpokit  # noqa: E402
 from dpokit.data.builders import PromptRow, write_rows  # noqa: E402
 from dpokit.eval.evaluate import generation_metrics, load_eval_policy  # noqa: E402
+from dpokit.eval.metrics import Estimate  # noqa: E402
 from dpokit.eval.rewards import load_reward, train_embedding_classifier  # noqa: E402
 from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer  # noqa: E402
 from dpokit.policies.causal_lm.sampling import SamplingSettings, sample_completions  # noqa: E402
@@ -117,10 +118,9 @@ def main() -> None:
     scored = [reward([p] * 8, [s.text for s in g]) for p, g in zip(eval_prompts, group_samples,
                                                                     strict=True)]
     for n in (2, 4, 8):
-        best = [max(s[:n]) for s in scored]
-        mean = sum(best) / len(best)
-        se = (sum((b - mean) ** 2 for b in best) / (len(best) - 1) / len(best)) ** 0.5
-        points.append(("best-of-N", f"N={n}", math.log(n) - (n - 1) / n, 0.0, mean, se))
+        best = Estimate.of([max(s[:n]) for s in scored])
+        points.append(("best-of-N", f"N={n}", math.log(n) - (n - 1) / n, 0.0, best.mean,
+                       best.stderr))
 
     arms = [("DPO", "beta=0.05", ["loss=sigmoid", "beta=0.05"]),
             ("DPO", "beta=0.1", ["loss=sigmoid", "beta=0.1"]),

@@ -46,14 +46,9 @@ COMMON = ["progress_bar=false", "chat_template_for_strings=true", "max_length=16
           "warmup_steps=2", "overwrite_output_dir=true", "log_with=[]"]
 
 
-class _Policy:  # what sample_reward reads
-    def __init__(self, model):
-        self.model = model
-
-
 def measure(model_name: str, reward: str) -> dict:
     model, tokenizer = load_for_generation(model_name)
-    est = sample_reward(_Policy(model), tokenizer, prompt_pool(EVAL_PROMPTS), load_reward(reward),
+    est = sample_reward(model, tokenizer, prompt_pool(EVAL_PROMPTS), load_reward(reward),
                         SamplingSettings(**SAMPLING))
     return {"reward": est.mean, "se": est.stderr, "prompts": est.n,
             "failure_rate": est.failure_rate, "examples": est.examples}

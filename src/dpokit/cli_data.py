@@ -154,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.text.pairs import TokenizeSettings
     from .eval.evaluate import evaluate, format_report, load_eval_policy
     from .eval.metrics import reward_judge
-    from .eval.rewards import load_reward
+    from .eval.rewards import import_object, load_reward
     from .policies.causal_lm.sampling import SamplingSettings
 
     if not (args.pairs or args.prompts):
@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "(held-out prompts for generation)")
     policy = load_eval_policy(args.model, args.reference)
     reward = load_reward(args.reward) if args.reward else None
-    judge = _callable(args.judge_fn) if args.judge_fn else (
+    judge = import_object(args.judge_fn) if args.judge_fn else (
         reward_judge(load_reward(args.judge)) if args.judge else None)
     report = evaluate(
         policy, pairs=_read([args.pairs]) if args.pairs else None,
@@ -190,14 +190,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                        else "report.html")
     print(f"report: {write_report(args.runs, out)}")
     return 0
-
-
-def _callable(spec: str):
-    """``module:function`` as a judge ``(prompt, first, second) -> 1 / 0.5 / 0``."""
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def add_parsers(sub) -> None:

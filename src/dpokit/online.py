@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from .config import TrainConfig
 from .data import PairCollator, build_pairs, load_records
 from .data.builders import (
-    FailureSettings,
+    DEGENERATE,
     PromptRow,
     ScoredSettings,
     detect_failures,
@@ -43,6 +42,7 @@ from .data.builders import (
 )
 from .data.io import Record
 from .data.split import prompt_key
+from .eval.metrics import Estimate
 from .eval.rewards import Reward, load_reward
 from .pipeline import Run, _evaluators, _settings, _sources, build_objective, build_policy
 from .policies.causal_lm.models import load_tokenizer
@@ -65,9 +65,6 @@ def prompt_pool(path: str, what: str = "prompts") -> list[PromptRow]:
     return rows
 
 
-DEGENERATE = FailureSettings(detectors=("empty", "repetition", "truncation"))
-
-
 def sampling_settings(cfg: TrainConfig, seed: int) -> SamplingSettings:
     o = cfg.online
     return SamplingSettings(num_samples=o.num_samples, max_new_tokens=o.max_new_tokens,
@@ -88,20 +85,17 @@ class RewardEstimate:
     examples: list[tuple[Any, str]] = field(default_factory=list)
 
 
-def sample_reward(policy, tokenizer, prompts: list[PromptRow], reward: Reward,
+def sample_reward(model, tokenizer, prompts: list[PromptRow], reward: Reward,
                   settings: SamplingSettings) -> RewardEstimate:
-    """Mean reward of ``settings.num_samples`` samples per prompt (standard error over
-    prompts, whose per-prompt means are independent)."""
-    samples = sample_completions(policy.model, tokenizer, [p.prompt for p in prompts], settings)
+    """Mean reward of ``model``'s ``settings.num_samples`` samples per prompt (standard error
+    over prompts, whose per-prompt means are independent)."""
+    samples = sample_completions(model, tokenizer, [p.prompt for p in prompts], settings)
     scored = score_samples(prompts, lambda _: samples, reward)
-    per_prompt = [sum(s for _, s in g.responses) / len(g.responses) for g in scored.groups]
-    n = len(per_prompt)
-    mean = sum(per_prompt) / n
-    var = sum((x - mean) ** 2 for x in per_prompt) / max(n - 1, 1)
+    est = Estimate.of([sum(s for _, s in g.responses) / len(g.responses) for g in scored.groups])
     flat = [s for group in samples for s in group]
     failed = sum(bool(detect_failures(s.text, s.finished, DEGENERATE)) for s in flat)
     examples = [(p.prompt, group[0].text) for p, group in zip(prompts, samples, strict=True)]
-    return RewardEstimate(mean, math.sqrt(var / n), n, failed / max(len(flat), 1), examples[:4])
+    return RewardEstimate(est.mean, est.stderr, est.n, failed / max(len(flat), 1), examples[:4])
 
 
 def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward
@@ -192,7 +186,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     def measure(round_no: int, extra: dict[str, Any]) -> None:
         record = {"round": round_no, **extra}
         if held:
-            est = sample_reward(policy, tokenizer, held, reward, eval_settings)
+            est = sample_reward(policy.model, tokenizer, held, reward, eval_settings)
             record.update({"eval/sample_reward": est.mean, "eval/sample_reward_se": est.stderr,
                            "eval/sample_failure_rate": est.failure_rate,
                            "eval/examples": est.examples})

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 
 from ..data import SequenceCollator, TokenizeSettings, build_pairs
-from ..data.builders import PromptRow, detect_failures
-from ..data.builders.failures import FailureSettings
+from ..data.builders import DEGENERATE, PromptRow, detect_failures
 from ..data.io import Record
 from ..data.text.collate import PairCollator
 from ..data.text.sft import TokenizedSequence
@@ -32,6 +31,7 @@ from ..losses import LossParams
 from ..objectives import PreferenceObjective
 from ..policies.causal_lm import CausalLMPolicy
 from ..policies.causal_lm.sampling import Sample, SamplingSettings, sample_completions
+from ..train import sequential_batches
 from ..train.metrics import objective_metrics
 from .metrics import (
     Estimate,
@@ -43,8 +43,6 @@ from .metrics import (
     win_rate,
 )
 from .rewards import Reward
-
-DEGENERATE = FailureSettings(detectors=("empty", "repetition", "truncation"))
 
 
 def load_eval_policy(model: str, reference: str | None = None) -> CausalLMPolicy:
@@ -104,8 +102,8 @@ def preference_metrics(policy: CausalLMPolicy, records: Sequence[Record], beta: 
                 ref = torch.zeros(batch.num_sequences)
             return objective(policy, batch, ref)
 
-    batches = (collate([pairs[i] for i in range(j, min(j + batch_size, len(pairs)))])
-               for j in range(0, len(pairs), batch_size))
+    batches = (collate([pairs[i] for i in indices])
+               for indices in sequential_batches(len(pairs), batch_size))
     with policy_eval_mode(policy):
         means = objective_metrics(objective, batches, forward)
     keep = means if has_ref else {k: v for k, v in means.items() if k.startswith(("logp",
@@ -131,8 +129,8 @@ def sample_logps(policy: CausalLMPolicy, samples: Sequence[Sample],
     collate = SequenceCollator(policy.tokenizer.pad_token_id, "padded")
     mine, ref = [], []
     with policy_eval_mode(policy):
-        for j in range(0, len(sequences), batch_size):
-            batch = collate(sequences[j:j + batch_size])
+        for indices in sequential_batches(len(sequences), batch_size):
+            batch = collate([sequences[i] for i in indices])
             mine += policy.logps(batch).logps.float().tolist()  # (S,)
             ref += policy.reference_logps(batch).logps.float().tolist()  # (S,)
     return mine, ref

@@ -164,8 +164,7 @@ def classifier_reward(path: str, label: str | None = None, batch_size: int = 16)
     return Reward(f"hf:{path}", score)
 
 
-def guarded_reward(inner: Reward, detectors: tuple[str, ...] = ("empty", "repetition",
-                                                               "truncation"),
+def guarded_reward(inner: Reward, detectors: tuple[str, ...] | None = None,
                    penalty: float = -1.0) -> Reward:
     """``inner``'s score, or ``penalty`` when a failure detector fires on the completion.
 
@@ -173,9 +172,9 @@ def guarded_reward(inner: Reward, detectors: tuple[str, ...] = ("empty", "repeti
     >>> r(["q", "q"], ["Fine.", "good good good good good good good good."])
     [1.0, -1.0]
     """
-    from ..data.builders.failures import FailureSettings, detect_failures
+    from ..data.builders.failures import DEGENERATE, FailureSettings, detect_failures
 
-    settings = FailureSettings(detectors=detectors)
+    settings = DEGENERATE if detectors is None else FailureSettings(detectors=detectors)
 
     def score(ps, cs, rs):
         raw = inner(ps, cs, rs)
@@ -232,7 +231,15 @@ def load_reward(spec: str | Callable[..., float] | Reward) -> Reward:
         raise ValueError(f"unknown reward {spec!r}: use module:function, vader, vader_negative, "
                          f"minilm or hf:PATH")
     try:
-        fn = getattr(importlib.import_module(module), attr)
+        return callable_reward(import_object(spec), spec)
+    except ValueError as err:
+        raise ValueError(f"reward {err}") from None
+
+
+def import_object(spec: str) -> Any:
+    """``module:attribute`` -> the object (a reward, a judge); a clear error if absent."""
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"reward {spec!r}: {err}") from None
-    return callable_reward(fn, spec)
+        raise ValueError(f"{spec!r}: {err}") from None

@@ -4,12 +4,12 @@ and what was dropped, by reason. Text only, no tokenizer, no model: a sampler or
 passed in as a function."""
 
 from .common import BuildReport, BuiltPairs, write_rows
-from .failures import DETECTORS, FailureSettings, detect_failures, failure_pairs
+from .failures import DEGENERATE, DETECTORS, FailureSettings, detect_failures, failure_pairs
 from .sample import PromptRow, SampleText, ScoredSamples, prompt_rows, sample_pairs, score_samples
 from .scored import PAIRINGS, ScoredGroup, ScoredSettings, pair_scored, scored_groups
 from .votes import VoteRules, reddit_rows, vote_pairs
 
-__all__ = ["DETECTORS", "PAIRINGS", "BuildReport", "BuiltPairs", "FailureSettings",
+__all__ = ["DEGENERATE", "DETECTORS", "PAIRINGS", "BuildReport", "BuiltPairs", "FailureSettings",
            "PromptRow", "SampleText", "ScoredGroup", "ScoredSamples", "ScoredSettings",
            "VoteRules", "detect_failures", "failure_pairs", "pair_scored", "prompt_rows",
            "reddit_rows", "sample_pairs", "score_samples", "scored_groups", "vote_pairs",

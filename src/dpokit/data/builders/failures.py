@@ -61,6 +61,10 @@ class FailureSettings:
             raise ValueError(f"unknown detectors {sorted(unknown)}; known: {list(DETECTORS)}")
 
 
+# what makes an answer unusable whatever was asked (refusal and language are task-dependent)
+DEGENERATE = FailureSettings(detectors=("empty", "repetition", "truncation"))
+
+
 def repeated_share(words: list[str], n: int) -> float:
     """Share of word n-grams that repeat an earlier one (0 = all distinct)."""
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
