@@ -44,7 +44,7 @@ from .data.io import Record
 from .data.split import prompt_key
 from .eval.metrics import Estimate
 from .eval.rewards import Reward, load_reward
-from .pipeline import Run, _evaluators, _settings, _sources, build_objective, build_policy
+from .pipeline import Run, _services, _settings, _sources, build_objective, build_policy
 from .policies.causal_lm.models import load_tokenizer
 from .policies.causal_lm.sampling import SamplingSettings, sample_completions
 from .train import EvalSet, Trainer
@@ -147,7 +147,7 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
     log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each, reward "
         f"{cfg.online.reward}")
     trainer = Trainer(cfg, policy, objective, source, _eval_pairs(cfg, tokenizer, collate),
-                      log=log, evaluators=_evaluators(cfg))
+                      log=log, **_services(cfg, tokenizer, log))
     return Run(cfg, tokenizer, policy, objective, None, None, trainer)  # type: ignore[arg-type]
 
 
@@ -180,6 +180,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     pool = prompt_pool(o.prompts or cfg.data.train_data or "")
     held = prompt_pool(cfg.run.eval_prompts, "eval_prompts") if cfg.run.eval_prompts else None
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
+    services = _services(cfg, tokenizer, log)  # one geometry monitor across rounds
     eval_settings = sampling_settings(cfg, seed=10_000 + cfg.optim.seed)
     result = IterativeResult()
 
@@ -233,7 +234,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
             cfg.run, output_dir=str(round_dir), eval_before=False))
         source, _ = _sources(round_cfg, train, None, collate)
         trainer = Trainer(round_cfg, policy, objective, source,
-                          _eval_pairs(cfg, tokenizer, collate), log=log)
+                          _eval_pairs(cfg, tokenizer, collate), log=log, **services)
         trained = trainer.train()
         save_file({k: v.contiguous() for k, v in policy.trainable_state_dict().items()},
                   round_dir / ROUND_STATE)

@@ -212,12 +212,28 @@ def _sources(cfg: TrainConfig, train: ExampleSet, evaluation: ExampleSet | None,
     return source, eval_set
 
 
-def _evaluators(cfg: TrainConfig) -> list:
-    """Held-out generation figures at each evaluation when ``run.eval_prompts`` is set."""
+def _services(cfg: TrainConfig, tokenizer, log=print) -> dict[str, list]:
+    """The trainer's optional services from the config: ``evaluators`` (held-out generation
+    figures when ``run.eval_prompts`` is set, embedding geometry when ``geometry.probes`` is)
+    and ``regularizers`` (``geometry.regularizer``)."""
     from .eval.evaluate import generation_evaluator
+    from .eval.tdi import GeometryMonitor, GeometrySettings, StyleRegularizer, load_probes
 
-    evaluator = generation_evaluator(cfg)
-    return [evaluator] if evaluator is not None else []
+    g = cfg.geometry
+    settings = GeometrySettings(layer=g.layer, sigma=g.tdi_sigma,
+                                max_length=g.max_probe_length, seed=cfg.optim.seed)
+    evaluators, regularizers = [], []
+    generation = generation_evaluator(cfg)
+    if generation is not None:
+        evaluators.append(generation)
+    if g.probes:
+        evaluators.append(GeometryMonitor(load_probes(g.probes), tokenizer, settings,
+                                          g.warn_increase, log))
+    if g.regularizer != "off":
+        regularizers.append(StyleRegularizer(load_probes(g.regularizer_probes), tokenizer,
+                                             g.regularizer, g.regularizer_weight,
+                                             g.regularizer_contents, settings))
+    return {"evaluators": evaluators, "regularizers": regularizers}
 
 
 def build_run(cfg: TrainConfig, log=print) -> Run:
@@ -232,7 +248,7 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     source, eval_set = _sources(cfg, train, evaluation, collate)
     trainer = Trainer(cfg, policy, objective, source, eval_set, log=log,
-                      evaluators=_evaluators(cfg))
+                      **_services(cfg, tokenizer, log))
     return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)
 
 
@@ -250,5 +266,5 @@ def build_sft_run(cfg: TrainConfig, log=print) -> Run:
     )
     source, eval_set = _sources(cfg, train, evaluation, collate)
     trainer = Trainer(cfg, policy, objective, source, eval_set, log=log,
-                      evaluators=_evaluators(cfg))
+                      **_services(cfg, tokenizer, log))
     return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)

@@ -169,6 +169,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"loss_weights has {len(loss.loss_weights)} values for {len(names)} losses"
         )
+    if cfg.geometry.regularizer != "off" and not cfg.geometry.regularizer_probes:
+        raise ConfigError(f"geometry.regularizer={cfg.geometry.regularizer} trains on probe "
+                          f"rows: set geometry.regularizer_probes (e.g. "
+                          f"data/style_probes.train.jsonl)")
+    if cfg.online.mode == "online" and not cfg.optim.max_steps:
+        raise ConfigError("online.mode=online samples new pairs every step and has no epochs: "
+                          "set optim.max_steps")
     if loss.ref_sync:
         if m.lora or m.reference in ("adapter", "adapter_copy"):
             raise ConfigError(

@@ -205,9 +205,34 @@ class OnlineConfig:
     iterations: int = setting(2, "iterative: rounds", AT_LEAST_ONE)
 
 
+@dataclass
+class GeometryConfig:
+    probes: str | None = setting(
+        None, "style probe rows (content, style, text), e.g. data/style_probes.eval.jsonl: "
+        "Style TDI and trajectory TDI at each evaluation (eval/geometry/...)")
+    layer: int = setting(-1, "hidden layer of Style TDI and the finite_difference regularizer "
+                         "(-1: the last)")
+    tdi_sigma: float = setting(0.01, "trajectory TDI input noise, relative to the input "
+                               "embeddings' RMS (the identity map scores sigma^2)", POSITIVE)
+    warn_increase: float = setting(0.2, "warn when Style TDI rises by more than this fraction "
+                                   "over its first value", NON_NEGATIVE)
+    max_probe_length: int = setting(64, "tokens per probe text", AT_LEAST_ONE)
+    regularizer: Literal["off", "finite_difference", "matched"] = setting(
+        "off", "penalize hidden-state sensitivity to style during training: finite_difference "
+        "(distances between style variants / between contents) or matched (response to noise "
+        "shaped like style changes)")
+    regularizer_probes: str | None = setting(
+        None, "probe rows the regularizer trains on (keep them apart from `probes`), e.g. "
+        "data/style_probes.train.jsonl")
+    regularizer_weight: float = setting(1.0, "weight of the penalty in the loss", NON_NEGATIVE)
+    regularizer_contents: int = setting(4, "probe contents per step (all their styles run)",
+                                        Domain(2.0, low_inclusive=True))
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
                              "optim": OptimConfig, "run": RunConfig,
-                             "distributed": DistributedConfig, "online": OnlineConfig}
+                             "distributed": DistributedConfig, "online": OnlineConfig,
+                             "geometry": GeometryConfig}
 
 
 @dataclass
@@ -221,6 +246,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

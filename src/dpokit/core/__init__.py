@@ -8,8 +8,11 @@ from .protocols import (
     ObjectiveOutput,
     Policy,
     PolicyCapabilities,
+    Regularizer,
+    RegularizerOutput,
 )
 from .types import LossOutput, MetricSums, PairLogps, SequenceScores
 
 __all__ = ["BasePolicy", "Batch", "DataSource", "LossOutput", "MetricSums", "Objective",
-           "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "SequenceScores"]
+           "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "Regularizer",
+           "RegularizerOutput", "SequenceScores"]

@@ -194,3 +194,24 @@ class DataSource(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RegularizerOutput:
+    """value: () differentiable penalty, already a mean over what the regularizer ran."""
+
+    value: torch.Tensor
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """A penalty the loop adds to every step's loss as ``weight * value``: computed once per
+    optimizer step (before the micro-batches, its gradient accumulated with theirs), logged
+    as ``reg/<name>``. It must depend only on ``(policy, step)``, so resume reproduces it, and
+    give every process the same value or a mean of the same size (DDP averages gradients).
+    E.g. ``dpokit.eval.tdi.StyleRegularizer``."""
+
+    name: str
+    weight: float
+
+    def __call__(self, policy: Policy, step: int) -> RegularizerOutput: ...

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy
+from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .folder import RunFolder
@@ -57,11 +57,13 @@ class Trainer:
     def __init__(self, cfg: Any, policy: Policy, objective: Objective, source: DataSource,
                  eval_set: EvalSet | None = None, accelerator: Any = None,
                  trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print,
-                 evaluators: Sequence[Callable[[Policy], dict[str, float]]] = ()):
+                 evaluators: Sequence[Callable[[Policy], dict[str, float]]] = (),
+                 regularizers: Sequence[Regularizer] = ()):
         self.cfg, self.policy, self.objective = cfg, policy, objective
         self.source, self.eval_set, self.log = source, eval_set, log
         self.evaluators = list(evaluators)  # more held-out figures (generation), eval/ keys
         self.evaluating = eval_set is not None or bool(self.evaluators)
+        self.regularizers = list(regularizers)  # weight * value added to every step's loss
         optim, run = cfg.optim, cfg.run
         self.folder = RunFolder(run.output_dir, log=log)
         self.folder.check_usable()  # before any compute
@@ -128,6 +130,22 @@ class Trainer:
             t = self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu()
         return t.tolist()
 
+    def _no_sync(self, stack: ExitStack) -> None:
+        for module in self.synced_modules:  # skip DDP's all-reduce: a later backward does it
+            stack.enter_context(self.accelerator.no_sync(module))
+
+    def _regularize(self, sums: MetricSums) -> None:
+        """Each regularizer's ``weight * value``, backpropagated before the micro-batches so
+        that their last backward all-reduces the sum."""
+        for reg in self.regularizers:
+            with ExitStack() as stack:
+                self._no_sync(stack)
+                with self.autocast():
+                    value = reg(self.policy, self.step).value.float()
+                self._check_finite(value, f"the {reg.name} regularizer")
+                self.accelerator.backward(value * reg.weight)
+            sums.add(f"reg/{reg.name}", value.reshape(1))
+
     def _train_step(self) -> dict:
         started = time.perf_counter()
         device = self.accelerator.device
@@ -137,12 +155,12 @@ class Trainer:
         step_units, step_examples = self._global_sum(sum(units), examples)
         scale = self.world / step_units  # DDP averages over processes; we want the global mean
         sums, tokens = MetricSums(), 0
+        self._regularize(sums)
         for i, batch in enumerate(batches):
             tokens += batch.num_tokens
             with ExitStack() as stack:  # skip DDP's gradient all-reduce until the last
                 if i < len(batches) - 1:
-                    for module in self.synced_modules:
-                        stack.enter_context(self.accelerator.no_sync(module))
+                    self._no_sync(stack)
                 out = self._forward(batch, "train")
                 loss_sum = out.losses.sum()
                 self._check_finite(loss_sum, "the loss")

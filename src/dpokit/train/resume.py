@@ -21,7 +21,8 @@ from .checkpoint import CheckpointStore, CorruptCheckpoint
 NOT_COMPUTATION = frozenset({
     "train_data", "eval_data", "train_split", "eval_split", "eval_fraction", "on_bad_rows",
     "logprob_impl", "lm_head_chunk_size", "segment_attention", "max_row_tokens",
-    "precompute_ref_logps", "ref_cache_dir", "tokenizer", "eval_prompts", "sample_batch_size"})
+    "precompute_ref_logps", "ref_cache_dir", "tokenizer", "eval_prompts", "sample_batch_size",
+    "probes", "tdi_sigma", "warn_increase"})
 
 
 class ResumeMismatch(RuntimeError):
@@ -30,7 +31,7 @@ class ResumeMismatch(RuntimeError):
 
 def run_signature(config: dict[str, dict[str, Any]], data_fingerprint: str) -> dict[str, Any]:
     """``section.key -> value`` for every field that changes the math, plus data and code."""
-    sections = ("model", "data", "loss", "optim", "online")
+    sections = ("model", "data", "loss", "optim", "online", "geometry")
     signature = {f"{section}.{key}": value for section in sections
                  for key, value in config[section].items() if key not in NOT_COMPUTATION}
     signature["data.fingerprint"] = data_fingerprint

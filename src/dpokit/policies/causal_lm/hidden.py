@@ -1,0 +1,78 @@
+"""Hidden states of a causal LM on plain texts: what the embedding-geometry figures read.
+
+``encode_texts`` tokenizes (right-padded); ``hidden_states`` runs the transformer body on the
+input embeddings, optionally perturbed by ``noise`` (a function of the clean embeddings), and
+returns every layer's hidden states with the mask. Pooling and the TDI math live in
+``dpokit.eval.tdi``; this module only knows how a causal LM is run.
+
+    >>> texts = encode_texts(tokenizer, ["A cat.", "A CAT!"], max_length=32)  # doctest: +SKIP
+    >>> out = hidden_states(model, texts)                                      # doctest: +SKIP
+    >>> len(out.layers), out.layers[-1].shape        # L+1, (2, T, H)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .policy import _unwrap_peft
+
+
+@dataclass
+class EncodedTexts:
+    """input_ids (N, T) right-padded; attention_mask (N, T) 1 on real tokens."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def select(self, index: torch.Tensor | slice) -> EncodedTexts:
+        ids, mask = self.input_ids[index], self.attention_mask[index]
+        width = int(mask.sum(1).max())  # drop columns that are padding in every selected row
+        return EncodedTexts(ids[:, :width], mask[:, :width])
+
+    def to(self, device: torch.device | str) -> EncodedTexts:
+        return EncodedTexts(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+@dataclass
+class HiddenStates:
+    """layers: L+1 tensors (N, T, H), the input embeddings (fed, so perturbed when noised)
+    first, then each decoder layer's output (the last after the final norm); mask (N, T)."""
+
+    layers: tuple[torch.Tensor, ...]
+    mask: torch.Tensor
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> EncodedTexts:
+    """Tokenize plain texts (the tokenizer's special tokens, no chat template), cut to
+    ``max_length`` tokens, right-padded."""
+    rows = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (N, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, T)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return EncodedTexts(ids, mask)
+
+
+def input_embeddings(model: nn.Module, texts: EncodedTexts) -> torch.Tensor:
+    """(N, T, H) token embeddings of the model (through any adapter on them)."""
+    return model.get_input_embeddings()(texts.input_ids)
+
+
+def hidden_states(model: nn.Module, texts: EncodedTexts,
+                  noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HiddenStates:
+    """Run the transformer body (not the LM head) on the texts' input embeddings, plus
+    ``noise(embeddings)`` when given; gradients flow when the caller enables them."""
+    body = _unwrap_peft(model).base_model  # LlamaModel, GPT2Model, ...: adapters stay active
+    embeds = input_embeddings(model, texts)  # (N, T, H)
+    if noise is not None:
+        embeds = embeds + noise(embeds)  # (N, T, H)
+    out = body(inputs_embeds=embeds, attention_mask=texts.attention_mask,
+               output_hidden_states=True, use_cache=False)
+    return HiddenStates(tuple(out.hidden_states), texts.attention_mask)
