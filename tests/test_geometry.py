@@ -207,3 +207,33 @@ def test_train_cli_logs_geometry_at_each_evaluation(tmp_path, tiny_model_dir):
     assert [r["step"] for r in evals] == [0, 2, 4]
     assert evals[0]["eval/geometry/style_tdi_change"] == 0.0
     assert all("reg/style" in r for r in rows if "loss" in r)
+
+
+def test_eval_cli_gives_geometry_of_the_model_and_its_reference(tmp_path, tiny_model_dir,
+                                                                 capsys):
+    probes = write_jsonl(tmp_path / "probes.jsonl", [
+        {"content": c, "style": s, "text": t} for c, s, t in [
+            ("a", "o", "the cat sat on the mat."), ("a", "u", "THE CAT SAT ON THE MAT"),
+            ("b", "o", "paris is the capital of france."), ("b", "u", "PARIS IS THE CAPITAL")]])
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--probes",
+                 str(probes), "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    # the same weights as the reference: the same geometry, change 0
+    assert figures["eval/geometry/style_tdi"] == pytest.approx(
+        figures["eval/geometry/reference_style_tdi"], rel=1e-5)
+    assert figures["eval/geometry/style_tdi_change"] == pytest.approx(0.0, abs=1e-5)
+    assert "Style TDI" in capsys.readouterr().out
+
+
+def test_report_plots_the_tdi_trajectory(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_jsonl(run / "metrics.jsonl", [
+        *({"step": s, "loss": 0.7, "reg/style": 1.0 / s} for s in (1, 2)),
+        *({"step": s, "eval/loss": 0.6, "eval/geometry/style_tdi": 0.9 + s,
+           "eval/geometry/trajectory_tdi": 1e-4} for s in (0, 2))])
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert 'alt="Style TDI (embedding layout, lower is better)"' in page
+    assert 'alt="trajectory TDI"' in page and 'alt="regularizer penalty"' in page

@@ -71,6 +71,8 @@ def _load(recipe: str | None, overrides: list[str]):
     cfg.data.eval_data = _repo_relative(cfg.data.eval_data)
     cfg.online.prompts = _repo_relative(cfg.online.prompts)
     cfg.run.eval_prompts = _repo_relative(cfg.run.eval_prompts)
+    cfg.geometry.probes = _repo_relative(cfg.geometry.probes)
+    cfg.geometry.regularizer_probes = _repo_relative(cfg.geometry.regularizer_probes)
     return cfg
 
 

@@ -157,9 +157,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.rewards import import_object, load_reward
     from .policies.causal_lm.sampling import SamplingSettings
 
-    if not (args.pairs or args.prompts):
-        raise ValueError("nothing to evaluate: give --pairs (held-out pairs) and/or --prompts "
-                         "(held-out prompts for generation)")
+    from .eval.tdi import load_probes
+
+    if not (args.pairs or args.prompts or args.probes):
+        raise ValueError("nothing to evaluate: give --pairs (held-out pairs), --prompts "
+                         "(held-out prompts for generation) and/or --probes (style probes)")
     policy = load_eval_policy(args.model, args.reference)
     reward = load_reward(args.reward) if args.reward else None
     judge = import_object(args.judge_fn) if args.judge_fn else (
@@ -170,7 +172,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge=judge, settings=_settings(SamplingSettings, args), beta=args.beta,
         tokenize=TokenizeSettings(max_length=args.max_length,
                                   max_prompt_length=args.max_prompt_length,
-                                  chat_template_for_strings=not args.no_chat_template))
+                                  chat_template_for_strings=not args.no_chat_template),
+        probes=load_probes(args.probes) if args.probes else None)
     print(format_report(report))
     for sample in report.samples[:3]:
         print(f"  sample: {sample['prompt']!r} -> {sample['sample'][:120]!r}")
@@ -233,6 +236,8 @@ def add_parsers(sub) -> None:
                     "comparison (default: --reward)")
     ev.add_argument("--judge-fn", help="a pairwise judge instead: module:function(prompt, "
                     "first, second) -> 1 (first), 0.5 (tie) or 0 (second)")
+    ev.add_argument("--probes", help="style probe rows (content, style, text): Style TDI and "
+                    "trajectory TDI of the model and its reference")
     ev.add_argument("--beta", type=float, default=0.1, help="β of the implicit reward")
     ev.add_argument("--max-length", type=int, default=512)
     ev.add_argument("--max-prompt-length", type=int, default=256)

@@ -43,6 +43,7 @@ from .metrics import (
     win_rate,
 )
 from .rewards import Reward
+from .tdi import GeometrySettings, StyleProbes, measure_geometry
 
 
 def load_eval_policy(model: str, reference: str | None = None) -> CausalLMPolicy:
@@ -180,12 +181,32 @@ def generation_metrics(policy: CausalLMPolicy, prompts: Sequence[PromptRow],
     return report
 
 
+def geometry_metrics(policy: CausalLMPolicy, probes: StyleProbes,
+                     settings: GeometrySettings = GeometrySettings()) -> dict[str, float]:
+    """Style TDI and trajectory TDI of the model (``eval/geometry/``) and, when it has one, of
+    its reference (``eval/geometry/reference_``), on the same seeded perturbations."""
+    policy.train(False)
+    m = measure_geometry(policy.model, policy.tokenizer, probes, settings).figures(
+        "eval/geometry/")
+    if policy.capabilities.has_reference:
+        with policy.as_reference() as ref_model:
+            m.update(measure_geometry(ref_model, policy.tokenizer, probes, settings).figures(
+                "eval/geometry/reference_"))
+        m["eval/geometry/style_tdi_change"] = (m["eval/geometry/style_tdi"]
+                                               / m["eval/geometry/reference_style_tdi"] - 1)
+    return m
+
+
 def evaluate(policy: CausalLMPolicy, pairs: Sequence[Record] | None = None,
              prompts: Sequence[PromptRow] | None = None, reward: Reward | None = None,
              judge: Judge | None = None, settings: SamplingSettings | None = None,
-             beta: float = 0.1, tokenize: TokenizeSettings | None = None) -> EvalReport:
-    """Preference figures on ``pairs`` and generation figures on ``prompts``."""
+             beta: float = 0.1, tokenize: TokenizeSettings | None = None,
+             probes: StyleProbes | None = None) -> EvalReport:
+    """Preference figures on ``pairs``, generation figures on ``prompts``, embedding geometry
+    on style ``probes``."""
     report = EvalReport()
+    if probes is not None:
+        report.metrics.update(geometry_metrics(policy, probes))
     if pairs:
         report.metrics.update(preference_metrics(policy, pairs, beta, tokenize))
     if prompts:
@@ -235,6 +256,11 @@ ROWS = [
     ("eval/gen/distinct_2", "distinct-2", "{:.3f}"),
     ("eval/gen/repetition", "repetition rate (3-grams)", "{:.3f}"),
     ("eval/gen/degenerate", "degenerate samples", "{:.3f}"),
+    ("eval/geometry/style_tdi", "Style TDI (lower is better)", "{:.4f}"),
+    ("eval/geometry/reference_style_tdi", "  reference's", "{:.4f}"),
+    ("eval/geometry/style_tdi_change", "  change vs reference", "{:+.1%}"),
+    ("eval/geometry/trajectory_tdi", "trajectory TDI", "{:.3g}"),
+    ("eval/geometry/reference_trajectory_tdi", "  reference's", "{:.3g}"),
 ]
 
 
@@ -250,5 +276,5 @@ def format_report(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalReport", "evaluate", "format_report", "generation_metrics", "load_eval_policy",
-           "preference_metrics"]
+__all__ = ["EvalReport", "evaluate", "format_report", "generation_metrics", "geometry_metrics",
+           "load_eval_policy", "preference_metrics"]

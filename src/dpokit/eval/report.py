@@ -1,6 +1,7 @@
 """``dpokit report RUN_DIR [RUN_DIR ...]``: one self-contained HTML page per run or comparison.
 
-Training curves, held-out figures over steps (the objective's and the generation figures),
+Training curves, held-out figures over steps (the objective's, the generation figures and the
+embedding-geometry trajectory: Style TDI and trajectory TDI),
 the last evaluation's figures side by side, and sample answers from the first and last
 evaluations; the PNG plots are written next to the page and embedded in it (base64), so the
 page can be mailed alone.
@@ -22,6 +23,7 @@ TRAIN_PANELS = [
     ("implicit reward", ["rewards/margins", "rewards/accuracies"]),
     ("tokens", ["entropy", "mean_token_accuracy"]),
     ("optimizer", ["grad_norm", "learning_rate"]),
+    ("regularizer penalty", ["reg/style"]),
 ]
 EVAL_PANELS = [
     ("held-out loss", ["eval/loss"]),
@@ -29,6 +31,8 @@ EVAL_PANELS = [
     ("reward of own samples", ["eval/gen/reward"]),
     ("KL to the reference (nats per sample)", ["eval/gen/kl"]),
     ("win rate vs reference", ["eval/gen/win_rate", "eval/gen/win_rate_lc"]),
+    ("Style TDI (embedding layout, lower is better)", ["eval/geometry/style_tdi"]),
+    ("trajectory TDI", ["eval/geometry/trajectory_tdi"]),
 ]
 
 

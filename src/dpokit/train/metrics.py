@@ -91,13 +91,11 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def format_eval(m: dict[str, Any]) -> str:
     """One line of the headline eval metrics that are present."""
-    keys = ("loss", "rewards/accuracies", "rewards/margins", "logp_accuracy", "gen/reward",
-            "gen/kl", "gen/win_rate")
-    parts = [
-        f"{k} {m[f'eval/{k}']:.{4 if k in ('loss', 'rewards/margins', 'gen/kl') else 3}f}"
-        for k in keys
-        if f"eval/{k}" in m
-    ]
+    formats = {"loss": ".4f", "rewards/accuracies": ".3f", "rewards/margins": ".4f",
+               "logp_accuracy": ".3f", "gen/reward": ".3f", "gen/kl": ".4f",
+               "gen/win_rate": ".3f", "geometry/style_tdi": ".4f",
+               "geometry/trajectory_tdi": ".3g"}
+    parts = [f"{k} {m[f'eval/{k}']:{fmt}}" for k, fmt in formats.items() if f"eval/{k}" in m]
     return f"[eval @ step {m['step']}] " + "  ".join(parts)
 
 
