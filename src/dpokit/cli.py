@@ -6,6 +6,7 @@
     dpokit pairs votes|scored|sample|failures IN... --out OUT    build preference pairs
     dpokit data inspect|split FILE            look at a dataset; split it by prompt
     dpokit eval MODEL --pairs F --prompts F --reward R   held-out figures vs the reference
+    dpokit harness MODEL --task-files DIR     lm-evaluation-harness tasks (local or by name)
     dpokit report RUN_DIR [RUN_DIR ...]       an HTML page of one run or several side by side
     dpokit losses                             the registered losses and their hyper-parameters
     dpokit config                             every config field, its default and meaning
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     quick = sub.add_parser("quickstart", help="align the embedded SmolLM2, show before/after")
     quick.add_argument("overrides", nargs="*", help="key=value ...")
-    from .cli_data import add_parsers, cmd_data, cmd_eval, cmd_pairs, cmd_report
+    from .cli_data import add_parsers, cmd_data, cmd_eval, cmd_harness, cmd_pairs, cmd_report
 
     add_parsers(sub)
     sub.add_parser("losses", help="list the registered losses and their hyper-parameters")
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "harness":
+            return cmd_harness(args)
         return cmd_losses()
     except Interrupted as stop:
         if debug:

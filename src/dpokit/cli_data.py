@@ -155,9 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.evaluate import evaluate, format_report, load_eval_policy
     from .eval.metrics import reward_judge
     from .eval.rewards import import_object, load_reward
-    from .policies.causal_lm.sampling import SamplingSettings
-
     from .eval.tdi import load_probes
+    from .policies.causal_lm.sampling import SamplingSettings
 
     if not (args.pairs or args.prompts or args.probes):
         raise ValueError("nothing to evaluate: give --pairs (held-out pairs), --prompts "
@@ -182,6 +181,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"model": args.model, "reference": args.reference,
                                                **report.metrics,
                                                "samples": report.samples}, indent=1))
+        print(f"figures in {args.json}")
+    return 0
+
+
+def cmd_harness(args: argparse.Namespace) -> int:
+    from .cli import _repo_relative as _repo_path  # shipped data/lm_eval_tasks from anywhere
+    from .eval.harness import run_harness
+
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    result = run_harness(_repo_path(args.model), tasks,
+                         [_repo_path(f) for f in args.task_files or []],
+                         include_path=args.include_path, limit=args.limit,
+                         batch_size=args.batch_size, num_fewshot=args.num_fewshot)
+    print(result.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": args.model, **result.metrics},
+                                              indent=1, default=str))
         print(f"figures in {args.json}")
     return 0
 
@@ -245,6 +262,18 @@ def add_parsers(sub) -> None:
                     help="string pairs as raw text (default: a chat turn)")
     ev.add_argument("--json", help="write every figure and a few samples here")
     _add_fields(ev, SamplingSettings)
+    harness = sub.add_parser("harness", help="lm-evaluation-harness tasks (theirs by name, or "
+                             "local YAML files) on a model or LoRA adapter (pip install lm-eval)")
+    harness.add_argument("model", help="model folder, hub name, smollm2, or a LoRA adapter")
+    harness.add_argument("--tasks", help="harness task names, comma-separated")
+    harness.add_argument("--task-files", nargs="+", help="local task YAML files or folders "
+                         "(data_files relative to each YAML), e.g. data/lm_eval_tasks")
+    harness.add_argument("--include-path", help="a folder of task YAMLs the harness reads "
+                         "itself (for YAMLs with !function tags)")
+    harness.add_argument("--limit", type=int, help="examples per task at most")
+    harness.add_argument("--batch-size", type=int, default=8)
+    harness.add_argument("--num-fewshot", type=int)
+    harness.add_argument("--json", help="write the figures here")
     report = sub.add_parser("report", help="a self-contained HTML page of one run, or several "
                             "side by side")
     report.add_argument("runs", nargs="+", help="run folders (output_dir of dpokit train/sft)")

@@ -182,9 +182,10 @@ def generation_metrics(policy: CausalLMPolicy, prompts: Sequence[PromptRow],
 
 
 def geometry_metrics(policy: CausalLMPolicy, probes: StyleProbes,
-                     settings: GeometrySettings = GeometrySettings()) -> dict[str, float]:
+                     settings: GeometrySettings | None = None) -> dict[str, float]:
     """Style TDI and trajectory TDI of the model (``eval/geometry/``) and, when it has one, of
     its reference (``eval/geometry/reference_``), on the same seeded perturbations."""
+    settings = settings or GeometrySettings()
     policy.train(False)
     m = measure_geometry(policy.model, policy.tokenizer, probes, settings).figures(
         "eval/geometry/")
