@@ -1,4 +1,5 @@
-"""Run by test_two_processes_equal_one: a few training steps, in 1 or 2 processes (gloo, CPU)."""
+"""Run by test_distributed.py: a few training steps in 1 or 2 processes (gloo, CPU), with the
+strategy and any config given as JSON (resume, checkpoints, FSDP2)."""
 
 import json
 import os
@@ -10,31 +11,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import make_tokenizer, sentiment_rows, unpaired_rows  # noqa: E402
 from helpers import tiny_trainer  # noqa: E402
 
+from dpokit.core.sharding import whole  # noqa: E402
 
-def main(out_dir: str, batch_size: int, lora: bool, loss: str) -> None:
+
+def main(out_dir: str, batch_size: int, lora: bool, loss: str, extra: str = "{}") -> None:
     rows = unpaired_rows(sentiment_rows()) if loss == "kto" else sentiment_rows()
-    trainer = tiny_trainer(Path(out_dir), make_tokenizer(), lora=lora, max_steps=3,
-                           batch_size=batch_size, learning_rate=1e-2, max_grad_norm=1.0,
-                           precompute_ref_logps=True, ref_cache_dir=None, loss=loss, rows=rows)
+    cfg = {"max_steps": 3, "batch_size": batch_size, "learning_rate": 1e-2, "max_grad_norm": 1.0,
+           "precompute_ref_logps": True, "ref_cache_dir": None, "loss": loss,
+           **json.loads(extra)}
+    trainer = tiny_trainer(Path(out_dir), make_tokenizer(), lora=lora, rows=rows, **cfg)
     history = trainer.train().history
-    params = {
-        n: float(p.detach().double().sum())
-        for n, p in trainer.policy.model.named_parameters()
-        if p.requires_grad
-    }
+    params = {n: float(whole(p.detach()).double().sum())
+              for n, p in trainer.policy.named_trainable_parameters().items()}
+    trainer.save_final()
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(out_dir, "result.json").write_text(
-            json.dumps(
-                {
-                    "losses": [m["loss"] for m in history],
-                    "grad_norms": [m["grad_norm"] for m in history],
-                    "params": params,
-                    "world": trainer.world,
-                }
-            )
-        )
+        Path(out_dir, "result.json").write_text(json.dumps({
+            "losses": [m["loss"] for m in history], "steps": [m["step"] for m in history],
+            "grad_norms": [m["grad_norm"] for m in history], "params": params,
+            "world": trainer.world}))
     trainer.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], *sys.argv[5:])

@@ -3,6 +3,7 @@ also for KTO, whose KL estimate is a batch mean pooled across processes."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,22 +21,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, world: int, batch_size: int, lora: bool, loss: str, tries: int = 3) -> dict:
+def _run(out: Path, world: int, batch_size: int, lora: bool, loss: str = "sigmoid",
+         tries: int = 3, **cfg) -> dict:
     """Launch the workers; a rendezvous port taken between probing and binding is retried."""
     out.mkdir(parents=True, exist_ok=True)
     for _ in range(tries - 1):
         try:
-            return _launch(out, world, batch_size, lora, loss)
+            return _launch(out, world, batch_size, lora, loss, cfg)
         except PortTaken:
             continue
-    return _launch(out, world, batch_size, lora, loss)
+    return _launch(out, world, batch_size, lora, loss, cfg)
 
 
 class PortTaken(RuntimeError):
     pass
 
 
-def _launch(out: Path, world: int, batch_size: int, lora: bool, loss: str) -> dict:
+def _launch(out: Path, world: int, batch_size: int, lora: bool, loss: str, cfg: dict) -> dict:
     port = str(_free_port())
     procs = []
     for rank in range(world):
@@ -46,8 +48,9 @@ def _launch(out: Path, world: int, batch_size: int, lora: bool, loss: str) -> di
             for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
                 env.pop(key)
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(batch_size),
-                                       "1" if lora else "0", loss], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+                                       "1" if lora else "0", loss, json.dumps(cfg)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     if any(p.returncode for p in procs) and any("Address already in use" in o for o in outputs):
         raise PortTaken(port)
@@ -69,6 +72,43 @@ def test_two_processes_equal_one(tmp_path, lora, loss):
     # the pre-refactor code too, with torch 2.13 / accelerate 1.15)
     for name, value in one["params"].items():
         assert two["params"][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_two_fsdp2_processes_equal_one_process(tmp_path, lora):
+    """FSDP2 (fully_shard per decoder layer, gloo) in 2 processes with batch 2 each == one
+    plain process with batch 4: losses, gradient norms and the updated weights."""
+    one = _run(tmp_path / "one", 1, 4, lora)
+    two = _run(tmp_path / "two", 2, 2, lora, strategy="fsdp")
+    assert two["world"] == 2
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
+    assert two["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-4)
+    for name, value in one["params"].items():  # the same tolerance as DDP's (see above)
+        assert two["params"][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    # final/ is an ordinary folder either way: the gathered weights, not shards
+    if lora:
+        from safetensors.torch import load_file
+        a = load_file(tmp_path / "one" / "out" / "final" / "adapter_model.safetensors")
+        b = load_file(tmp_path / "two" / "out" / "final" / "adapter_model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key].shape == a[key].shape
+            assert b[key].double().sum().item() == pytest.approx(a[key].double().sum().item(),
+                                                                 rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("first,then", [((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp"))])
+def test_a_checkpoint_resumes_on_another_process_count(tmp_path, first, then):
+    """Checkpoints hold whole tensors keyed by name: 2 FSDP2 processes -> 1 process and the
+    reverse continue with the losses of the uninterrupted run."""
+    full = _run(tmp_path / "full", 1, 4, True, max_steps=4)
+    (w1, s1), (w2, s2) = first, then
+    out = tmp_path / "split"
+    _run(out, w1, 4 // w1, True, max_steps=4, save_every=2, strategy=s1)
+    shutil.rmtree(out / "out" / "checkpoints" / "step-0000004")  # as if stopped after step 2
+    resumed = _run(out, w2, 4 // w2, True, max_steps=4, save_every=2, strategy=s2, resume=True)
+    assert resumed["steps"] == [3, 4]
+    assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-4, abs=1e-5)
 
 
 def test_torchrun_cli_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):

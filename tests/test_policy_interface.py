@@ -78,8 +78,8 @@ class RecommenderPolicy(BasePolicy):
     def reference_logps(self, batch):
         return self._logps(self.reference, batch)
 
-    def trainable_parameters(self):
-        return list(self.model.parameters())
+    def named_trainable_parameters(self):
+        return dict(self.model.named_parameters())
 
     def prepare(self, accelerator):
         self.model = accelerator.prepare(self.model)
@@ -95,6 +95,8 @@ class RecommenderPolicy(BasePolicy):
         self.model.load_state_dict(state)
 
     def save_pretrained(self, directory):
+        if directory is None:  # not the main process
+            return
         torch.save(self.model.state_dict(), f"{directory}/recommender.pt")
 
 

@@ -175,9 +175,14 @@ class RunConfig:
 
 @dataclass
 class DistributedConfig:
-    strategy: Literal["ddp"] = setting(
-        "ddp", "data-parallel engine under torchrun / accelerate launch (FSDP / DeepSpeed are "
-        "refused for now)")
+    strategy: Literal["ddp", "fsdp"] = setting(
+        "ddp", "engine under torchrun / accelerate launch: ddp (a whole copy per process) | "
+        "fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded per decoder layer)")
+    fsdp_cpu_offload: bool = setting(False, "fsdp: keep parameters, gradients and optimizer "
+                                     "state on the CPU between uses")
+    fsdp_reshard_after_forward: bool = setting(
+        True, "fsdp: free each layer's gathered weights after forward (less memory, one more "
+        "all-gather in backward)")
 
 
 @dataclass

@@ -10,9 +10,10 @@ from .protocols import (
     PolicyCapabilities,
     Regularizer,
     RegularizerOutput,
+    ShardSettings,
 )
 from .types import LossOutput, MetricSums, PairLogps, SequenceScores
 
 __all__ = ["BasePolicy", "Batch", "DataSource", "LossOutput", "MetricSums", "Objective",
            "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "Regularizer",
-           "RegularizerOutput", "SequenceScores"]
+           "RegularizerOutput", "SequenceScores", "ShardSettings"]

@@ -70,6 +70,22 @@ class PolicyCapabilities:
         return self.reference != "none"
 
 
+@dataclass(frozen=True)
+class ShardSettings:
+    """How a policy shards itself with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    mesh: the 1-D DeviceMesh of all processes. bf16: parameters computed in bf16, gradients
+    reduced in fp32 (``MixedPrecisionPolicy``). cpu_offload: parameters, gradients and
+    optimizer state live on the CPU (``CPUOffloadPolicy``). reshard_after_forward: free the
+    gathered layer weights after each forward (less memory, one more all-gather in backward).
+    """
+
+    mesh: Any
+    bf16: bool = False
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What the loop needs from a model. ``batch`` is whatever the policy's collate made."""
@@ -82,19 +98,31 @@ class Policy(Protocol):
     def reference_logps(self, batch: Any) -> SequenceScores:
         """Scores under the frozen reference, without gradients."""
 
+    def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The trained parameters by stable name (checkpoints key optimizer state by them,
+        so a checkpoint does not depend on the process count or the engine)."""
+
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
     def prepare(self, accelerator: Any) -> list[nn.Module]:
         """Hand trainable modules to ``accelerator.prepare`` (the forward must then run through
         them) and return them, so the loop can skip gradient sync between micro-batches."""
 
+    def shard(self, settings: ShardSettings) -> list[nn.Module]:
+        """Shard the modules with FSDP2 instead of ``prepare`` (``capabilities.sharding``);
+        return the root modules whose gradient sync the loop pauses between micro-batches."""
+
     def train(self, mode: bool = True) -> None: ...
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole (gathered, when sharded) tensors; called on every process."""
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """From whole tensors (each process keeps its shard, when sharded)."""
 
-    def save_pretrained(self, directory: str | Path) -> None: ...
+    def save_pretrained(self, directory: str | Path | None) -> None:
+        """Called on every process; ``directory`` is None on all but the main one (a sharded
+        policy gathers its weights collectively, then the main process writes)."""
 
     def fingerprint(self) -> str:
         """Identifies the reference weights (``capabilities.fingerprint``)."""
@@ -115,6 +143,12 @@ class BasePolicy:
     def _lacks(self, what: str) -> NotImplementedError:
         return NotImplementedError(f"{type(self).__name__} does not declare the capability "
                                    f"{what!r}")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.named_trainable_parameters().values())
+
+    def shard(self, settings: ShardSettings) -> list[nn.Module]:
+        raise self._lacks("sharding")
 
     def fingerprint(self) -> str:
         raise self._lacks("fingerprint")

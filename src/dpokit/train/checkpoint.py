@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..core.protocols import Policy
+from ..core.sharding import like, whole
 
 
 def _stage(parent: Path, prefix: str) -> Path:
@@ -58,6 +59,45 @@ class CorruptCheckpoint(RuntimeError):
     """A checkpoint file is missing, truncated or does not match its recorded checksum."""
 
 
+def optimizer_state_by_name(params: dict[str, torch.Tensor], optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state as whole tensors keyed by parameter name (not by position, not
+    sharded): ``{"state": {name: {key: tensor}}, "param_groups": [{..., "params": [names]}]}``.
+
+    >>> w = torch.nn.Parameter(torch.ones(2)); opt = torch.optim.SGD([w], lr=0.1)
+    >>> optimizer_state_by_name({"w": w}, opt)["param_groups"][0]["params"]
+    ['w']
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    name_of = {id(p): n for n, p in params.items()}
+    state = {name_of[id(p)]: {k: whole(v).detach().cpu() if torch.is_tensor(v) else v
+                              for k, v in optimizer.state[p].items()}
+             for group in optimizer.param_groups for p in group["params"] if p in optimizer.state}
+    groups = [{**{k: v for k, v in g.items() if k != "params"},
+               "params": [name_of[id(p)] for p in g["params"]]} for g in optimizer.param_groups]
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state_by_name(params: dict[str, torch.Tensor], optimizer: Any,
+                                 saved: dict[str, Any]) -> None:
+    """Restore :func:`optimizer_state_by_name`'s output, each tensor laid out as its
+    parameter is (sharded or not)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    groups = saved["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError("checkpoint optimizer does not match this run's parameter groups")
+    for group, saved_group in zip(optimizer.param_groups, groups, strict=True):
+        missing = sorted(set(saved_group["params"]) - set(params))
+        if missing:
+            raise ValueError(f"checkpoint optimizer has unknown parameters {missing[:3]}")
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+        group["params"] = [params[n] for n in saved_group["params"]]
+    optimizer.state.clear()
+    for name, entry in saved["state"].items():
+        p = params[name]
+        optimizer.state[p] = {k: like(p, v) if torch.is_tensor(v) and v.shape == p.shape
+                              else v for k, v in entry.items()}
+
+
 class CheckpointStore:
     """``output_dir/checkpoints/step-NNNNNNN`` folders, the newest ``keep`` kept.
 
@@ -80,14 +120,19 @@ class CheckpointStore:
 
     def save(self, step: int, policy: Policy, optimizer: Any, scheduler: Any,
              source_state: dict[str, Any], signature: dict[str, Any]) -> Path:
+        """Every process calls it (a sharded policy gathers whole tensors); the main one
+        writes. Weights and optimizer state are whole tensors keyed by parameter name, so any
+        process count or engine (DDP, FSDP2) can resume from it."""
         from safetensors.torch import save_file
 
         final = self.root / f"step-{step:07d}"
+        weights = policy.trainable_state_dict()
+        optim_state = optimizer_state_by_name(policy.named_trainable_parameters(), optimizer)
         if self.is_main:
             staging = _stage(self.root, ".staging-")
-            state = {k: v.contiguous().cpu() for k, v in policy.trainable_state_dict().items()}
+            state = {k: v.contiguous().cpu() for k, v in weights.items()}
             save_file(state, staging / "trainable.safetensors")
-            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(optim_state, staging / "optimizer.pt")
             torch.save(scheduler.state_dict(), staging / "scheduler.pt")
             rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
             if torch.cuda.is_available():
@@ -124,7 +169,8 @@ class CheckpointStore:
 
         self.state(path)
         policy.load_trainable_state_dict(load_file(path / "trainable.safetensors"))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        load_optimizer_state_by_name(policy.named_trainable_parameters(), optimizer,
+                                     torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
@@ -139,11 +185,12 @@ class CheckpointStore:
 def save_final(policy: Policy, target: str | Path, card: str | None = None,
                is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
     """Save the trained model (or adapter) in the ordinary HF format, with ``README.md`` (the
-    model card), atomically."""
+    model card), atomically. Every process calls it (a sharded policy gathers); the main
+    one writes."""
     target = Path(target)
-    if is_main:
-        staging = _stage(target.parent, ".staging-final-")
-        policy.save_pretrained(staging)
+    staging = _stage(target.parent, ".staging-final-") if is_main else None
+    policy.save_pretrained(staging)
+    if staging is not None:
         if card is not None:
             (staging / "README.md").write_text(card)
         _swap_in(staging, target)

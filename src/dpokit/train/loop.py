@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
+from ..core.sharding import whole
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .folder import RunFolder
@@ -36,7 +37,13 @@ from .reference import ReferenceService, reference_precision
 from .resume import find_resumable, run_signature
 from .signals import Interrupted, StopRequests
 from .sources import EvalSet
-from .strategy import check_launch, make_accelerator, warn_batch_level
+from .strategy import (
+    check_launch,
+    gradient_sync_paused,
+    make_accelerator,
+    shard_settings,
+    warn_batch_level,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -86,9 +93,17 @@ class Trainer:
             self.total_steps = max(1, math.ceil(optim.num_epochs * source.steps_per_epoch))
         torch.manual_seed(optim.seed)
         random.seed(optim.seed)
+        self.strategy = cfg.distributed.strategy
+        if self.strategy == "fsdp":  # FSDP2 replaces the parameters: the optimizer comes after
+            if not policy.capabilities.sharding:
+                raise ValueError(f"strategy=fsdp: {type(policy).__name__} does not declare the "
+                                 f"capability 'sharding'")
+            self.synced_modules = policy.shard(shard_settings(
+                self.accelerator, cfg.distributed, optim.mixed_precision == "bf16"))
+        else:
+            self.synced_modules = policy.prepare(self.accelerator)
         self.optimizer, self.scheduler = build_optimizer(policy.trainable_parameters(), optim,
                                                          self.total_steps)
-        self.synced_modules = policy.prepare(self.accelerator)
         self.optimizer = self.accelerator.prepare(self.optimizer)
         precision = reference_precision(cfg.loss.ref_precision, optim.mixed_precision)
         self.reference = ReferenceService(policy, objective, cfg.loss, self.accelerator,
@@ -131,8 +146,8 @@ class Trainer:
         return t.tolist()
 
     def _no_sync(self, stack: ExitStack) -> None:
-        for module in self.synced_modules:  # skip DDP's all-reduce: a later backward does it
-            stack.enter_context(self.accelerator.no_sync(module))
+        for module in self.synced_modules:  # skip the all-reduce: a later backward does it
+            stack.enter_context(gradient_sync_paused(self.accelerator, module, self.strategy))
 
     def _regularize(self, sums: MetricSums) -> None:
         """Each regularizer's ``weight * value``, backpropagated before the micro-batches so
@@ -169,7 +184,7 @@ class Trainer:
             sums.merge(out.metrics)
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), max_norm)
-        grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32)
+        grad_norm = torch.as_tensor(whole(grad_norm), dtype=torch.float32)  # sharded: a DTensor
         self._check_finite(grad_norm, "the gradient norm")
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -217,7 +232,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------
     def signature(self) -> dict[str, Any]:
         """What the run computes: its data, the config fields that change the math, the code."""
-        return run_signature(self.cfg.to_dict(), self.source.fingerprint)
+        return run_signature(self.cfg.to_dict(), self.source.fingerprint, self.world)
 
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.step, self.policy, self.optimizer, self.scheduler,

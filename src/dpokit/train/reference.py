@@ -51,7 +51,7 @@ def cache_key(*parts: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2's gather buffers made in it could not train later
 def compute_reference_table(policy: Policy, dataset: Sequence, collate: Callable,
                             batches: Sequence[Sequence[int]], device: torch.device,
                             autocast: Callable[[], AbstractContextManager],

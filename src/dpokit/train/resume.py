@@ -22,18 +22,26 @@ NOT_COMPUTATION = frozenset({
     "train_data", "eval_data", "train_split", "eval_split", "eval_fraction", "on_bad_rows",
     "logprob_impl", "lm_head_chunk_size", "segment_attention", "max_row_tokens",
     "precompute_ref_logps", "ref_cache_dir", "tokenizer", "eval_prompts", "sample_batch_size",
-    "probes", "tdi_sigma", "warn_increase"})
+    "probes", "tdi_sigma", "warn_increase", "strategy", "fsdp_cpu_offload",
+    "fsdp_reshard_after_forward"})
 
 
 class ResumeMismatch(RuntimeError):
     """Resuming would continue a different computation (data, config or code changed)."""
 
 
-def run_signature(config: dict[str, dict[str, Any]], data_fingerprint: str) -> dict[str, Any]:
-    """``section.key -> value`` for every field that changes the math, plus data and code."""
+def run_signature(config: dict[str, dict[str, Any]], data_fingerprint: str,
+                  world: int = 1) -> dict[str, Any]:
+    """``section.key -> value`` for every field that changes the math, plus data and code.
+    The batch counts as the global batch (per-process batch x accumulation x processes):
+    losses are normalized by global counts, so a run may resume on another process count."""
     sections = ("model", "data", "loss", "optim", "online", "geometry")
     signature = {f"{section}.{key}": value for section in sections
                  for key, value in config[section].items() if key not in NOT_COMPUTATION}
+    optim = config["optim"]
+    for key in ("optim.batch_size", "optim.grad_accum_steps"):
+        signature.pop(key)
+    signature["optim.global_batch_size"] = optim["batch_size"] * optim["grad_accum_steps"] * world
     signature["data.fingerprint"] = data_fingerprint
     signature["dpokit.version"] = __version__
     return signature

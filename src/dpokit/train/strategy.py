@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from ..core.protocols import ShardSettings
 
 
 def launcher_world_size() -> int:
@@ -43,8 +46,8 @@ def make_accelerator(log_with: list[Any] | None = None, project_dir: str | None 
 
 def check_launch(accelerator: Any, strategy: str = "ddp") -> None:
     """Refuse what would silently train wrong: a process count that does not match the
-    launcher's, or a sharding engine this loop does not drive (its optimizer is built on the
-    unwrapped parameters, and checkpoints save whole tensors)."""
+    launcher's, or an accelerate sharding plugin (dpokit applies FSDP2 itself with
+    ``strategy=fsdp``; accelerate's plugin would wrap the model a second way)."""
     launched = launcher_world_size()
     if accelerator.num_processes != launched:
         raise RuntimeError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
@@ -53,9 +56,35 @@ def check_launch(accelerator: Any, strategy: str = "ddp") -> None:
                            f"whose devices accelerate sees, or pass an Accelerator that matches.")
     engine = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
     if engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise NotImplementedError(f"distributed type {engine} is not supported yet: dpokit trains "
-                                  f"data-parallel (strategy={strategy}), one process per device, "
-                                  f"on one or more machines. Launch without the {engine} plugin.")
+        raise NotImplementedError(f"distributed type {engine} (an accelerate plugin) is not "
+                                  f"supported: dpokit shards with PyTorch FSDP2 itself "
+                                  f"(distributed.strategy=fsdp; now {strategy}). Launch without "
+                                  f"the {engine} plugin.")
+
+
+def shard_settings(accelerator: Any, distributed: Any, bf16: bool) -> ShardSettings:
+    """FSDP2 settings over a 1-D mesh of every process (gloo on CPU, nccl on GPU)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device = accelerator.device.type
+    mesh = init_device_mesh(device, (accelerator.num_processes,))
+    return ShardSettings(mesh, bf16=bf16, cpu_offload=distributed.fsdp_cpu_offload,
+                         reshard_after_forward=distributed.fsdp_reshard_after_forward)
+
+
+@contextmanager
+def gradient_sync_paused(accelerator: Any, module: Any, strategy: str):
+    """Accumulate gradients locally (the next backward outside syncs them): DDP's
+    ``no_sync``; an FSDP2 module's ``set_requires_gradient_sync(False)``."""
+    if strategy != "fsdp":
+        with accelerator.no_sync(module):
+            yield
+        return
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 def warn_batch_level(objective: Any, grad_accum_steps: int, batch_size: int, world: int) -> None:

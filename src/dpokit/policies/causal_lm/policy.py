@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...core.protocols import BasePolicy, PolicyCapabilities
+from ...core.protocols import BasePolicy, PolicyCapabilities, ShardSettings
+from ...core.sharding import like, whole
 from ...core.types import SequenceScores
 from .logprobs import (
     log_sum_sq_from_logits,
@@ -113,6 +114,8 @@ class CausalLMPolicy(BasePolicy):
 
             self.segment_attention = enable(_unwrap_peft(model))
         self.scorer: nn.Module = _Scorer(self, model)
+        self.reference_scorer: nn.Module | None = None  # made once, when first needed
+        self.sharded = False
         self.reference_model: nn.Module | None = None
         if reference == "copy":
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -124,7 +127,7 @@ class CausalLMPolicy(BasePolicy):
             reference=reference, deterministic=True, fingerprint=True,
             generation=tokenizer is not None,
             reference_sync=reference in ("copy", "adapter_copy"),
-            sharding=False, token_distribution=True)
+            sharding=True, token_distribution=True)
 
     # --- the interface -------------------------------------------------------------------
     def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
@@ -139,8 +142,8 @@ class CausalLMPolicy(BasePolicy):
         with self._eval_mode(self.model), self._reference_adapter():
             return self._scores(self.model, batch)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+    def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def sync_reference(self, alpha: float = 1.0) -> None:
@@ -168,30 +171,57 @@ class CausalLMPolicy(BasePolicy):
             self.reference_model.to(accelerator.device)
         return [self.scorer]
 
+    def shard(self, settings: ShardSettings) -> list[nn.Module]:
+        """FSDP2: ``fully_shard`` each decoder layer (the model's ``_no_split_modules``), then
+        the scorer as the root, whose forward also runs the LM head (chunked, outside the
+        head's own forward: so the root keeps its gathered weights until backward). A
+        ``copy`` reference is sharded the same way. The policy's forward must run through the
+        scorer: generation and hidden-state probes are refused by the application."""
+        for scorer in (self.scorer, self._reference_scorer()):
+            if scorer is None:
+                continue
+            fully_shard_model(scorer, _unwrap_peft(scorer.model), settings)
+        self.sharded = True
+        return [self.scorer]
+
+    def _reference_scorer(self) -> nn.Module | None:
+        if self.reference_model is None:
+            return None
+        if self.reference_scorer is None:
+            self.reference_scorer = _Scorer(self, self.reference_model)
+        return self.reference_scorer
+
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        """Whole tensors (a sharded model's gathered from every process)."""
+        return {n: whole(p.detach()).clone() for n, p in self.named_trainable_parameters().items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        params = self.named_trainable_parameters()
+        if set(state) != set(params):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, "
                              f"unexpected {extra[:5]}")
-        params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
-                params[name].copy_(value)
+                params[name].copy_(like(params[name], value))
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Weights (or the trained LoRA adapter) in the ordinary HF format, with the tokenizer."""
+    def save_pretrained(self, directory: str | Path | None) -> None:
+        """Weights (or the trained LoRA adapter) in the ordinary HF format, with the tokenizer.
+        Sharded: every process gathers the whole weights; only a given ``directory`` writes."""
+        state = None
+        if self.sharded:
+            state = {k: whole(v).cpu() for k, v in self.model.state_dict().items()}
+        if directory is None:
+            return
+        extra = {} if state is None else {"state_dict": state}
         if _is_peft(self.model) and REFERENCE_ADAPTER in self.model.peft_config:
             self.model.save_pretrained(directory, safe_serialization=True,
-                                       selected_adapters=["default"])
+                                       selected_adapters=["default"], **extra)
         else:
-            self.model.save_pretrained(directory, safe_serialization=True)
+            self.model.save_pretrained(directory, safe_serialization=True, **extra)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
 
@@ -283,7 +313,9 @@ class CausalLMPolicy(BasePolicy):
 
     def _scores(self, model: nn.Module, batch, sampling_norm: bool = False,
                 token_stats: bool = False) -> SequenceScores:
-        scorer = self.scorer if model is self.model else _Scorer(self, model)
+        scorer = (self.scorer if model is self.model
+                  else self._reference_scorer() if model is self.reference_model
+                  else _Scorer(self, model))
         weights = None
         if self.ld_alpha is not None:
             weights = ld_token_weights(
@@ -422,6 +454,27 @@ class CausalLMPolicy(BasePolicy):
                     chunk, torch.logsumexp(chunk, -1), cut)
             pieces.append(piece.squeeze(1))
         return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+
+
+def fully_shard_model(root: nn.Module, model: nn.Module, settings: ShardSettings) -> None:
+    """``fully_shard`` every decoder layer of ``model`` (its ``_no_split_modules`` classes),
+    then ``root``, which keeps its gathered weights from forward to backward."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kinds = set(model._no_split_modules or ())
+    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} names no decoder layer class "
+                         f"(_no_split_modules): cannot shard it layer by layer")
+    options: dict = {"mesh": settings.mesh}
+    if settings.bf16:
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                                    reduce_dtype=torch.float32)
+    if settings.cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for layer in layers:
+        fully_shard(layer, reshard_after_forward=settings.reshard_after_forward, **options)
+    fully_shard(root, reshard_after_forward=False, **options)
 
 
 class _Scorer(nn.Module):
