@@ -31,7 +31,13 @@ from .data.split import split_by_prompt
 from .losses import param_values
 from .objectives import PreferenceObjective, SFTObjective
 from .policies.causal_lm import CausalLMPolicy
-from .policies.causal_lm.lora import adapter_base, add_reference_copy, apply_lora, load_adapter
+from .policies.causal_lm.lora import (
+    adapter_base,
+    add_reference_copy,
+    apply_lora,
+    load_adapter,
+    quantization_config,
+)
 from .policies.causal_lm.models import disable_dropout, load_causal_lm, load_tokenizer
 from .train import EvalSet, StaticSource, Trainer
 
@@ -165,7 +171,14 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
     # (half the weight memory, no per-step casts); trained weights stay fp32.
     bf16_base = m.dtype == "auto" and m.lora and cfg.optim.mixed_precision == "bf16"
     dtype = torch.bfloat16 if m.dtype == "bfloat16" or bf16_base else torch.float32
-    model = load_causal_lm(base_name, dtype=dtype)
+    quantized = m.quantization == "4bit"
+    model = load_causal_lm(base_name, dtype=torch.bfloat16 if quantized else dtype,
+                           quantization_config=quantization_config() if quantized else None)
+    if quantized:  # QLoRA: norms in fp32, input gradients for checkpointing through 4-bit
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=m.gradient_checkpointing)
     model.config.use_cache = False
     attention = getattr(model.config, "_attn_implementation", "sdpa")
     if cfg.data.batch_layout != "padded" and attention not in ("sdpa", "eager"):
@@ -178,7 +191,8 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
         model = load_adapter(model, adapter, with_reference=reference == "adapter_copy")
     elif m.lora:
         torch.manual_seed(cfg.optim.seed)  # LoRA's initialization draws from the global generator
-        model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+        model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules,
+                           m.use_dora, m.use_rslora)
         if reference == "adapter_copy":  # a frozen copy of the fresh adapter (iterative DPO)
             model = add_reference_copy(model)
     if m.disable_dropout:
@@ -189,7 +203,8 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
                           chunk_size=m.lm_head_chunk_size,
                           ld_alpha=cfg.loss.ld_alpha if pairs else None,
-                          segment_attention=segments)
+                          segment_attention=segments, merge_on_save=m.merge_adapter,
+                          activation_offloading=m.activation_offloading)
 
 
 def _sources(cfg: TrainConfig, train: ExampleSet, evaluation: ExampleSet | None, collate):

@@ -169,6 +169,23 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"loss_weights has {len(loss.loss_weights)} values for {len(names)} losses"
         )
+    if m.quantization != "none" and not m.lora:
+        raise ConfigError("quantization=4bit is QLoRA: the frozen base is quantized, so it "
+                          "needs lora=true")
+    if (m.merge_adapter or m.use_dora or m.use_rslora) and not m.lora:
+        raise ConfigError("merge_adapter, use_dora and use_rslora are LoRA options: set "
+                          "lora=true")
+    if cfg.distributed.strategy == "fsdp":
+        outside = [name for name, on in (
+            ("online.mode", cfg.online.mode != "off"), ("run.eval_prompts", cfg.run.eval_prompts),
+            ("geometry.probes", cfg.geometry.probes),
+            ("geometry.regularizer", cfg.geometry.regularizer != "off"),
+            ("model.merge_adapter", m.merge_adapter)) if on]
+        if outside:
+            raise ConfigError(f"distributed.strategy=fsdp: {', '.join(outside)} run(s) the model "
+                              f"outside its sharded forward (generation, hidden states, a "
+                              f"merge), which FSDP2 does not gather weights for; train with "
+                              f"fsdp, then evaluate or merge final/ (dpokit eval) in one process")
     if cfg.geometry.regularizer != "off" and not cfg.geometry.regularizer_probes:
         raise ConfigError(f"geometry.regularizer={cfg.geometry.regularizer} trains on probe "
                           f"rows: set geometry.regularizer_probes (e.g. "

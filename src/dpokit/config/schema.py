@@ -46,8 +46,17 @@ class ModelConfig:
     lora_alpha: int = setting(32, "LoRA scaling numerator", POSITIVE)
     lora_dropout: float = setting(0.0, "LoRA dropout (off when disable_dropout)",
                                   Domain(0.0, 1.0, low_inclusive=True))
-    lora_target_modules: list[str] | None = setting(
-        None, "modules LoRA adapts; default: every linear layer but the LM head")
+    lora_target_modules: list[str] | str | None = setting(
+        None, "modules LoRA adapts, by name (e.g. [q_proj, v_proj]) or all-linear; default: "
+        "all-linear (every linear layer but the LM head)")
+    use_dora: bool = setting(False, "DoRA: LoRA on the direction, a trained magnitude per "
+                             "output (Liu et al. 2024)")
+    use_rslora: bool = setting(False, "rsLoRA: scale by alpha/sqrt(r), not alpha/r (stable "
+                               "at high rank; Kalajdzievski 2023)")
+    merge_adapter: bool = setting(False, "final/: the base with the adapter merged in (an "
+                                  "ordinary full model), not the adapter alone")
+    quantization: Literal["none", "4bit"] = setting(
+        "none", "4bit: QLoRA, the frozen base in 4-bit NF4 through bitsandbytes (CUDA GPU only)")
     adapter: str | None = setting(
         None, "start from this LoRA adapter (e.g. an SFT one): it is trained further and a "
         "frozen copy of it is the reference")
@@ -55,6 +64,8 @@ class ModelConfig:
         "auto", "auto: none for reference-free losses, else adapter (LoRA), adapter_copy "
         "(starting adapter) or copy (full)")
     gradient_checkpointing: bool = setting(False, "recompute activations in backward")
+    activation_offloading: bool = setting(False, "keep the activations saved for backward in "
+                                          "CPU memory (pinned), fetched back in backward")
     disable_dropout: bool = setting(True, "set every dropout to 0, so the policy and reference "
                                     "passes agree (as TRL's default)")
     logprob_impl: Literal["chunked", "plain"] = setting(

@@ -10,17 +10,54 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from .policy import REFERENCE_ADAPTER
 
 
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
-               target_modules: list[str] | None = None):
-    """Wrap ``model`` with a fresh LoRA adapter (every linear layer but the LM head by default)."""
+               target_modules: list[str] | str | None = None, use_dora: bool = False,
+               use_rslora: bool = False):
+    """Wrap ``model`` with a fresh LoRA adapter (every linear layer but the LM head by default;
+    ``target_modules`` by name or ``"all-linear"``), optionally DoRA and / or rsLoRA."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=target_modules or "all-linear", task_type="CAUSAL_LM")
+    if target_modules in (None, ["all-linear"]):
+        target_modules = "all-linear"
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                      use_dora=use_dora, use_rslora=use_rslora, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def quantization_config():
+    """QLoRA's 4-bit NF4 base (double quantization, bf16 compute) through bitsandbytes; a clear
+    error on a machine that cannot run it."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("quantization=4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit "
+                           "kernels do not run on this machine (torch.cuda.is_available() is "
+                           "False). Train LoRA on the unquantized base (quantization=none) here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError("quantization=4bit (QLoRA) needs bitsandbytes: pip install "
+                           "bitsandbytes") from err
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def merged_copy(peft_model):
+    """A plain model: a copy of ``peft_model``'s base with its ``"default"`` adapter merged in
+    (the original keeps its adapter, so its reference still works)."""
+    import copy
+
+    merged = copy.deepcopy(peft_model)
+    for name in list(merged.peft_config):
+        if name != "default":
+            merged.delete_adapter(name)
+    return merged.merge_and_unload()
 
 
 def load_adapter(model, adapter_dir: str | Path, with_reference: bool = True):

@@ -102,13 +102,15 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
-                   attn_implementation: str = "sdpa"):
+                   attn_implementation: str = "sdpa", quantization_config=None):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
+    extra = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                    "device_map": {"": 0}}
     try:
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation
+            path, dtype=dtype, attn_implementation=attn_implementation, **extra
         )
     except (OSError, ValueError) as err:
         raise _explain(name_or_path, "model", err) from err

@@ -89,12 +89,16 @@ class CausalLMPolicy(BasePolicy):
     weight ``ld_alpha`` in both completions' log-probs (policy and reference); None = 1.
     segment_attention: run packed / prefix-shared batches with per-segment attention
     (``attention.py``) instead of a dense 4-D mask; the mask path is its plain twin.
+    merge_on_save: ``save_pretrained`` writes the base with the adapter merged (a full model).
+    activation_offloading: the training forward keeps the tensors saved for backward in CPU
+    memory (``torch.autograd.graph.save_on_cpu``, pinned on CUDA); the same numbers.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
                  reference_model: nn.Module | None = None,
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
-                 ld_alpha: float | None = None, segment_attention: bool = False):
+                 ld_alpha: float | None = None, segment_attention: bool = False,
+                 merge_on_save: bool = False, activation_offloading: bool = False):
         if reference in ("adapter", "adapter_copy") and not _is_peft(model):
             raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
         if reference == "adapter_copy" and REFERENCE_ADAPTER not in model.peft_config:
@@ -108,6 +112,10 @@ class CausalLMPolicy(BasePolicy):
         self.logprob_impl = logprob_impl
         self.chunk_size = chunk_size
         self.ld_alpha = ld_alpha
+        if merge_on_save and not _is_peft(model):
+            raise ValueError("merge_on_save merges a LoRA adapter: the model has none")
+        self.merge_on_save = merge_on_save
+        self.activation_offloading = activation_offloading
         self.segment_attention = False
         if segment_attention:
             from .attention import enable
@@ -131,6 +139,9 @@ class CausalLMPolicy(BasePolicy):
 
     # --- the interface -------------------------------------------------------------------
     def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
+        if self.activation_offloading:
+            with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                return self._scores(self.model, batch, sampling_norm, token_stats=True)
         return self._scores(self.model, batch, sampling_norm, token_stats=True)
 
     @torch.no_grad()
@@ -217,7 +228,11 @@ class CausalLMPolicy(BasePolicy):
         if directory is None:
             return
         extra = {} if state is None else {"state_dict": state}
-        if _is_peft(self.model) and REFERENCE_ADAPTER in self.model.peft_config:
+        if self.merge_on_save:  # (never sharded: the config refuses merge_adapter with fsdp)
+            from .lora import merged_copy
+
+            merged_copy(self.model).save_pretrained(directory, safe_serialization=True)
+        elif _is_peft(self.model) and REFERENCE_ADAPTER in self.model.peft_config:
             self.model.save_pretrained(directory, safe_serialization=True,
                                        selected_adapters=["default"], **extra)
         else:

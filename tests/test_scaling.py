@@ -1,0 +1,98 @@
+"""Beyond one plain LoRA run: the LoRA family through peft (DoRA, rsLoRA, target modules,
+merge on save), QLoRA's refusal on a CPU, activation offloading (same numbers), and what
+FSDP2 refuses up front. (FSDP2 training itself: tests/test_distributed.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import sentiment_rows, write_jsonl
+from helpers import tiny_pairs
+
+from dpokit.config import ConfigError, load_config
+from dpokit.data import PairCollator
+from dpokit.pipeline import build_policy, build_run
+from dpokit.policies.causal_lm import CausalLMPolicy
+
+
+def _cfg(tmp_path, tiny_model_dir, **kw):
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
+    return load_config(None, **{"model.name": str(tiny_model_dir), "train_data": str(data),
+                                "output_dir": str(tmp_path / "out"), "max_steps": 2,
+                                "batch_size": 2, "learning_rate": 1e-2, "log_with": [],
+                                "progress_bar": False, "max_length": 64,
+                                "max_prompt_length": 32, **kw})
+
+
+@pytest.mark.parametrize("options", [{"use_dora": True}, {"use_rslora": True},
+                                     {"lora_target_modules": ["q_proj", "v_proj"]},
+                                     {"lora_target_modules": "all-linear"}])
+def test_lora_family_options_reach_peft_and_train(tmp_path, tiny_model_dir, options):
+    run = build_run(_cfg(tmp_path, tiny_model_dir, lora=True, **options))
+    config = run.policy.model.peft_config["default"]
+    names = [n for n, p in run.policy.model.named_parameters() if p.requires_grad]
+    if "use_dora" in options:
+        assert config.use_dora and any("lora_magnitude_vector" in n for n in names)
+    if "use_rslora" in options:
+        assert config.use_rslora
+        layer = run.policy.model.base_model.model.model.layers[0].self_attn.q_proj
+        assert layer.scaling["default"] == pytest.approx(32 / 16**0.5)  # alpha / sqrt(r)
+    if options.get("lora_target_modules") == ["q_proj", "v_proj"]:
+        assert {n.split(".")[-4] for n in names} == {"q_proj", "v_proj"}
+    if options.get("lora_target_modules") == "all-linear":
+        assert {"q_proj", "down_proj"} <= {n.split(".")[-4] for n in names}
+    history = run.trainer.train().history
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+
+
+def test_merge_adapter_writes_an_ordinary_model_with_the_adapters_function(tmp_path,
+                                                                             tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    run = build_run(_cfg(tmp_path, tiny_model_dir, lora=True, merge_adapter=True,
+                         learning_rate=5e-2))
+    run.trainer.train()
+    final = run.trainer.save_final()
+    assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(final).eval()
+    ids = torch.tensor([[5, 17, 42, 9, 3]])
+    run.policy.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, run.policy.model(ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+        with run.policy.model.disable_adapter():  # the trained adapter moved the function
+            assert not torch.allclose(merged(ids).logits, run.policy.model(ids).logits,
+                                      atol=1e-4)
+
+
+def test_qlora_on_a_cpu_says_what_is_missing(tmp_path, tiny_model_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir, lora=True, quantization="4bit")
+    with pytest.raises(RuntimeError, match=r"needs a CUDA GPU.*quantization=none"):
+        build_policy(cfg)
+    with pytest.raises(ConfigError, match="needs lora=true"):
+        _cfg(tmp_path, tiny_model_dir, lora=False, quantization="4bit")
+
+
+def test_activation_offloading_changes_no_number(tokenizer):
+    from conftest import make_tiny_llama
+
+    batch = PairCollator(tokenizer.pad_token_id)([*tiny_pairs(tokenizer)][:3])
+    results = []
+    for offload in (False, True):
+        policy = CausalLMPolicy(make_tiny_llama(len(tokenizer)), tokenizer, chunk_size=8,
+                                activation_offloading=offload)
+        scores = policy.logps(batch)
+        scores.logps.sum().backward()
+        results.append((scores.logps.detach(),
+                        [p.grad.clone() for p in policy.trainable_parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_fsdp_refuses_what_runs_outside_the_sharded_forward(tmp_path, tiny_model_dir):
+    for key, value in (("run.eval_prompts", "p.jsonl"), ("geometry.probes", "p.jsonl"),
+                       ("model.merge_adapter", True)):
+        with pytest.raises(ConfigError, match=f"strategy=fsdp: {key}"):
+            _cfg(tmp_path, tiny_model_dir, lora=True, strategy="fsdp", **{key: value})
+    _cfg(tmp_path, tiny_model_dir, strategy="fsdp")  # plain training is fine
