@@ -9,6 +9,7 @@ application glue the CLI and users share (DPO and its family with ``build_run``,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ from .data import (
     build_unpaired,
     load_records,
 )
-from .data.io import DataError, Record
+from .data.io import DataError, Record, count_jsonl_rows, jsonl_shards, stream_jsonl
+from .data.report import DataReport
 from .data.split import split_by_prompt
 from .losses import param_values
 from .objectives import PreferenceObjective, SFTObjective
@@ -39,7 +41,7 @@ from .policies.causal_lm.lora import (
     quantization_config,
 )
 from .policies.causal_lm.models import disable_dropout, load_causal_lm, load_tokenizer
-from .train import EvalSet, StaticSource, Trainer
+from .train import EvalSet, StaticSource, StreamingSource, Trainer
 
 
 @dataclass
@@ -251,6 +253,31 @@ def _services(cfg: TrainConfig, tokenizer, log=print) -> dict[str, list]:
     return {"evaluators": evaluators, "regularizers": regularizers}
 
 
+def streaming_source(cfg: TrainConfig, tokenizer, objective: PreferenceObjective,
+                     collate) -> StreamingSource:
+    """``data.streaming``: pairs read lazily from JSON Lines shards, each tokenized when its
+    step comes (with ``on_bad_rows: skip``, a bad row is skipped and counted by reason)."""
+    if objective.unpaired:
+        raise ValueError("streaming reads paired rows; unpaired (KTO) data: streaming=false")
+    files = jsonl_shards(cfg.data.train_data)
+    settings = _settings(cfg, objective.extra_columns)
+
+    def build(row, position: int):
+        if isinstance(row, DataError):  # a line that is not a JSON object
+            raise row
+        pair = build_pairs([row], tokenizer, settings, "error")[0]
+        return dataclasses.replace(pair, index=position)
+
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    o = cfg.optim
+    return StreamingSource(lambda: stream_jsonl(files), count_jsonl_rows(files), build, collate,
+                           o.batch_size, o.grad_accum_steps, o.seed, cfg.data.shuffle_buffer,
+                           digest.hexdigest(), collate.key, cfg.data.on_bad_rows == "skip")
+
+
 def build_run(cfg: TrainConfig, log=print) -> Run:
     """A preference run (DPO and its family, KTO on unpaired rows)."""
     torch.manual_seed(cfg.optim.seed)
@@ -258,9 +285,24 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
     tokenizer = load_tokenizer(
         cfg.model.tokenizer or adapter_base(cfg.model.name) or cfg.model.name
     )
+    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
+    if cfg.data.streaming:
+        train = ExampleSet([], DataReport())  # nothing held: rows come per step
+        evaluation, eval_set = None, None
+        if cfg.data.eval_data:  # held-out pairs are few: read and tokenized up front
+            evaluation = build_pairs(load_records(cfg.data.eval_data, cfg.data.eval_split),
+                                     tokenizer, _settings(cfg, objective.extra_columns),
+                                     cfg.data.on_bad_rows)
+            eval_set = EvalSet(evaluation, collate, cfg.run.eval_batch_size,
+                               evaluation.fingerprint(), collate.key)
+        source = streaming_source(cfg, tokenizer, objective, collate)
+        log(f"train data {cfg.data.train_data}: {source.num_rows} rows, streamed")
+        policy = build_policy(cfg, tokenizer, objective.needs_reference)
+        trainer = Trainer(cfg, policy, objective, source, eval_set, log=log,
+                          **_services(cfg, tokenizer, log))
+        return Run(cfg, tokenizer, policy, objective, train, evaluation, trainer)
     train, evaluation = load_pairs(cfg, tokenizer, log, objective)
     policy = build_policy(cfg, tokenizer, objective.needs_reference)
-    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     source, eval_set = _sources(cfg, train, evaluation, collate)
     trainer = Trainer(cfg, policy, objective, source, eval_set, log=log,
                       **_services(cfg, tokenizer, log))

@@ -186,6 +186,9 @@ def validate(cfg: TrainConfig) -> None:
                               f"outside its sharded forward (generation, hidden states, a "
                               f"merge), which FSDP2 does not gather weights for; train with "
                               f"fsdp, then evaluate or merge final/ (dpokit eval) in one process")
+    if d.streaming and d.eval_fraction > 0:
+        raise ConfigError("streaming reads train_data lazily and cannot hold out a fraction "
+                          "of it: name an eval_data file")
     if cfg.geometry.regularizer != "off" and not cfg.geometry.regularizer_probes:
         raise ConfigError(f"geometry.regularizer={cfg.geometry.regularizer} trains on probe "
                           f"rows: set geometry.regularizer_probes (e.g. "

@@ -100,6 +100,11 @@ class DataConfig:
     max_row_tokens: int | None = setting(None, "packed row cap; default: the longest segment",
                                          AT_LEAST_ONE)
     shuffle: bool = setting(True, "seeded order per epoch (false: file order)")
+    streaming: bool = setting(False, "read train_data lazily (a .jsonl file, a folder of "
+                              ".jsonl shards or a glob), tokenizing each step's rows when it "
+                              "comes: bounded memory for data larger than memory")
+    shuffle_buffer: int = setting(10_000, "streaming: rows in the shuffling window (0: file "
+                                  "order)", NON_NEGATIVE)
 
 
 def _loss_section() -> type:

@@ -1,6 +1,7 @@
 """Read raw records from JSONL / JSON / Parquet / CSV files or a ``datasets`` dataset.
 
 Every record keeps where it came from (file and 1-based row), so later errors can name them.
+Data larger than memory is read lazily from JSON Lines shards (``stream_jsonl``).
 
     >>> records = load_records("data/sentiment_pairs.eval.jsonl")   # doctest: +SKIP
     >>> records[0].source, records[0].row                          # doctest: +SKIP
@@ -10,8 +11,10 @@ Every record keeps where it came from (file and 1-based row), so later errors ca
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,3 +202,50 @@ def load_records(source: str, split: str = "train",
     if not records and not bad_rows:
         raise DataError(source, None, None, "empty file: no rows")
     return records
+
+
+def jsonl_shards(spec: str) -> list[Path]:
+    """The JSON Lines files a streaming source reads, in order: one file, a folder's
+    ``*.jsonl`` files, or a glob (``data/shard-*.jsonl``)."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else sorted(
+        Path(p) for p in glob.glob(spec))
+    if not files:
+        raise DataError(spec, None, None, "no JSON Lines shards (a .jsonl file, a folder of "
+                        "them, or a glob)")
+    return files
+
+
+def stream_jsonl(files: Sequence[Path]) -> Iterator[Record | DataError]:
+    """Each non-empty line of the shards in order, read lazily (one line in memory): a
+    :class:`Record`, or the :class:`DataError` of a line that is not a JSON object."""
+    for path in files:
+        with path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                if not raw.strip():
+                    continue
+                try:
+                    value = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield DataError(str(path), line_no, None, "not UTF-8")
+                    continue
+                except json.JSONDecodeError as err:
+                    yield DataError(str(path), line_no, None, f"invalid JSON: {err.msg}")
+                    continue
+                if not isinstance(value, dict):
+                    yield DataError(str(path), line_no, None, "expected a JSON object per line")
+                    continue
+                yield Record(str(path), line_no, value)
+
+
+def count_jsonl_rows(files: Sequence[Path]) -> int:
+    """Non-empty lines of the shards, counted in one streaming pass."""
+    count = 0
+    for path in files:
+        with path.open("rb") as handle:
+            count += sum(1 for raw in handle if raw.strip())
+    return count

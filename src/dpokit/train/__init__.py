@@ -5,6 +5,7 @@ from .loop import NonFiniteError, Trainer, TrainResult
 from .resume import ResumeMismatch
 from .signals import Interrupted
 from .sources import EvalSet, StaticSource, sequential_batches
+from .streaming import StreamingSource
 
 __all__ = ["EvalSet", "Interrupted", "NonFiniteError", "ResumeMismatch", "StaticSource",
-           "TrainResult", "Trainer", "sequential_batches"]
+           "StreamingSource", "TrainResult", "Trainer", "sequential_batches"]

@@ -18,6 +18,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -168,6 +169,8 @@ class Trainer:
         units = [self.objective.units(b) for b in batches]
         examples = sum(len(b.example_index) for b in batches)
         step_units, step_examples = self._global_sum(sum(units), examples)
+        if step_units == 0:  # every row of the step was a skipped bad row (a streamed source)
+            return self._empty_step()
         scale = self.world / step_units  # DDP averages over processes; we want the global mean
         sums, tokens = MetricSums(), 0
         self._regularize(sums)
@@ -202,6 +205,17 @@ class Trainer:
                         "num_tokens": step_tokens, "tokens_per_s": step_tokens / seconds,
                         "epoch": epoch, "step": self.step})
         return metrics
+
+    def _empty_step(self) -> dict:
+        """A step whose rows were all skipped: no update, the schedule still advances, and
+        the step is logged with its skip counts (no loss)."""
+        warnings.warn(f"step {self.step + 1} had no usable rows (all skipped); no update",
+                      stacklevel=3)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        return {**self.source.step_metrics(), "learning_rate": lr, "num_tokens": 0.0,
+                "step": self.step}
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -296,7 +310,7 @@ class Trainer:
                 self._emit(metrics)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
             if self.evaluating and run.eval_every and self.step % run.eval_every == 0:
                 self._run_eval(result)
                 evaluated_at = self.step
