@@ -9,7 +9,8 @@
 #      benchmark runs SmolLM2's architecture with seed-0 random weights: the same shapes,
 #      tokens and FLOPs, so the same speed (first losses are then both ~0.693).
 # There, with the device tool:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=560)
-#   writes cuda_check.log, bench.log / bench.json and bench_dense_mask.log / .json to $OUT. Arguments after the script's
+#   writes cuda_check.log, bench.log / bench.json, bench_dense_mask.log / .json and
+#   memory.log / .json (strategies and memory options) to $OUT. Arguments after the script's
 #   name go to bench_dpo.py (e.g. --steps 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,3 +50,8 @@ python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 
 python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 --systems dpokit \
   --workloads smollm2-lora,smollm2-long --dpokit-set segment_attention=false \
   --out "$OUT/bench_dense_mask.json" 2>&1 | tee "$OUT/bench_dense_mask.log"
+# Strategies on one GPU: DDP vs FSDP2 (a one-device mesh), gradient checkpointing, activation
+# offloading: peak memory each, first losses to compare (DeepSpeed: not driven by dpokit yet).
+python3 bench/bench_memory.py --shape-dir .gpu/smollm2-shape --steps 4 \
+  --options ddp fsdp-1 checkpointing offloading --out "$OUT/memory.json" 2>&1 \
+  | tee "$OUT/memory.log" || echo "bench_memory FAILED (see above)"
