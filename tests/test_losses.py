@@ -123,11 +123,14 @@ NAMES = sorted({spec.name for spec in available_losses().values()})
 
 
 def generic_extras(n: int, dtype=torch.float64) -> dict:
-    """Every extra any loss may read: token counts, an ODPO offset, KTO labels (mixed)."""
+    """Every extra any loss may read: token counts, an ODPO offset, KTO labels (mixed),
+    GW-DPO's privilege levels (mixed gaps)."""
     return {
         "chosen_tokens": torch.full((n,), 4.0, dtype=dtype),
         "rejected_tokens": torch.full((n,), 6.0, dtype=dtype),
         "offset": torch.full((n,), 0.3, dtype=dtype),
+        "level_obeyed": torch.tensor([i % 3 for i in range(n)], dtype=dtype),
+        "level_overridden": torch.tensor([i % 3 + i % 2 for i in range(n)], dtype=dtype),
         "label": torch.tensor([1.0, 0.0] * (n // 2) + [1.0] * (n % 2), dtype=dtype),
     }
 
@@ -538,3 +541,35 @@ def test_readme_table_is_the_registry():
     for row in readme_loss_rows():
         assert row in readme, f"README's loss table lacks or differs from:\n{row}"
     assert len(readme_loss_rows()) == len({s.name for s in available_losses().values()})
+
+
+def test_gravity_weighted_schedules_by_hand():
+    from dpokit.losses.gravity import gap_and_privilege, register_gravity_schedule
+
+    gap, privilege = gap_and_privilege(torch.tensor([0.0, 1.0, 2.0]),
+                                       torch.tensor([4.0, 2.0, 2.0]), levels=5)
+    assert gap.tolist() == [1.0, 0.25, 0.0] and privilege.tolist() == [0.0, 0.5, 0.5]
+    chosen, rejected = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-2.0, -2.5, -1.0])
+    ref = torch.zeros(3)
+    extras = {"level_obeyed": torch.tensor([0.0, 1.0, 2.0]),
+              "level_overridden": torch.tensor([4.0, 2.0, 2.0])}
+    params = LossParams(beta=0.5, gw_offset=2.0, gw_weight=1.0, gw_eta=1.0)
+    h = torch.tensor([1.0, 0.5, -2.0])
+    for name, s in (("gw_linear", [1.0, 0.25, 0.0]), ("gw_bilateral", [1.0, 0.375, 0.0])):
+        s = torch.tensor(s)
+        by_hand = -(1 + s) * torch.nn.functional.logsigmoid(0.5 * h - 2.0 * s)
+        out = get_loss(name).fn(chosen, rejected, ref, ref, params, extras)
+        torch.testing.assert_close(out.losses, by_hand)
+    # no gap (benign / aligned rows): exactly DPO's loss
+    dpo = get_loss("sigmoid").fn(chosen, rejected, ref, ref, params, extras)
+    assert out.losses[2].item() == pytest.approx(dpo.losses[2].item())
+    with pytest.raises(ValueError, match="obeyed <= overridden"):
+        gap_and_privilege(torch.tensor([3.0]), torch.tensor([1.0]), levels=5)
+    register_gravity_schedule("squared", lambda g, p, params: g**2, "s = g²")
+    out = get_loss("gw_squared").fn(chosen, rejected, ref, ref, params, extras)
+    s = torch.tensor([1.0, 0.0625, 0.0])
+    torch.testing.assert_close(out.losses, -(1 + s) * torch.nn.functional.logsigmoid(
+        0.5 * h - 2.0 * s))
+    from dpokit.losses.registry import _REGISTRY
+
+    _REGISTRY.pop("gw_squared")  # (the README table is the registry)

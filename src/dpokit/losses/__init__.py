@@ -6,7 +6,7 @@
 """
 
 from ..core.types import LossOutput
-from . import paired, reference_free, unpaired  # noqa: F401  (registers the losses)
+from . import gravity, paired, reference_free, unpaired  # noqa: F401  (registers the losses)
 from .registry import (
     LossParam,
     LossParams,
