@@ -17,18 +17,15 @@ Writes experiments/results/gw_dpo.{md,json,png}.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
 
 from dpokit.cli import main as dpokit  # noqa: E402
 from dpokit.hierarchy import LEVELS, HierarchySample, Message, evaluate_answers  # noqa: E402
 
 OUT = ROOT / "outputs" / "gw_dpo"
-RESULTS = ROOT / "experiments" / "results"
 DATA = ROOT / "data" / "hierarchy_pairs"
 COMMON = ["lora=true", "mixed_precision=bf16", "batch_size=8", "num_epochs=3",
           "lr_scheduler=cosine", "warmup_steps=4", "max_length=320", "max_prompt_length=192",
@@ -93,16 +90,11 @@ def write(data: dict) -> None:
         lines.append(f"| {name} | {r['macro']:.3f} | {sum(near) / len(near):.3f} | "
                      f"{sum(far) / len(far):.3f} | {r['over_refusal']:.3f} | "
                      f"{r['aligned_utility']:.3f} |")
-    (RESULTS / "gw_dpo.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_table("gw_dpo", lines)
 
 
 def plot(data: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(data["arms"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4))
     for ax, name in zip(axes, names, strict=True):
@@ -121,30 +113,29 @@ def plot(data: dict) -> None:
                             color="white" if v < 0.5 else "black")
     axes[0].set_ylabel("obeyed level", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.7)
-    fig.savefig(RESULTS / "gw_dpo.png", dpi=120, bbox_inches="tight")
+    fig.savefig(results_dir() / "gw_dpo.png", dpi=120, bbox_inches="tight")
+
+
+def run() -> dict:
+    started = time.perf_counter()
+    rows, samples = held_out()
+    prompts = [r["prompt"] for r in rows]
+    data: dict = {"arms": {}}
+    for name, model in train_arms().items():
+        report = evaluate_answers(samples, answers_of(model, prompts))
+        data["arms"][name] = {"adherence": report.adherence, "macro": report.macro,
+                              "over_refusal": report.over_refusal,
+                              "aligned_utility": report.aligned_utility}
+        data["counts"] = report.counts
+        print(f"{name}: macro adherence {report.macro:.3f}, over-refusal "
+              f"{report.over_refusal:.3f}, aligned utility {report.aligned_utility:.3f}",
+              flush=True)
+    data["minutes"] = (time.perf_counter() - started) / 60
+    return data
 
 
 def main() -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "gw_dpo.json"
-    if "--replot" in sys.argv:
-        data = json.loads(path.read_text())
-    else:
-        started = time.perf_counter()
-        rows, samples = held_out()
-        prompts = [r["prompt"] for r in rows]
-        data = {"arms": {}}
-        for name, model in train_arms().items():
-            report = evaluate_answers(samples, answers_of(model, prompts))
-            data["arms"][name] = {"adherence": report.adherence, "macro": report.macro,
-                                  "over_refusal": report.over_refusal,
-                                  "aligned_utility": report.aligned_utility}
-            data["counts"] = report.counts
-            print(f"{name}: macro adherence {report.macro:.3f}, over-refusal "
-                  f"{report.over_refusal:.3f}, aligned utility {report.aligned_utility:.3f}",
-                  flush=True)
-        data["minutes"] = (time.perf_counter() - started) / 60
-        path.write_text(json.dumps(data, indent=1))
+    data = run_or_replot("gw_dpo", run)
     write(data)
     plot(data)
 

@@ -15,17 +15,11 @@ Writes experiments/results/recommender.{md,json,png}.
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
 
 from dpokit.recommender import load_recommender_recipe, run_recommender  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "results"
 
 
 def write(data: dict) -> None:
@@ -47,16 +41,11 @@ def write(data: dict) -> None:
                                   for m in modes)
                      + f" | {a['coverage']:.3f} | {a['entropy']:.3f} | "
                      f"{a['intra_list_distance']:.3f} | {a['repeats']:.2f} | {kl} |")
-    (RESULTS / "recommender.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_table("recommender", lines)
 
 
 def plot(data: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     rel = data["calibration"]
     axes[0].plot([0, 1], [0, 1], color="grey", lw=0.8)
@@ -82,25 +71,23 @@ def plot(data: dict) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "recommender.png", dpi=120)
+    fig.savefig(results_dir() / "recommender.png", dpi=120)
+
+
+def run() -> dict:
+    started = time.perf_counter()
+    recipe = load_recommender_recipe(str(ROOT / "src/dpokit/recipes/recommender.yaml"))
+    recipe.output_dir = ROOT / recipe.output_dir
+    result = run_recommender(recipe)
+    return {"minutes": (time.perf_counter() - started) / 60, "ece": result.ece,
+            "pairs": result.pairs, "world": result.world_history,
+            "calibration": result.calibration, "arms": result.arms,
+            "settings": dataclasses.asdict(recipe.settings),
+            "dpo_loss": [h.get("loss") for h in result.dpo_history]}
 
 
 def main() -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "recommender.json"
-    if "--replot" in sys.argv:
-        data = json.loads(path.read_text())
-    else:
-        started = time.perf_counter()
-        recipe = load_recommender_recipe(str(ROOT / "src/dpokit/recipes/recommender.yaml"))
-        recipe.output_dir = ROOT / recipe.output_dir
-        result = run_recommender(recipe)
-        data = {"minutes": (time.perf_counter() - started) / 60, "ece": result.ece,
-                "pairs": result.pairs, "world": result.world_history,
-                "calibration": result.calibration, "arms": result.arms,
-                "settings": dataclasses.asdict(recipe.settings),
-                "dpo_loss": [h.get("loss") for h in result.dpo_history]}
-        path.write_text(json.dumps(data, indent=1))
+    data = run_or_replot("recommender", run)
     write(data)
     plot(data)
 

@@ -19,17 +19,13 @@ and along the way. Writes experiments/results/style_tdi.{md,json,png}.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
 
 from dpokit.cli import main as dpokit  # noqa: E402
 
 OUT = ROOT / "outputs" / "style_tdi"
-RESULTS = ROOT / "experiments" / "results"
 PROBES = ROOT / "data" / "style_probes"
 COMMON = ["eval_every=15", "eval_before=true", "progress_bar=false", "log_with=[]",
           f"geometry.probes={PROBES}.eval.jsonl", "geometry.regularizer_contents=3"]
@@ -75,16 +71,11 @@ def write(arms: dict) -> None:
         lines.append(f"| {name} | {a['accuracy'][-1]:.3f} | {a['margin'][-1]:+.3f} | "
                      f"{s0:.4f} -> {s1:.4f} ({s1 / s0 - 1:+.1%}) | {t0:.3g} -> {t1:.3g} "
                      f"({t1 / t0 - 1:+.1%}) | {pen_text} | {a['minutes']:.1f} |")
-    (RESULTS / "style_tdi.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_table("style_tdi", lines)
 
 
 def plot(arms: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, a in arms.items():
         for ax, key in zip(axes, ("style_tdi", "trajectory_tdi", "accuracy"), strict=True):
@@ -97,17 +88,12 @@ def plot(arms: dict) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "style_tdi.png", dpi=120)
+    fig.savefig(results_dir() / "style_tdi.png", dpi=120)
 
 
 def main() -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    data = RESULTS / "style_tdi.json"
-    if "--replot" in sys.argv:
-        arms = json.loads(data.read_text())
-    else:
-        arms = {name: run_arm(name, overrides) for name, overrides in ARMS.items()}
-        data.write_text(json.dumps(arms, indent=1))
+    arms = run_or_replot("style_tdi", lambda: {name: run_arm(name, overrides)
+                                               for name, overrides in ARMS.items()})
     write(arms)
     plot(arms)
 
