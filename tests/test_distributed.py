@@ -80,7 +80,9 @@ def test_two_fsdp2_processes_equal_one_process(tmp_path, lora):
     plain process with batch 4: losses, gradient norms and the updated weights."""
     one = _run(tmp_path / "one", 1, 4, lora)
     two = _run(tmp_path / "two", 2, 2, lora, strategy="fsdp")
+    alone = _run(tmp_path / "alone", 1, 4, lora, strategy="fsdp")  # no launcher: a group of 1
     assert two["world"] == 2
+    assert alone["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
     assert two["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-4)
     for name, value in one["params"].items():  # the same tolerance as DDP's (see above)

@@ -64,9 +64,18 @@ def check_launch(accelerator: Any, strategy: str = "ddp") -> None:
 
 def shard_settings(accelerator: Any, distributed: Any, bf16: bool) -> ShardSettings:
     """FSDP2 settings over a 1-D mesh of every process (gloo on CPU, nccl on GPU)."""
+    import socket
+
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     device = accelerator.device.type
+    if not dist.is_initialized():  # one process, no launcher: a process group of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                                init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     mesh = init_device_mesh(device, (accelerator.num_processes,))
     return ShardSettings(mesh, bf16=bf16, cpu_offload=distributed.fsdp_cpu_offload,
                          reshard_after_forward=distributed.fsdp_reshard_after_forward)
