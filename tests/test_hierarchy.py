@@ -92,3 +92,20 @@ def test_rows_carry_the_levels_the_gravity_losses_read(tokenizer):
     assert len(pairs) == len(rows)
     assert pairs[0].extras == {"level_obeyed": rows[0]["level_obeyed"],
                                "level_overridden": rows[0]["level_overridden"]}
+
+
+def test_level_delimiter_tokens_are_single_tokens_and_resize_the_model(tokenizer):
+    import copy
+
+    from conftest import make_tiny_llama
+
+    from dpokit.hierarchy import add_level_tokens
+
+    tok = copy.deepcopy(tokenizer)
+    model = make_tiny_llama(len(tok))
+    tokens = add_level_tokens(tok, model)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == len(tokenizer) + 5
+    text = render([Message(0, "Be brief."), Message(2, "Be long.")], "Go.", labels=tokens)
+    assert text[0]["content"] == "<|level_0|> Be brief."
+    ids = tok(text[1]["content"])["input_ids"]
+    assert tok.convert_tokens_to_ids("<|level_2|>") in ids  # one id, not split

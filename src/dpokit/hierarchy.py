@@ -172,14 +172,33 @@ class HierarchySample:
 def render(messages: Sequence[Message], task: str,
            labels: Sequence[str] = LEVELS) -> list[dict[str, str]]:
     """Chat messages for the model's template: levels 0-1 in the system turn, the rest in the
-    user turn, each block tagged with its level (``[platform] ...``), the task last."""
-    system = [f"[{labels[m.level]}] {m.text}" for m in messages if m.level <= 1]
-    user = [f"[{labels[m.level]}] {m.text}" for m in messages if m.level >= 2]
+    user turn, each block tagged with its level (``[platform] ...``, or a delimiter token from
+    :func:`add_level_tokens` when ``labels`` are tokens), the task last."""
+
+    def tag(m: Message) -> str:
+        label = labels[m.level]
+        return f"{label} {m.text}" if label.startswith("<|") else f"[{label}] {m.text}"
+
+    system = [tag(m) for m in messages if m.level <= 1]
+    user = [tag(m) for m in messages if m.level >= 2]
     turns = []
     if system:
         turns.append({"role": "system", "content": "\n".join(system)})
     turns.append({"role": "user", "content": "\n".join([*user, f"Task: {task}"])})
     return turns
+
+
+LEVEL_TOKENS = tuple(f"<|level_{i}|>" for i in range(len(LEVELS)))
+
+
+def add_level_tokens(tokenizer, model=None, tokens: Sequence[str] = LEVEL_TOKENS) -> list[str]:
+    """Level-specific delimiter tokens: add ``tokens`` to the tokenizer as special tokens (one
+    id each, never split) and resize the model's embeddings to match; render with
+    ``render(..., labels=tokens)`` then. Returns the tokens, one per level."""
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
+    if model is not None:
+        model.resize_token_embeddings(len(tokenizer))
+    return list(tokens)
 
 
 def _refusal(rng: random.Random) -> str:
