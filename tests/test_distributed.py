@@ -146,7 +146,8 @@ def test_launch_mismatch_and_sharding_engines_are_refused(monkeypatch):
         _check_launch(_FakeAccelerator(1, DistributedType.NO))
     _check_launch(_FakeAccelerator(2, DistributedType.MULTI_CPU))
     for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(NotImplementedError, match=f"{engine.name} is not supported"):
+        with pytest.raises(NotImplementedError,
+                           match=rf"{engine.name} \(an accelerate plugin\) is not supported"):
             _check_launch(_FakeAccelerator(2, engine))
     monkeypatch.delenv("WORLD_SIZE")
     _check_launch(_FakeAccelerator(1, DistributedType.NO))
