@@ -356,7 +356,8 @@ def test_every_registered_loss_returns_detached_rewards(name):
     extras = {"label": torch.tensor([1.0, 0.0]), "offset": torch.tensor([0.5, 0.5]),
               "chosen_tokens": torch.tensor([3.0, 4.0]),
               "rejected_tokens": torch.tensor([2.0, 5.0]),
-              "level_obeyed": torch.tensor([0.0, 1.0]), "level_overridden": torch.tensor([3.0, 1.0])}
+              "level_obeyed": torch.tensor([0.0, 1.0]),
+              "level_overridden": torch.tensor([3.0, 1.0])}
     out = spec.fn(c, r, *refs, LossParams(label_smoothing=0.1), extras)
     assert out.losses.requires_grad
     assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
