@@ -26,8 +26,30 @@ def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
+class StepShares:
+    """For a source whose steps take ``batch_size x grad_accum_steps`` examples per process,
+    each process its share (``rank::world``) of every step."""
+
+    batch_size: int
+    grad_accum_steps: int
+    world: int
+    rank: int
+
+    def shard(self, world: int, rank: int) -> None:
+        """Take this process's share of every step."""
+        self.world, self.rank = world, rank
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps * self.world
+
+    def steps_for(self, examples: int) -> int:
+        """Steps that cover ``examples`` once (the last one may be short)."""
+        return max(1, math.ceil(examples / self.examples_per_step))
+
+
 @dataclass
-class StaticSource:
+class StaticSource(StepShares):
     """A fixed dataset, collated in micro-batches of ``batch_size`` examples per process.
 
     collate: examples -> batch; if it has a ``key`` (str), the key names the layout in the
@@ -47,17 +69,9 @@ class StaticSource:
     rank: int = 0
     precomputable: bool = True
 
-    def shard(self, world: int, rank: int) -> None:
-        """Take this process's share of every step."""
-        self.world, self.rank = world, rank
-
-    @property
-    def examples_per_step(self) -> int:
-        return self.batch_size * self.grad_accum_steps * self.world
-
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(len(self.dataset) / self.examples_per_step))
+        return self.steps_for(len(self.dataset))
 
     def epoch_order(self, epoch: int) -> list[int]:
         """A seeded permutation per epoch (a different one each epoch)."""

@@ -17,7 +17,6 @@ tokenizes only its own share (rows ``rank::world`` of each step): no overlap, no
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.io import DataError
+from .sources import StepShares
 
 
 def buffer_shuffled(rows: Iterator[Any], buffer: int, rng: random.Random) -> Iterator[Any]:
@@ -44,7 +44,7 @@ def buffer_shuffled(rows: Iterator[Any], buffer: int, rng: random.Random) -> Ite
 
 
 @dataclass
-class StreamingSource:
+class StreamingSource(StepShares):
     """open_stream: a fresh pass over the raw rows, in order. num_rows: how many (one counting
     pass). build(row, position) -> example: tokenizes one row (position: its place in the
     stream, the example's index); raises :class:`DataError` for a bad row, which is skipped
@@ -68,16 +68,9 @@ class StreamingSource:
     _cursor: tuple[int, int] | None = None  # (epoch, rows taken) of the open stream
     _stream: Iterator[Any] | None = None
 
-    def shard(self, world: int, rank: int) -> None:
-        self.world, self.rank = world, rank
-
-    @property
-    def examples_per_step(self) -> int:
-        return self.batch_size * self.grad_accum_steps * self.world
-
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(self.num_rows / self.examples_per_step))
+        return self.steps_for(self.num_rows)
 
     def _epoch_stream(self, epoch: int) -> Iterator[tuple[int, Any]]:
         rng = random.Random(self.seed * 100_003 + epoch)
