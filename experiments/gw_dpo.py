@@ -10,7 +10,7 @@ every held-out prompt greedily (64 new tokens); a program grades the answers: pa
 adherence, its macro average, over-refusal on benign prompts, utility on aligned ones.
 Writes experiments/results/gw_dpo.{md,json,png}.
 
-    python experiments/gw_dpo.py              # about 75 minutes here on 1 shared CPU thread
+    python experiments/gw_dpo.py              # about 55 minutes here on 1 shared CPU thread
     python experiments/gw_dpo.py --replot
 """
 
