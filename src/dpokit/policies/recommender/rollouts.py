@@ -123,8 +123,10 @@ def evaluate_lists(contexts: Sequence[Context], lists: torch.Tensor, world: Worl
     """World-model and true-simulator utility of ``lists`` (N, K) after ``contexts``, and the
     lists' diversity. The simulator shows each list after its context (the context items as
     history; each user's own state)."""
-    score = world_model_scorer(world)
-    predicted = [float(score(c, lists[i:i + 1])[0]) for i, c in enumerate(contexts)]
+    t = context_tensors(contexts)  # one rollout for every list, not one per context
+    signals = world.rollout(t["context_items"], t["context_signals"], t["mode"], t["start"],
+                            lists)  # (N, K, 4)
+    predicted = [float(utility(c.mode, signals[i]).mean()) for i, c in enumerate(contexts)]
     true = []
     by_mode: dict[str, list[float]] = {m: [] for m in modes}
     for c, items in zip(contexts, lists.tolist(), strict=True):
