@@ -161,6 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not (args.pairs or args.prompts or args.probes):
         raise ValueError("nothing to evaluate: give --pairs (held-out pairs), --prompts "
                          "(held-out prompts for generation) and/or --probes (style probes)")
+    probes = load_probes(args.probes) if args.probes else None  # bad rows before the model
     policy = load_eval_policy(args.model, args.reference)
     reward = load_reward(args.reward) if args.reward else None
     judge = import_object(args.judge_fn) if args.judge_fn else (
@@ -172,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tokenize=TokenizeSettings(max_length=args.max_length,
                                   max_prompt_length=args.max_prompt_length,
                                   chat_template_for_strings=not args.no_chat_template),
-        probes=load_probes(args.probes) if args.probes else None)
+        probes=probes)
     print(format_report(report))
     for sample in report.samples[:3]:
         print(f"  sample: {sample['prompt']!r} -> {sample['sample'][:120]!r}")
