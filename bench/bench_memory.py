@@ -9,11 +9,13 @@ see that the options train the same thing.
     python bench/bench_memory.py                 # about 10 minutes on 2 CPU cores
     python bench/bench_memory.py --steps 2 --options ddp fsdp-2
 
-Options: ``ddp`` (one process, the baseline), ``ddp-2`` / ``fsdp-2`` (two processes, half the
-batch each: DDP keeps a whole copy of weights, gradients and AdamW state per process, FSDP2
-shards them), ``checkpointing`` (recompute activations in backward), ``offloading``
-(activations saved for backward kept in CPU memory: on a CPU they are there already, so it
-can save nothing; on a GPU it moves them off the device).
+Options: ``ddp`` (one process, the baseline), ``ddp-2`` / ``fsdp-2`` / ``zero2-2`` /
+``zero3-2`` (two processes, half the batch each: DDP keeps a whole copy of weights, gradients
+and AdamW state per process, FSDP2 and ZeRO-3 shard all three, ZeRO-2 gradients and AdamW
+state), ``fsdp-1`` / ``zero3-1`` (one process: the engines' own cost), ``checkpointing``
+(recompute activations in backward), ``offloading`` (activations saved for backward kept in
+CPU memory: on a CPU they are there already, so it can save nothing; on a GPU it moves them
+off the device).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ OPTIONS = {  # name: (processes, config overrides)
     "ddp-2": (2, {}),
     "fsdp-2": (2, {"strategy": "fsdp"}),
     "fsdp-1": (1, {"strategy": "fsdp"}),  # one GPU: FSDP2 on a one-device mesh vs ddp
+    "zero2-2": (2, {"strategy": "deepspeed", "zero_stage": 2}),
+    "zero3-2": (2, {"strategy": "deepspeed", "zero_stage": 3}),
+    "zero3-1": (1, {"strategy": "deepspeed", "zero_stage": 3}),  # one GPU, as fsdp-1
     "checkpointing": (1, {"gradient_checkpointing": True}),
     "offloading": (1, {"activation_offloading": True}),
 }

@@ -20,7 +20,11 @@ if [[ "${1:-}" == "--prepare" ]]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .gpu/whl \
-    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0
+    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0 \
+    hjson==3.1.0 py-cpuinfo==9.0.0 ninja==1.13.0 msgpack==1.1.0 einops==0.8.1
+  # DeepSpeed ships only an sdist: built here into a pure-Python wheel (its ops compile at
+  # run time there)
+  .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl deepspeed==0.19.8
   .venv/bin/python bench/bench_dpo.py --export-shape .gpu/smollm2-shape
   du -sh .gpu
   exit 0
@@ -51,7 +55,7 @@ python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 
   --workloads smollm2-lora,smollm2-long --dpokit-set segment_attention=false \
   --out "$OUT/bench_dense_mask.json" 2>&1 | tee "$OUT/bench_dense_mask.log"
 # Strategies on one GPU: DDP vs FSDP2 (a one-device mesh), gradient checkpointing, activation
-# offloading: peak memory each, first losses to compare (DeepSpeed: not driven by dpokit yet).
+# offloading, DeepSpeed ZeRO-3: peak memory each, first losses to compare with ddp's.
 python3 bench/bench_memory.py --shape-dir .gpu/smollm2-shape --steps 4 \
-  --options ddp fsdp-1 checkpointing offloading --out "$OUT/memory.json" 2>&1 \
+  --options ddp fsdp-1 zero3-1 checkpointing offloading --out "$OUT/memory.json" 2>&1 \
   | tee "$OUT/memory.log" || echo "bench_memory FAILED (see above)"

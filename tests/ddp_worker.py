@@ -21,7 +21,7 @@ def main(out_dir: str, batch_size: int, lora: bool, loss: str, extra: str = "{}"
            **json.loads(extra)}
     trainer = tiny_trainer(Path(out_dir), make_tokenizer(), lora=lora, rows=rows, **cfg)
     history = trainer.train().history
-    params = {n: float(whole(p.detach()).double().sum())
+    params = {n: float(whole(p).detach().double().sum())
               for n, p in trainer.policy.named_trainable_parameters().items()}
     trainer.save_final()
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1,6 +1,7 @@
 """2 processes == 1 process: data-parallel (DDP over gloo, CPU) gives the same trajectory,
 also for KTO, whose KL estimate is a batch mean pooled across processes."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -99,10 +100,45 @@ def test_two_fsdp2_processes_equal_one_process(tmp_path, lora):
                                                                  rel=1e-4, abs=1e-4)
 
 
-@pytest.mark.parametrize("first,then", [((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp"))])
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed is not installed (the README's test "
+                                     "command installs it)")
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage,lora,accum,precompute", [(2, False, 1, True), (3, False, 2, False),
+                                                         (3, True, 1, True)])
+def test_two_zero_processes_equal_one_process(tmp_path, stage, lora, accum, precompute):
+    """DeepSpeed ZeRO-2/3 (gloo, CPU) in 2 processes == one plain process with the same global
+    batch of 4: losses, gradient norms (DeepSpeed clips) and the updated weights; also with 2
+    accumulated micro-batches per step (the boundary is set by hand) and with a live ``copy``
+    reference (partitioned by its own ZeRO-3 inference engine); final/ holds the whole
+    weights in the ordinary format."""
+    one = _run(tmp_path / "one", 1, 4, lora, precompute_ref_logps=precompute)
+    two = _run(tmp_path / "two", 2, 2 // accum, lora, strategy="deepspeed", zero_stage=stage,
+               grad_accum_steps=accum, precompute_ref_logps=precompute)
+    assert two["world"] == 2
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
+    assert two["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-4)
+    for name, value in one["params"].items():  # the same tolerance as DDP's (see above)
+        assert two["params"][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    from safetensors.torch import load_file
+    file = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = (load_file(tmp_path / run / "out" / "final" / file) for run in ("one", "two"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key].shape == a[key].shape, key
+        assert b[key].double().sum().item() == pytest.approx(a[key].double().sum().item(),
+                                                             rel=1e-4, abs=1e-4), key
+
+
+@pytest.mark.parametrize("first,then", [
+    ((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp")),
+    pytest.param((2, "deepspeed"), (1, "ddp"), marks=needs_deepspeed),
+    pytest.param((1, "ddp"), (2, "deepspeed"), marks=needs_deepspeed)])
 def test_a_checkpoint_resumes_on_another_process_count(tmp_path, first, then):
-    """Checkpoints hold whole tensors keyed by name: 2 FSDP2 processes -> 1 process and the
-    reverse continue with the losses of the uninterrupted run."""
+    """Checkpoints hold whole tensors keyed by name: 2 FSDP2 or ZeRO-3 processes -> 1
+    process and the reverse continue with the losses of the uninterrupted run."""
     full = _run(tmp_path / "full", 1, 4, True, max_steps=4)
     (w1, s1), (w2, s2) = first, then
     out = tmp_path / "split"
@@ -131,6 +167,29 @@ def test_torchrun_cli_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@needs_deepspeed
+def test_accelerate_launch_with_the_shipped_deepspeed_config(tmp_path, tiny_model_dir):
+    """`accelerate launch --config_file configs/accelerate/deepspeed_single_node.yaml`: the
+    DeepSpeed JSON it names is read, ZeRO-3 trains on 2 CPU processes, final/ is ordinary."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           "configs/accelerate/deepspeed_single_node.yaml", "--num_processes", "2",
+           "--main_process_port", str(_free_port()),
+           "-m", "dpokit.cli", "train", f"model={tiny_model_dir}", f"train_data={data}",
+           "eval_data=null", "lora=false", "max_steps=2", "batch_size=2", f"output_dir={out}",
+           f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false", "log_with=[]",
+           "distributed.strategy=deepspeed"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("2 steps on 2 process(es)") == 1, proc.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "final" / "model.safetensors").is_file()
+
+
 class _FakeAccelerator:
     def __init__(self, num_processes, distributed_type):
         self.num_processes, self.distributed_type = num_processes, distributed_type
@@ -149,5 +208,7 @@ def test_launch_mismatch_and_sharding_engines_are_refused(monkeypatch):
         with pytest.raises(NotImplementedError,
                            match=rf"{engine.name} \(an accelerate plugin\) is not supported"):
             _check_launch(_FakeAccelerator(2, engine))
+    # accelerate launched with its DeepSpeed config: dpokit drives DeepSpeed itself
+    _check_launch(_FakeAccelerator(2, DistributedType.DEEPSPEED), "deepspeed")
     monkeypatch.delenv("WORLD_SIZE")
     _check_launch(_FakeAccelerator(1, DistributedType.NO))

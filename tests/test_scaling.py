@@ -4,6 +4,9 @@ FSDP2 refuses up front. (FSDP2 training itself: tests/test_distributed.py.)"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import sentiment_rows, write_jsonl
@@ -90,9 +93,47 @@ def test_activation_offloading_changes_no_number(tokenizer):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
-def test_fsdp_refuses_what_runs_outside_the_sharded_forward(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_sharding_refuses_what_runs_outside_the_sharded_forward(tmp_path, tiny_model_dir,
+                                                                strategy):
     for key, value in (("run.eval_prompts", "p.jsonl"), ("geometry.probes", "p.jsonl"),
                        ("model.merge_adapter", True)):
-        with pytest.raises(ConfigError, match=f"strategy=fsdp: {key}"):
-            _cfg(tmp_path, tiny_model_dir, lora=True, strategy="fsdp", **{key: value})
-    _cfg(tmp_path, tiny_model_dir, strategy="fsdp")  # plain training is fine
+        with pytest.raises(ConfigError, match=f"strategy={strategy}: {key}"):
+            _cfg(tmp_path, tiny_model_dir, lora=True, strategy=strategy, **{key: value})
+    _cfg(tmp_path, tiny_model_dir, strategy=strategy)  # plain training is fine
+    with pytest.raises(ConfigError, match="zero_stage must be <= 3"):
+        _cfg(tmp_path, tiny_model_dir, strategy=strategy, zero_stage=4)
+
+
+def test_deepspeed_config_takes_dpokits_fields_and_refuses_conflicts(tmp_path, monkeypatch):
+    """The batch sizes, clipping, stage and precision come from dpokit's config; the file
+    adds the rest; a value it sets for a field dpokit owns is an error naming that field."""
+    from dpokit.train.engines import DeepSpeedConfigError, deepspeed_config
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("zero2", "zero3", "zero3_offload"):  # the shipped files are all valid
+        cfg = deepspeed_config(3, str(root / "configs" / "deepspeed" / f"{name}.json"),
+                               batch_size=2, world=4, max_grad_norm=None)
+        assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"]) == (8, 2)
+        assert cfg["gradient_accumulation_steps"] == 1 and cfg["gradient_clipping"] == 0.0
+        assert cfg["zero_optimization"]["stage"] == 3
+    offload = deepspeed_config(3, str(root / "configs/deepspeed/zero3_offload.json"),
+                               batch_size=1, world=1, max_grad_norm=1.0)
+    assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    bad = tmp_path / "ds.json"
+    for content, field in (({"gradient_clipping": 0.5}, "gradient_clipping"),
+                           ({"bf16": {"enabled": True}}, "bf16"),
+                           ({"optimizer": {"type": "Adam"}}, "optimizer"),
+                           ({"zero_optimization": {"stage": 2}}, "zero_optimization.stage")):
+        bad.write_text(json.dumps(content))
+        with pytest.raises(DeepSpeedConfigError, match=rf"ds.json: {field}"):
+            deepspeed_config(3, str(bad), batch_size=2, world=1, max_grad_norm=1.0)
+    bad.write_text(json.dumps({"bf16": {"enabled": False}, "steps_per_print": 5}))
+    assert deepspeed_config(2, str(bad), batch_size=2, world=1,
+                            max_grad_norm=1.0)["steps_per_print"] == 5
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(bad))  # accelerate launch's
+    assert deepspeed_config(2, None, batch_size=2, world=1,
+                            max_grad_norm=1.0)["steps_per_print"] == 5
+    bad.write_text("{not json")
+    with pytest.raises(DeepSpeedConfigError, match="ds.json"):
+        deepspeed_config(2, str(bad), batch_size=2, world=1, max_grad_norm=1.0)

@@ -175,17 +175,19 @@ def validate(cfg: TrainConfig) -> None:
     if (m.merge_adapter or m.use_dora or m.use_rslora) and not m.lora:
         raise ConfigError("merge_adapter, use_dora and use_rslora are LoRA options: set "
                           "lora=true")
-    if cfg.distributed.strategy == "fsdp":
+    strategy = cfg.distributed.strategy
+    if strategy in ("fsdp", "deepspeed"):
         outside = [name for name, on in (
             ("online.mode", cfg.online.mode != "off"), ("run.eval_prompts", cfg.run.eval_prompts),
             ("geometry.probes", cfg.geometry.probes),
             ("geometry.regularizer", cfg.geometry.regularizer != "off"),
             ("model.merge_adapter", m.merge_adapter)) if on]
         if outside:
-            raise ConfigError(f"distributed.strategy=fsdp: {', '.join(outside)} run(s) the model "
-                              f"outside its sharded forward (generation, hidden states, a "
-                              f"merge), which FSDP2 does not gather weights for; train with "
-                              f"fsdp, then evaluate or merge final/ (dpokit eval) in one process")
+            raise ConfigError(f"distributed.strategy={strategy}: {', '.join(outside)} run(s) "
+                              f"the model outside its sharded forward (generation, hidden "
+                              f"states, a merge), which {strategy} does not gather weights for; "
+                              f"train with {strategy}, then evaluate or merge final/ (dpokit "
+                              f"eval) in one process")
     if d.streaming and d.eval_fraction > 0:
         raise ConfigError("streaming reads train_data lazily and cannot hold out a fraction "
                           "of it: name an eval_data file")

@@ -191,9 +191,17 @@ class RunConfig:
 
 @dataclass
 class DistributedConfig:
-    strategy: Literal["ddp", "fsdp"] = setting(
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = setting(
         "ddp", "engine under torchrun / accelerate launch: ddp (a whole copy per process) | "
-        "fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded per decoder layer)")
+        "fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded per decoder layer) "
+        "| deepspeed (DeepSpeed ZeRO: optimizer state and gradients sharded, stage 3 weights too)")
+    zero_stage: int = setting(3, "deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + "
+                              "weights sharded)", Domain(1.0, 3.0, low_inclusive=True,
+                                                         high_inclusive=True))
+    deepspeed_config: str | None = setting(
+        None, "deepspeed: a DeepSpeed JSON config for what dpokit does not set (offload, "
+        "buckets, ...; configs/deepspeed/); batch sizes, clipping and bf16 come from this "
+        "config and may be \"auto\" there; default: accelerate launch's deepspeed_config_file")
     fsdp_cpu_offload: bool = setting(False, "fsdp: keep parameters, gradients and optimizer "
                                      "state on the CPU between uses")
     fsdp_reshard_after_forward: bool = setting(

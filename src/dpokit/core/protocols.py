@@ -72,18 +72,33 @@ class PolicyCapabilities:
 
 @dataclass(frozen=True)
 class ShardSettings:
-    """How a policy shards itself with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+    """How a policy shards itself: ``engine="fsdp2"`` (``torch.distributed.fsdp.fully_shard``)
+    or ``"zero"`` (DeepSpeed ZeRO; the loop then hands the returned root module and the
+    optimizer to ``deepspeed.initialize``).
 
-    mesh: the 1-D DeviceMesh of all processes. bf16: parameters computed in bf16, gradients
-    reduced in fp32 (``MixedPrecisionPolicy``). cpu_offload: parameters, gradients and
-    optimizer state live on the CPU (``CPUOffloadPolicy``). reshard_after_forward: free the
+    mesh: the 1-D DeviceMesh of all processes (fsdp2). bf16: parameters computed in bf16,
+    gradients reduced in fp32 (``MixedPrecisionPolicy``). cpu_offload: parameters, gradients
+    and optimizer state live on the CPU (``CPUOffloadPolicy``). reshard_after_forward: free the
     gathered layer weights after each forward (less memory, one more all-gather in backward).
+    zero_config: the DeepSpeed config (zero): a stage-3 policy registers the weights it uses
+    outside their module's forward, and wraps a frozen reference copy for inference with it.
+    wrap (zero): the loop's DeepSpeed engine around the policy's root module (built with the
+    optimizer); the policy runs its forwards through what ``wrap`` returns, as DeepSpeed
+    counts micro-batches in its engine's forward.
     """
 
-    mesh: Any
+    mesh: Any = None
     bf16: bool = False
     cpu_offload: bool = False
     reshard_after_forward: bool = True
+    engine: str = "fsdp2"
+    zero_config: dict | None = None
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+
+    @property
+    def zero_stage(self) -> int:
+        """The ZeRO stage (0 under FSDP2)."""
+        return int((self.zero_config or {}).get("zero_optimization", {}).get("stage", 0))
 
 
 @runtime_checkable
@@ -109,8 +124,9 @@ class Policy(Protocol):
         them) and return them, so the loop can skip gradient sync between micro-batches."""
 
     def shard(self, settings: ShardSettings) -> list[nn.Module]:
-        """Shard the modules with FSDP2 instead of ``prepare`` (``capabilities.sharding``);
-        return the root modules whose gradient sync the loop pauses between micro-batches."""
+        """Shard the modules (FSDP2, or the ZeRO preparation) instead of ``prepare``
+        (``capabilities.sharding``); return the root modules whose gradient sync the loop
+        pauses between micro-batches (ZeRO: the one root the engine wraps)."""
 
     def train(self, mode: bool = True) -> None: ...
 

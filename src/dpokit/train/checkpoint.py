@@ -118,16 +118,17 @@ class CheckpointStore:
         done = self.complete()
         return done[-1] if done else None
 
-    def save(self, step: int, policy: Policy, optimizer: Any, scheduler: Any,
+    def save(self, step: int, policy: Policy, engine: Any, scheduler: Any,
              source_state: dict[str, Any], signature: dict[str, Any]) -> Path:
         """Every process calls it (a sharded policy gathers whole tensors); the main one
-        writes. Weights and optimizer state are whole tensors keyed by parameter name, so any
-        process count or engine (DDP, FSDP2) can resume from it."""
+        writes. Weights and optimizer state (``engine.optimizer_state``) are whole tensors
+        keyed by parameter name, so any process count or engine (DDP, FSDP2, ZeRO) can
+        resume from it."""
         from safetensors.torch import save_file
 
         final = self.root / f"step-{step:07d}"
         weights = policy.trainable_state_dict()
-        optim_state = optimizer_state_by_name(policy.named_trainable_parameters(), optimizer)
+        optim_state = engine.optimizer_state(policy.named_trainable_parameters())
         if self.is_main:
             staging = _stage(self.root, ".staging-")
             state = {k: v.contiguous().cpu() for k, v in weights.items()}
@@ -162,15 +163,15 @@ class CheckpointStore:
                 raise CorruptCheckpoint(f"{file} is corrupt (checksum mismatch)")
         return state
 
-    def load(self, path: Path, policy: Policy, optimizer: Any,
+    def load(self, path: Path, policy: Policy, engine: Any,
              scheduler: Any) -> tuple[int, dict[str, Any]]:
         """Restore weights, optimizer, scheduler and RNG; return (step, source state)."""
         from safetensors.torch import load_file
 
         self.state(path)
         policy.load_trainable_state_dict(load_file(path / "trainable.safetensors"))
-        load_optimizer_state_by_name(policy.named_trainable_parameters(), optimizer,
-                                     torch.load(path / "optimizer.pt", weights_only=False))
+        engine.load_optimizer_state(policy.named_trainable_parameters(),
+                                    torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])

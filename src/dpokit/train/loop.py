@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
-from ..core.sharding import whole
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
+from .engines import TorchEngine, ZeroEngine, deepspeed_config
 from .folder import RunFolder
 from .metrics import MetricsLogger, format_eval, objective_metrics, progress_bar, reduce_metrics
 from .optim import build_optimizer
@@ -40,10 +40,10 @@ from .signals import Interrupted, StopRequests
 from .sources import EvalSet
 from .strategy import (
     check_launch,
-    gradient_sync_paused,
     make_accelerator,
     shard_settings,
     warn_batch_level,
+    zero_settings,
 )
 
 
@@ -94,18 +94,20 @@ class Trainer:
             self.total_steps = max(1, math.ceil(optim.num_epochs * source.steps_per_epoch))
         torch.manual_seed(optim.seed)
         random.seed(optim.seed)
-        self.strategy = cfg.distributed.strategy
-        if self.strategy == "fsdp":  # FSDP2 replaces the parameters: the optimizer comes after
-            if not policy.capabilities.sharding:
-                raise ValueError(f"strategy=fsdp: {type(policy).__name__} does not declare the "
-                                 f"capability 'sharding'")
-            self.synced_modules = policy.shard(shard_settings(
-                self.accelerator, cfg.distributed, optim.mixed_precision == "bf16"))
-        else:
-            self.synced_modules = policy.prepare(self.accelerator)
-        self.optimizer, self.scheduler = build_optimizer(policy.trainable_parameters(), optim,
-                                                         self.total_steps)
-        self.optimizer = self.accelerator.prepare(self.optimizer)
+        self.strategy = strategy = cfg.distributed.strategy
+        if strategy != "ddp" and not policy.capabilities.sharding:
+            raise ValueError(f"strategy={strategy}: {type(policy).__name__} does not declare "
+                             f"the capability 'sharding'")
+        if strategy == "deepspeed":
+            self.engine: TorchEngine | ZeroEngine = self._zero_engine()
+        else:  # FSDP2 replaces the parameters: the optimizer comes after
+            modules = (policy.shard(shard_settings(self.accelerator, cfg.distributed,
+                                                   optim.mixed_precision == "bf16"))
+                       if strategy == "fsdp" else policy.prepare(self.accelerator))
+            optimizer, self.scheduler = build_optimizer(policy.trainable_parameters(), optim,
+                                                        self.total_steps)
+            self.engine = TorchEngine(self.accelerator, optimizer, strategy, modules)
+        self.optimizer = self.engine.optimizer
         precision = reference_precision(cfg.loss.ref_precision, optim.mixed_precision)
         self.reference = ReferenceService(policy, objective, cfg.loss, self.accelerator,
                                           lambda: self.autocast(precision == "bf16"), precision,
@@ -118,6 +120,27 @@ class Trainer:
         self._last_eval: dict = {}
         self.stop = StopRequests(log)
         self.step = 0
+
+    def _zero_engine(self) -> ZeroEngine:
+        """DeepSpeed ZeRO: the policy prepares its modules, then hands its root to ``wrap``,
+        which builds the optimizer and the engine; the policy forwards through the engine."""
+        optim, distributed = self.cfg.optim, self.cfg.distributed
+        config = deepspeed_config(distributed.zero_stage, distributed.deepspeed_config,
+                                  batch_size=optim.batch_size, world=self.world,
+                                  max_grad_norm=optim.max_grad_norm)
+        made: list[ZeroEngine] = []
+
+        def wrap(module: torch.nn.Module) -> torch.nn.Module:
+            optimizer, self.scheduler = build_optimizer(self.policy.trainable_parameters(),
+                                                        optim, self.total_steps)
+            made.append(ZeroEngine(module, optimizer, config))
+            return made[-1].engine
+
+        self.policy.shard(zero_settings(self.accelerator, config, wrap))
+        if len(made) != 1:
+            raise RuntimeError(f"{type(self.policy).__name__}.shard must wrap its root module "
+                               f"once with ShardSettings.wrap (called {len(made)} times)")
+        return made[0]
 
     # --- precision ---------------------------------------------------------------------------
     def autocast(self, bf16: bool | None = None):
@@ -146,20 +169,15 @@ class Trainer:
             t = self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu()
         return t.tolist()
 
-    def _no_sync(self, stack: ExitStack) -> None:
-        for module in self.synced_modules:  # skip the all-reduce: a later backward does it
-            stack.enter_context(gradient_sync_paused(self.accelerator, module, self.strategy))
-
     def _regularize(self, sums: MetricSums) -> None:
         """Each regularizer's ``weight * value``, backpropagated before the micro-batches so
         that their last backward all-reduces the sum."""
         for reg in self.regularizers:
-            with ExitStack() as stack:
-                self._no_sync(stack)
+            with self.engine.paused():
                 with self.autocast():
                     value = reg(self.policy, self.step).value.float()
                 self._check_finite(value, f"the {reg.name} regularizer")
-                self.accelerator.backward(value * reg.weight)
+                self.engine.backward(value * reg.weight)
             sums.add(f"reg/{reg.name}", value.reshape(1))
 
     def _train_step(self) -> dict:
@@ -176,23 +194,20 @@ class Trainer:
         self._regularize(sums)
         for i, batch in enumerate(batches):
             tokens += batch.num_tokens
-            with ExitStack() as stack:  # skip DDP's gradient all-reduce until the last
+            with ExitStack() as stack:  # skip the gradient all-reduce until the last
                 if i < len(batches) - 1:
-                    self._no_sync(stack)
+                    stack.enter_context(self.engine.paused())
                 out = self._forward(batch, "train")
                 loss_sum = out.losses.sum()
                 self._check_finite(loss_sum, "the loss")
-                self.accelerator.backward(loss_sum * scale)
+                self.engine.backward(loss_sum * scale)
             sums.add("loss", out.losses.float(), count=units[i])
             sums.merge(out.metrics)
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
-        grad_norm = self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), max_norm)
-        grad_norm = torch.as_tensor(whole(grad_norm), dtype=torch.float32)  # sharded: a DTensor
-        self._check_finite(grad_norm, "the gradient norm")
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        grad_norm = self.engine.step(self.policy.trainable_parameters(), max_norm,
+                                     lambda norm: self._check_finite(norm, "the gradient norm"))
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.reference.after_step(self.step)
         metrics = reduce_metrics(sums, self.accelerator).means()
@@ -249,11 +264,11 @@ class Trainer:
         return run_signature(self.cfg.to_dict(), self.source.fingerprint, self.world)
 
     def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(self.step, self.policy, self.optimizer, self.scheduler,
+        return self.checkpoints.save(self.step, self.policy, self.engine, self.scheduler,
                                      self.source.state_dict(), self.signature())
 
     def load_checkpoint(self, path: Path) -> None:
-        self.step, state = self.checkpoints.load(path, self.policy, self.optimizer, self.scheduler)
+        self.step, state = self.checkpoints.load(path, self.policy, self.engine, self.scheduler)
         self.source.load_state_dict(state)
 
     def _resume(self) -> None:

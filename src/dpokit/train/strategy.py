@@ -2,7 +2,8 @@
 
 On a machine without a GPU, several processes (torchrun, accelerate launch) need the CPU
 backend asked for explicitly, or accelerate leaves each process training alone on all the
-data. A sharding engine this loop does not drive yet is refused.
+data. An accelerate sharding plugin is refused unless the strategy names it (dpokit applies
+FSDP2 and DeepSpeed ZeRO itself, ``engines.py``).
 
     >>> launcher_world_size()
     1
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,27 +57,47 @@ def check_launch(accelerator: Any, strategy: str = "ddp") -> None:
                            f"the data. Launch with torchrun or `accelerate launch` on a machine "
                            f"whose devices accelerate sees, or pass an Accelerator that matches.")
     engine = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
+    if engine == "DEEPSPEED" and strategy == "deepspeed":
+        return  # accelerate launched with its DeepSpeed config: dpokit drives the engine
     if engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise NotImplementedError(f"distributed type {engine} (an accelerate plugin) is not "
-                                  f"supported: dpokit shards with PyTorch FSDP2 itself "
-                                  f"(distributed.strategy=fsdp; now {strategy}). Launch without "
-                                  f"the {engine} plugin.")
+                                  f"supported with distributed.strategy={strategy}: dpokit "
+                                  f"shards with PyTorch FSDP2 (strategy=fsdp) or DeepSpeed ZeRO "
+                                  f"(strategy=deepspeed) itself. Set the strategy, or launch "
+                                  f"without the {engine} plugin.")
+
+
+def ensure_process_group(device: str) -> None:
+    """One process without a launcher: a process group of one (the sharding engines need
+    one); gloo on CPU, nccl on GPU."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("LOCAL_RANK", "0")  # (DeepSpeed reads it)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                            init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def zero_settings(accelerator: Any, config: dict[str, Any],
+                  wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> ShardSettings:
+    """DeepSpeed ZeRO settings: the config (for the policy's reference) and ``wrap``, which
+    puts the policy's root module into the loop's engine."""
+    ensure_process_group(accelerator.device.type)
+    return ShardSettings(engine="zero", zero_config=config, wrap=wrap)
 
 
 def shard_settings(accelerator: Any, distributed: Any, bf16: bool) -> ShardSettings:
     """FSDP2 settings over a 1-D mesh of every process (gloo on CPU, nccl on GPU)."""
-    import socket
-
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     device = accelerator.device.type
-    if not dist.is_initialized():  # one process, no launcher: a process group of one
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("nccl" if device == "cuda" else "gloo",
-                                init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    ensure_process_group(device)
     mesh = init_device_mesh(device, (accelerator.num_processes,))
     return ShardSettings(mesh, bf16=bf16, cpu_offload=distributed.fsdp_cpu_offload,
                          reshard_after_forward=distributed.fsdp_reshard_after_forward)

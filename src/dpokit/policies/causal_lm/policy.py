@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...core.protocols import BasePolicy, PolicyCapabilities, ShardSettings
-from ...core.sharding import like, whole
+from ...core.sharding import assign, whole, whole_state_dict
 from ...core.types import SequenceScores
 from .logprobs import (
     log_sum_sq_from_logits,
@@ -188,12 +188,41 @@ class CausalLMPolicy(BasePolicy):
         head's own forward: so the root keeps its gathered weights until backward). A
         ``copy`` reference is sharded the same way. The policy's forward must run through the
         scorer: generation and hidden-state probes are refused by the application."""
+        if settings.engine == "zero":
+            self._prepare_zero(settings)
+            self.scorer = settings.wrap(self.scorer)  # the DeepSpeed engine around it
+            return [self.scorer]
         for scorer in (self.scorer, self._reference_scorer()):
             if scorer is None:
                 continue
             fully_shard_model(scorer, _unwrap_peft(scorer.model), settings)
         self.sharded = True
         return [self.scorer]
+
+    def _prepare_zero(self, settings: ShardSettings) -> None:
+        """DeepSpeed ZeRO (the loop then wraps the scorer with the optimizer). Stage 3 keeps each
+        weight partitioned outside its module's forward, so the LM head weight, which the
+        chunked head reads inside the scorer's forward, is registered with the scorer; a
+        frozen ``copy`` reference is partitioned by an inference engine of its own (TRL's
+        ``prepare_deepspeed``), a stage 1/2 one stays whole on each process."""
+        self.sharded = settings.zero_stage == 3
+        reference = self._reference_scorer()
+        if not self.sharded:
+            if reference is not None:
+                reference.to(next(self.model.parameters()).device)
+            return
+        import deepspeed
+        from deepspeed.runtime.zero import register_external_parameter
+
+        for scorer in (self.scorer, reference):
+            if scorer is not None:
+                head = _unwrap_peft(scorer.model).get_output_embeddings()
+                for param in head.parameters():
+                    register_external_parameter(scorer, param)
+        if reference is not None:
+            config = {k: v for k, v in settings.zero_config.items()
+                      if k not in ("gradient_clipping", "optimizer", "scheduler")}
+            self.reference_scorer = deepspeed.initialize(model=reference, config=config)[0]
 
     def _reference_scorer(self) -> nn.Module | None:
         if self.reference_model is None:
@@ -207,7 +236,9 @@ class CausalLMPolicy(BasePolicy):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Whole tensors (a sharded model's gathered from every process)."""
-        return {n: whole(p.detach()).clone() for n, p in self.named_trainable_parameters().items()}
+        with torch.no_grad():
+            return {n: whole(p).detach().clone()
+                    for n, p in self.named_trainable_parameters().items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         params = self.named_trainable_parameters()
@@ -215,16 +246,15 @@ class CausalLMPolicy(BasePolicy):
             missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, "
                              f"unexpected {extra[:5]}")
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(like(params[name], value))
+        for name, value in state.items():
+            assign(params[name], value)
 
     def save_pretrained(self, directory: str | Path | None) -> None:
         """Weights (or the trained LoRA adapter) in the ordinary HF format, with the tokenizer.
         Sharded: every process gathers the whole weights; only a given ``directory`` writes."""
         state = None
         if self.sharded:
-            state = {k: whole(v).cpu() for k, v in self.model.state_dict().items()}
+            state = whole_state_dict(self.model)
         if directory is None:
             return
         extra = {} if state is None else {"state_dict": state}
