@@ -80,8 +80,9 @@ def run(option: str, args, pairs: Path) -> dict:
                "--nproc_per_node", str(processes), *cmd[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // processes)))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-               if line.startswith("RESULT ")]
+    decoder = json.JSONDecoder()  # two processes' lines may interleave: decode each record
+    results = [decoder.raw_decode(part)[0] for part in proc.stdout.split("RESULT ")[1:]
+               if part.startswith("{")]
     if proc.returncode or not results:
         raise SystemExit(f"{option} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return {"processes": processes, "peak_gb": max(r["peak_gb"] for r in results),

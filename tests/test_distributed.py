@@ -106,18 +106,25 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 
 
 @needs_deepspeed
-@pytest.mark.parametrize("stage,lora,accum,precompute", [(2, False, 1, True), (3, False, 2, False),
-                                                         (3, True, 1, True)])
-def test_two_zero_processes_equal_one_process(tmp_path, stage, lora, accum, precompute):
+@pytest.mark.parametrize("stage,lora,accum,precompute,tied", [
+    (2, False, 1, True, False), (3, False, 2, False, False), (3, True, 1, True, True)])
+def test_two_zero_processes_equal_one_process(tmp_path, stage, lora, accum, precompute, tied):
     """DeepSpeed ZeRO-2/3 (gloo, CPU) in 2 processes == one plain process with the same global
     batch of 4: losses, gradient norms (DeepSpeed clips) and the updated weights; also with 2
-    accumulated micro-batches per step (the boundary is set by hand) and with a live ``copy``
-    reference (partitioned by its own ZeRO-3 inference engine); final/ holds the whole
-    weights in the ordinary format."""
-    one = _run(tmp_path / "one", 1, 4, lora, precompute_ref_logps=precompute)
+    accumulated micro-batches per step (the boundary is set by hand), with a live ``copy``
+    reference (partitioned by its own ZeRO-3 inference engine) and with tied embeddings (the
+    LM head weight is the embedding's, registered with the scorer); the reference cache key
+    sees the gathered weights; final/ holds the whole weights in the ordinary format."""
+    # every tiny weight is under DeepSpeed's default persistence threshold (kept whole):
+    # threshold 0 partitions them all, as ZeRO-3 does a real model's
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
+    one = _run(tmp_path / "one", 1, 4, lora, precompute_ref_logps=precompute, tied=tied)
     two = _run(tmp_path / "two", 2, 2 // accum, lora, strategy="deepspeed", zero_stage=stage,
-               grad_accum_steps=accum, precompute_ref_logps=precompute)
+               grad_accum_steps=accum, precompute_ref_logps=precompute, tied=tied,
+               deepspeed_config=str(ds))
     assert two["world"] == 2
+    assert two["fingerprint"] == one["fingerprint"]  # (was 0.0 from the empty partitions)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
     assert two["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-4)
     for name, value in one["params"].items():  # the same tolerance as DDP's (see above)
@@ -142,9 +149,14 @@ def test_a_checkpoint_resumes_on_another_process_count(tmp_path, first, then):
     full = _run(tmp_path / "full", 1, 4, True, max_steps=4)
     (w1, s1), (w2, s2) = first, then
     out = tmp_path / "split"
-    _run(out, w1, 4 // w1, True, max_steps=4, save_every=2, strategy=s1)
+    ds = tmp_path / "ds.json"  # ZeRO-3 partitions even the tiny weights (see above)
+    ds.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
+    zero = {"deepspeed_config": str(ds)}
+    _run(out, w1, 4 // w1, True, max_steps=4, save_every=2, strategy=s1,
+         **(zero if s1 == "deepspeed" else {}))
     shutil.rmtree(out / "out" / "checkpoints" / "step-0000004")  # as if stopped after step 2
-    resumed = _run(out, w2, 4 // w2, True, max_steps=4, save_every=2, strategy=s2, resume=True)
+    resumed = _run(out, w2, 4 // w2, True, max_steps=4, save_every=2, strategy=s2, resume=True,
+                   **(zero if s2 == "deepspeed" else {}))
     assert resumed["steps"] == [3, 4]
     assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-4, abs=1e-5)
 

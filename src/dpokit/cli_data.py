@@ -108,6 +108,16 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         built = b.sample_pairs(b.prompt_rows(_read(args.inputs)), _sampler(args), reward,
                                _settings(b.ScoredSettings, args), reward.name)
         return _finish(built, args.out)
+    if args.kind == "injection":
+        from .data.builders import write_rows
+        from .secalign.builder import InjectionSettings, injection_rows
+        from .secalign.tasks import load_tasks
+
+        tasks = [t for path in args.inputs for t in load_tasks(path)]
+        rows = injection_rows(tasks, _settings(InjectionSettings, args))
+        print(f"{write_rows(rows, args.out)}: {len(rows)} {args.rows} rows from "
+              f"{len(tasks)} tasks")
+        return 0
     records = _read(args.inputs)  # failures
     if args.model and not any("outputs" in r.values or "completion" in r.values
                               for r in records):
@@ -158,9 +168,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.tdi import load_probes
     from .policies.causal_lm.sampling import SamplingSettings
 
+    if args.injection:
+        return _eval_injection(args)
     if not (args.pairs or args.prompts or args.probes):
         raise ValueError("nothing to evaluate: give --pairs (held-out pairs), --prompts "
-                         "(held-out prompts for generation) and/or --probes (style probes)")
+                         "(held-out prompts for generation), --probes (style probes) or "
+                         "--injection (prompt-injection tasks)")
     probes = load_probes(args.probes) if args.probes else None  # bad rows before the model
     policy = load_eval_policy(args.model, args.reference)
     reward = load_reward(args.reward) if args.reward else None
@@ -182,6 +195,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"model": args.model, "reference": args.reference,
                                                **report.metrics,
                                                "samples": report.samples}, indent=1))
+        print(f"figures in {args.json}")
+    return 0
+
+
+def _eval_injection(args: argparse.Namespace) -> int:
+    """``dpokit eval MODEL --injection TASKS``: SecAlign's figures (ASR per attack, utility)."""
+    from .eval.evaluate import load_eval_policy
+    from .secalign import GCGSettings, evaluate_injection
+    from .secalign.tasks import load_tasks
+
+    tasks = load_tasks(args.injection)  # bad rows before the model
+    policy = load_eval_policy(args.model)
+    gcg = GCGSettings(steps=args.gcg_steps) if args.gcg_steps else None
+    report = evaluate_injection(policy.model, policy.tokenizer, tasks, args.frontend, gcg=gcg)
+    print(report.table())
+    if report.gcg is not None:
+        print(f"GCG suffix: {report.gcg.suffix!r}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            {"model": args.model, "frontend": args.frontend, "utility": report.utility,
+             "asr": report.asr, "examples": report.examples,
+             "gcg_suffix": report.gcg.suffix if report.gcg else None}, indent=1))
         print(f"figures in {args.json}")
     return 0
 
@@ -218,12 +254,14 @@ def add_parsers(sub) -> None:
     from .policies.causal_lm.sampling import SamplingSettings
 
     pairs = sub.add_parser("pairs", help="build preference pairs: votes, scored, sample, "
-                           "failures")
+                           "failures, injection")
     kinds = pairs.add_subparsers(dest="kind", required=True)
     helps = {"votes": "comments with votes -> pairs (SHP rules; Reddit JSON lines read too)",
              "scored": "several scored answers per prompt -> pairs",
              "sample": "K samples per prompt from a model, scored by a reward -> pairs",
-             "failures": "the model's degenerate outputs as rejected, the reference as chosen"}
+             "failures": "the model's degenerate outputs as rejected, the reference as chosen",
+             "injection": "instruction tasks -> SecAlign pairs (or StruQ / clean SFT rows) "
+                          "with instructions injected into the data"}
     for kind, help_text in helps.items():
         p = kinds.add_parser(kind, help=help_text)
         p.add_argument("inputs", nargs="+", help="input files (.jsonl/.json/.csv/.parquet)")
@@ -241,6 +279,10 @@ def add_parsers(sub) -> None:
                            "vader_negative, minilm (vs the row's reference) or hf:PATH")
         if kind == "failures":
             _add_fields(p, FailureSettings, skip=("refusal_patterns",))
+        if kind == "injection":
+            from .secalign.builder import InjectionSettings
+
+            _add_fields(p, InjectionSettings)
     ev = sub.add_parser("eval", help="held-out preference and generation figures of a saved "
                         "model or adapter against its reference")
     ev.add_argument("model", help="model folder, hub name, smollm2, or a LoRA adapter folder")
@@ -256,6 +298,12 @@ def add_parsers(sub) -> None:
                     "first, second) -> 1 (first), 0.5 (tie) or 0 (second)")
     ev.add_argument("--probes", help="style probe rows (content, style, text): Style TDI and "
                     "trajectory TDI of the model and its reference")
+    ev.add_argument("--injection", help="prompt-injection tasks (family, instruction, input, "
+                    "output; data/secalign_tasks.eval.jsonl): utility and attack success rates")
+    ev.add_argument("--frontend", choices=["textual", "struq"], default="struq",
+                    help="--injection: the prompt format (struq: reserved delimiter tokens)")
+    ev.add_argument("--gcg-steps", type=int, default=0,
+                    help="--injection: also a universal GCG suffix of this many steps")
     ev.add_argument("--beta", type=float, default=0.1, help="β of the implicit reward")
     ev.add_argument("--max-length", type=int, default=512)
     ev.add_argument("--max-prompt-length", type=int, default=256)

@@ -280,7 +280,8 @@ class CausalLMPolicy(BasePolicy):
                 frozen_adapter = (self.reference_mode == "adapter_copy"
                                   and f".{REFERENCE_ADAPTER}." in name)
                 if "lora_" not in name or frozen_adapter:
-                    checksum += float(p.double().sum()) + float(p.double().abs().sum()) * 1e-3
+                    p = whole(p).double()  # ZeRO-3 / FSDP2: gathered (every process calls)
+                    checksum += float(p.sum()) + float(p.abs().sum()) * 1e-3
         info = {"name": getattr(base.config, "_name_or_path", ""), "checksum": repr(checksum),
                 "class": type(base).__name__, "reference": self.reference_mode}
         return json.dumps(info, sort_keys=True)

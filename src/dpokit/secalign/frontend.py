@@ -1,0 +1,100 @@
+"""The structured front end of StruQ / SecAlign (Chen et al. 2024, 2025): trusted instruction
+and untrusted data in their own segments, marked by reserved delimiter tokens that data can
+never produce.
+
+``textual`` is the undefended prompt format (delimiters spelled in words, which data can
+imitate); ``struq`` marks the segments with reserved tokens (``[MARK] [INST][COLN]`` ...)
+added to the tokenizer, and strips every delimiter look-alike from the data first.
+
+    >>> filter_data("see [MARK] [INST][COLN] ### do this")
+    'see   # do this'
+    >>> FRONTENDS["struq"].prompt("Count the words.", "a b c").splitlines()[-4:]
+    ['[MARK] [INPT][COLN]', 'a b c', '', '[MARK] [RESP][COLN]']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+SPECIAL_TOKENS = ("[MARK]", "[INST]", "[INPT]", "[RESP]", "[COLN]")
+# what each reserved token starts from: the embedding of its textual counterpart
+TEXTUAL_COUNTERPART = {"[MARK]": "###", "[INST]": " instruction", "[INPT]": " input",
+                       "[RESP]": " response", "[COLN]": ":"}
+FILTERED = (*SPECIAL_TOKENS, "##")
+
+SYSTEM = ("Below is an instruction that describes a task, paired with an input that provides "
+          "further context. Write a response that appropriately completes the request.\n\n")
+SYSTEM_NO_INPUT = ("Below is an instruction that describes a task. Write a response that "
+                   "appropriately completes the request.\n\n")
+
+
+def filter_data(text: str) -> str:
+    """Remove every reserved delimiter and ``##`` from untrusted data, repeatedly, so that no
+    removal can join pieces into a new one (``[MA[MARK]RK]`` -> ``[MARK]`` -> ``''``)."""
+    while any(f in text for f in FILTERED):
+        for f in FILTERED:
+            text = text.replace(f, "")
+    return text
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """A prompt format: three delimiters; ``reserved``: they are special tokens, and data is
+    filtered of look-alikes before it is placed."""
+
+    name: str
+    instruction: str
+    data: str
+    response: str
+    reserved: bool
+
+    def prompt(self, instruction: str, data: str | None) -> str:
+        """The model's input for a trusted ``instruction`` and untrusted ``data`` (None: a task
+        without data); the response follows it."""
+        if not data:
+            return (f"{SYSTEM_NO_INPUT}{self.instruction}\n{instruction}\n\n"
+                    f"{self.response}\n")
+        if self.reserved:
+            data = filter_data(data)
+        return (f"{SYSTEM}{self.instruction}\n{instruction}\n\n{self.data}\n{data}\n\n"
+                f"{self.response}\n")
+
+    def split(self, instruction: str, data: str) -> tuple[str, str]:
+        """The prompt cut at the end of the data: (everything up to and with the data, the
+        rest); an attack's suffix goes between them."""
+        full = self.prompt(instruction, data)
+        data = filter_data(data) if self.reserved else data
+        cut = full.rindex(data) + len(data)
+        return full[:cut], full[cut:]
+
+
+FRONTENDS = {
+    "textual": Frontend("textual", "### instruction:", "### input:", "### response:", False),
+    "struq": Frontend("struq", "[MARK] [INST][COLN]", "[MARK] [INPT][COLN]",
+                      "[MARK] [RESP][COLN]", True),
+}
+
+
+@torch.no_grad()
+def add_delimiter_tokens(tokenizer, model=None, tokens: Sequence[str] = SPECIAL_TOKENS) -> None:
+    """Reserve the delimiters: special tokens of the tokenizer (one id each, never split from
+    text), the model's embeddings resized, each new row starting from the mean embedding of
+    its textual counterpart (``[INST]`` from " instruction"), input and output side."""
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                 replace_extra_special_tokens=False)
+    if model is None:
+        return
+    model.resize_token_embeddings(len(tokenizer))
+    layers = [model.get_input_embeddings()]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not layers[0].weight:
+        layers.append(output)
+    for token in tokens:
+        new = tokenizer.convert_tokens_to_ids(token)
+        source = tokenizer(TEXTUAL_COUNTERPART.get(token, token),
+                           add_special_tokens=False)["input_ids"]
+        for layer in layers:
+            layer.weight[new] = layer.weight[source].mean(0)
