@@ -112,6 +112,10 @@ def test_preference_rows_chosen_real_rejected_injected():
         data = row["prompt"].split("[MARK] [INPT][COLN]\n")[1]
         assert f"\n{task.output}\n\n" in data  # a fake response: the real output
     assert preference_rows(TASKS, seed=1) == preference_rows(TASKS, seed=1)  # seeded
+    told = preference_rows(TASKS, seed=1, naive_share=0.0, ignore_share=1.0)
+    for row in told:  # only the training phrasings; the evaluation's are held out
+        assert any(p.split("{injected}")[0] in row["prompt"] for p in IGNORE["train"])
+        assert not any(p.split("{injected}")[0] in row["prompt"] for p in IGNORE["test"])
 
 
 def test_struq_rows_inject_a_share_and_keep_the_real_target():
@@ -243,3 +247,23 @@ def test_dpokit_eval_injection_cli(tmp_path, tiny_model_dir, capsys):
 
 def test_task_rows_round_trip():
     assert Task(**LAST.to_row()) == LAST
+
+
+def test_dpokit_pairs_injection_writes_each_kind_of_rows(tmp_path, capsys):
+    from dpokit.cli import main
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(t.to_row()) + "\n" for t in TASKS))
+    for kind, count in (("preference", 2), ("struq", 3), ("sft", 3)):
+        out = tmp_path / f"{kind}.jsonl"
+        assert main(["pairs", "injection", str(tasks), "--rows", kind, "--out", str(out),
+                     "--naive-share", "1.0", "--seed", "2"]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == count
+    pairs = [json.loads(line) for line in (tmp_path / "preference.jsonl").read_text()
+             .splitlines()]
+    assert pairs == preference_rows(TASKS, seed=2, naive_share=1.0)
+    textual = tmp_path / "textual.jsonl"
+    assert main(["pairs", "injection", str(tasks), "--rows", "sft", "--frontend", "textual",
+                 "--out", str(textual)]) == 0
+    assert "### instruction:" in json.loads(textual.read_text().splitlines()[0])["prompt"]
