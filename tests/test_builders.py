@@ -138,6 +138,43 @@ def test_reddit_json_lines_adapter():
     assert built.report.dropped["comment: post author's comment"] == 1
 
 
+def test_threads_table_adapter_and_cli(tmp_path, capsys):
+    """A threads CSV (one row per reply, upvotes and downvotes): its net votes drive the SHP
+    rules; the CLI recognizes it; a missing column names the row."""
+    import csv
+
+    from dpokit.cli import main
+    from dpokit.data.builders import threads_rows
+
+    header = ["thread_id", "thread_title", "thread_text", "thread_score", "reply_id",
+              "parent_id", "reply_text", "upvotes", "downvotes", "created", "author"]
+    table = [["t1", "Can't sleep", "Anxious every night.", "30", "r1", "", "Try a routine.",
+              "5", "1", "100", "a"],
+             ["t1", "Can't sleep", "Anxious every night.", "30", "r2", "",
+              "I'm sorry, that sounds exhausting. Try writing worries down.", "15", "3", "200",
+              "b"],
+             ["t1", "Can't sleep", "Anxious every night.", "30", "r3", "r1", "Same.", "40", "0",
+              "300", "c"]]
+    path = tmp_path / "threads.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *table])
+    rows = threads_rows([dict(zip(header, r, strict=True)) for r in table])
+    assert [r.values["score"] for r in rows] == [4.0, 12.0, 40.0]
+    built = vote_pairs(rows)
+    assert [(r["prompt"], r["chosen_id"], r["rejected_id"]) for r in built.rows] == [
+        ("Can't sleep\n\nAnxious every night.", "r2", "r1")]  # 12 >= 2 x 4, written later
+    assert built.report.dropped["comment: reply to a comment"] == 1
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", "votes", str(path), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 1
+    bad = tmp_path / "bad.csv"  # no reply_text column
+    with bad.open("w", newline="") as f:
+        csv.writer(f).writerows([header[:6] + header[7:], table[0][:6] + table[0][7:]])
+    capsys.readouterr()
+    assert main(["pairs", "votes", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "bad.csv, row 1, field 'reply_text': missing column" in capsys.readouterr().err
+
+
 # --- scored -----------------------------------------------------------------------------------
 
 WIDE = [{"prompt": "Q1", "responses": ["r0", "r1", "r2", "r3"], "scores": [3, 9, 1, 5]},

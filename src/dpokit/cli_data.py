@@ -96,7 +96,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         records = _read(args.inputs)
         reddit = [r for r in records if "link_id" in r.values or "title" in r.values
                   and "comment_id" not in r.values]
-        rows = b.reddit_rows(records) if reddit else records
+        threads = [r for r in records if "thread_id" in r.values]
+        rows = (b.threads_rows(records) if threads else b.reddit_rows(records) if reddit
+                else records)
         return _finish(b.vote_pairs(rows, _settings(b.VoteRules, args)), args.out)
     if args.kind == "scored":
         groups = b.scored_groups(_read(args.inputs))
@@ -256,7 +258,8 @@ def add_parsers(sub) -> None:
     pairs = sub.add_parser("pairs", help="build preference pairs: votes, scored, sample, "
                            "failures, injection")
     kinds = pairs.add_subparsers(dest="kind", required=True)
-    helps = {"votes": "comments with votes -> pairs (SHP rules; Reddit JSON lines read too)",
+    helps = {"votes": "comments with votes -> pairs (SHP rules; Reddit / Pushshift JSON lines "
+                      "and threads tables read too)",
              "scored": "several scored answers per prompt -> pairs",
              "sample": "K samples per prompt from a model, scored by a reward -> pairs",
              "failures": "the model's degenerate outputs as rejected, the reference as chosen",

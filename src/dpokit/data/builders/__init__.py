@@ -7,10 +7,11 @@ from .common import BuildReport, BuiltPairs, write_rows
 from .failures import DEGENERATE, DETECTORS, FailureSettings, detect_failures, failure_pairs
 from .sample import PromptRow, SampleText, ScoredSamples, prompt_rows, sample_pairs, score_samples
 from .scored import PAIRINGS, ScoredGroup, ScoredSettings, pair_scored, scored_groups
-from .votes import VoteRules, reddit_rows, vote_pairs
+from .votes import VoteRules, reddit_rows, threads_rows, vote_pairs
 
 __all__ = ["DEGENERATE", "DETECTORS", "PAIRINGS", "BuildReport", "BuiltPairs", "FailureSettings",
            "PromptRow", "SampleText", "ScoredGroup", "ScoredSamples", "ScoredSettings",
            "VoteRules", "detect_failures", "failure_pairs", "pair_scored", "prompt_rows",
-           "reddit_rows", "sample_pairs", "score_samples", "scored_groups", "vote_pairs",
+           "reddit_rows", "sample_pairs", "score_samples", "scored_groups", "threads_rows",
+           "vote_pairs",
            "write_rows"]

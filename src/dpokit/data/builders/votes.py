@@ -283,3 +283,45 @@ def reddit_rows(records: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
             "distinguished": v.get("distinguished"), "edited": v.get("edited", False),
         }))
     return out
+
+
+THREAD_COLUMNS = ("thread_id", "reply_id", "reply_text")
+
+
+def threads_rows(records: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
+    """A generic threads table (CSV, JSON lines ...), one row per reply, as the comment rows
+    :func:`vote_pairs` reads. Columns: ``thread_id``, ``thread_title`` and/or
+    ``thread_text``, ``thread_score``, ``reply_id``, ``parent_id`` (empty: a top-level
+    reply), ``reply_text``, then either ``score`` or ``upvotes`` and ``downvotes`` (score =
+    up - down), ``created`` (epoch seconds or ISO time), optional ``author``,
+    ``thread_author``. A missing required column is an error naming the row.
+
+    >>> rows = threads_rows([{"thread_id": "t", "thread_text": "Q?", "thread_score": "12",
+    ...     "reply_id": "r", "parent_id": "", "reply_text": "A.", "upvotes": "7",
+    ...     "downvotes": "2", "created": "5"}])
+    >>> rows[0].values["score"], rows[0].values["post"], rows[0].values["parent_id"]
+    (5.0, 'Q?', '')
+    """
+    out = []
+    for i, r in enumerate(records):
+        rec = as_record(r, i)
+        v = rec.values
+        for name in THREAD_COLUMNS:
+            if name not in v:
+                raise DataError(rec.source, rec.row, name, f"missing column: {name!r} "
+                                f"(a threads table needs {', '.join(THREAD_COLUMNS)})")
+        if "score" in v and v["score"] not in (None, ""):
+            score = as_number(v["score"])
+        else:
+            up, down = as_number(v.get("upvotes")), as_number(v.get("downvotes"))
+            score = None if up is None else up - (down or 0.0)
+        title, text = str(v.get("thread_title") or ""), str(v.get("thread_text") or "")
+        out.append(Record(rec.source, rec.row, {
+            "post_id": str(v["thread_id"]), "post": f"{title}\n\n{text}".strip(),
+            "post_score": v.get("thread_score"), "post_author": v.get("thread_author"),
+            "comment_id": str(v["reply_id"]), "parent_id": str(v.get("parent_id") or ""),
+            "text": v["reply_text"], "score": score, "created": v.get("created"),
+            "author": v.get("author"), "over_18": v.get("over_18", False),
+            "edited": v.get("edited", False), "distinguished": v.get("distinguished"),
+        }))
+    return out
