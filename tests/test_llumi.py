@@ -93,3 +93,18 @@ def test_judge_takes_any_embedding_function():
 
     scores = LexiconJudge(embed=embed)("a post", "I'm sorry. Try to rest.")
     assert scores["connection"] == pytest.approx(2 ** -0.5, rel=1e-5)
+
+
+def test_stage_rows_from_vote_pairs():
+    from dpokit.llumi import generation_prompt, generation_rows, improvement_rows
+
+    pairs = [{"prompt": "P1", "chosen": "good", "rejected": "bad", "score_ratio": 3.0},
+             {"prompt": "P1", "chosen": "best", "rejected": "bad", "score_ratio": 6.0},
+             {"prompt": "P2", "chosen": "fine", "rejected": "meh", "score_ratio": 2.0}]
+    gen = generation_rows(pairs)
+    assert [r["completion"] for r in gen["sft"]] == ["best", "fine"]  # most decisive per post
+    assert len(gen["dpo"]) == 3 and gen["dpo"][0]["prompt"] == generation_prompt("P1")
+    imp = improvement_rows(pairs)
+    assert imp["sft"][0]["completion"] == "good" and "Reply: bad" in imp["sft"][0]["prompt"]
+    assert [(r["chosen"], r["rejected"]) for r in imp["dpo"]] == [
+        ("good", "bad"), ("best", "bad"), ("fine", "meh")]

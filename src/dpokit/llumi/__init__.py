@@ -1,6 +1,7 @@
 """LLUMI (Kim et al. 2026): community feedback to an aligned support-writing assistant.
 ``rubric`` (readability, judge hooks, the offline lexicon-and-embedding judge, the safety
-policy check)."""
+policy check), ``stages`` (the generation and improvement models' prompts and SFT / DPO1
+rows from vote pairs)."""
 
 from .rubric import (
     CRITERIA,
@@ -12,6 +13,8 @@ from .rubric import (
     flesch_reading_ease,
     score_replies,
 )
+from .stages import generation_prompt, generation_rows, improvement_prompt, improvement_rows
 
 __all__ = ["CRITERIA", "LexiconJudge", "RubricReport", "SafetyPolicy", "check_safety",
-           "flesch_kincaid_grade", "flesch_reading_ease", "score_replies"]
+           "flesch_kincaid_grade", "flesch_reading_ease", "generation_prompt", "generation_rows",
+           "improvement_prompt", "improvement_rows", "score_replies"]
