@@ -108,3 +108,46 @@ def test_stage_rows_from_vote_pairs():
     assert imp["sft"][0]["completion"] == "good" and "Reply: bad" in imp["sft"][0]["prompt"]
     assert [(r["chosen"], r["rejected"]) for r in imp["dpo"]] == [
         ("good", "bad"), ("best", "bad"), ("fine", "meh")]
+
+
+def test_stages_chain_sft_dpo1_dpo2_through_the_cli(tmp_path, tiny_model_dir):
+    """threads table -> vote pairs -> generation rows -> SFT -> DPO1 (reference: the SFT
+    adapter) -> rated outputs -> pairs -> DPO2 (reference: the DPO1 adapter): each DPO round
+    starts at its reference (loss ln 2, margins 0), and each hands an adapter to the next."""
+    import json
+    from pathlib import Path
+
+    from dpokit.cli import main
+    from dpokit.llumi import generation_prompt, generation_rows
+
+    threads = Path(__file__).resolve().parent.parent / "data" / "support_threads.train.csv"
+    pairs = tmp_path / "votes.jsonl"
+    assert main(["pairs", "votes", str(threads), "--out", str(pairs), "--order", "any"]) == 0
+    votes = [json.loads(line) for line in pairs.read_text().splitlines()][:12]
+    rows = generation_rows(votes)
+    files = {}
+    for kind in ("sft", "dpo"):
+        files[kind] = tmp_path / f"gen_{kind}.jsonl"
+        files[kind].write_text("".join(json.dumps(r) + "\n" for r in rows[kind]))
+    common = ["progress_bar=false", "log_with=[]", "lora=true", "lora_r=4", "batch_size=4",
+              "max_length=768", "max_prompt_length=512", "eval_data=null", "eval_fraction=0",
+              f"ref_cache_dir={tmp_path / 'cache'}", "learning_rate=1e-2"]
+    assert main(["sft", f"model={tiny_model_dir}", f"train_data={files['sft']}",
+                 "max_steps=2", f"output_dir={tmp_path / 'sft'}", *common]) == 0
+    assert main(["train", f"model={tmp_path / 'sft' / 'final'}", f"train_data={files['dpo']}",
+                 "max_steps=2", f"output_dir={tmp_path / 'dpo1'}", *common]) == 0
+    rated = tmp_path / "rated.jsonl"  # e.g. human evaluation of DPO1's replies
+    posts = sorted({r["prompt"] for r in votes})[:4]
+    rated.write_text("".join(json.dumps({"prompt": generation_prompt(p), "response": reply,
+                                         "score": score}) + "\n"
+                             for p in posts for reply, score in
+                             (("That sounds hard. Try a short walk.", 4), ("Ok.", 1))))
+    dpo2_rows = tmp_path / "dpo2.jsonl"
+    assert main(["pairs", "scored", str(rated), "--out", str(dpo2_rows)]) == 0
+    assert main(["train", f"model={tmp_path / 'dpo1' / 'final'}", f"train_data={dpo2_rows}",
+                 "max_steps=1", f"output_dir={tmp_path / 'dpo2'}", *common]) == 0
+    for stage in ("dpo1", "dpo2"):
+        first = json.loads((tmp_path / stage / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["loss"] == pytest.approx(0.693147, abs=1e-5), stage
+        assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6), stage
+        assert (tmp_path / stage / "final" / "adapter_config.json").is_file()
