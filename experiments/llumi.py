@@ -1,0 +1,199 @@
+"""LLUMI (Kim et al. 2026) end to end on the embedded SmolLM2-135M-Instruct, offline, on the
+SYNTHETIC support threads of data/support_threads.*.csv (written for the project; votes from
+a stated rule).
+
+Two models, each LoRA: the generation model (post -> reply) and the improvement model (post +
+human draft -> improved reply). Each: SFT on the community's preferred replies, DPO1 on vote
+pairs (SHP rules, any order), DPO2 on pairs from rated outputs of the DPO1 model with the DPO1
+model as reference. The ratings stand in for LLUMI's human evaluation: a rater that applies
+the synthetic community's own rule (empathy, naming the post's specifics, a suggestion, help
+on a risky post; dismissal penalized) to each output. Evaluation on held-out threads (3
+situations never trained on): the rubric of dpokit.llumi (Flesch readability, the offline
+judge's empathy / connection / actionability, the safety policy) for base / SFT / DPO1 /
+DPO2 of both models. Writes experiments/results/llumi.{md,json,png}.
+
+    python experiments/llumi.py             # about 25 minutes on 2 CPU cores
+    python experiments/llumi.py --replot
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
+
+from dpokit.cli import main as dpokit  # noqa: E402
+
+OUT = ROOT / "outputs" / "llumi"
+THREADS = ROOT / "data" / "support_threads"
+COMMON = ["lora=true", "lora_r=16", "lora_alpha=32", "batch_size=8", "mixed_precision=bf16",
+          "chat_template_for_strings=true", "max_length=384", "max_prompt_length=256",
+          "eval_data=null", "eval_fraction=0", "eval_before=false", "progress_bar=false",
+          "log_with=[]", "overwrite_output_dir=true", "lr_scheduler=cosine", "warmup_steps=2"]
+SAMPLES, RATED_POSTS = 4, 40
+
+
+def _run(args: list[str]) -> None:
+    code = dpokit(args)
+    if code:
+        raise SystemExit(f"dpokit {' '.join(args[:2])} exited {code}")
+
+
+def _write(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def community_rating(post: str, reply: str) -> float:
+    """The synthetic community's vote rule as a rater (data/build_support_threads.py), read
+    from cues: empathy 6, the post's specifics 5, a suggestion 6, help on a risky post 10,
+    dismissal -8, no help on a risky post -8."""
+    from dpokit.llumi.rubric import ACTION_CUES, EMPATHY_CUES, SafetyPolicy, check_safety
+
+    r, policy = reply.lower(), SafetyPolicy()
+    post_words = {w.strip(".,!?").lower() for w in post.split() if len(w) > 4}
+    verdict = check_safety(post, reply, policy)
+    return (6 * any(c in r for c in EMPATHY_CUES)
+            + 5 * (len(post_words & {w.strip(".,!?") for w in r.split()}) >= 2)
+            + 6 * any(c in r for c in ACTION_CUES)
+            + 10 * (verdict.risk and any(h in r for h in policy.help))
+            - 8 * ("dismissive" in verdict.flags) - 8 * ("no_resources" in verdict.flags))
+
+
+def _replies(model: str, prompts: list[str], samples: int = 1) -> list[list[str]]:
+    from dpokit.eval.evaluate import load_eval_policy
+    from dpokit.policies.causal_lm.sampling import SamplingSettings, sample_completions
+
+    policy = load_eval_policy(model)
+    settings = SamplingSettings(num_samples=samples, max_new_tokens=80,
+                                temperature=0.8 if samples > 1 else 0.0, batch_size=16)
+    return [[s.text for s in group] for group in
+            sample_completions(policy.model, policy.tokenizer, prompts, settings)]
+
+
+def held_out() -> list[tuple[str, str]]:
+    """(post, the lowest-voted human reply: the draft to improve) per held-out thread."""
+    threads: dict[str, list[dict]] = {}
+    with open(f"{THREADS}.eval.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            threads.setdefault(row["thread_id"], []).append(row)
+    out = []
+    for rows in threads.values():
+        post = f"{rows[0]['thread_title']}\n\n{rows[0]['thread_text']}"
+        worst = min(rows, key=lambda r: int(r["upvotes"]) - int(r["downvotes"]))
+        out.append((post, worst["reply_text"]))
+    return out
+
+
+def train_model(name: str, rows: dict[str, list[dict]], prompt_of) -> dict[str, str]:
+    """SFT -> DPO1 -> (sample, rate, pair) -> DPO2; returns each stage's model."""
+    out = OUT / name
+    out.mkdir(parents=True, exist_ok=True)
+    _run(["sft", f"train_data={_write(out / 'sft.jsonl', rows['sft'])}", "learning_rate=5e-4",
+          "num_epochs=2", f"output_dir={out / 'sft'}", *COMMON])
+    _run(["train", f"model={out / 'sft' / 'final'}", "learning_rate=5e-4", "num_epochs=2",
+          f"train_data={_write(out / 'dpo1.jsonl', rows['dpo'])}", f"output_dir={out / 'dpo1'}",
+          *COMMON])
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows["dpo"]))[:RATED_POSTS]
+    drawn = _replies(str(out / "dpo1" / "final"), prompts, SAMPLES)
+    rated = [{"prompt": p, "response": reply, "score": community_rating(prompt_of(p), reply)}
+             for p, group in zip(prompts, drawn, strict=True) for reply in group]
+    _write(out / "rated.jsonl", rated)
+    _run(["pairs", "scored", str(out / "rated.jsonl"), "--out", str(out / "dpo2.jsonl")])
+    _run(["train", f"model={out / 'dpo1' / 'final'}", f"train_data={out / 'dpo2.jsonl'}",
+          "learning_rate=5e-4", "num_epochs=2", f"output_dir={out / 'dpo2'}", *COMMON])
+    return {"base": "smollm2", "SFT": str(out / "sft" / "final"),
+            "DPO1": str(out / "dpo1" / "final"), "DPO2": str(out / "dpo2" / "final")}
+
+
+def run() -> dict:
+    from dpokit.llumi import (
+        LexiconJudge,
+        generation_prompt,
+        generation_rows,
+        improvement_prompt,
+        improvement_rows,
+        score_replies,
+    )
+
+    started = time.perf_counter()
+    OUT.mkdir(parents=True, exist_ok=True)
+    _run(["pairs", "votes", f"{THREADS}.train.csv", "--order", "any",
+          "--out", str(OUT / "votes.jsonl")])
+    votes = [json.loads(line) for line in (OUT / "votes.jsonl").read_text().splitlines()]
+    post_of = {generation_prompt(v["prompt"]): v["prompt"] for v in votes}
+    post_of.update({improvement_prompt(v["prompt"], v["rejected"]): v["prompt"] for v in votes})
+    models = {"generation": train_model("generation", generation_rows(votes), post_of.get),
+              "improvement": train_model("improvement", improvement_rows(votes), post_of.get)}
+    trained = time.perf_counter()
+    judge, tests = LexiconJudge(), held_out()
+    posts = [p for p, _ in tests]
+    data: dict = {"arms": {}, "held_out_posts": len(tests), "vote_pairs": len(votes)}
+    drafts_report = score_replies(posts, [d for _, d in tests], judge)
+    data["human drafts"] = {**drafts_report.means, "flagged": drafts_report.flagged}
+    for kind, stages in models.items():
+        prompts = ([generation_prompt(p) for p in posts] if kind == "generation"
+                   else [improvement_prompt(p, d) for p, d in tests])
+        for stage, model in stages.items():
+            replies = [g[0] for g in _replies(model, prompts)]
+            report = score_replies(posts, replies, judge)
+            data["arms"][f"{kind} / {stage}"] = {
+                **report.means, "flagged": report.flagged, "risky_posts": report.risky_posts,
+                "community_rating": sum(community_rating(p, r) for p, r in
+                                        zip(posts, replies, strict=True)) / len(posts),
+                "example": replies[0]}
+            print(kind, stage, report.row(), flush=True)
+    data["minutes"] = (time.perf_counter() - started) / 60
+    data["train_minutes"] = (trained - started) / 60
+    return data
+
+
+def write(data: dict) -> None:
+    lines = ["# LLUMI on SmolLM2-135M-Instruct (SYNTHETIC support threads)", "",
+             f"{data['held_out_posts']} held-out posts (situations never trained on); "
+             f"{data['vote_pairs']} vote pairs; {data['minutes']:.0f} minutes "
+             f"({data['train_minutes']:.0f} training). Readability: Flesch reading ease "
+             "(higher is easier); grade: Flesch-Kincaid; empathy, connection, actionability: "
+             "the offline judge in [0, 1]; safety: share of replies the policy does not flag; "
+             "community: the synthetic community's rule (the DPO2 rater).", "",
+             "| model / stage | readability | grade | empathy | connection | actionability | "
+             "safety | flagged | community |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = {"human drafts (the improvement model's input)": data["human drafts"],
+            **data["arms"]}
+    for name, r in rows.items():
+        community = f"{r['community_rating']:.2f}" if "community_rating" in r else "-"
+        lines.append(f"| {name} | {r['readability']:.1f} | {r['grade']:.1f} | "
+                     f"{r['empathy']:.3f} | {r['connection']:.3f} | {r['actionability']:.3f} | "
+                     f"{r['safety']:.3f} | {r['flagged']} | {community} |")
+    save_table("llumi", lines)
+
+
+def plot(data: dict) -> None:
+    plt = pyplot()
+    criteria = ["empathy", "connection", "actionability", "safety"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    for ax, kind in zip(axes, ("generation", "improvement"), strict=True):
+        arms = [a for a in data["arms"] if a.startswith(kind)]
+        width = 0.8 / len(arms)
+        for k, arm in enumerate(arms):
+            ax.bar([i + k * width for i in range(len(criteria))],
+                   [data["arms"][arm][c] for c in criteria], width, label=arm.split(" / ")[1])
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(criteria))], criteria)
+        ax.set_title(f"{kind} model")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("rubric score (offline judge)")
+    fig.suptitle("LLUMI stages on held-out SYNTHETIC support posts")
+    fig.savefig(results_dir() / "llumi.png", dpi=120, bbox_inches="tight")
+
+
+def main() -> None:
+    data = run_or_replot("llumi", run)
+    write(data)
+    plot(data)
+
+
+if __name__ == "__main__":
+    main()
