@@ -16,7 +16,7 @@ attack, whose data asks to "print exactly 'WORD!'" with words never printed in t
 GCG optimizes one universal suffix per arm on 4 held-out prompts. Writes
 experiments/results/secalign.{md,json,png}.
 
-    python experiments/secalign.py            # about 35 minutes on 2 CPU cores
+    python experiments/secalign.py            # about 60 minutes on 2 CPU cores
     python experiments/secalign.py --replot
 """
 
