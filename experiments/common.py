@@ -46,3 +46,12 @@ def run_or_replot(name: str, compute: Callable[[], Any]) -> Any:
     data = compute()
     path.write_text(json.dumps(data, indent=1))
     return data
+
+
+def experiment(name: str, compute: Callable[[], Any], write: Callable[[Any], None],
+               plot: Callable[[Any], None]) -> None:
+    """An experiment's main: compute (or ``--replot``), then its table and its figure."""
+    data = run_or_replot(name, compute)
+    write(data)
+    plot(data)
+    print(f"wrote {results_dir() / name}.md, .json and .png")

@@ -22,7 +22,7 @@ import csv
 import json
 import time
 
-from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
+from common import ROOT, experiment, pyplot, results_dir, save_table  # noqa: E402
 
 from dpokit.cli import main as dpokit  # noqa: E402
 
@@ -189,11 +189,5 @@ def plot(data: dict) -> None:
     fig.savefig(results_dir() / "llumi.png", dpi=120, bbox_inches="tight")
 
 
-def main() -> None:
-    data = run_or_replot("llumi", run)
-    write(data)
-    plot(data)
-
-
 if __name__ == "__main__":
-    main()
+    experiment("llumi", run, write, plot)

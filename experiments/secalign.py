@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
+from common import ROOT, experiment, pyplot, results_dir, save_table  # noqa: E402
 
 from dpokit.cli import main as dpokit  # noqa: E402
 
@@ -149,12 +149,5 @@ def plot(data: dict) -> None:
     fig.savefig(results_dir() / "secalign.png", dpi=120, bbox_inches="tight")
 
 
-def main() -> None:
-    data = run_or_replot("secalign", run)
-    write(data)
-    plot(data)
-    print(f"wrote {results_dir() / 'secalign.md'} and .png")
-
-
 if __name__ == "__main__":
-    main()
+    experiment("secalign", run, write, plot)
