@@ -61,7 +61,9 @@ def deepspeed_config(zero_stage: int, path: str | None, *, batch_size: int, worl
             raise DeepSpeedConfigError(f"{path}: {err}") from None
     for key, owner in _OWNED.items():
         value = base.get(key, "auto")
-        if value != "auto" and not (key in ("bf16", "fp16") and not value.get("enabled")):
+        disabled = key in ("bf16", "fp16") and isinstance(value, dict) and not value.get(
+            "enabled")
+        if value != "auto" and not disabled:
             raise DeepSpeedConfigError(f"{path}: {key} is set by dpokit from {owner}; "
                                        f"remove it or write \"auto\"")
         base.pop(key, None)
