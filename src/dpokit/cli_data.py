@@ -59,6 +59,15 @@ def _read(paths: list[str]):
     return [r for p in paths for r in load_records(p)]
 
 
+def _write_figures(path: str | None, figures: dict[str, Any]) -> None:
+    """``--json PATH``: the figures as JSON (its folder made); nothing when no path."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(figures, indent=1, default=str))
+    print(f"figures in {path}")
+
+
 def _finish(built, out: str) -> int:
     from .data.builders import write_rows
 
@@ -192,12 +201,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_report(report))
     for sample in report.samples[:3]:
         print(f"  sample: {sample['prompt']!r} -> {sample['sample'][:120]!r}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"model": args.model, "reference": args.reference,
-                                               **report.metrics,
-                                               "samples": report.samples}, indent=1))
-        print(f"figures in {args.json}")
+    _write_figures(args.json, {"model": args.model, "reference": args.reference,
+                               **report.metrics, "samples": report.samples})
     return 0
 
 
@@ -214,13 +219,10 @@ def _eval_injection(args: argparse.Namespace) -> int:
     print(report.table())
     if report.gcg is not None:
         print(f"GCG suffix: {report.gcg.suffix!r}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(
-            {"model": args.model, "frontend": args.frontend, "utility": report.utility,
-             "asr": report.asr, "examples": report.examples,
-             "gcg_suffix": report.gcg.suffix if report.gcg else None}, indent=1))
-        print(f"figures in {args.json}")
+    _write_figures(args.json, {"model": args.model, "frontend": args.frontend,
+                               "utility": report.utility, "asr": report.asr,
+                               "examples": report.examples,
+                               "gcg_suffix": report.gcg.suffix if report.gcg else None})
     return 0
 
 
@@ -234,11 +236,7 @@ def cmd_harness(args: argparse.Namespace) -> int:
                          include_path=args.include_path, limit=args.limit,
                          batch_size=args.batch_size, num_fewshot=args.num_fewshot)
     print(result.table())
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"model": args.model, **result.metrics},
-                                              indent=1, default=str))
-        print(f"figures in {args.json}")
+    _write_figures(args.json, {"model": args.model, **result.metrics})
     return 0
 
 

@@ -81,6 +81,13 @@ def deepspeed_config(zero_stage: int, path: str | None, *, batch_size: int, worl
             "wall_clock_breakdown": base.get("wall_clock_breakdown", False)}
 
 
+def _scalars(entry: dict[str, Any]) -> dict[str, Any]:
+    """The per-step scalars of one optimizer-state entry (AdamW's ``step``), copied; the rest
+    are tensors shaped like the parameter."""
+    return {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()
+            if not torch.is_tensor(v) or v.numel() == 1}
+
+
 class TorchEngine:
     """DDP (accelerate's wrapper; ``no_sync`` between micro-batches) or FSDP2
     (``set_requires_gradient_sync``); the torch optimizer stepped here."""
@@ -164,12 +171,9 @@ class ZeroEngine:
         flat_states = [s for s in self.optimizer.state.values() if s]
         state: dict[str, dict[str, Any]] = {}
         if flat_states:
-            scalars = {k: v for k, v in flat_states[0].items()
-                       if not torch.is_tensor(v) or v.numel() == 1}
-            keys = [k for k in flat_states[0] if k not in scalars]
+            keys = [k for k in flat_states[0] if k not in _scalars(flat_states[0])]
             for name, param in named.items():
-                state[name] = {**{k: v.clone() if torch.is_tensor(v) else v
-                                  for k, v in scalars.items()},
+                state[name] = {**_scalars(flat_states[0]),
                                **{k: safe_get_full_optimizer_state(param, k).detach().cpu()
                                   for k in keys}}
         hyper = {k: v for k, v in groups[0].items() if k != "params"}
@@ -188,14 +192,14 @@ class ZeroEngine:
         if not saved["state"]:
             return
         first = next(iter(saved["state"].values()))
-        scalars = {k: v for k, v in first.items() if not torch.is_tensor(v) or v.numel() == 1}
+        scalars = _scalars(first)
         # ZeRO's fp32 partitions (stage 3 swaps them into the torch group one at a time)
         flats = (getattr(self.zero, "fp32_partitioned_groups_flat", None)
                  or self.zero.single_partition_of_fp32_groups)
         for flat in flats:  # the state torch creates at the first step, made now
             self.optimizer.state[flat] = {
-                **{k: v.clone() if torch.is_tensor(v) else v for k, v in scalars.items()},
-                **{k: torch.zeros_like(flat) for k in first if k not in scalars}}
+                **_scalars(first), **{k: torch.zeros_like(flat) for k in first
+                                      if k not in scalars}}
         for name, entry in saved["state"].items():
             for key, value in entry.items():
                 if key not in scalars:
