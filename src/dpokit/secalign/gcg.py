@@ -15,6 +15,7 @@ only the suffix, the template's tail and the target: it fits a CPU.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import random
 from collections.abc import Callable, Sequence
@@ -67,11 +68,16 @@ def _parts(model):
     return base.base_model, base.get_input_embeddings(), base.get_output_embeddings()
 
 
+@functools.cache
+def _cache_argument(kind: type) -> str:
+    """The forward's key/value cache argument: ``cache`` in transformers >= 5.2x,
+    ``past_key_values`` before (looked up once per model class)."""
+    return "cache" if "cache" in inspect.signature(kind.forward).parameters else "past_key_values"
+
+
 def _run(decoder, cache=None, **inputs):
-    """The decoder's forward with a key/value cache -> (hidden states, cache); the cache
-    argument is ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
-    name = ("cache" if "cache" in inspect.signature(type(decoder).forward).parameters
-            else "past_key_values")
+    """The decoder's forward with a key/value cache -> (hidden states, cache)."""
+    name = _cache_argument(type(decoder))
     out = decoder(**inputs, use_cache=True, **({name: cache} if cache is not None else {}))
     return out.last_hidden_state, getattr(out, name)
 
