@@ -162,45 +162,67 @@ def load_sequences(cfg: TrainConfig, tokenizer, log=print) -> Splits:
         rows.skipped), log)
 
 
-def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None = None,
-                 pairs: bool = True) -> CausalLMPolicy:
+def model_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype weights load in. LoRA under bf16 autocast: the frozen base is only ever read
+    in bf16, so keep it in bf16 (half the weight memory, no per-step casts); trained weights
+    stay fp32."""
+    m = cfg.model
+    bf16_base = m.dtype == "auto" and m.lora and cfg.optim.mixed_precision == "bf16"
+    return torch.bfloat16 if m.dtype == "bfloat16" or bf16_base else torch.float32
+
+
+def base_model_name(cfg: TrainConfig) -> str:
+    """The model weights load from: ``model.name``, or the base an adapter folder names."""
+    adapter = _starting_adapter(cfg)
+    return adapter_base(cfg.model.name) or cfg.model.name if adapter == cfg.model.name \
+        else cfg.model.name
+
+
+def finish_model(cfg: TrainConfig, model, reference: str, target_modules=None):
+    """What every modality does to a loaded model: the starting adapter or a new LoRA one
+    (``target_modules``: the config's, unless the modality narrows them), the frozen reference
+    adapter, dropout off, gradient checkpointing."""
     m = cfg.model
     adapter = _starting_adapter(cfg)
-    base_name = adapter_base(m.name) or m.name if adapter == m.name else m.name
-    tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_name)
-    reference = resolve_reference(cfg, needs_reference)
-    # LoRA under bf16 autocast: the frozen base is only ever read in bf16, so keep it in bf16
-    # (half the weight memory, no per-step casts); trained weights stay fp32.
-    bf16_base = m.dtype == "auto" and m.lora and cfg.optim.mixed_precision == "bf16"
-    dtype = torch.bfloat16 if m.dtype == "bfloat16" or bf16_base else torch.float32
-    quantized = m.quantization == "4bit"
-    model = load_causal_lm(base_name, dtype=torch.bfloat16 if quantized else dtype,
-                           quantization_config=quantization_config() if quantized else None)
-    if quantized:  # QLoRA: norms in fp32, input gradients for checkpointing through 4-bit
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=m.gradient_checkpointing)
     model.config.use_cache = False
-    attention = getattr(model.config, "_attn_implementation", "sdpa")
-    if cfg.data.batch_layout != "padded" and attention not in ("sdpa", "eager"):
-        raise ValueError(f"batch_layout={cfg.data.batch_layout!r} needs a 4-D attention mask, "
-                         f"which attn_implementation={attention!r} does not take; use "
-                         f"batch_layout=padded")
     if adapter:
         if not m.lora:
             raise ValueError(f"{adapter} is a LoRA adapter: train it with lora=true")
         model = load_adapter(model, adapter, with_reference=reference == "adapter_copy")
     elif m.lora:
         torch.manual_seed(cfg.optim.seed)  # LoRA's initialization draws from the global generator
-        model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules,
-                           m.use_dora, m.use_rslora)
+        model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout,
+                           target_modules or m.lora_target_modules, m.use_dora, m.use_rslora,
+                           m.modules_to_save)
         if reference == "adapter_copy":  # a frozen copy of the fresh adapter (iterative DPO)
             model = add_reference_copy(model)
     if m.disable_dropout:
         disable_dropout(model)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None = None,
+                 pairs: bool = True) -> CausalLMPolicy:
+    m = cfg.model
+    base_name = base_model_name(cfg)
+    tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_name)
+    reference = resolve_reference(cfg, needs_reference)
+    quantized = m.quantization == "4bit"
+    model = load_causal_lm(base_name, dtype=torch.bfloat16 if quantized else model_dtype(cfg),
+                           quantization_config=quantization_config() if quantized else None)
+    if quantized:  # QLoRA: norms in fp32, input gradients for checkpointing through 4-bit
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=m.gradient_checkpointing)
+    attention = getattr(model.config, "_attn_implementation", "sdpa")
+    if cfg.data.batch_layout != "padded" and attention not in ("sdpa", "eager"):
+        raise ValueError(f"batch_layout={cfg.data.batch_layout!r} needs a 4-D attention mask, "
+                         f"which attn_implementation={attention!r} does not take; use "
+                         f"batch_layout=padded")
+    model = finish_model(cfg, model, reference)
     segments = m.segment_attention and cfg.data.batch_layout != "padded"
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
                           chunk_size=m.lm_head_chunk_size,
@@ -278,8 +300,21 @@ def streaming_source(cfg: TrainConfig, tokenizer, objective: PreferenceObjective
                            digest.hexdigest(), collate.key, cfg.data.on_bad_rows == "skip")
 
 
+def _vision_language(cfg: TrainConfig) -> bool:
+    """Whether the run's model is an image-text-to-text model (its config says so)."""
+    from .policies.vision_language.models import is_vision_language
+
+    name = base_model_name(cfg)
+    return name != "smollm2" and is_vision_language(name)
+
+
 def build_run(cfg: TrainConfig, log=print) -> Run:
-    """A preference run (DPO and its family, KTO on unpaired rows)."""
+    """A preference run (DPO and its family, KTO on unpaired rows); an image-text model's
+    run is :func:`dpokit.vision_language.build_vision_run`."""
+    if _vision_language(cfg):
+        from .vision_language import build_vision_run
+
+        return build_vision_run(cfg, log)
     torch.manual_seed(cfg.optim.seed)
     objective = build_objective(cfg)
     tokenizer = load_tokenizer(
@@ -311,6 +346,10 @@ def build_run(cfg: TrainConfig, log=print) -> Run:
 
 def build_sft_run(cfg: TrainConfig, log=print) -> Run:
     """A supervised fine-tuning run (completion-only NLL, packed without padding)."""
+    if _vision_language(cfg):
+        from .vision_language import build_vision_sft_run
+
+        return build_vision_sft_run(cfg, log)
     torch.manual_seed(cfg.optim.seed)
     objective = SFTObjective()
     tokenizer = load_tokenizer(

@@ -172,9 +172,9 @@ def validate(cfg: TrainConfig) -> None:
     if m.quantization != "none" and not m.lora:
         raise ConfigError("quantization=4bit is QLoRA: the frozen base is quantized, so it "
                           "needs lora=true")
-    if (m.merge_adapter or m.use_dora or m.use_rslora) and not m.lora:
-        raise ConfigError("merge_adapter, use_dora and use_rslora are LoRA options: set "
-                          "lora=true")
+    if (m.merge_adapter or m.use_dora or m.use_rslora or m.modules_to_save) and not m.lora:
+        raise ConfigError("merge_adapter, use_dora, use_rslora and modules_to_save are LoRA "
+                          "options: set lora=true")
     strategy = cfg.distributed.strategy
     if strategy in ("fsdp", "deepspeed"):
         outside = [name for name, on in (

@@ -49,6 +49,12 @@ class ModelConfig:
     lora_target_modules: list[str] | str | None = setting(
         None, "modules LoRA adapts, by name (e.g. [q_proj, v_proj]) or all-linear; default: "
         "all-linear (every linear layer but the LM head)")
+    modules_to_save: list[str] = setting(
+        None, "with LoRA: modules trained in full and saved with the adapter (peft's "
+        "modules_to_save), e.g. [multi_modal_projector]", factory=list)
+    vision_tower: Literal["frozen", "trained"] = setting(
+        "frozen", "image-text models: the vision encoder frozen, or trained (LoRA on it too "
+        "under lora=true)")
     use_dora: bool = setting(False, "DoRA: LoRA on the direction, a trained magnitude per "
                              "output (Liu et al. 2024)")
     use_rslora: bool = setting(False, "rsLoRA: scale by alpha/sqrt(r), not alpha/r (stable "

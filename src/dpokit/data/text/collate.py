@@ -56,6 +56,11 @@ class TextBatch:
     segments: for ``packed`` / ``prefix_shared``, per row the segments as (start, prompt
         length, first completion length, second completion length or 0); None for ``padded``.
         Segment attention (``policies.causal_lm.attention``) runs from these, not the mask.
+    segment_order: the segments in row-major order, each by its index (pairs: ``prefix_shared``
+        segment i is pair i; otherwise segment i < E is chosen of pair i, E + i its rejected).
+        A prompt's non-text inputs (images) follow this order.
+    model_inputs: name -> tensor, further keyword inputs of the model's forward (a
+        vision-language model's ``pixel_values``, in ``segment_order``); empty for text.
     """
 
     input_ids: torch.Tensor
@@ -71,6 +76,8 @@ class TextBatch:
     ref_logps: torch.Tensor | None = None
     num_tokens: int = 0
     segments: list[list[tuple[int, int, int, int]]] | None = None
+    segment_order: list[int] = field(default_factory=list)
+    model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_pairs(self) -> int:
@@ -228,6 +235,7 @@ def _collate(segments: list[_Segment], layout: Layout, pad_token_id: int,
         extras=extras,
         num_tokens=int(real.sum()),
         segments=None if layout == "padded" else plan,
+        segment_order=[i for row in rows for i in row],
     )
 
 

@@ -17,15 +17,17 @@ from .policy import REFERENCE_ADAPTER
 
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
                target_modules: list[str] | str | None = None, use_dora: bool = False,
-               use_rslora: bool = False):
+               use_rslora: bool = False, modules_to_save: list[str] | None = None):
     """Wrap ``model`` with a fresh LoRA adapter (every linear layer but the LM head by default;
-    ``target_modules`` by name or ``"all-linear"``), optionally DoRA and / or rsLoRA."""
+    ``target_modules`` by name or ``"all-linear"``), optionally DoRA and / or rsLoRA;
+    ``modules_to_save`` train in full and are saved with the adapter (a new projector, say)."""
     from peft import LoraConfig, get_peft_model
 
     if target_modules in (None, ["all-linear"]):
         target_modules = "all-linear"
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      use_dora=use_dora, use_rslora=use_rslora, task_type="CAUSAL_LM")
+                      use_dora=use_dora, use_rslora=use_rslora, task_type="CAUSAL_LM",
+                      modules_to_save=modules_to_save or None)
     return get_peft_model(model, lora)
 
 

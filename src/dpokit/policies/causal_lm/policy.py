@@ -379,6 +379,7 @@ class CausalLMPolicy(BasePolicy):
             batch.segments,
             sampling_norm,
             token_stats,
+            batch.model_inputs,
         )
         entropy, correct = (None, None) if stats is None else (stats[:, 0], stats[:, 1])
         return SequenceScores(seq, counts, norm, entropy, correct)
@@ -397,10 +398,12 @@ class CausalLMPolicy(BasePolicy):
         segments=None,
         sampling_norm: bool = False,
         token_stats: bool = False,
+        model_inputs: dict[str, torch.Tensor] | None = None,
     ):
         """Run the body once, score the N completion tokens, sum them per sequence.
 
-        input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; returns
+        input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; ``model_inputs``
+        go to the body as they are (a vision-language model's pixel values); returns
         ((S,) summed log-probs, (S,) token counts, (S,) summed log sum p^2 or None, (S, 2)
         summed token entropy and argmax-correct counts or None).
         """
@@ -420,6 +423,7 @@ class CausalLMPolicy(BasePolicy):
             position_ids=position_ids,
             use_cache=False,
             **extra,
+            **(model_inputs or {}),
         ).last_hidden_state
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
         stats = h.new_zeros((h.shape[0], 2), dtype=torch.float32) if token_stats else None

@@ -1,0 +1,207 @@
+"""Loading image-text-to-text models and their processors, which parts train, and assembling
+a small LLaVA-style model from a vision encoder and a causal LM.
+
+Families are declared, not probed: :data:`IMAGE_AXIS` says, per ``model_type``, where its
+processor puts the images of one prompt, so prompts can be batched in any order. A family
+whose text positions are not 1-D (Qwen2-VL's multimodal rotary positions) cannot use the
+packed and prefix-shared layouts and is refused by name.
+
+    >>> IMAGE_AXIS["llava"], IMAGE_AXIS["idefics3"]
+    ('first', 'second')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# model_type -> the processor's image axis: "first": (I, C, H, W) pixel values (I images of
+# one prompt); "second": (1, I, C, H, W) with a (1, I, H, W) pixel_attention_mask
+IMAGE_AXIS = {"llava": "first", "idefics2": "second", "idefics3": "second", "smolvlm": "second"}
+VISION_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes")
+TEXT_KEYS = ("input_ids", "attention_mask")
+
+# ChatML with list contents; each image part becomes the processor's image placeholder
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def image_axis(config) -> str:
+    """The declared image axis of a model's family, or an error naming the families known."""
+    kind = getattr(config, "model_type", None)
+    if kind not in IMAGE_AXIS:
+        raise ValueError(f"model_type {kind!r}: dpokit does not know how its processor batches "
+                         f"images (known: {sorted(IMAGE_AXIS)})")
+    return IMAGE_AXIS[kind]
+
+
+def vision_tensors(out, axis: str) -> dict[str, torch.Tensor]:
+    """The image tensors of one prompt's processor output; an output dpokit does not know is an
+    error (it could not be batched correctly)."""
+    unknown = sorted(set(out) - set(VISION_KEYS) - set(TEXT_KEYS))
+    if unknown:
+        raise ValueError(f"the processor returns {unknown}: not supported (known image inputs: "
+                         f"{list(VISION_KEYS)})")
+    tensors = {k: out[k] for k in VISION_KEYS if k in out}
+    if axis == "second":
+        assert all(t.shape[0] == 1 for t in tensors.values()), "one prompt per call"
+    return tensors
+
+
+def _pad_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    pads = []
+    for have, want in zip(reversed(t.shape), reversed(shape), strict=True):
+        pads += [0, want - have]
+    return torch.nn.functional.pad(t, pads)
+
+
+def concat_vision(parts: list[dict[str, torch.Tensor]], axis: str) -> dict[str, torch.Tensor]:
+    """Prompts' image tensors, in order, as one forward's inputs: concatenated on the image
+    axis, smaller images zero-padded (their ``pixel_attention_mask`` marks the padding)."""
+    if not parts:
+        return {}
+    dim = 0 if axis == "first" else 1
+    out = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        shape = tuple(max(v.shape[d] for v in values) for d in range(values[0].dim()))
+        out[key] = torch.cat([_pad_to(v, (*v.shape[:dim + 1], *shape[dim + 1:]))
+                              for v in values], dim=dim)
+    return out
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Top-level module names of a vision-language model: ``language`` (the decoder and head),
+    ``vision`` (the image encoder) and ``projector`` (what maps its features to the decoder)."""
+
+    language: tuple[str, ...]
+    vision: tuple[str, ...]
+    projector: tuple[str, ...]
+
+
+def model_parts(model: nn.Module) -> Parts:
+    """Which submodules are which, from the model's own structure: the decoder is
+    ``get_decoder()``, the vision encoder the child built from ``config.vision_config``."""
+    decoder = model.get_decoder()
+    vision_type = type(model.config.vision_config)
+    names = {id(m): n for n, m in model.named_modules()}
+    decoder_name = names[id(decoder)]
+    body = model.get_submodule(decoder_name.rsplit(".", 1)[0]) if "." in decoder_name else model
+    prefix = decoder_name.rsplit(".", 1)[0] + "." if "." in decoder_name else ""
+    language, vision, projector = [decoder_name], [], []
+    for name, child in body.named_children():
+        full = prefix + name
+        if child is decoder:
+            continue
+        if type(getattr(child, "config", None)) is vision_type:
+            vision.append(full)
+        else:
+            projector.append(full)
+    language += [n for n, _ in model.named_children() if prefix and n + "." != prefix]
+    if not vision:
+        raise ValueError(f"{type(model).__name__}: no child module built from its vision_config")
+    return Parts(tuple(language), tuple(vision), tuple(projector))
+
+
+def lora_targets(model: nn.Module, targets: list[str] | str | None, with_vision: bool) -> list[str]:
+    """Full names of the Linear layers LoRA goes on: those of the language part (and of the
+    vision encoder when ``with_vision``) whose last name is in ``targets`` (None or
+    ``"all-linear"``: every one but the output head)."""
+    parts = model_parts(model)
+    scope = parts.language + (parts.vision if with_vision else ())
+    head = {id(m) for m in [model.get_output_embeddings()] if m is not None}
+    wanted = None if targets in (None, "all-linear", ["all-linear"]) else set(
+        [targets] if isinstance(targets, str) else targets)
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and id(m) not in head
+             and any(n == s or n.startswith(s + ".") for s in scope)
+             and (wanted is None or n.rsplit(".", 1)[-1] in wanted)]
+    if not names:
+        raise ValueError(f"no Linear layer named {sorted(wanted or [])} in {list(scope)}")
+    return names
+
+
+def load_vision_language_model(name: str, dtype: torch.dtype = torch.float32):
+    """Any ``AutoModelForImageTextToText`` (hub name or folder), SDPA attention."""
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
+                                                       attn_implementation="sdpa")
+
+
+def load_processor(name: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(name)
+
+
+def is_vision_language(name: str) -> bool:
+    """Whether a model (hub name or folder) is an image-text-to-text model: its config has a
+    ``vision_config``."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return False
+    return getattr(config, "vision_config", None) is not None
+
+
+def image_token_id(config) -> int:
+    """The token id a family's config gives its image placeholder."""
+    value = getattr(config, "image_token_id", None)
+    value = getattr(config, "image_token_index", None) if value is None else value
+    if value is None:
+        raise ValueError(f"{getattr(config, 'model_type', config)}: its config names no image "
+                         "token")
+    return int(value)
+
+
+def assemble_llava(vision_config, language_model: nn.Module, tokenizer, image_size: int,
+                   patch_size: int, vision_tower: nn.Module | None = None):
+    """A LLaVA model and processor from a CLIP-style vision encoder (``vision_tower``, or a new
+    one from ``vision_config``), a causal LM (its weights kept) and a new two-layer projector;
+    the tokenizer gets an ``<image>`` token (its embedding row: the mean of the others).
+
+    Returns (model, processor); ``model.save_pretrained`` / ``processor.save_pretrained`` make
+    an ordinary folder that ``AutoModelForImageTextToText`` loads.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    if "<image>" not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    text_config = language_model.config
+    config = LlavaConfig(vision_config=vision_config, text_config=text_config,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu",
+                         tie_word_embeddings=text_config.tie_word_embeddings)
+    config.text_config.vocab_size = len(tokenizer)
+    model = LlavaForConditionalGeneration(config)
+    language_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.model.language_model.load_state_dict(language_model.get_decoder().state_dict())
+    model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
+    if text_config.tie_word_embeddings:
+        model.tie_weights()
+    if vision_tower is not None:
+        model.model.vision_tower.load_state_dict(vision_tower.state_dict())
+    images = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch_size,
+                               num_additional_image_tokens=1,
+                               vision_feature_select_strategy="default",
+                               chat_template=CHAT_TEMPLATE, image_token="<image>")
+    return model, processor

@@ -1,0 +1,64 @@
+"""An image-text-to-text model as a :class:`~dpokit.core.Policy`.
+
+The scoring is the causal LM's (:class:`~dpokit.policies.causal_lm.CausalLMPolicy`): the body
+runs once over the batch's rows with the prompts' pixel values (``batch.model_inputs``), the
+model merges the image features into its image tokens, and the chunked LM head scores the
+completion tokens. What differs is declared here: the processor (saved with the model, used
+for generation), no segment attention (the dense 4-D mask carries the layouts) and no
+sharding.
+
+    >>> policy = VisionLanguagePolicy(model, processor, reference="adapter")  # doctest: +SKIP
+    >>> policy.answer(["What colour is the square?"], [[image]])             # doctest: +SKIP
+    ['red']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..causal_lm.policy import CausalLMPolicy, ReferenceMode
+
+
+class VisionLanguagePolicy(CausalLMPolicy):
+    """``model``: an ``AutoModelForImageTextToText`` (optionally peft-wrapped); ``processor``
+    its ``AutoProcessor``. ``reference`` and the other options as for text models."""
+
+    def __init__(self, model: nn.Module, processor, reference: ReferenceMode = "none",
+                 reference_model: nn.Module | None = None, logprob_impl: str = "chunked",
+                 chunk_size: int = 256, ld_alpha: float | None = None,
+                 merge_on_save: bool = False):
+        super().__init__(model, processor.tokenizer, reference, reference_model, logprob_impl,
+                         chunk_size, ld_alpha, segment_attention=False,
+                         merge_on_save=merge_on_save)
+        self.processor = processor
+        self.capabilities = dataclasses.replace(self.capabilities, sharding=False)
+
+    def save_pretrained(self, directory: str | Path | None) -> None:
+        super().save_pretrained(directory)
+        if directory is not None:
+            self.processor.save_pretrained(directory)
+
+    @torch.no_grad()
+    def answer(self, prompts: list, images: list[list], max_new_tokens: int = 32) -> list[str]:
+        """Greedy replies, one prompt at a time: each prompt (a string, its images first, or
+        messages with image placeholders) with its list of images."""
+        from .data import to_messages
+
+        model, processor = self.model, self.processor
+        device = next(model.parameters()).device
+        replies = []
+        with self._eval_mode(model):
+            for prompt, pictures in zip(prompts, images, strict=True):
+                text = processor.apply_chat_template(to_messages(prompt, len(pictures)),
+                                                     tokenize=False, add_generation_prompt=True)
+                inputs = processor(text=[text], images=[pictures] if pictures else None,
+                                   return_tensors="pt", add_special_tokens=False).to(device)
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=processor.tokenizer.pad_token_id)
+                replies.append(processor.tokenizer.decode(
+                    out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        return replies

@@ -1,0 +1,137 @@
+"""Vision-language runs: DPO (and its family) and SFT of an image-text-to-text model from rows
+with ``images``, on the generic loop. ``dpokit train`` / ``dpokit sft`` come here when the
+model's config has a ``vision_config``.
+
+What differs from a text run is only what loads: the processor (rendering, image tokens),
+the model (``AutoModelForImageTextToText``), LoRA on the language part unless
+``model.vision_tower=trained``, the batches carrying pixel values. The objective, reference
+(precomputed by default), loop, checkpoints and metrics are the text run's.
+
+    >>> run = build_vision_run(load_config("recipes/vlm_dpo.yaml"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import TrainConfig
+from .pipeline import (
+    Run,
+    _settings,
+    base_model_name,
+    build_objective,
+    finish_model,
+    model_dtype,
+    resolve_reference,
+    split_records,
+)
+from .policies.vision_language import (
+    VisionLanguagePolicy,
+    VisionPairCollator,
+    VisionSequenceCollator,
+    VisionTokenizer,
+    build_vision_pairs,
+    build_vision_sequences,
+    image_axis,
+    lora_targets,
+    model_parts,
+)
+from .policies.vision_language.models import (
+    image_token_id,
+    load_processor,
+    load_vision_language_model,
+)
+from .train import EvalSet, StaticSource, Trainer
+
+
+def _refuse_text_only(cfg: TrainConfig) -> None:
+    """Options of text runs that have no image counterpart yet: a named error, not a silent
+    text-only behaviour."""
+    unsupported = [name for name, on in (
+        ("data.streaming", cfg.data.streaming), ("model.quantization", cfg.model.quantization
+                                                  != "none"),
+        ("run.eval_prompts", bool(cfg.run.eval_prompts)), ("geometry.probes",
+                                                            bool(cfg.geometry.probes)),
+        ("geometry.regularizer", cfg.geometry.regularizer != "off"),
+        ("distributed.strategy", cfg.distributed.strategy in ("fsdp", "deepspeed"))) if on]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not supported for image-text models")
+
+
+def vision_tokenizer(cfg: TrainConfig) -> VisionTokenizer:
+    """The processor-backed tokenizer of the run's model (processor from ``model.tokenizer``,
+    else the model or adapter folder)."""
+    from transformers import AutoConfig
+
+    name = base_model_name(cfg)
+    config = AutoConfig.from_pretrained(name)
+    processor = load_processor(cfg.model.tokenizer or cfg.model.name)
+    return VisionTokenizer(processor, image_token_id(config), image_axis(config), _settings(cfg))
+
+
+def build_vision_policy(cfg: TrainConfig, processor, needs_reference: bool,
+                        pairs: bool = True) -> VisionLanguagePolicy:
+    """The model, its trainable parts (LoRA on the language part; the vision encoder frozen
+    unless ``model.vision_tower=trained``) and the reference."""
+    m = cfg.model
+    reference = resolve_reference(cfg, needs_reference)
+    model = load_vision_language_model(base_model_name(cfg), dtype=model_dtype(cfg))
+    targets = None
+    if m.lora:
+        targets = lora_targets(model, m.lora_target_modules, m.vision_tower == "trained")
+    elif m.vision_tower == "frozen":
+        for name in model_parts(model).vision:
+            model.get_submodule(name).requires_grad_(False)
+    model = finish_model(cfg, model, reference, targets)
+    return VisionLanguagePolicy(model, processor, reference=reference,
+                                logprob_impl=m.logprob_impl, chunk_size=m.lm_head_chunk_size,
+                                ld_alpha=cfg.loss.ld_alpha if pairs else None,
+                                merge_on_save=m.merge_adapter)
+
+
+def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool,
+         pairs: bool) -> Run:
+    _refuse_text_only(cfg)
+    torch.manual_seed(cfg.optim.seed)
+    tokenizer = vision_tokenizer(cfg)
+    train_rows, eval_rows = split_records(cfg)
+    train = build(train_rows.records, tokenizer, cfg.data.on_bad_rows, train_rows.skipped)
+    log(f"train data {cfg.data.train_data}: {train.report.summary()}")
+    for example in train.report.first_skipped:
+        log(f"  skipped: {example}")
+    evaluation = None
+    if eval_rows:
+        evaluation = build(eval_rows.records, tokenizer, cfg.data.on_bad_rows, eval_rows.skipped)
+        log(f"eval data {cfg.data.eval_data or 'held out from train'}: "
+            f"{evaluation.report.summary()}")
+    collate = collate(tokenizer.tokenizer.pad_token_id, tokenizer.image_axis,
+                      cfg.data.batch_layout, cfg.data.max_row_tokens)
+    policy = build_vision_policy(cfg, tokenizer.processor, needs_reference, pairs)
+    o = cfg.optim
+    source = StaticSource(train, collate, o.batch_size, o.grad_accum_steps, o.seed,
+                          cfg.data.shuffle, train.fingerprint(), collate.key)
+    eval_set = None if evaluation is None else EvalSet(
+        evaluation, collate, cfg.run.eval_batch_size, evaluation.fingerprint(), collate.key)
+    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
+    return Run(cfg, tokenizer.tokenizer, policy, objective, train, evaluation, trainer)
+
+
+def build_vision_run(cfg: TrainConfig, log=print) -> Run:
+    """DPO (or any paired loss) of an image-text model on rows with images."""
+    objective = build_objective(cfg)
+    if objective.unpaired:
+        raise ValueError("unpaired losses (KTO) read no image rows yet: use a paired loss")
+    return _run(cfg, log, objective, build_vision_pairs, VisionPairCollator,
+                objective.needs_reference, pairs=True)
+
+
+def build_vision_sft_run(cfg: TrainConfig, log=print) -> Run:
+    """SFT of an image-text model on rows with images (completion-only NLL, packed)."""
+    from .objectives import SFTObjective
+
+    return _run(cfg, log, SFTObjective(), build_vision_sequences, VisionSequenceCollator,
+                needs_reference=False, pairs=False)
+
+
+__all__ = ["build_vision_policy", "build_vision_run", "build_vision_sft_run",
+           "vision_tokenizer"]
