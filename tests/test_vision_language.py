@@ -305,3 +305,79 @@ def test_frozen_vision_tower_and_full_fine_tuning(model_dir, tmp_path):
     assert vision and all(torch.equal(before[n], after[n]) for n in vision)
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("lm_head"))
     assert run.policy.reference_mode == "copy"
+
+
+# --- generation: batched (left-padded) == one at a time -------------------------------------
+def test_batched_answers_equal_one_at_a_time(family):
+    _, model, processor = family
+    policy = _policy(model, processor)
+    model.config.use_cache = True
+    rows = colour_rows(4)
+    prompts = [r["prompt"] if i % 2 else f"Look closely. {r['prompt']} Answer briefly."
+               for i, r in enumerate(rows)]
+    images = [r["images"] for r in rows]
+    batched = policy.answer(prompts, images, max_new_tokens=6, batch_size=4)
+    single = policy.answer(prompts, images, max_new_tokens=6, batch_size=1)
+    model.config.use_cache = False
+    assert batched == single and len(batched) == 4
+
+
+# --- config and recipes ----------------------------------------------------------------------
+def test_shipped_recipes_and_config_checks():
+    from dpokit.config import ConfigError, load_config
+    from dpokit.vision_language import _refuse_text_only
+
+    sft = load_config("src/dpokit/recipes/vlm_sft.yaml", [])
+    assert sft.model.modules_to_save == ["multi_modal_projector"]
+    assert sft.model.vision_tower == "frozen"
+    dpo = load_config("src/dpokit/recipes/vlm_dpo.yaml", [])
+    assert dpo.data.batch_layout == "prefix_shared" and dpo.model.lora
+    with pytest.raises(ConfigError, match="modules_to_save are LoRA options"):
+        load_config(None, ["lora=false", "modules_to_save=[multi_modal_projector]"])
+    with pytest.raises(ConfigError, match="vision_tower"):
+        load_config(None, ["vision_tower=thawed"])
+    with pytest.raises(ValueError, match="data.streaming, run.eval_prompts: not supported for "
+                                         "image-text models"):
+        _refuse_text_only(load_config(None, ["streaming=true", "eval_prompts=x.jsonl"]))
+
+
+# --- the synthetic scenes of the demonstration -----------------------------------------------
+def test_scenes_questions_and_the_hallucination_checker():
+    import random
+
+    from dpokit.vision_shapes import (
+        COLOURS,
+        Item,
+        Scene,
+        ask,
+        correct,
+        hallucinated,
+        with_absent_attribute,
+    )
+
+    scene = Scene((Item("red", "circle", 0), Item("blue", "square", 3)))
+    image = scene.render(48)
+    assert image.getpixel((12, 12)) == COLOURS["red"]  # centre of the top-left cell
+    assert image.getpixel((36, 36)) == COLOURS["blue"]
+    assert image.getpixel((36, 12)) == (255, 255, 255)  # an empty cell
+    rng = random.Random(0)
+    assert ask(scene, "count", rng).answer == "There are two shapes."
+    assert ask(scene, "describe", rng).answer == \
+        "A red circle in the top left and a blue square in the bottom right."
+    colour = ask(scene, "colour", rng)
+    assert colour.answer in ("The circle is red.", "The square is blue.")
+    position = [ask(scene, "position", random.Random(s)) for s in range(8)]
+    assert {(q.text, q.answer) for q in position} >= {("What is in the top left?",
+                                                       "A red circle.")}
+    assert ("What is in the top right?", "Nothing.") in {(q.text, q.answer) for q in position}
+    assert hallucinated(scene, "Two red circles and blue squares.") == []
+    assert hallucinated(scene, "A green circle and a blue triangle.") == ["green", "triangle"]
+    assert hallucinated(scene, "Nothing.") == []
+    assert correct(ask(scene, "count", rng), "there are two shapes")
+    assert not correct(ask(scene, "count", rng), "There are three shapes.")
+    for seed in range(10):
+        bad = with_absent_attribute(scene, "A red circle.", random.Random(seed))
+        assert bad != "A red circle." and len(hallucinated(scene, bad)) == 1
+    assert with_absent_attribute(scene, "Nothing.", rng) is None
+    same = Scene((Item("red", "circle", 0), Item("blue", "circle", 1)))
+    assert ask(same, "colour", random.Random(1)).text.startswith("What colour is the circle in")

@@ -196,6 +196,10 @@ def finish_model(cfg: TrainConfig, model, reference: str, target_modules=None):
                            m.modules_to_save)
         if reference == "adapter_copy":  # a frozen copy of the fresh adapter (iterative DPO)
             model = add_reference_copy(model)
+    if m.lora:  # trained weights stay fp32 (peft's modules_to_save copies a bf16 base's dtype)
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     if m.disable_dropout:
         disable_dropout(model)
     if m.gradient_checkpointing:

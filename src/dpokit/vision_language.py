@@ -133,5 +133,20 @@ def build_vision_sft_run(cfg: TrainConfig, log=print) -> Run:
                 needs_reference=False, pairs=False)
 
 
-__all__ = ["build_vision_policy", "build_vision_run", "build_vision_sft_run",
+def load_vision_policy(name: str, dtype: torch.dtype = torch.float32) -> VisionLanguagePolicy:
+    """A trained model to evaluate or sample from: a model folder or hub name, or a LoRA adapter
+    folder (its base loaded, the adapter applied); the processor from that folder."""
+    from peft import PeftModel
+
+    from .policies.causal_lm.lora import adapter_base
+
+    base = adapter_base(name)
+    model = load_vision_language_model(base or name, dtype=dtype)
+    if base is not None:
+        model = PeftModel.from_pretrained(model, name)
+    model.config.use_cache = True
+    return VisionLanguagePolicy(model.eval(), load_processor(name))
+
+
+__all__ = ["build_vision_policy", "load_vision_policy", "build_vision_run", "build_vision_sft_run",
            "vision_tokenizer"]

@@ -43,22 +43,36 @@ class VisionLanguagePolicy(CausalLMPolicy):
             self.processor.save_pretrained(directory)
 
     @torch.no_grad()
-    def answer(self, prompts: list, images: list[list], max_new_tokens: int = 32) -> list[str]:
-        """Greedy replies, one prompt at a time: each prompt (a string, its images first, or
-        messages with image placeholders) with its list of images."""
+    def answer(self, prompts: list, images: list[list], max_new_tokens: int = 32,
+               batch_size: int = 16) -> list[str]:
+        """Greedy replies to ``prompts`` (each a string, its images first, or messages with
+        image placeholders) with their lists of images, ``batch_size`` at a time, left-padded.
+
+        The plain twin is ``batch_size=1``; a test checks they agree.
+        """
         from .data import to_messages
 
-        model, processor = self.model, self.processor
+        model, processor, tokenizer = self.model, self.processor, self.processor.tokenizer
         device = next(model.parameters()).device
-        replies = []
-        with self._eval_mode(model):
-            for prompt, pictures in zip(prompts, images, strict=True):
-                text = processor.apply_chat_template(to_messages(prompt, len(pictures)),
-                                                     tokenize=False, add_generation_prompt=True)
-                inputs = processor(text=[text], images=[pictures] if pictures else None,
-                                   return_tensors="pt", add_special_tokens=False).to(device)
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=processor.tokenizer.pad_token_id)
-                replies.append(processor.tokenizer.decode(
-                    out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        replies: list[str] = []
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            with self._eval_mode(model):
+                for start in range(0, len(prompts), batch_size):
+                    chunk = list(zip(prompts[start:start + batch_size],
+                                     images[start:start + batch_size], strict=True))
+                    texts = [processor.apply_chat_template(to_messages(p, len(i)), tokenize=False,
+                                                           add_generation_prompt=True)
+                             for p, i in chunk]
+                    pictures = [i for _, i in chunk]
+                    inputs = processor(text=texts, images=pictures if any(pictures) else None,
+                                       return_tensors="pt", padding=True,
+                                       add_special_tokens=False).to(device)
+                    out = model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                    new = out[:, inputs["input_ids"].shape[1]:]  # (b, new tokens)
+                    replies += [t.strip() for t in
+                                tokenizer.batch_decode(new, skip_special_tokens=True)]
+        finally:
+            tokenizer.padding_side = side
         return replies
