@@ -18,6 +18,7 @@ from vlm_helpers import (
     shape_image,
 )
 
+from dpokit.data.images import row_images
 from dpokit.data.io import DataError, Record
 from dpokit.data.text.pairs import TokenizeSettings
 from dpokit.policies.vision_language import (
@@ -32,7 +33,6 @@ from dpokit.policies.vision_language import (
     lora_targets,
     model_parts,
 )
-from dpokit.policies.vision_language.images import row_images
 from dpokit.policies.vision_language.models import image_token_id
 
 pytest.importorskip("PIL")

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
+from ...data.images import COLUMN, row_images
 from ...data.io import DataError, Record
 from ...data.report import DataReport, ExampleSet, OnBadRows, build_examples
 from ...data.text.format import TEMPLATE_COLUMNS, check_columns
 from ...data.text.pairs import TokenizeSettings
-from .images import COLUMN, row_images
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected", COLUMN, *TEMPLATE_COLUMNS)
 SFT_COLUMNS = ("prompt", "completion", "messages", COLUMN, *TEMPLATE_COLUMNS)

@@ -15,12 +15,12 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ...data.io import DataError, Record
+from .io import DataError, Record
 
 COLUMN = "images"
 
 
-def _open(value: Any, record: Record, name: str):
+def open_image(value: Any, record: Record, name: str):
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
@@ -57,5 +57,5 @@ def row_images(record: Record) -> list:
     if value is None:
         return []
     values = value if isinstance(value, (list, tuple)) else [value]
-    return [_open(v, record, f"{COLUMN}[{i}]" if isinstance(value, (list, tuple)) else COLUMN)
+    return [open_image(v, record, f"{COLUMN}[{i}]" if isinstance(value, (list, tuple)) else COLUMN)
             for i, v in enumerate(values)]

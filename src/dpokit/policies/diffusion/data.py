@@ -1,0 +1,136 @@
+"""Image preference pairs for Diffusion-DPO: rows of (prompt, chosen image, rejected image),
+images as paths, bytes, ``datasets`` records or PIL images (:mod:`dpokit.data.images`),
+resized to the model's resolution and scaled to [-1, 1].
+
+A batch carries the noise and the timestep of each pair, shared by its chosen and its
+rejected image (Wallace et al. 2023), drawn when the batch is made: the policy's pass and the
+reference's pass read the same draw, and :class:`DiffusionSource` seeds it with the step, so a
+resumed run draws what the uninterrupted one did.
+
+    >>> batch = DiffusionPairCollator(num_timesteps=10)(
+    ...     [ImagePair(0, "a red circle", torch.zeros(3, 8, 8), torch.ones(3, 8, 8))])
+    >>> batch.images.shape, batch.noise.shape, batch.timesteps.shape
+    (torch.Size([2, 3, 8, 8]), torch.Size([1, 3, 8, 8]), torch.Size([1]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from ...data.images import open_image
+from ...data.io import DataError, Record
+from ...data.report import ExampleSet, OnBadRows, build_examples
+from ...data.text.format import check_columns
+from ...train.sources import StaticSource
+
+COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class ImagePair:
+    """prompt; chosen, rejected: (C, H, W) float in [-1, 1]."""
+
+    index: int
+    prompt: str
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+    def token_lists(self) -> list[list[int]]:  # the dataset fingerprint: prompt and pixels
+        pixels = torch.cat([self.chosen.flatten(), self.rejected.flatten()])
+        return [list(self.prompt.encode()), (pixels * 127.5).round().int().tolist()[::7]]
+
+
+def to_tensor(image, size: int) -> torch.Tensor:
+    """A PIL image -> (3, size, size) float in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    image = image.convert("RGB").resize((size, size), Image.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3)
+    return array.permute(2, 0, 1) / 127.5 - 1.0  # (3, H, W)
+
+
+def build_image_pairs(records: list[Record], size: int, on_bad_rows: OnBadRows = "error",
+                      skipped: list[DataError] | None = None) -> ExampleSet:
+    """Read every (prompt, chosen, rejected) image row; bad rows raise or are counted."""
+
+    def make(record: Record, report, index: int) -> ImagePair:
+        check_columns(record, COLUMNS)
+        for name in COLUMNS:
+            if record.values.get(name) in (None, ""):
+                raise DataError(record.source, record.row, name, f"missing column: {name!r}")
+        prompt = record.values["prompt"]
+        if not isinstance(prompt, str):
+            raise DataError(record.source, record.row, "prompt", "not a string")
+        chosen, rejected = (to_tensor(open_image(record.values[n], record, n), size)
+                            for n in ("chosen", "rejected"))
+        if torch.equal(chosen, rejected):
+            raise DataError(record.source, record.row, "chosen", "chosen identical to rejected")
+        return ImagePair(index, prompt, chosen, rejected)
+
+    return build_examples(records, make, on_bad_rows, skipped=skipped)
+
+
+@dataclass
+class DiffusionBatch:
+    """E image pairs as S = 2E samples (the E chosen, then the E rejected).
+
+    prompts: the E prompts. images: (2E, C, H, W) in [-1, 1]. noise: (E, C, H, W) and
+    timesteps: (E,) long, one draw per pair, shared by its two samples. extras: per-pair
+    columns for the loss (none here).
+    """
+
+    example_index: torch.Tensor
+    prompts: list[str]
+    images: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    num_tokens: int = 0
+    ref_logps: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device) -> DiffusionBatch:
+        return DiffusionBatch(**{f.name: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                                 for f in fields(self) for v in [getattr(self, f.name)]})
+
+
+@dataclass(frozen=True)
+class DiffusionPairCollator:
+    """Stacks pairs and draws each pair's noise and timestep (from ``generator``, or seeded by
+    the pairs' indices: evaluation batches always get the same draw)."""
+
+    num_timesteps: int = 1000
+    seed: int = 0
+    key: str = "diffusion-pairs"
+
+    def __call__(self, pairs: list[ImagePair],
+                 generator: torch.Generator | None = None) -> DiffusionBatch:
+        if generator is None:
+            indices = tuple(p.index for p in pairs)  # a tuple of ints hashes the same every run
+            generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**31)
+        chosen = torch.stack([p.chosen for p in pairs])  # (E, C, H, W)
+        rejected = torch.stack([p.rejected for p in pairs])
+        noise = torch.randn(chosen.shape, generator=generator)  # (E, C, H, W)
+        timesteps = torch.randint(0, self.num_timesteps, (len(pairs),), generator=generator)
+        return DiffusionBatch(torch.tensor([p.index for p in pairs]), [p.prompt for p in pairs],
+                              torch.cat([chosen, rejected]), noise, timesteps)
+
+
+@dataclass
+class DiffusionSource(StaticSource):
+    """A :class:`~dpokit.train.StaticSource` whose micro-batches draw their noise and
+    timesteps from a generator seeded by ``(seed, step, rank, micro-batch)``: a pure function
+    of the step, as the order is. Not precomputable: the reference runs on each draw."""
+
+    precomputable: bool = False
+
+    def micro_batches(self, step: int, policy: Any = None) -> list[DiffusionBatch]:
+        out = []
+        for k, indices in enumerate(self.step_indices(step)[0]):
+            generator = torch.Generator().manual_seed(
+                ((self.seed * 1_000_003 + step) * 1009 + self.rank) * 101 + k)
+            out.append(self.collate([self.dataset[i] for i in indices], generator))
+        return out

@@ -1,0 +1,190 @@
+"""A diffusers denoiser (UNet or DiT) as a :class:`~dpokit.core.Policy` for Diffusion-DPO
+(Wallace et al. 2023).
+
+A sample's score is minus half its denoising error at the batch's noise and timestep,
+``s = -1/2 * mean((eps_theta(x_t, t, c) - eps)^2)``, x_t the noised image (or latent). With
+these scores the registered ``sigmoid`` loss is Diffusion-DPO's (their Eq. 14, T * omega(lambda_t)
+folded into beta, as their code does):
+
+    -log sigmoid(-beta/2 * [(e_w - e_w_ref) - (e_l - e_l_ref)])
+
+so the generic preference objective, loop and reference service train it unchanged. The
+noise and timestep come with the batch (:mod:`.data`), shared by a pair's two images and by
+the policy and reference passes; scores are random across batches, so the capabilities
+declare ``deterministic=False`` and the reference is computed beside every step.
+
+    >>> policy = DiffusionPolicy(unet, scheduler, encoder, reference="adapter")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ...core.protocols import BasePolicy, PolicyCapabilities
+from ...core.types import SequenceScores
+
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # LoRA's default targets (diffusers' names)
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def apply_lora(unet: nn.Module, r: int = 8, alpha: int = 8,
+               target_modules: list[str] | None = None, seed: int = 0) -> nn.Module:
+    """A peft LoRA adapter on the denoiser's attention projections (the base frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(unet, LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="gaussian",
+                                           target_modules=target_modules or ATTENTION))
+
+
+class _Denoise(nn.Module):
+    """The forward accelerate wraps: noised images -> predicted noise."""
+
+    def __init__(self, unet: nn.Module, encoder: nn.Module):
+        super().__init__()
+        self.unet, self.encoder = unet, encoder
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]):
+        condition = self.encoder(prompts)  # (S, L, D)
+        return self.unet(noisy, timesteps, encoder_hidden_states=condition).sample
+
+
+class DiffusionPolicy(BasePolicy):
+    """``unet``: a diffusers ``UNet2DConditionModel`` (or any denoiser with its call
+    signature), optionally peft-wrapped; ``scheduler``: its noise schedule
+    (``DDPMScheduler``); ``encoder``: prompts -> (E, L, D) conditioning; ``vae``: for latent
+    models, images are encoded (the mean latent, times its scaling factor) before noising.
+    reference: ``"adapter"`` (LoRA: the base with the adapter off) or ``"copy"``."""
+
+    def __init__(self, unet: nn.Module, scheduler, encoder: nn.Module,
+                 reference: Literal["adapter", "copy", "none"] = "adapter", vae=None):
+        if reference == "adapter" and not _is_peft(unet):
+            raise ValueError("reference='adapter' needs a LoRA (peft) denoiser; use 'copy'")
+        self.unet, self.scheduler, self.encoder, self.vae = unet, scheduler, encoder, vae
+        self.reference_mode = reference
+        self.scorer: nn.Module = _Denoise(unet, encoder)
+        self.reference_scorer = None
+        if reference == "copy":
+            self.reference_scorer = _Denoise(copy.deepcopy(unet).requires_grad_(False).eval(),
+                                             encoder)
+        self.capabilities = PolicyCapabilities(reference=reference, deterministic=False,
+                                               generation=True)
+
+    # --- scores ----------------------------------------------------------------------------
+    def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(2E, ...) clean inputs, noised inputs, the noise and (2E,) timesteps: each pair's
+        draw used for its chosen and its rejected sample."""
+        x0 = batch.images
+        if self.vae is not None:
+            with torch.no_grad():
+                x0 = self.vae.encode(x0).latent_dist.mean * self.vae.config.scaling_factor
+        noise = batch.noise.repeat(2, *[1] * (batch.noise.dim() - 1))  # (2E, C, H, W)
+        timesteps = batch.timesteps.repeat(2)  # (2E,)
+        return x0, self.scheduler.add_noise(x0, noise, timesteps), noise, timesteps
+
+    def _scores(self, scorer: nn.Module, batch) -> SequenceScores:
+        x0, noisy, noise, timesteps = self._targets(batch)
+        predicted = scorer(noisy, timesteps, batch.prompts + batch.prompts)  # (2E, C, H, W)
+        if self.scheduler.config.prediction_type == "v_prediction":
+            noise = self.scheduler.get_velocity(x0, noise, timesteps)
+        error = (predicted.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (2E,)
+        return SequenceScores(-0.5 * error, torch.ones_like(error, dtype=torch.long))
+
+    def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
+        """(2E,) ``-1/2 * denoising error`` of the chosen then the rejected samples."""
+        return self._scores(self.scorer, batch)
+
+    @torch.no_grad()
+    def reference_logps(self, batch) -> SequenceScores:
+        if self.reference_mode == "copy":
+            return self._scores(self.reference_scorer, batch)
+        if self.reference_mode == "none":
+            raise RuntimeError("this policy has no reference (reference='none')")
+        with self._eval(self.unet), self.unet.disable_adapter():
+            return self._scores(self.scorer, batch)
+
+    # --- the rest of the interface ---------------------------------------------------------
+    def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.scorer.named_parameters() if p.requires_grad}
+
+    def prepare(self, accelerator) -> list[nn.Module]:
+        self.scorer = accelerator.prepare(self.scorer)
+        if self.reference_scorer is not None:
+            self.reference_scorer.to(accelerator.device)
+        if self.vae is not None:
+            self.vae.to(accelerator.device)
+        return [self.scorer]
+
+    def train(self, mode: bool = True) -> None:
+        self.scorer.train(mode)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_trainable_parameters().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.named_trainable_parameters()
+        if set(state) != set(params):
+            raise ValueError(f"checkpoint does not match the model: "
+                             f"{sorted(set(params) ^ set(state))[:5]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def save_pretrained(self, directory: str | Path | None) -> None:
+        """The denoiser (or its LoRA adapter) in the diffusers / peft format, and the
+        conditioning encoder's weights."""
+        if directory is None:
+            return
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(directory)
+        torch.save(self.encoder.state_dict(), Path(directory) / "encoder.pt")
+
+    @staticmethod
+    @contextmanager
+    def _eval(module: nn.Module):
+        was = module.training
+        module.eval()
+        try:
+            yield
+        finally:
+            module.train(was)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], steps: int = 25, seed: int = 0,
+                 reference: bool = False, **_) -> torch.Tensor:
+        """DDIM samples (E, C, H, W) in [-1, 1] for ``prompts`` (``reference``: from the
+        frozen reference), the same initial noise for the same ``seed``."""
+        from diffusers import DDIMScheduler
+
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(steps)
+        unet = self.unet
+        config = (unet.get_base_model() if _is_peft(unet) else unet).config
+        shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
+        device = next(unet.parameters()).device
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        condition = self.encoder(prompts)
+        with self._eval(unet), (unet.disable_adapter() if reference and _is_peft(unet)
+                                else _nothing()):
+            model = (self.reference_scorer.unet if reference and self.reference_scorer
+                     else unet)
+            for t in sampler.timesteps:
+                eps = model(x, t, encoder_hidden_states=condition).sample
+                x = sampler.step(eps, t, x).prev_sample
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+        return x.clamp(-1, 1)
+
+
+@contextmanager
+def _nothing():
+    yield
