@@ -273,3 +273,22 @@ def test_drpo_raises_the_reward_through_the_loop(tmp_path):
     assert redness(base, []).mean() == pytest.approx(before.item(), abs=1e-5)
     with pytest.raises(NotImplementedError, match="no likelihood"):
         policy.logps(None)
+
+
+# --- the demonstration's world ---------------------------------------------------------------
+def test_shape_reward_and_diversity_on_known_images():
+    import random
+
+    from dpokit.image_shapes import diversity, prompts, render, reward, to_unit
+
+    rng = random.Random(0)
+    names = prompts()
+    images = torch.stack([to_unit(render(p, 32, rng)) for p in names])
+    right = reward(images, names)
+    assert right.min() > 0.9  # the prompt's own shape and colour, sharp
+    wrong_colour = reward(images, names[3:] + names[:3])  # same shape, another colour
+    assert (wrong_colour < right - 0.2).all()
+    blurred = reward(F.avg_pool2d(images, 5, 1, 2), names)
+    assert (blurred < right - 0.2).all()
+    assert reward(torch.full((1, 3, 32, 32), 235 / 127.5 - 1), names[:1]).item() == 0.0
+    assert diversity(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)

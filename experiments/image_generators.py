@@ -1,0 +1,247 @@
+"""Preference optimization of image generators, offline: DrPO on a one-step generator and
+Diffusion-DPO on a small diffusion model, both improving a programmatic black-box reward on
+16x16 images of "a {colour} {shape}" (dpokit.image_shapes).
+
+1. A frozen feature map: a small CNN trained to tell colour and shape.
+2. Bases, trained briefly: a one-step conditional generator (IMLE) and a conditional UNet
+   (diffusers UNet2DConditionModel, DDPM, sampled with 20 DDIM steps).
+3. DrPO (the generic loop, online): K = 8 samples per prompt each step, z-scored rewards, the
+   top 2 / bottom 2 as positives / negatives in the feature space, the reference drift against
+   the frozen base generator.
+4. Diffusion-DPO (the generic loop, the registered sigmoid loss on denoising errors): pairs
+   (best, worst of 8 base samples per prompt and seed group), LoRA on the UNet's attention, the
+   base as reference.
+Reports reward before / after and diversity (mean pairwise feature distance among one
+prompt's samples), and draws a grid of samples. Writes experiments/results/image_generators.
+{md,json,png} and image_generators_samples.png.
+
+    python experiments/image_generators.py            # about 15 minutes on 2 CPU cores
+    python experiments/image_generators.py --replot
+    python experiments/image_generators.py --smoke    # every step at toy sizes, no results
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from common import ROOT, experiment, pyplot, results_dir, save_table  # noqa: E402
+
+OUT = ROOT / "outputs" / "image_generators"
+SIZE = 16  # 16x16 images: a CPU budget (a UNet step at 32x32 costs about 4 times more)
+SMOKE = "--smoke" in sys.argv
+S = ({"features": 5, "generator": 5, "diffusion": 5, "drpo": 2, "groups": 1, "dpo": 2,
+      "eval": 2} if SMOKE else
+     {"features": 300, "generator": 500, "diffusion": 800, "drpo": 120, "groups": 4, "dpo": 60,
+      "eval": 8})
+
+
+def _config(**overrides):
+    from dpokit.config import load_config
+
+    return load_config(None, **{"lora": False, "progress_bar": False, "log_with": [],
+                                "precompute_ref_logps": False, "eval_before": False,
+                                "max_grad_norm": 1.0, "overwrite_output_dir": True,
+                                **overrides})
+
+
+def evaluate(sample, features, prompts: list[str], seeds: int) -> dict:
+    """Mean reward and mean per-prompt diversity over ``seeds`` samples of each prompt, from
+    one seeded batch; ``sample(prompts, seed)`` -> images."""
+    import torch
+
+    from dpokit.image_shapes import diversity, reward
+
+    rewards, spreads, grids = [], [], {}
+    every = sample([p for p in prompts for _ in range(seeds)], 0).view(
+        len(prompts), seeds, 3, SIZE, SIZE)
+    for prompt, images in zip(prompts, every, strict=True):  # (seeds, 3, H, W)
+        rewards.append(float(reward(images, [prompt] * seeds).mean()))
+        with torch.no_grad():
+            spreads.append(diversity(features(images)))
+        grids[prompt] = images[:4].cpu()
+    return {"reward": sum(rewards) / len(rewards), "diversity": sum(spreads) / len(spreads),
+            "reward_by_prompt": dict(zip(prompts, rewards, strict=True)), "grid": grids}
+
+
+def run_drpo(features, log) -> dict:
+    import torch
+
+    from dpokit.image_shapes import BaseTraining, prompts, reward, train_one_step_generator
+    from dpokit.policies.diffusion import (
+        DrPOObjective,
+        DrPOSettings,
+        DrPOSource,
+        GeneratorPolicy,
+        OneStepGenerator,
+        WordEncoder,
+    )
+    from dpokit.train import Trainer
+
+    torch.manual_seed(0)
+    generator = OneStepGenerator(noise_dim=32, condition_dim=32, size=SIZE, width=64)
+    encoder = WordEncoder(sorted({w for p in prompts() for w in p.split()[1:]}), dim=32,
+                          length=2)
+    started = time.perf_counter()
+    base = train_one_step_generator(generator, encoder, SIZE, BaseTraining(S["generator"]))
+    base_minutes = (time.perf_counter() - started) / 60
+    policy = GeneratorPolicy(generator, encoder)
+    settings = DrPOSettings(samples_per_prompt=8, num_positive=2, num_negative=2)
+    before = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
+    source = DrPOSource(prompts(), reward, features, settings, batch_size=6, seed=1)
+    config = _config(learning_rate=2e-4, max_steps=S["drpo"], output_dir=str(OUT / "drpo"))
+    started = time.perf_counter()
+    result = Trainer(config, policy, DrPOObjective(features, settings), source, log=log).train()
+    minutes = (time.perf_counter() - started) / 60
+    after = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
+    return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,
+            "before": before, "after": after,
+            "curve": [h.get("samples/reward") for h in result.history]}
+
+
+def run_diffusion_dpo(features, log) -> dict:
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from dpokit.image_shapes import BaseTraining, prompts, reward, train_diffusion
+    from dpokit.pipeline import build_objective
+    from dpokit.policies.diffusion import (
+        DiffusionPairCollator,
+        DiffusionPolicy,
+        DiffusionSource,
+        ImagePair,
+        WordEncoder,
+        apply_lora,
+    )
+    from dpokit.train import Trainer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=SIZE, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32,
+        attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    encoder = WordEncoder(sorted({w for p in prompts() for w in p.split()[1:]}), dim=32,
+                          length=2)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    started = time.perf_counter()
+    base = train_diffusion(unet, encoder, scheduler, SIZE,
+                           BaseTraining(S["diffusion"], learning_rate=1e-3))
+    base_minutes = (time.perf_counter() - started) / 60
+    encoder.requires_grad_(False)
+    policy = DiffusionPolicy(apply_lora(unet, r=8, alpha=8), scheduler, encoder,
+                             reference="adapter")
+
+    def sample(p, seed):
+        return policy.generate(p, steps=20, seed=seed)
+
+    before = evaluate(sample, features, prompts(), S["eval"])
+    # pairs: for each prompt and group of 8 seeds, the best and the worst base sample
+    pairs, gaps = [], []
+    for prompt in prompts():
+        for group in range(S["groups"]):
+            images = policy.generate([prompt] * 8, steps=20, seed=1000 + group,
+                                     reference=True)  # 8 samples, one seeded batch
+            scores = reward(images, [prompt] * 8)
+            best, worst = int(scores.argmax()), int(scores.argmin())
+            if scores[best] - scores[worst] > 0.05:
+                pairs.append(ImagePair(len(pairs), prompt, images[best], images[worst]))
+                gaps.append(float(scores[best] - scores[worst]))
+    if not pairs:
+        raise SystemExit("no pair: the base samples of every prompt got the same reward")
+    config = _config(learning_rate=1e-4, max_steps=S["dpo"], batch_size=8, beta=500.0,
+                     output_dir=str(OUT / "diffusion_dpo"))
+    source = DiffusionSource(pairs, DiffusionPairCollator(num_timesteps=1000), batch_size=8,
+                             seed=1)
+    started = time.perf_counter()
+    result = Trainer(config, policy, build_objective(config), source, log=log).train()
+    minutes = (time.perf_counter() - started) / 60
+    after = evaluate(sample, features, prompts(), S["eval"])
+    return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,
+            "pairs": len(pairs), "mean_gap": sum(gaps) / max(1, len(gaps)),
+            "before": before, "after": after,
+            "curve": [h.get("rewards/accuracies") for h in result.history]}
+
+
+def run() -> dict:
+    from dpokit.image_shapes import train_features
+
+    started = time.perf_counter()
+    OUT.mkdir(parents=True, exist_ok=True)
+    features = train_features(SIZE, S["features"])
+    log = print
+    data = {"drpo": run_drpo(features, log), "diffusion_dpo": run_diffusion_dpo(features, log)}
+    grids = {}
+    for method, result in data.items():
+        for stage in ("before", "after"):
+            grids[f"{method}/{stage}"] = result[stage].pop("grid")
+    save_grid(grids)
+    data["minutes"] = (time.perf_counter() - started) / 60
+    return data
+
+
+def save_grid(grids: dict) -> None:
+    """Rows: method x before / after; columns: 4 samples of 4 prompts."""
+    import torch
+
+    plt = pyplot()
+    rows = list(grids)
+    chosen = ["a red circle", "a green square", "a blue triangle", "a yellow circle"]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.6 * len(rows)))
+    for ax, row in zip(axes, rows, strict=True):
+        tiles = torch.cat([grids[row][p] for p in chosen])  # (16, 3, H, W)
+        strip = torch.cat(list(tiles), dim=2)  # (3, H, 16 W)
+        ax.imshow(((strip.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
+        ax.set_axis_off()
+        ax.set_title(f"{row}: " + ", ".join(chosen), fontsize=8)
+    fig.savefig(results_dir() / "image_generators_samples.png", dpi=120, bbox_inches="tight")
+
+
+def write(data: dict) -> None:
+    d, f = data["drpo"], data["diffusion_dpo"]
+    lines = ["# Image generators: DrPO and Diffusion-DPO on a programmatic reward (16x16)", "",
+             f"{data['minutes']:.0f} minutes in all. Reward in [0, 1] (colour match, shape "
+             "match, sharpness); diversity: mean pairwise distance of one prompt's samples in "
+             "the frozen feature space; 12 prompts, "
+             f"{d['before'].get('seeds', '')}samples per prompt with fixed seeds.", "",
+             "| method | base training | preference training | reward before | reward after "
+             "| diversity before | diversity after |", "|---|---|---|---|---|---|---|",
+             f"| DrPO (one-step generator) | IMLE, {d['base_minutes']:.1f} min | "
+             f"{d['minutes']:.1f} min | {d['before']['reward']:.3f} | {d['after']['reward']:.3f} "
+             f"| {d['before']['diversity']:.3f} | {d['after']['diversity']:.3f} |",
+             f"| Diffusion-DPO (UNet, LoRA) | DDPM, {f['base_minutes']:.1f} min | "
+             f"{f['minutes']:.1f} min, {f['pairs']} pairs | {f['before']['reward']:.3f} | "
+             f"{f['after']['reward']:.3f} | {f['before']['diversity']:.3f} | "
+             f"{f['after']['diversity']:.3f} |"]
+    save_table("image_generators", lines)
+
+
+def plot(data: dict) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    curve = [c for c in data["drpo"]["curve"] if c is not None]
+    axes[0].plot(range(1, len(curve) + 1), curve)
+    axes[0].set_xlabel("DrPO step")
+    axes[0].set_ylabel("mean reward of the step's samples")
+    axes[0].set_title("DrPO: reward of the online samples")
+    methods = ["drpo", "diffusion_dpo"]
+    for k, stage in enumerate(("before", "after")):
+        axes[1].bar([i + 0.38 * k for i in range(2)],
+                    [data[m][stage]["reward"] for m in methods], 0.38, label=stage)
+    axes[1].set_xticks([0.19, 1.19], ["DrPO", "Diffusion-DPO"])
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("held-out mean reward")
+    axes[1].legend()
+    fig.savefig(results_dir() / "image_generators.png", dpi=120, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    if SMOKE:
+        OUT = OUT.parent / "image_generators_smoke"
+        result = run()
+        print(json.dumps({m: {k: result[m][s]["reward"] for k, s in (("before", "before"),
+                                                                     ("after", "after"))}
+                          for m in ("drpo", "diffusion_dpo")}))
+    else:
+        experiment("image_generators", run, write, plot)
