@@ -118,17 +118,26 @@ def test_stages_chain_sft_dpo1_dpo2_through_the_cli(tmp_path, tiny_model_dir):
     from pathlib import Path
 
     from dpokit.cli import main
-    from dpokit.llumi import generation_prompt, generation_rows
+    from dpokit.llumi import generation_prompt, generation_rows, improvement_rows
 
     threads = Path(__file__).resolve().parent.parent / "data" / "support_threads.train.csv"
     pairs = tmp_path / "votes.jsonl"
     assert main(["pairs", "votes", str(threads), "--out", str(pairs), "--order", "any"]) == 0
     votes = [json.loads(line) for line in pairs.read_text().splitlines()][:12]
-    rows = generation_rows(votes)
+    some = tmp_path / "votes12.jsonl"
+    some.write_text("".join(json.dumps(v) + "\n" for v in votes))
     files = {}
-    for kind in ("sft", "dpo"):
+    for kind, stage in (("sft", "sft"), ("dpo", "dpo1")):  # `dpokit pairs llumi` writes them
         files[kind] = tmp_path / f"gen_{kind}.jsonl"
-        files[kind].write_text("".join(json.dumps(r) + "\n" for r in rows[kind]))
+        assert main(["pairs", "llumi", str(some), "--model", "generation", "--stage", stage,
+                     "--out", str(files[kind])]) == 0
+        written = [json.loads(line) for line in files[kind].read_text().splitlines()]
+        assert written == generation_rows(votes)[kind]
+    improved = tmp_path / "imp_dpo.jsonl"
+    assert main(["pairs", "llumi", str(some), "--model", "improvement", "--stage", "dpo1",
+                 "--out", str(improved)]) == 0
+    assert [json.loads(line) for line in improved.read_text().splitlines()] == \
+        improvement_rows(votes)["dpo"]
     common = ["progress_bar=false", "log_with=[]", "lora=true", "lora_r=4", "batch_size=4",
               "max_length=768", "max_prompt_length=512", "eval_data=null", "eval_fraction=0",
               f"ref_cache_dir={tmp_path / 'cache'}", "learning_rate=1e-2"]
@@ -151,3 +160,12 @@ def test_stages_chain_sft_dpo1_dpo2_through_the_cli(tmp_path, tiny_model_dir):
         assert first["loss"] == pytest.approx(0.693147, abs=1e-5), stage
         assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6), stage
         assert (tmp_path / stage / "final" / "adapter_config.json").is_file()
+
+
+def test_shipped_llumi_recipes_load():
+    from dpokit.config import load_config
+
+    sft = load_config("src/dpokit/recipes/llumi_sft.yaml", [])
+    dpo = load_config("src/dpokit/recipes/llumi_dpo1.yaml", [])
+    assert sft.data.train_data.endswith("generation/sft.jsonl") and sft.model.lora
+    assert dpo.model.name == "outputs/llumi/generation/sft/final" and dpo.loss.name == "sigmoid"

@@ -129,6 +129,23 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         print(f"{write_rows(rows, args.out)}: {len(rows)} {args.rows} rows from "
               f"{len(tasks)} tasks")
         return 0
+    if args.kind == "llumi":
+        from .data.builders import write_rows
+        from .data.io import DataError
+        from .llumi import generation_rows, improvement_rows
+
+        pairs = []
+        for record in _read(args.inputs):
+            for name in ("prompt", "chosen", "rejected"):
+                if not isinstance(record.values.get(name), str):
+                    raise DataError(record.source, record.row, name, "missing or not a string "
+                                    "(vote pairs from `dpokit pairs votes`)")
+            pairs.append(record.values)
+        make = generation_rows if args.llumi_model == "generation" else improvement_rows
+        rows = make(pairs)["sft" if args.stage == "sft" else "dpo"]
+        print(f"{write_rows(rows, args.out)}: {len(rows)} {args.llumi_model} {args.stage} rows "
+              f"from {len(pairs)} vote pairs")
+        return 0
     records = _read(args.inputs)  # failures
     if args.model and not any("outputs" in r.values or "completion" in r.values
                               for r in records):
@@ -254,7 +271,7 @@ def add_parsers(sub) -> None:
     from .policies.causal_lm.sampling import SamplingSettings
 
     pairs = sub.add_parser("pairs", help="build preference pairs: votes, scored, sample, "
-                           "failures, injection")
+                           "failures, injection, llumi")
     kinds = pairs.add_subparsers(dest="kind", required=True)
     helps = {"votes": "comments with votes -> pairs (SHP rules; Reddit / Pushshift JSON lines "
                       "and threads tables read too)",
@@ -262,7 +279,9 @@ def add_parsers(sub) -> None:
              "sample": "K samples per prompt from a model, scored by a reward -> pairs",
              "failures": "the model's degenerate outputs as rejected, the reference as chosen",
              "injection": "instruction tasks -> SecAlign pairs (or StruQ / clean SFT rows) "
-                          "with instructions injected into the data"}
+                          "with instructions injected into the data",
+             "llumi": "vote pairs -> LLUMI's SFT or DPO1 rows of the generation or the "
+                      "improvement model"}
     for kind, help_text in helps.items():
         p = kinds.add_parser(kind, help=help_text)
         p.add_argument("inputs", nargs="+", help="input files (.jsonl/.json/.csv/.parquet)")
@@ -284,6 +303,12 @@ def add_parsers(sub) -> None:
             from .secalign.builder import InjectionSettings
 
             _add_fields(p, InjectionSettings)
+        if kind == "llumi":
+            p.add_argument("--model", dest="llumi_model", required=True,
+                           choices=("generation", "improvement"),
+                           help="the model the rows train (post -> reply, or post + draft -> "
+                                "improved reply)")
+            p.add_argument("--stage", required=True, choices=("sft", "dpo1"))
     ev = sub.add_parser("eval", help="held-out preference and generation figures of a saved "
                         "model or adapter against its reference")
     ev.add_argument("model", help="model folder, hub name, smollm2, or a LoRA adapter folder")
