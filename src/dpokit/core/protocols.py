@@ -163,6 +163,21 @@ class BasePolicy:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.named_trainable_parameters().values())
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the trained tensors by name (a sharded policy overrides: it gathers)."""
+        return {n: p.detach().clone() for n, p in self.named_trainable_parameters().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Write ``state`` into the trained tensors; a missing or extra name is an error."""
+        params = self.named_trainable_parameters()
+        if set(state) != set(params):
+            raise ValueError(f"checkpoint does not match the model: missing "
+                             f"{sorted(set(params) - set(state))[:5]}, unexpected "
+                             f"{sorted(set(state) - set(params))[:5]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
     def shard(self, settings: ShardSettings) -> list[nn.Module]:
         raise self._lacks("sharding")
 

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...core.modules import eval_mode
 from ...core.protocols import BasePolicy, PolicyCapabilities, ShardSettings
 from ...core.sharding import assign, whole, whole_state_dict
 from ...core.types import SequenceScores
@@ -332,15 +333,7 @@ class CausalLMPolicy(BasePolicy):
             yield self.model
 
     # --- internals -----------------------------------------------------------------------
-    @staticmethod
-    @contextmanager
-    def _eval_mode(module: nn.Module):
-        was_training = module.training
-        module.eval()
-        try:
-            yield
-        finally:
-            module.train(was_training)
+    _eval_mode = staticmethod(eval_mode)
 
     @contextmanager
     def _reference_adapter(self):

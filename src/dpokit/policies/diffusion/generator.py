@@ -89,18 +89,6 @@ class GeneratorPolicy(BasePolicy):
     def train(self, mode: bool = True) -> None:
         self.scorer.train(mode)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_trainable_parameters().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = self.named_trainable_parameters()
-        if set(state) != set(params):
-            raise ValueError(f"checkpoint does not match the generator: "
-                             f"{sorted(set(params) ^ set(state))[:5]}")
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
-
     def save_pretrained(self, directory: str | Path | None) -> None:
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)

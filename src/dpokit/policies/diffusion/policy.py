@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...core.modules import eval_mode
 from ...core.protocols import BasePolicy, PolicyCapabilities
 from ...core.types import SequenceScores
 
@@ -109,7 +110,7 @@ class DiffusionPolicy(BasePolicy):
             return self._scores(self.reference_scorer, batch)
         if self.reference_mode == "none":
             raise RuntimeError("this policy has no reference (reference='none')")
-        with self._eval(self.unet), self.unet.disable_adapter():
+        with eval_mode(self.unet), self.unet.disable_adapter():
             return self._scores(self.scorer, batch)
 
     # --- the rest of the interface ---------------------------------------------------------
@@ -127,18 +128,6 @@ class DiffusionPolicy(BasePolicy):
     def train(self, mode: bool = True) -> None:
         self.scorer.train(mode)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_trainable_parameters().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = self.named_trainable_parameters()
-        if set(state) != set(params):
-            raise ValueError(f"checkpoint does not match the model: "
-                             f"{sorted(set(params) ^ set(state))[:5]}")
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
-
     def save_pretrained(self, directory: str | Path | None) -> None:
         """The denoiser (or its LoRA adapter) in the diffusers / peft format, and the
         conditioning encoder's weights."""
@@ -147,16 +136,6 @@ class DiffusionPolicy(BasePolicy):
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(directory)
         torch.save(self.encoder.state_dict(), Path(directory) / "encoder.pt")
-
-    @staticmethod
-    @contextmanager
-    def _eval(module: nn.Module):
-        was = module.training
-        module.eval()
-        try:
-            yield
-        finally:
-            module.train(was)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], steps: int = 25, seed: int = 0,
@@ -173,7 +152,7 @@ class DiffusionPolicy(BasePolicy):
         device = next(unet.parameters()).device
         x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
         condition = self.encoder(prompts)
-        with self._eval(unet), (unet.disable_adapter() if reference and _is_peft(unet)
+        with eval_mode(unet), (unet.disable_adapter() if reference and _is_peft(unet)
                                 else _nothing()):
             model = (self.reference_scorer.unet if reference and self.reference_scorer
                      else unet)

@@ -147,12 +147,6 @@ class SessionPolicy(BasePolicy):
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_trainable_parameters().items()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
-
     def save_pretrained(self, directory: str | Path | None) -> None:
         if directory is None:
             return
