@@ -37,13 +37,10 @@ S = ({"features": 5, "generator": 5, "diffusion": 5, "drpo": 2, "groups": 1, "dp
       "eval": 8})
 
 
-def _config(**overrides):
+def _config(recipe: str, **overrides):
     from dpokit.config import load_config
 
-    return load_config(None, **{"lora": False, "progress_bar": False, "log_with": [],
-                                "precompute_ref_logps": False, "eval_before": False,
-                                "max_grad_norm": 1.0, "overwrite_output_dir": True,
-                                **overrides})
+    return load_config(str(ROOT / "src" / "dpokit" / "recipes" / recipe), **overrides)
 
 
 def evaluate(sample, features, prompts: list[str], seeds: int) -> dict:
@@ -71,7 +68,6 @@ def run_drpo(features, log) -> dict:
     from dpokit.image_shapes import BaseTraining, prompts, reward, train_one_step_generator
     from dpokit.policies.diffusion import (
         DrPOObjective,
-        DrPOSettings,
         DrPOSource,
         GeneratorPolicy,
         OneStepGenerator,
@@ -87,10 +83,11 @@ def run_drpo(features, log) -> dict:
     base = train_one_step_generator(generator, encoder, SIZE, BaseTraining(S["generator"]))
     base_minutes = (time.perf_counter() - started) / 60
     policy = GeneratorPolicy(generator, encoder)
-    settings = DrPOSettings(samples_per_prompt=8, num_positive=2, num_negative=2)
+    config = _config("drpo_shapes.yaml", max_steps=S["drpo"], output_dir=str(OUT / "drpo"))
+    settings = config.drpo
     before = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
-    source = DrPOSource(prompts(), reward, features, settings, batch_size=6, seed=1)
-    config = _config(learning_rate=2e-4, max_steps=S["drpo"], output_dir=str(OUT / "drpo"))
+    source = DrPOSource(prompts(), reward, features, settings, config.optim.batch_size,
+                        seed=config.optim.seed)
     started = time.perf_counter()
     result = Trainer(config, policy, DrPOObjective(features, settings), source, log=log).train()
     minutes = (time.perf_counter() - started) / 60
@@ -150,10 +147,10 @@ def run_diffusion_dpo(features, log) -> dict:
                 gaps.append(float(scores[best] - scores[worst]))
     if not pairs:
         raise SystemExit("no pair: the base samples of every prompt got the same reward")
-    config = _config(learning_rate=1e-4, max_steps=S["dpo"], batch_size=8, beta=500.0,
+    config = _config("diffusion_dpo_shapes.yaml", max_steps=S["dpo"],
                      output_dir=str(OUT / "diffusion_dpo"))
-    source = DiffusionSource(pairs, DiffusionPairCollator(num_timesteps=1000), batch_size=8,
-                             seed=1)
+    source = DiffusionSource(pairs, DiffusionPairCollator(num_timesteps=1000),
+                             config.optim.batch_size, seed=config.optim.seed)
     started = time.perf_counter()
     result = Trainer(config, policy, build_objective(config), source, log=log).train()
     minutes = (time.perf_counter() - started) / 60

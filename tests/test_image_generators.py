@@ -20,7 +20,6 @@ from dpokit.policies.diffusion import (  # noqa: E402
     DiffusionPolicy,
     DiffusionSource,
     DrPOObjective,
-    DrPOSettings,
     DrPOSource,
     GeneratorPolicy,
     ImagePair,
@@ -256,7 +255,7 @@ def test_drpo_raises_the_reward_through_the_loop(tmp_path):
     torch.manual_seed(0)
     generator = OneStepGenerator(noise_dim=8, condition_dim=8, size=8, width=16)
     policy = GeneratorPolicy(generator, WordEncoder(WORDS, dim=8))
-    settings = DrPOSettings(samples_per_prompt=8, num_positive=2, num_negative=2)
+    settings = tiny_config(tmp_path, samples_per_prompt=8, num_positive=2, num_negative=2).drpo
     source = DrPOSource(["a red circle", "a blue square"], redness, pooled, settings,
                         batch_size=2, seed=1)
     before = redness(policy.generate(["a red circle"] * 16, seed=5), []).mean()
@@ -292,3 +291,16 @@ def test_shape_reward_and_diversity_on_known_images():
     assert (blurred < right - 0.2).all()
     assert reward(torch.full((1, 3, 32, 32), 235 / 127.5 - 1), names[:1]).item() == 0.0
     assert diversity(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+
+
+def test_drpo_settings_are_a_config_section():
+    from dpokit.config import ConfigError, load_config
+
+    cfg = load_config("src/dpokit/recipes/drpo_shapes.yaml", [])
+    assert cfg.drpo.samples_per_prompt == 8 and cfg.drpo.drift_radii == [0.02, 0.05, 0.2]
+    with pytest.raises(ConfigError, match="num_positive \\+ num_negative \\(4 \\+ 5\\) exceed "
+                                          "samples_per_prompt=8"):
+        load_config(None, ["num_positive=4", "num_negative=5"])
+    with pytest.raises(ConfigError, match="drift_radii"):
+        load_config(None, ["drift_radii=[0.1, -1]"])
+    assert load_config("src/dpokit/recipes/diffusion_dpo_shapes.yaml", []).loss.beta == 500.0

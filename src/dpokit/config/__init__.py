@@ -172,6 +172,13 @@ def validate(cfg: TrainConfig) -> None:
     if m.quantization != "none" and not m.lora:
         raise ConfigError("quantization=4bit is QLoRA: the frozen base is quantized, so it "
                           "needs lora=true")
+    drpo = cfg.drpo
+    if drpo.num_positive + drpo.num_negative > drpo.samples_per_prompt:
+        raise ConfigError(f"drpo: num_positive + num_negative ({drpo.num_positive} + "
+                          f"{drpo.num_negative}) exceed samples_per_prompt="
+                          f"{drpo.samples_per_prompt}")
+    if min([*drpo.drift_radii, *drpo.reference_radii], default=0) <= 0 or not drpo.drift_radii:
+        raise ConfigError("drpo: drift_radii (at least one) and reference_radii are > 0")
     if (m.merge_adapter or m.use_dora or m.use_rslora or m.modules_to_save) and not m.lora:
         raise ConfigError("merge_adapter, use_dora, use_rslora and modules_to_save are LoRA "
                           "options: set lora=true")

@@ -241,6 +241,30 @@ class OnlineConfig:
 
 
 @dataclass
+class DrPOConfig:
+    """DrPO (Jiang, Wen and Liu 2026) for one-step image generators."""
+
+    samples_per_prompt: int = setting(8, "K: images sampled per prompt each step",
+                                      Domain(2.0, low_inclusive=True))
+    num_positive: int = setting(2, "the top-rewarded samples the generator drifts toward",
+                                AT_LEAST_ONE)
+    num_negative: int = setting(2, "the bottom-rewarded samples it drifts away from",
+                                AT_LEAST_ONE)
+    drift_radii: list[float] = setting(None, "kernel radii of the preference drift (in units "
+                                       "of the mean feature distance)",
+                                       factory=lambda: [0.02, 0.05, 0.2])
+    reference_radii: list[float] = setting(None, "kernel radii of the reference drift",
+                                           factory=lambda: [0.05])
+    reference_weight: float = setting(0.2, "weight of the reference drift (toward the frozen "
+                                      "base generator's samples) in the loss", NON_NEGATIVE)
+    positive_weight: float = setting(1.0, "target weight of each positive in the field",
+                                     POSITIVE)
+    negative_weight: float = setting(1.0, "target weight of each negative in the field",
+                                     POSITIVE)
+    drift_kernel: Literal["laplacian", "rbf"] = setting("laplacian", "the drift kernel")
+
+
+@dataclass
 class GeometryConfig:
     probes: str | None = setting(
         None, "style probe rows (content, style, text), e.g. data/style_probes.eval.jsonl: "
@@ -267,7 +291,7 @@ class GeometryConfig:
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
                              "optim": OptimConfig, "run": RunConfig,
                              "distributed": DistributedConfig, "online": OnlineConfig,
-                             "geometry": GeometryConfig}
+                             "geometry": GeometryConfig, "drpo": DrPOConfig}
 
 
 @dataclass
@@ -282,6 +306,7 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    drpo: DrPOConfig = field(default_factory=DrPOConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

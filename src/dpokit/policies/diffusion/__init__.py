@@ -11,11 +11,11 @@ from .data import (
     build_image_pairs,
     to_tensor,
 )
-from .drpo import DriftBatch, DrPOObjective, DrPOSettings, DrPOSource, zscore
+from .drpo import DriftBatch, DrPOObjective, DrPOSource, zscore
 from .generator import GeneratorPolicy, OneStepGenerator
 from .policy import DiffusionPolicy, apply_lora
 
 __all__ = ["CLIPPromptEncoder", "DiffusionBatch", "DiffusionPairCollator", "DiffusionPolicy",
-           "DiffusionSource", "DrPOObjective", "DrPOSettings", "DrPOSource", "DriftBatch",
+           "DiffusionSource", "DrPOObjective", "DrPOSource", "DriftBatch",
            "GeneratorPolicy", "ImagePair", "OneStepGenerator", "WordEncoder", "apply_lora",
            "build_image_pairs", "to_tensor", "zscore"]

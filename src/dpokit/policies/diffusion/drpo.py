@@ -10,7 +10,9 @@ bottom ``num_negative`` images' features are the positives and negatives; the fr
 generator's images from the same noises give the reference features. The objective runs the
 generator again on the same noises, with gradients, and takes the drift loss of its features.
 
-    >>> DrPOSettings().samples_per_prompt
+The settings are the config's ``drpo`` section (:class:`~dpokit.config.schema.DrPOConfig`).
+
+    >>> DrPOConfig().samples_per_prompt
     8
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...config.schema import DrPOConfig
 from ...core.protocols import ObjectiveOutput
 from ...core.types import MetricSums
 from ...objectives.drift import drift_loss
@@ -29,30 +32,6 @@ from ...train.sources import StepShares
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # images (N,3,H,W), prompts -> (N,)
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]  # images (N,3,H,W) -> (N, D), frozen
-
-
-@dataclass(frozen=True)
-class DrPOSettings:
-    """samples_per_prompt: K; num_positive / num_negative: the top / bottom sets;
-    radii: the preference kernel radii; reference_radii and reference_weight: the reference
-    drift's radii and its weight in the loss; positive_weight / negative_weight: target
-    weights of the positives / negatives in the field; kernel: laplacian or rbf."""
-
-    samples_per_prompt: int = 8
-    num_positive: int = 2
-    num_negative: int = 2
-    radii: tuple[float, ...] = (0.02, 0.05, 0.2)
-    reference_radii: tuple[float, ...] = (0.05,)
-    reference_weight: float = 0.2
-    positive_weight: float = 1.0
-    negative_weight: float = 1.0
-    kernel: str = "laplacian"
-
-    def __post_init__(self):
-        if self.num_positive + self.num_negative > self.samples_per_prompt:
-            raise ValueError("num_positive + num_negative must not exceed samples_per_prompt")
-        if min(self.num_positive, self.num_negative) < 1:
-            raise ValueError("num_positive and num_negative are at least 1")
 
 
 @dataclass
@@ -97,7 +76,7 @@ class DrPOSource(StepShares):
     prompts: Sequence[str]
     reward: RewardFn
     features: FeatureMap
-    settings: DrPOSettings
+    settings: DrPOConfig
     batch_size: int
     grad_accum_steps: int = 1
     seed: int = 0
@@ -159,7 +138,7 @@ class DrPOObjective:
     ``reference_weight`` times the reference drift (their paper's dual drift loss)."""
 
     features: FeatureMap
-    settings: DrPOSettings = field(default_factory=DrPOSettings)
+    settings: DrPOConfig = field(default_factory=DrPOConfig)
     name: str = "drpo"
     needs_reference: bool = False  # the reference features come with the batch
     batch_level: bool = False
@@ -175,13 +154,14 @@ class DrPOObjective:
         images = policy.images([q for q in batch.prompts for _ in range(n)],
                                batch.noise.flatten(0, 1))  # (P K, 3, H, W), differentiable
         generated = self.features(images).view(p, n, -1)  # (P, K, D)
-        preference = drift_loss(generated, batch.positive, batch.negative, radii=s.radii,
-                                positive_weight=s.positive_weight,
-                                negative_weight=s.negative_weight, kernel=s.kernel)  # (P,)
+        preference = drift_loss(generated, batch.positive, batch.negative,
+                                radii=s.drift_radii, positive_weight=s.positive_weight,
+                                negative_weight=s.negative_weight,
+                                kernel=s.drift_kernel)  # (P,)
         reference = drift_loss(generated, batch.reference, generated.detach(),
                                radii=s.reference_radii, positive_weight=1.0,
                                negative_weight=1.0, mask_negative_self=True,
-                               kernel=s.kernel)  # (P,)
+                               kernel=s.drift_kernel)  # (P,)
         losses = preference * batch.spread + s.reference_weight * reference  # (P,)
         metrics = MetricSums()
         metrics.add("drift/preference", preference.detach())
