@@ -332,6 +332,7 @@ def test_shipped_recipes_and_config_checks():
     assert sft.model.vision_tower == "frozen"
     dpo = load_config("src/dpokit/recipes/vlm_dpo.yaml", [])
     assert dpo.data.batch_layout == "prefix_shared" and dpo.model.lora
+    assert dpo.loss.name == ["sigmoid", "sft"]
     with pytest.raises(ConfigError, match="modules_to_save are LoRA options"):
         load_config(None, ["lora=false", "modules_to_save=[multi_modal_projector]"])
     with pytest.raises(ConfigError, match="vision_tower"):

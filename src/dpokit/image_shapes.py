@@ -180,7 +180,7 @@ def train_one_step_generator(generator: nn.Module, encoder: nn.Module, size: int
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        settings.loss = float(loss)
+        settings.loss = float(loss.detach())
     return settings
 
 
@@ -204,5 +204,5 @@ def train_diffusion(unet: nn.Module, encoder: nn.Module, scheduler, size: int,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        settings.loss = float(loss)
+        settings.loss = float(loss.detach())
     return settings
