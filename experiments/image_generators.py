@@ -15,7 +15,7 @@ Reports reward before / after and diversity (mean pairwise feature distance amon
 prompt's samples), and draws a grid of samples. Writes experiments/results/image_generators.
 {md,json,png} and image_generators_samples.png.
 
-    python experiments/image_generators.py            # about 15 minutes on 2 CPU cores
+    python experiments/image_generators.py            # about 10 minutes on 2 CPU cores
     python experiments/image_generators.py --replot
     python experiments/image_generators.py --smoke    # every step at toy sizes, no results
 """
@@ -33,7 +33,7 @@ SIZE = 16  # 16x16 images: a CPU budget (a UNet step at 32x32 costs about 4 time
 SMOKE = "--smoke" in sys.argv
 S = ({"features": 5, "generator": 5, "diffusion": 5, "drpo": 2, "groups": 1, "dpo": 2,
       "eval": 2} if SMOKE else
-     {"features": 300, "generator": 500, "diffusion": 800, "drpo": 120, "groups": 4, "dpo": 60,
+     {"features": 300, "generator": 500, "diffusion": 800, "drpo": 400, "groups": 8, "dpo": 200,
       "eval": 8})
 
 
@@ -185,7 +185,7 @@ def save_grid(grids: dict) -> None:
     plt = pyplot()
     rows = list(grids)
     chosen = ["a red circle", "a green square", "a blue triangle", "a yellow circle"]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.6 * len(rows)))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 0.95 * len(rows)))
     for ax, row in zip(axes, rows, strict=True):
         tiles = torch.cat([grids[row][p] for p in chosen])  # (16, 3, H, W)
         strip = torch.cat(list(tiles), dim=2)  # (3, H, 16 W)

@@ -10,7 +10,7 @@ swapped for an absent one. Evaluated on held-out scenes: the hallucination rate 
 a colour or shape the image does not have), per question kind, and exact accuracy, for the
 assembled base / SFT / DPO. Writes experiments/results/vlm_hallucination.{md,json,png}.
 
-    python experiments/vlm_hallucination.py            # about 25 minutes on 2 CPU cores
+    python experiments/vlm_hallucination.py            # about 21 minutes on 2 CPU cores
     python experiments/vlm_hallucination.py --replot
     python experiments/vlm_hallucination.py --smoke     # every step at toy sizes, no results
     python experiments/vlm_hallucination.py --reuse-sft # keep outputs/vlm/{base,sft} of a run
@@ -203,7 +203,9 @@ def write(data: dict) -> None:
              f"{sum(minutes.values()):.0f} minutes (" + ", ".join(
                  f"{k} {v:.1f}" for k, v in minutes.items()) + ").", "",
              "Hallucination: the answer names a colour or shape the image does not have. "
-             "Accuracy: the answer says what the program answer says.", "",
+             "Accuracy: the answer says what the program answer says. DPO: the DPO loss plus "
+             "the chosen answer's NLL (RPO), one epoch, LoRA; the plain-DPO run is in "
+             "vlm_hallucination_plain_dpo.md.", "",
              "| stage | hallucination (all) | accuracy (all) | "
              + " | ".join(f"{k}: halluc. / acc." for k in KINDS) + " |",
              "|---|---|---|" + "---|" * len(KINDS)]
