@@ -6,8 +6,9 @@ Diffusion-DPO on a small diffusion model, both improving a programmatic black-bo
 2. Bases, trained briefly: a one-step conditional generator (IMLE) and a conditional UNet
    (diffusers UNet2DConditionModel, DDPM, sampled with 20 DDIM steps).
 3. DrPO (the generic loop, online): K = 8 samples per prompt each step, z-scored rewards, the
-   top 2 / bottom 2 as positives / negatives in the feature space, the reference drift against
-   the frozen base generator.
+   top 2 / bottom 2 as positives / negatives in a frozen feature space (the CNN's features
+   beside 2x-pooled pixels: the CNN alone does not see sharpness), the reference drift
+   against the frozen base generator.
 4. Diffusion-DPO (the generic loop, the registered sigmoid loss on denoising errors): pairs
    (best, worst of 8 base samples per prompt and seed group), LoRA on the UNet's attention, the
    base as reference.
@@ -65,7 +66,13 @@ def evaluate(sample, features, prompts: list[str], seeds: int) -> dict:
 def run_drpo(features, log) -> dict:
     import torch
 
-    from dpokit.image_shapes import BaseTraining, prompts, reward, train_one_step_generator
+    from dpokit.image_shapes import (
+        BaseTraining,
+        DriftFeatures,
+        prompts,
+        reward,
+        train_one_step_generator,
+    )
     from dpokit.policies.diffusion import (
         DrPOObjective,
         DrPOSource,
@@ -86,10 +93,12 @@ def run_drpo(features, log) -> dict:
     config = _config("drpo_shapes.yaml", max_steps=S["drpo"], output_dir=str(OUT / "drpo"))
     settings = config.drpo
     before = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
-    source = DrPOSource(prompts(), reward, features, settings, config.optim.batch_size,
+    drift_space = DriftFeatures(features, SIZE)  # the CNN's features beside pooled pixels
+    source = DrPOSource(prompts(), reward, drift_space, settings, config.optim.batch_size,
                         seed=config.optim.seed)
     started = time.perf_counter()
-    result = Trainer(config, policy, DrPOObjective(features, settings), source, log=log).train()
+    result = Trainer(config, policy, DrPOObjective(drift_space, settings), source,
+                     log=log).train()
     minutes = (time.perf_counter() - started) / 60
     after = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
     return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,

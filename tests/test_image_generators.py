@@ -304,3 +304,16 @@ def test_drpo_settings_are_a_config_section():
     with pytest.raises(ConfigError, match="drift_radii"):
         load_config(None, ["drift_radii=[0.1, -1]"])
     assert load_config("src/dpokit/recipes/diffusion_dpo_shapes.yaml", []).loss.beta == 500.0
+
+
+def test_drift_features_weigh_both_parts_equally_on_real_images():
+    from dpokit.image_shapes import DriftFeatures, ShapeFeatures, dataset
+
+    torch.manual_seed(0)
+    space = DriftFeatures(ShapeFeatures(), size=16)
+    real, _ = dataset(64, 16, 7)
+    with torch.no_grad():
+        out = space(real)
+    assert out.shape == (64, 64 + 3 * 8 * 8)
+    cnn, pixels = float(out[:, :64].norm(dim=1).mean()), float(out[:, 64:].norm(dim=1).mean())
+    assert cnn == pytest.approx(1.0, rel=0.2) and pixels == pytest.approx(1.0, rel=0.2)

@@ -137,6 +137,28 @@ def train_features(size: int = 32, steps: int = 300, seed: int = 0) -> ShapeFeat
     return net.eval().requires_grad_(False)
 
 
+class DriftFeatures(nn.Module):
+    """The feature map DrPO drifts in: the frozen CNN's features (what the shape and colour
+    are) beside 2x-downsampled pixels (where the edges are, how sharp), each part divided by
+    its mean norm on real images so both count."""
+
+    def __init__(self, net: ShapeFeatures, size: int = 16, seed: int = 0):
+        super().__init__()
+        self.net = net
+        real, _ = dataset(256, size, seed + 3)
+        with torch.no_grad():
+            self.register_buffer("scales", torch.stack([
+                net(real).norm(dim=1).mean(), self._pixels(real).norm(dim=1).mean()]))
+
+    @staticmethod
+    def _pixels(images: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(images, 2).flatten(1)  # (N, 3 H W / 4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(images) / self.scales[0],
+                          self._pixels(images) / self.scales[1]], dim=1)  # (N, D)
+
+
 def diversity(features: torch.Tensor) -> float:
     """Mean pairwise distance of (K, D) features (the samples of one prompt)."""
     d = torch.cdist(features.float(), features.float())  # (K, K)
