@@ -204,13 +204,19 @@ def save_grid(grids: dict) -> None:
     fig.savefig(results_dir() / "image_generators_samples.png", dpi=120, bbox_inches="tight")
 
 
+def _improved(result: dict) -> int:
+    before, after = result["before"]["reward_by_prompt"], result["after"]["reward_by_prompt"]
+    return sum(after[p] > before[p] for p in before)
+
+
 def write(data: dict) -> None:
     d, f = data["drpo"], data["diffusion_dpo"]
     lines = ["# Image generators: DrPO and Diffusion-DPO on a programmatic reward (16x16)", "",
              f"{data['minutes']:.0f} minutes in all. Reward in [0, 1] (colour match, shape "
              "match, sharpness); diversity: mean pairwise distance of one prompt's samples in "
-             "the frozen feature space; 12 prompts, "
-             f"{d['before'].get('seeds', '')}samples per prompt with fixed seeds.", "",
+             "the frozen CNN's feature space; 12 prompts, "
+             f"{S['eval']} samples per prompt from fixed seeds; prompts improved: DrPO "
+             f"{_improved(d)} of 12, Diffusion-DPO {_improved(f)} of 12.", "",
              "| method | base training | preference training | reward before | reward after "
              "| diversity before | diversity after |", "|---|---|---|---|---|---|---|",
              f"| DrPO (one-step generator) | IMLE, {d['base_minutes']:.1f} min | "
