@@ -196,7 +196,8 @@ def finish_model(cfg: TrainConfig, model, reference: str, target_modules=None):
                            m.modules_to_save)
         if reference == "adapter_copy":  # a frozen copy of the fresh adapter (iterative DPO)
             model = add_reference_copy(model)
-    if m.lora:  # trained weights stay fp32 (peft's modules_to_save copies a bf16 base's dtype)
+    if m.lora and m.modules_to_save and cfg.optim.mixed_precision == "bf16":
+        # trained weights stay fp32 under autocast (modules_to_save copies a bf16 base's dtype)
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
