@@ -101,6 +101,26 @@ def test_diffusion_dpo_loss_by_hand_with_shared_noise():
     assert not torch.allclose(policy.logps(other).logps, policy.logps(batch).logps)
 
 
+def test_a_denoiser_with_other_input_names_plugs_in_its_call():
+    """A transformer denoiser (DiT, SD3) names its inputs differently: the policy calls it
+    through ``denoise``; a call predicting zeros scores -1/2 mean(noise^2)."""
+    calls = []
+
+    def zeros(model, noisy, timesteps, condition):
+        calls.append(noisy.shape)
+        return torch.zeros_like(noisy)
+
+    policy = DiffusionPolicy(tiny_unet(), scheduler(), WordEncoder(WORDS, dim=8),
+                             reference="copy", denoise=zeros)
+    batch = DiffusionPairCollator(num_timesteps=100)(pairs(2))
+    scores = policy.logps(batch).logps
+    expected = -0.5 * batch.noise.pow(2).mean(dim=(1, 2, 3)).repeat(2)
+    torch.testing.assert_close(scores, expected)
+    torch.testing.assert_close(policy.reference_logps(batch).logps, expected)
+    assert calls[0] == (4, 3, 8, 8)
+    assert policy.generate(["a red square"], steps=2).shape == (1, 3, 8, 8)
+
+
 def test_diffusion_dpo_sign_conventions():
     """Lower denoising error on the chosen image than the reference has -> reward > 0 and a
     loss below log 2; on the rejected -> the opposite."""

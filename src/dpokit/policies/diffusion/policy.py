@@ -19,6 +19,7 @@ declare ``deterministic=False`` and the reference is computed beside every step.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -47,16 +48,28 @@ def apply_lora(unet: nn.Module, r: int = 8, alpha: int = 8,
                                            target_modules=target_modules or ATTENTION))
 
 
+def unet_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+              condition: torch.Tensor) -> torch.Tensor:
+    """A diffusers ``UNet2DConditionModel``'s call: (noisy (S, C, H, W), timesteps (S,),
+    condition (S, L, D)) -> predicted noise (S, C, H, W). A transformer denoiser (DiT, SD3)
+    names its inputs differently and passes its own (e.g. ``lambda m, x, t, c:
+    m(hidden_states=x, timestep=t, encoder_hidden_states=c).sample``)."""
+    return model(noisy, timesteps, encoder_hidden_states=condition).sample
+
+
+Denoise = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class _Denoise(nn.Module):
     """The forward accelerate wraps: noised images -> predicted noise."""
 
-    def __init__(self, unet: nn.Module, encoder: nn.Module):
+    def __init__(self, unet: nn.Module, encoder: nn.Module, call: Denoise):
         super().__init__()
-        self.unet, self.encoder = unet, encoder
+        self.unet, self.encoder, self._call = unet, encoder, call
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]):
         condition = self.encoder(prompts)  # (S, L, D)
-        return self.unet(noisy, timesteps, encoder_hidden_states=condition).sample
+        return self._call(self.unet, noisy, timesteps, condition)
 
 
 class DiffusionPolicy(BasePolicy):
@@ -64,19 +77,21 @@ class DiffusionPolicy(BasePolicy):
     signature), optionally peft-wrapped; ``scheduler``: its noise schedule
     (``DDPMScheduler``); ``encoder``: prompts -> (E, L, D) conditioning; ``vae``: for latent
     models, images are encoded (the mean latent, times its scaling factor) before noising.
-    reference: ``"adapter"`` (LoRA: the base with the adapter off) or ``"copy"``."""
+    reference: ``"adapter"`` (LoRA: the base with the adapter off) or ``"copy"``.
+    denoise: how the denoiser is called (:func:`unet_call`; a DiT passes its own)."""
 
     def __init__(self, unet: nn.Module, scheduler, encoder: nn.Module,
-                 reference: Literal["adapter", "copy", "none"] = "adapter", vae=None):
+                 reference: Literal["adapter", "copy", "none"] = "adapter", vae=None,
+                 denoise: Denoise = unet_call):
         if reference == "adapter" and not _is_peft(unet):
             raise ValueError("reference='adapter' needs a LoRA (peft) denoiser; use 'copy'")
         self.unet, self.scheduler, self.encoder, self.vae = unet, scheduler, encoder, vae
-        self.reference_mode = reference
-        self.scorer: nn.Module = _Denoise(unet, encoder)
+        self.reference_mode, self.denoise = reference, denoise
+        self.scorer: nn.Module = _Denoise(unet, encoder, denoise)
         self.reference_scorer = None
         if reference == "copy":
             self.reference_scorer = _Denoise(copy.deepcopy(unet).requires_grad_(False).eval(),
-                                             encoder)
+                                             encoder, denoise)
         self.capabilities = PolicyCapabilities(reference=reference, deterministic=False,
                                                generation=True)
 
@@ -157,7 +172,7 @@ class DiffusionPolicy(BasePolicy):
             model = (self.reference_scorer.unet if reference and self.reference_scorer
                      else unet)
             for t in sampler.timesteps:
-                eps = model(x, t, encoder_hidden_states=condition).sample
+                eps = self.denoise(model, x, t.expand(x.shape[0]).to(device), condition)
                 x = sampler.step(eps, t, x).prev_sample
         if self.vae is not None:
             x = self.vae.decode(x / self.vae.config.scaling_factor).sample
