@@ -18,12 +18,13 @@ from .config import TrainConfig
 from .pipeline import (
     Run,
     _settings,
+    _sources,
+    _tokenize_both,
     base_model_name,
     build_objective,
     finish_model,
     model_dtype,
     resolve_reference,
-    split_records,
 )
 from .policies.vision_language import (
     VisionLanguagePolicy,
@@ -41,7 +42,7 @@ from .policies.vision_language.models import (
     load_processor,
     load_vision_language_model,
 )
-from .train import EvalSet, StaticSource, Trainer
+from .train import Trainer
 
 
 def _refuse_text_only(cfg: TrainConfig) -> None:
@@ -94,24 +95,12 @@ def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool
     _refuse_text_only(cfg)
     torch.manual_seed(cfg.optim.seed)
     tokenizer = vision_tokenizer(cfg)
-    train_rows, eval_rows = split_records(cfg)
-    train = build(train_rows.records, tokenizer, cfg.data.on_bad_rows, train_rows.skipped)
-    log(f"train data {cfg.data.train_data}: {train.report.summary()}")
-    for example in train.report.first_skipped:
-        log(f"  skipped: {example}")
-    evaluation = None
-    if eval_rows:
-        evaluation = build(eval_rows.records, tokenizer, cfg.data.on_bad_rows, eval_rows.skipped)
-        log(f"eval data {cfg.data.eval_data or 'held out from train'}: "
-            f"{evaluation.report.summary()}")
+    train, evaluation = _tokenize_both(cfg, lambda rows: build(
+        rows.records, tokenizer, cfg.data.on_bad_rows, rows.skipped), log)
     collate = collate(tokenizer.tokenizer.pad_token_id, tokenizer.image_axis,
                       cfg.data.batch_layout, cfg.data.max_row_tokens)
     policy = build_vision_policy(cfg, tokenizer.processor, needs_reference, pairs)
-    o = cfg.optim
-    source = StaticSource(train, collate, o.batch_size, o.grad_accum_steps, o.seed,
-                          cfg.data.shuffle, train.fingerprint(), collate.key)
-    eval_set = None if evaluation is None else EvalSet(
-        evaluation, collate, cfg.run.eval_batch_size, evaluation.fingerprint(), collate.key)
+    source, eval_set = _sources(cfg, train, evaluation, collate)
     trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
     return Run(cfg, tokenizer.tokenizer, policy, objective, train, evaluation, trainer)
 
