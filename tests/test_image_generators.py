@@ -337,3 +337,32 @@ def test_drift_features_weigh_both_parts_equally_on_real_images():
     assert out.shape == (64, 64 + 3 * 8 * 8)
     cnn, pixels = float(out[:, :64].norm(dim=1).mean()), float(out[:, 64:].norm(dim=1).mean())
     assert cnn == pytest.approx(1.0, rel=0.2) and pixels == pytest.approx(1.0, rel=0.2)
+
+
+def test_latent_model_noises_latents_and_encodes_each_batch_once():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(8, 8), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    unet = UNet2DConditionModel(
+        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+        attention_head_dim=4, norm_num_groups=8)
+    policy = DiffusionPolicy(unet, scheduler(), WordEncoder(WORDS, dim=8), reference="copy",
+                             vae=vae)
+    with pytest.raises(ValueError, match=r"noise \(3, 8, 8\) does not match what is noised "
+                                         r"\(4, 4, 4\): give DiffusionPairCollator"):
+        policy.logps(DiffusionPairCollator(num_timesteps=100)(pairs(2)))
+    batch = DiffusionPairCollator(num_timesteps=100, noise_shape=(4, 4, 4))(pairs(2))
+    encodes = []
+    original = vae.encode
+    vae.encode = lambda x: (encodes.append(x.shape), original(x))[1]
+    reference = policy.reference_logps(batch).logps
+    scores = policy.logps(batch).logps
+    assert len(encodes) == 1 and encodes[0] == (4, 3, 8, 8)
+    assert scores.shape == reference.shape == (4,)
+    torch.testing.assert_close(scores, reference)  # a fresh copy: the same numbers

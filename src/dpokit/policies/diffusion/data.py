@@ -80,7 +80,9 @@ class DiffusionBatch:
 
     prompts: the E prompts. images: (2E, C, H, W) in [-1, 1]. noise: (E, C, H, W) and
     timesteps: (E,) long, one draw per pair, shared by its two samples. extras: per-pair
-    columns for the loss (none here).
+    columns for the loss (none here). latents: (2E, ...) the images encoded by a latent
+    model's VAE, filled by the first pass that needs them (the policy's and the reference's
+    passes share one encoding).
     """
 
     example_index: torch.Tensor
@@ -91,6 +93,7 @@ class DiffusionBatch:
     num_tokens: int = 0
     ref_logps: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    latents: torch.Tensor | None = None
 
     def to(self, device) -> DiffusionBatch:
         return DiffusionBatch(**{f.name: (v.to(device) if isinstance(v, torch.Tensor) else v)
@@ -100,11 +103,14 @@ class DiffusionBatch:
 @dataclass(frozen=True)
 class DiffusionPairCollator:
     """Stacks pairs and draws each pair's noise and timestep (from ``generator``, or seeded by
-    the pairs' indices: evaluation batches always get the same draw)."""
+    the pairs' indices: evaluation batches always get the same draw). ``noise_shape``: the
+    shape (C, H, W) of what is noised, for a latent model (its VAE's latents); default: the
+    images'."""
 
     num_timesteps: int = 1000
     seed: int = 0
     key: str = "diffusion-pairs"
+    noise_shape: tuple[int, ...] | None = None
 
     def __call__(self, pairs: list[ImagePair],
                  generator: torch.Generator | None = None) -> DiffusionBatch:
@@ -113,7 +119,8 @@ class DiffusionPairCollator:
             generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**31)
         chosen = torch.stack([p.chosen for p in pairs])  # (E, C, H, W)
         rejected = torch.stack([p.rejected for p in pairs])
-        noise = torch.randn(chosen.shape, generator=generator)  # (E, C, H, W)
+        shape = (len(pairs), *(self.noise_shape or chosen.shape[1:]))
+        noise = torch.randn(shape, generator=generator)  # (E, C, H, W) of what is noised
         timesteps = torch.randint(0, self.num_timesteps, (len(pairs),), generator=generator)
         return DiffusionBatch(torch.tensor([p.index for p in pairs]), [p.prompt for p in pairs],
                               torch.cat([chosen, rejected]), noise, timesteps)

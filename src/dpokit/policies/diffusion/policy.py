@@ -101,8 +101,15 @@ class DiffusionPolicy(BasePolicy):
         draw used for its chosen and its rejected sample."""
         x0 = batch.images
         if self.vae is not None:
-            with torch.no_grad():
-                x0 = self.vae.encode(x0).latent_dist.mean * self.vae.config.scaling_factor
+            if batch.latents is None:  # once per batch: the reference pass reuses it
+                with torch.no_grad():
+                    batch.latents = (self.vae.encode(x0).latent_dist.mean
+                                     * self.vae.config.scaling_factor)  # (2E, C', H', W')
+            x0 = batch.latents
+        if batch.noise.shape[1:] != x0.shape[1:]:
+            raise ValueError(f"the batch's noise {tuple(batch.noise.shape[1:])} does not match "
+                             f"what is noised {tuple(x0.shape[1:])}: give DiffusionPairCollator "
+                             f"noise_shape={tuple(x0.shape[1:])}")
         noise = batch.noise.repeat(2, *[1] * (batch.noise.dim() - 1))  # (2E, C, H, W)
         timesteps = batch.timesteps.repeat(2)  # (2E,)
         return x0, self.scheduler.add_noise(x0, noise, timesteps), noise, timesteps
