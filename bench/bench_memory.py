@@ -59,7 +59,7 @@ def worker(args) -> None:
         "model.name": path, "lora": False, "learning_rate": 1e-5, "lr_scheduler": "constant",
         "batch_size": args.batch // world, "max_steps": args.steps, "max_length": 1024,
         "max_prompt_length": 1023, "shuffle": False, "progress_bar": False, "log_with": [],
-        "output_dir": tempfile.mkdtemp(), "ref_cache_dir": None, "mixed_precision": "bf16",
+        "output_dir": tempfile.mkdtemp(), "ref_cache_dir": None, "mixed_precision": "auto",
         **OPTIONS[args.worker][1]})
     trainer = dpokit_trainer(cfg, load_tokenizer(path), rows)
     history = trainer.train().history

@@ -22,7 +22,7 @@ from dpokit.policies.causal_lm.models import load_tokenizer  # noqa: E402
 
 
 def main(overrides: list[str]) -> None:
-    base = dict(model="smollm2", lora=True, mixed_precision="bf16", batch_size=4, max_steps=4,
+    base = dict(model="smollm2", lora=True, mixed_precision="auto", batch_size=4, max_steps=4,
                 max_length=1024, max_prompt_length=1023, shuffle=False, progress_bar=False,
                 log_with=[], output_dir=tempfile.mkdtemp(), ref_cache_dir=None,
                 learning_rate=5e-6)

@@ -46,7 +46,7 @@ POSITIVE_PROMPTS = {"Write one sentence from a positive movie review.",
                     "Give me a short, enthusiastic sentence about a film you liked."}
 SAMPLE = dict(max_new_tokens=24, temperature=1.0, top_p=1.0, chat=False, batch_size=32)
 EVAL_SAMPLES = 4
-COMMON = ["lora=true", "mixed_precision=bf16", "batch_size=8", "num_epochs=3",
+COMMON = ["lora=true", "mixed_precision=auto", "batch_size=8", "num_epochs=3",
           "lr_scheduler=constant", "max_length=64", "max_prompt_length=16", "eval_every=20",
           "eval_before=false", "eval_data=null", "progress_bar=false", "log_with=[]",
           "overwrite_output_dir=true", "chat_template_for_strings=false",

@@ -27,7 +27,7 @@ from dpokit.hierarchy import LEVELS, HierarchySample, Message, evaluate_answers 
 
 OUT = ROOT / "outputs" / "gw_dpo"
 DATA = ROOT / "data" / "hierarchy_pairs"
-COMMON = ["lora=true", "mixed_precision=bf16", "batch_size=8", "num_epochs=2",
+COMMON = ["lora=true", "mixed_precision=auto", "batch_size=8", "num_epochs=2",
           "lr_scheduler=cosine", "warmup_steps=4", "max_length=320", "max_prompt_length=192",
           "eval_before=false", "progress_bar=false", "log_with=[]", "overwrite_output_dir=true",
           f"eval_data={DATA}.eval.jsonl"]

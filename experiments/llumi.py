@@ -28,7 +28,7 @@ from dpokit.cli import main as dpokit  # noqa: E402
 
 OUT = ROOT / "outputs" / "llumi"
 THREADS = ROOT / "data" / "support_threads"
-COMMON = ["lora=true", "lora_r=16", "lora_alpha=32", "batch_size=8", "mixed_precision=bf16",
+COMMON = ["lora=true", "lora_r=16", "lora_alpha=32", "batch_size=8", "mixed_precision=auto",
           "chat_template_for_strings=true", "max_length=384", "max_prompt_length=256",
           "eval_data=null", "eval_fraction=0", "eval_before=false", "progress_bar=false",
           "log_with=[]", "overwrite_output_dir=true", "lr_scheduler=cosine", "warmup_steps=2"]

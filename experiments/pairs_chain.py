@@ -42,7 +42,7 @@ EVAL_PROMPTS = str(ROOT / "data" / "review_prompts.eval.jsonl")
 SAMPLING = dict(num_samples=4, max_new_tokens=48, temperature=0.8, top_p=0.95, seed=10_000,
                 batch_size=16)
 COMMON = ["progress_bar=false", "chat_template_for_strings=true", "max_length=160",
-          "max_prompt_length=96", "mixed_precision=bf16", "batch_size=8", "lr_scheduler=cosine",
+          "max_prompt_length=96", "mixed_precision=auto", "batch_size=8", "lr_scheduler=cosine",
           "warmup_steps=2", "overwrite_output_dir=true", "log_with=[]"]
 
 

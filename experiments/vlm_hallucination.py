@@ -35,7 +35,7 @@ from dpokit.cli import main as dpokit  # noqa: E402
 OUT = ROOT / "outputs" / "vlm"
 IMAGE, PATCH = 48, 8
 COMMON = ["lora=true", "lora_r=16", "lora_alpha=32", "modules_to_save=[multi_modal_projector]",
-          "batch_size=16", "mixed_precision=bf16", "max_length=192", "max_prompt_length=128",
+          "batch_size=16", "mixed_precision=auto", "max_length=192", "max_prompt_length=128",
           "eval_fraction=0", "eval_before=false", "progress_bar=false", "log_with=[]",
           "overwrite_output_dir=true", "lr_scheduler=cosine", "warmup_steps=5"]
 DPO_KINDS = ("colour", "describe", "position")  # the kinds whose answers name attributes

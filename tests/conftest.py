@@ -142,3 +142,14 @@ def completion_mask(batch):
     mask = torch.zeros(batch.input_ids.numel(), dtype=torch.bool)
     mask[batch.score_source + 1] = True
     return mask.view(batch.input_ids.shape)
+
+
+@pytest.fixture(autouse=True)
+def _auto_precision_is_fp32_in_tests(monkeypatch):
+    """``mixed_precision: auto`` resolves to fp32 in every test, whatever CPU runs the suite
+    (a CPU with AMX would pick bf16 and move the tolerances); tests of auto's choice stub
+    their own device (tests/test_hardware.py)."""
+    from dpokit.train import hardware
+
+    cpu = hardware.DeviceInfo("cpu", "test CPU", "AVX2", native_bf16=False, native_fp16=False)
+    monkeypatch.setattr(hardware, "probe", lambda kind: cpu)

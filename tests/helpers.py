@@ -68,8 +68,7 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
         reference = "none"
     policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8,
                             ld_alpha=config.loss.ld_alpha,
-                            segment_attention=config.model.segment_attention
-                            and config.data.batch_layout != "padded")
+                            attention_impl=config.model.attention_impl)
     kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
     train = tiny_pairs(tokenizer, rows, **kind)
     evaluation = tiny_pairs(tokenizer, eval_rows, **kind) if eval_rows is not None else None
@@ -88,7 +87,7 @@ def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora
     train = build_sequences(records(rows), tokenizer, settings)
     evaluation = build_sequences(records(eval_rows), tokenizer, settings) if eval_rows else None
     policy = CausalLMPolicy(model, tokenizer, chunk_size=8,
-                            segment_attention=config.data.batch_layout != "padded")
+                            attention_impl="sdpa_segments")
     collate = SequenceCollator(tokenizer.pad_token_id, config.data.batch_layout)
     source, eval_set = sources(config, train, evaluation, collate)
     return Trainer(config, policy, SFTObjective(), source, eval_set, log=lambda _: None)

@@ -21,10 +21,10 @@ PAIRS = [
 ]
 
 
-def logps_and_grads(model, batch, segment_attention=False):
+def logps_and_grads(model, batch, attention_impl="mask"):
     model.zero_grad()
     out = (
-        CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention)
+        CausalLMPolicy(model, chunk_size=5, attention_impl=attention_impl)
         .logps(batch)
         .pairs()
     )
@@ -35,16 +35,17 @@ def logps_and_grads(model, batch, segment_attention=False):
     return values.detach(), torch.cat([out.chosen_tokens, out.rejected_tokens]), grads
 
 
-@pytest.mark.parametrize("segment_attention", [False, True])
+@pytest.mark.parametrize("attention_impl", ["mask", "sdpa_segments"])
 @pytest.mark.parametrize("layout", ["packed", "prefix_shared"])
 @pytest.mark.parametrize("n_pairs,max_row_tokens", [(1, None), (4, None), (4, 64), (4, 1)])
-def test_layout_matches_padded(layout, n_pairs, max_row_tokens, segment_attention):
-    """Both attention paths: the dense 4-D mask and per-segment attention (its fast twin)."""
+def test_layout_matches_padded(layout, n_pairs, max_row_tokens, attention_impl):
+    """Both plain attention paths: the dense 4-D mask and per-segment SDPA (the one-call
+    backends are checked against the mask in tests/test_attention.py)."""
     model = make_tiny_llama(64)
     pairs = PAIRS[:n_pairs]
     plain = logps_and_grads(make_tiny_llama(64), collate_pairs(pairs, 0, "padded"))
     batch = collate_pairs(pairs, 0, layout, max_row_tokens=max_row_tokens)
-    fast = logps_and_grads(model, batch, segment_attention)
+    fast = logps_and_grads(model, batch, attention_impl)
     torch.testing.assert_close(fast[0], plain[0], atol=1e-5, rtol=0)
     assert torch.equal(fast[1], plain[1])
     for name in plain[2]:
@@ -81,10 +82,10 @@ def test_prefix_shared_mask_and_positions():
     assert sources == [1, 4, 5]
 
 
-@pytest.mark.parametrize("segment_attention", [False, True])
-def test_sibling_completion_cannot_leak(segment_attention):
+@pytest.mark.parametrize("attention_impl", ["mask", "sdpa_segments"])
+def test_sibling_completion_cannot_leak(attention_impl):
     model = make_tiny_llama(64)
-    policy = CausalLMPolicy(model, segment_attention=segment_attention)
+    policy = CausalLMPolicy(model, attention_impl=attention_impl)
     a = collate_pairs([TokenizedPair(0, [5, 6], [7, 8, 9], [10, 2])], 0, "prefix_shared")
     b = collate_pairs([TokenizedPair(0, [5, 6], [30, 31, 32], [10, 2])], 0, "prefix_shared")
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_segment_attention_falls_back_to_sdpa_without_a_plan():
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        CausalLMPolicy(model, segment_attention=True)
+        CausalLMPolicy(model, attention_impl="sdpa_segments")
         after = model(input_ids=ids).logits
         generated = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
     assert model.config._attn_implementation == "dpokit_sdpa"
@@ -110,11 +111,11 @@ def test_segment_attention_falls_back_to_sdpa_without_a_plan():
 def test_training_trajectory_is_the_same_in_every_layout(tmp_path, tokenizer, lora):
     losses = {}
     for layout, segments in (
-        ("padded", False),
-        ("packed", False),
-        ("prefix_shared", False),
-        ("packed", True),
-        ("prefix_shared", True),
+        ("padded", "mask"),
+        ("packed", "mask"),
+        ("prefix_shared", "mask"),
+        ("packed", "sdpa_segments"),
+        ("prefix_shared", "sdpa_segments"),
     ):
         trainer = tiny_trainer(
             tmp_path / f"{layout}{segments}",
@@ -124,10 +125,10 @@ def test_training_trajectory_is_the_same_in_every_layout(tmp_path, tokenizer, lo
             batch_size=3,
             batch_layout=layout,
             learning_rate=1e-2,
-            segment_attention=segments,
+            attention_impl=segments,
         )
         losses[layout, segments] = [m["loss"] for m in trainer.train().history]
-    plain = losses["padded", False]
+    plain = losses["padded", "mask"]
     assert plain[-1] != pytest.approx(plain[0], rel=1e-3)
     for key, values in losses.items():
         assert values == pytest.approx(plain, abs=2e-5), key

@@ -77,7 +77,7 @@ def test_bad_sft_rows_name_row_and_field(tokenizer, row, field, reason):
 def _values_and_grads(layout, model, seqs):
     model.zero_grad()
     batch = collate_sequences(seqs, 0, layout)
-    scores = CausalLMPolicy(model, chunk_size=3, segment_attention=layout != "padded").logps(batch)
+    scores = CausalLMPolicy(model, chunk_size=3, attention_impl="sdpa_segments").logps(batch)
     (scores.logps * torch.linspace(0.5, 1.5, len(seqs))).sum().backward()
     return scores.logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

@@ -10,6 +10,7 @@
     dpokit report RUN_DIR [RUN_DIR ...]       an HTML page of one run or several side by side
     dpokit losses                             the registered losses and their hyper-parameters
     dpokit config                             every config field, its default and meaning
+    dpokit env                                versions, device, the precision auto picks, speed
 """
 
 from __future__ import annotations
@@ -178,6 +179,16 @@ def cmd_losses() -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    import json
+
+    from .train.hardware import describe, environment, resolve
+
+    record = environment(resolve("auto", args.device))
+    print(json.dumps(record, indent=1) if args.json else describe(record))
+    return 0
+
+
 def cmd_config() -> int:
     from .config import describe_config
 
@@ -209,35 +220,27 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("args", nargs="*", help="[RECIPE.yaml] key=value ...")
     quick = sub.add_parser("quickstart", help="align the embedded SmolLM2, show before/after")
     quick.add_argument("overrides", nargs="*", help="key=value ...")
-    from .cli_data import add_parsers, cmd_data, cmd_eval, cmd_harness, cmd_pairs, cmd_report
+    from .cli_data import add_parsers
 
     add_parsers(sub)
+    env = sub.add_parser("env", help="versions, the device and what it computes natively, the "
+                         "precision auto picks and why, measured matmul speed per dtype")
+    env.add_argument("--json", action="store_true", help="the record as JSON")
+    env.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sub.add_parser("losses", help="list the registered losses and their hyper-parameters")
     sub.add_parser("config", help="list every config field with its default and meaning")
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DPOKIT_DEBUG", "") not in ("", "0")
     _quiet_libraries()
     from .train import Interrupted
+    from .train.signals import StopRequests
+
+    def warn(line: str) -> None:
+        _main_process_print(f"dpokit: {line}", file=sys.stderr)
 
     try:
-        if args.command in ("train", "sft"):
-            recipe, overrides = _split_args(args.args)
-            return (cmd_train if args.command == "train" else cmd_sft)(recipe, overrides)
-        if args.command == "quickstart":
-            return cmd_quickstart(args.overrides)
-        if args.command == "config":
-            return cmd_config()
-        if args.command == "pairs":
-            return cmd_pairs(args)
-        if args.command == "data":
-            return cmd_data(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "harness":
-            return cmd_harness(args)
-        return cmd_losses()
+        with StopRequests(warn).installed():  # every phase of every command stops cleanly
+            return _dispatch(args)
     except Interrupted as stop:
         if debug:
             raise
@@ -253,6 +256,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dpokit: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _dispatch(args) -> int:
+    from .cli_data import cmd_data, cmd_eval, cmd_harness, cmd_pairs, cmd_report
+
+    if args.command in ("train", "sft"):
+        recipe, overrides = _split_args(args.args)
+        return (cmd_train if args.command == "train" else cmd_sft)(recipe, overrides)
+    commands = {"quickstart": lambda: cmd_quickstart(args.overrides), "config": cmd_config,
+                "pairs": lambda: cmd_pairs(args), "data": lambda: cmd_data(args),
+                "eval": lambda: cmd_eval(args), "report": lambda: cmd_report(args),
+                "harness": lambda: cmd_harness(args), "env": lambda: cmd_env(args),
+                "losses": cmd_losses}
+    return commands[args.command]()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from .policies.causal_lm.lora import (
 )
 from .policies.causal_lm.models import disable_dropout, load_causal_lm, load_tokenizer
 from .train import EvalSet, StaticSource, StreamingSource, Trainer
+from .train.hardware import DTYPES, check_device_supports
+from .train.hardware import resolve as resolve_hardware
 
 
 @dataclass
@@ -162,13 +164,20 @@ def load_sequences(cfg: TrainConfig, tokenizer, log=print) -> Splits:
         rows.skipped), log)
 
 
+def training_precision(cfg: TrainConfig) -> str:
+    """fp32, bf16 or fp16: ``mixed_precision`` with ``auto`` resolved on this machine."""
+    return resolve_hardware(cfg.optim.mixed_precision, cfg.run.device).precision
+
+
 def model_dtype(cfg: TrainConfig) -> torch.dtype:
-    """The dtype weights load in. LoRA under bf16 autocast: the frozen base is only ever read
-    in bf16, so keep it in bf16 (half the weight memory, no per-step casts); trained weights
-    stay fp32."""
+    """The dtype weights load in. LoRA under bf16 / fp16 autocast (``dtype: auto``): the frozen
+    base is only ever read in that dtype, so keep it so (half the weight memory, no per-step
+    casts); trained weights stay fp32."""
     m = cfg.model
-    bf16_base = m.dtype == "auto" and m.lora and cfg.optim.mixed_precision == "bf16"
-    return torch.bfloat16 if m.dtype == "bfloat16" or bf16_base else torch.float32
+    if m.dtype != "auto":
+        return getattr(torch, m.dtype)
+    precision = training_precision(cfg)
+    return DTYPES[precision] if m.lora and precision != "fp32" else torch.float32
 
 
 def base_model_name(cfg: TrainConfig) -> str:
@@ -196,7 +205,7 @@ def finish_model(cfg: TrainConfig, model, reference: str, target_modules=None):
                            m.modules_to_save)
         if reference == "adapter_copy":  # a frozen copy of the fresh adapter (iterative DPO)
             model = add_reference_copy(model)
-    if m.lora and m.modules_to_save and cfg.optim.mixed_precision == "bf16":
+    if m.lora and m.modules_to_save and training_precision(cfg) != "fp32":
         # trained weights stay fp32 under autocast (modules_to_save copies a bf16 base's dtype)
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
@@ -211,6 +220,8 @@ def finish_model(cfg: TrainConfig, model, reference: str, target_modules=None):
 def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None = None,
                  pairs: bool = True) -> CausalLMPolicy:
     m = cfg.model
+    device = resolve_hardware(cfg.optim.mixed_precision, cfg.run.device).device.kind
+    check_device_supports(device, strategy=cfg.distributed.strategy, quantization=m.quantization)
     base_name = base_model_name(cfg)
     tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_name)
     reference = resolve_reference(cfg, needs_reference)
@@ -228,11 +239,10 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
                          f"which attn_implementation={attention!r} does not take; use "
                          f"batch_layout=padded")
     model = finish_model(cfg, model, reference)
-    segments = m.segment_attention and cfg.data.batch_layout != "padded"
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
                           chunk_size=m.lm_head_chunk_size,
                           ld_alpha=cfg.loss.ld_alpha if pairs else None,
-                          segment_attention=segments, merge_on_save=m.merge_adapter,
+                          attention_impl=m.attention_impl, merge_on_save=m.merge_adapter,
                           activation_offloading=m.activation_offloading)
 
 

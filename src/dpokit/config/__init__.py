@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..train.hardware import HardwareError, check_device_supports
 from .schema import SECTIONS, TrainConfig
 
 
@@ -56,6 +57,22 @@ def _resolve(key: str, value: Any, where: str) -> tuple[str, str]:
     raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
+# YAML 1.1 reads these words as booleans or null; an enum field gets its word back
+_YAML_WORDS = {True: ("yes", "on", "true"), False: ("no", "off", "false"),
+               None: ("none", "null", "off", "no")}
+
+
+def _enum_word(value: Any, allowed: tuple) -> Any:
+    """``value`` as one of ``allowed``, where YAML turned the word into a bool or None.
+
+    >>> _enum_word(False, ("auto", "no", "bf16")), _enum_word(None, ("none", "4bit"))
+    ('no', 'none')
+    """
+    if value is None or isinstance(value, bool):
+        return next((w for w in _YAML_WORDS[value] if w in allowed), value)
+    return value
+
+
 def _coerce(section: str, name: str, value: Any, where: str) -> Any:
     """Check ``value`` against the field's type; ints are accepted where floats are."""
     hint = _HINTS[section][name]
@@ -63,11 +80,14 @@ def _coerce(section: str, name: str, value: Any, where: str) -> Any:
     if value is None:
         if type(None) in options:
             return None
-        raise ConfigError(f"{where}: {name} may not be null")
+        literal = [o for o in options if typing.get_origin(o) is typing.Literal]
+        if not literal or _enum_word(None, typing.get_args(literal[0])) is None:
+            raise ConfigError(f"{where}: {name} may not be null")
     for option in options:
         origin = typing.get_origin(option) or option
         if origin is typing.Literal:
             allowed = typing.get_args(option)
+            value = _enum_word(value, allowed)
             if value in allowed:
                 return value
             raise ConfigError(f"{where}: {name}={value!r}: must be one of {allowed}")
@@ -183,6 +203,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("merge_adapter, use_dora, use_rslora and modules_to_save are LoRA "
                           "options: set lora=true")
     strategy = cfg.distributed.strategy
+    if cfg.optim.mixed_precision == "fp16" and strategy != "ddp":
+        raise ConfigError(f"mixed_precision=fp16 with distributed.strategy={strategy}: dpokit's "
+                          f"loss scaling runs with ddp only; use fp32, or bf16 on bf16 hardware")
+    if cfg.run.device == "mps":
+        try:
+            check_device_supports("mps", strategy=strategy, quantization=m.quantization)
+        except HardwareError as err:
+            raise ConfigError(str(err)) from None
     if strategy in ("fsdp", "deepspeed"):
         outside = [name for name, on in (
             ("online.mode", cfg.online.mode != "off"), ("run.eval_prompts", cfg.run.eval_prompts),

@@ -21,8 +21,12 @@ from ..data.builders.scored import PAIRINGS
 from ..data.text.collate import LAYOUTS
 from ..losses import declared_params
 from ..objectives import F_DIVERGENCES, WPO_FORMS
+from ..train.hardware import DEVICES, PRECISIONS
 
 _NO_DOMAIN = Domain()
+# the text policy's attention backends (policies/causal_lm/attention.py, which config may not
+# import; tests/test_cli_config.py checks the two lists agree)
+ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
 
 
 def setting(default: Any, help: str, domain: Domain | None = None, *,
@@ -39,8 +43,9 @@ class ModelConfig:
     name: str = setting("smollm2", "local folder, hub name, or the embedded default `smollm2`; "
                         "a folder holding a LoRA adapter loads its base and that adapter")
     tokenizer: str | None = setting(None, "tokenizer folder or hub name; default: the model's")
-    dtype: Literal["auto", "float32", "bfloat16"] = setting(
-        "auto", "weights: auto (bf16 frozen base for LoRA under bf16, else fp32)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "weights: auto (with LoRA, the frozen base in the training precision's dtype: "
+        "bf16 under bf16, fp16 under fp16; else fp32)")
     lora: bool = setting(True, "train a LoRA adapter (false: full fine-tuning)")
     lora_r: int = setting(16, "LoRA rank", AT_LEAST_ONE)
     lora_alpha: int = setting(32, "LoRA scaling numerator", POSITIVE)
@@ -79,8 +84,10 @@ class ModelConfig:
         "plain: its twin")
     lm_head_chunk_size: int = setting(256, "rows of (chunk x vocab) fp32 logits live at once",
                                       AT_LEAST_ONE)
-    segment_attention: bool = setting(True, "packed rows: per-segment attention, not a dense "
-                                      "4-D mask")
+    attention_impl: Literal[ATTENTION_IMPLS] = setting(  # type: ignore[valid-type]
+        "auto", "packed / prefix-shared rows: auto (CUDA: flash_varlen with flash-attn, else "
+        "flex; CPU / MPS: mask), flex (FlexAttention BlockMask), flash_varlen (flash-attn), "
+        "sdpa_segments (one SDPA call per segment) or mask (the dense 4-D mask)")
 
 
 @dataclass
@@ -134,8 +141,8 @@ def _loss_section() -> type:
                                           Domain(0.0, 1.0, high_inclusive=True))),
         ("precompute_ref_logps", bool, setting(True, "run the reference once before training "
                                                "and cache it on disk")),
-        ("ref_precision", Literal["auto", "fp32", "bf16"], setting(
-            "auto", "reference forward precision; auto follows mixed_precision")),
+        ("ref_precision", Literal["auto", "fp32", "bf16", "fp16"], setting(
+            "auto", "reference forward precision; auto follows the training precision")),
         ("ref_cache_dir", str | None, setting(None, "default: <cache root>/ref_logps")),
     ]
     declared = [(p.name, float, setting(p.default, p.help, p.domain))
@@ -162,13 +169,19 @@ class OptimConfig:
                               AT_LEAST_ONE)
     grad_accum_steps: int = setting(1, "micro-batches per optimizer step", AT_LEAST_ONE)
     max_grad_norm: float | None = setting(1.0, "gradient clipping; null: none", POSITIVE)
-    mixed_precision: Literal["no", "bf16"] = setting("no", "bf16: autocast, loss math in fp32")
+    mixed_precision: Literal[PRECISIONS] = setting(  # type: ignore[valid-type]
+        "auto", "auto: bf16 autocast where the device computes bf16 natively (CUDA with bf16 "
+        "units, a CPU with AMX / AVX512-BF16), fp16 + loss scaling on a CUDA GPU without, else "
+        "fp32 (`dpokit env` shows the choice); no / fp32; bf16; fp16 (autocast, dynamic loss "
+        "scaling). Loss math, reductions and log-prob sums stay fp32")
     seed: int = setting(0, "seeds the data order, LoRA init and sampling")
 
 
 @dataclass
 class RunConfig:
     output_dir: str = setting("outputs/run", "metrics, checkpoints and final/")
+    device: Literal[DEVICES] = setting(  # type: ignore[valid-type]
+        "auto", "auto (CUDA, then an Apple GPU, then the CPU) | cpu | cuda | mps")
     eval_every: int | None = setting(None, "steps; null: only at the end", AT_LEAST_ONE)
     eval_batch_size: int = setting(8, "examples per eval batch", AT_LEAST_ONE)
     eval_before: bool = setting(True, "evaluate once before training too, as a baseline for "

@@ -199,7 +199,8 @@ def save_final(policy: Policy, target: str | Path, card: str | None = None,
     return target
 
 
-def model_card(cfg: Any, objective: str, metrics: dict[str, float]) -> str:
+def model_card(cfg: Any, objective: str, metrics: dict[str, float],
+               precision: str | None = None) -> str:
     """A Hugging Face model card from the run's config: base model, data, objective,
     hyper-parameters, final metrics.
 
@@ -212,7 +213,7 @@ def model_card(cfg: Any, objective: str, metrics: dict[str, float]) -> str:
              "lr_scheduler": optim.lr_scheduler, "batch_size": optim.batch_size,
              "grad_accum_steps": optim.grad_accum_steps, "num_epochs": optim.num_epochs,
              "max_steps": optim.max_steps, "lora": m.lora, "lora_r": m.lora_r,
-             "mixed_precision": optim.mixed_precision, "seed": optim.seed}
+             "mixed_precision": precision or optim.mixed_precision, "seed": optim.seed}
     tags = ["dpokit", "peft", "lora"] if m.lora else ["dpokit"]
     lines = ["---", f"base_model: {m.name}",
              f"library_name: {'peft' if m.lora else 'transformers'}",

@@ -90,12 +90,23 @@ def _scalars(entry: dict[str, Any]) -> dict[str, Any]:
 
 class TorchEngine:
     """DDP (accelerate's wrapper; ``no_sync`` between micro-batches) or FSDP2
-    (``set_requires_gradient_sync``); the torch optimizer stepped here."""
+    (``set_requires_gradient_sync``); the torch optimizer stepped here.
+
+    loss_scaling (fp16): backward runs on the loss times a dynamic scale
+    (``torch.amp.GradScaler``); the gradients are unscaled before clipping, and a step whose
+    gradients overflowed is skipped and counted (``skipped_steps``), not taken for a NaN: the
+    scale halves and training goes on. Only a loss that is not finite, or overflow at every
+    step for ``MAX_SKIPPED_IN_A_ROW`` steps, stops the run."""
+
+    MAX_SKIPPED_IN_A_ROW = 25  # the scale has then fallen by 2^25: the model itself diverged
 
     def __init__(self, accelerator: Any, optimizer: Any, strategy: str,
-                 modules: Sequence[torch.nn.Module]):
+                 modules: Sequence[torch.nn.Module], loss_scaling: bool = False):
         self.accelerator, self.strategy, self.modules = accelerator, strategy, list(modules)
         self.optimizer = accelerator.prepare(optimizer)
+        self.scaler = (torch.amp.GradScaler(accelerator.device.type) if loss_scaling
+                       else None)
+        self.skipped_steps, self.skipped_in_a_row = 0, 0
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -106,10 +117,12 @@ class TorchEngine:
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+        self.accelerator.backward(loss if self.scaler is None else self.scaler.scale(loss))
 
     def step(self, params: list[torch.nn.Parameter], max_norm: float,
              check: Callable[[torch.Tensor], None]) -> float:
+        if self.scaler is not None:
+            return self._scaled_step(params, max_norm, check)
         norm = self.accelerator.clip_grad_norm_(params, max_norm)
         norm = torch.as_tensor(whole(norm), dtype=torch.float32)  # FSDP2: a DTensor
         check(norm)  # before the update: a NaN never reaches the weights
@@ -117,12 +130,50 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def _scaled_step(self, params: list[torch.nn.Parameter], max_norm: float,
+                     check: Callable[[torch.Tensor], None]) -> float:
+        """fp16: unscale, clip, then step unless the gradients overflowed (then skip, count,
+        and let the scaler halve the scale)."""
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.as_tensor(self.accelerator.clip_grad_norm_(params, max_norm),
+                               dtype=torch.float32)
+        overflow = not bool(torch.isfinite(norm))
+        if overflow:
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row >= self.MAX_SKIPPED_IN_A_ROW:
+                check(norm)  # not an overflow the scale can fix: the NaN guard's case
+        else:
+            self.skipped_in_a_row = 0
+        self.scaler.step(self.optimizer)  # skipped by the scaler itself on overflow
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def step_metrics(self) -> dict[str, float]:
+        """fp16: the loss scale and the steps skipped on overflow so far."""
+        if self.scaler is None:
+            return {}
+        return {"loss_scale": float(self.scaler.get_scale()),
+                "skipped_steps": float(self.skipped_steps)}
+
     def optimizer_state(self, named: dict[str, torch.nn.Parameter]) -> dict[str, Any]:
-        return optimizer_state_by_name(named, self.optimizer)
+        state = optimizer_state_by_name(named, self.optimizer)
+        if self.scaler is not None:  # resume continues with the same scale and counts
+            state["grad_scaler"] = {**self.scaler.state_dict(),
+                                    "skipped_steps": self.skipped_steps,
+                                    "skipped_in_a_row": self.skipped_in_a_row}
+        return state
 
     def load_optimizer_state(self, named: dict[str, torch.nn.Parameter],
                              saved: dict[str, Any]) -> None:
-        load_optimizer_state_by_name(named, self.optimizer, saved)
+        scaler = dict(saved.get("grad_scaler") or {})
+        if self.scaler is not None and scaler:
+            self.skipped_steps = scaler.pop("skipped_steps", 0)
+            self.skipped_in_a_row = scaler.pop("skipped_in_a_row", 0)
+            self.scaler.load_state_dict(scaler)
+        load_optimizer_state_by_name(named, self.optimizer,
+                                     {k: v for k, v in saved.items() if k != "grad_scaler"})
 
 
 class ZeroEngine:
@@ -159,6 +210,9 @@ class ZeroEngine:
         norm = torch.as_tensor(float("nan") if norm is None else float(norm))
         check(norm)
         return float(norm)
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
 
     def optimizer_state(self, named: dict[str, torch.nn.Parameter]) -> dict[str, Any]:
         """Whole state tensors by name, gathered from ZeRO's partitions (collective)."""

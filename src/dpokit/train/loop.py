@@ -32,6 +32,7 @@ from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .engines import TorchEngine, ZeroEngine, deepspeed_config
 from .folder import RunFolder
+from .hardware import DTYPES, environment, resolve
 from .metrics import MetricsLogger, format_eval, objective_metrics, progress_bar, reduce_metrics
 from .optim import build_optimizer
 from .reference import ReferenceService, reference_precision
@@ -75,13 +76,18 @@ class Trainer:
         optim, run = cfg.optim, cfg.run
         self.folder = RunFolder(run.output_dir, log=log)
         self.folder.check_usable()  # before any compute
-        # accelerate's state is a per-process singleton that refuses a second mixed_precision,
-        # so the loop applies its own autocast (optim.mixed_precision) around the forwards.
+        # the device and precision from what the hardware does natively (hardware.py); the
+        # loop applies its own autocast around the forwards (accelerate's state is a per-process
+        # singleton that refuses a second mixed_precision)
+        self.hardware = resolve(optim.mixed_precision, run.device)
+        self.precision = self.hardware.precision  # fp32 | bf16 | fp16
         self.accelerator = accelerator or make_accelerator([*run.log_with, *trackers],
-                                                           run.output_dir)
+                                                           run.output_dir,
+                                                           self.hardware.device.kind)
         check_launch(self.accelerator, cfg.distributed.strategy)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.folder.is_main = self.accelerator.is_main_process
+        self.stop = StopRequests(log)  # SIGINT / SIGTERM, read in every phase
         source.shard(self.world, self.rank)
         if self.world > 1:  # batch statistics (KTO's KL estimate, BCO's δ) pooled over processes
             objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
@@ -95,6 +101,10 @@ class Trainer:
         torch.manual_seed(optim.seed)
         random.seed(optim.seed)
         self.strategy = strategy = cfg.distributed.strategy
+        if self.precision == "fp16" and strategy != "ddp":
+            raise ValueError(f"mixed_precision=fp16 (chosen: {self.hardware.reason}) with "
+                             f"strategy={strategy}: dpokit's loss scaling runs with ddp only; "
+                             f"set mixed_precision=fp32 (or bf16 on a GPU with bf16 units)")
         if strategy != "ddp" and not policy.capabilities.sharding:
             raise ValueError(f"strategy={strategy}: {type(policy).__name__} does not declare "
                              f"the capability 'sharding'")
@@ -102,15 +112,16 @@ class Trainer:
             self.engine: TorchEngine | ZeroEngine = self._zero_engine()
         else:  # FSDP2 replaces the parameters: the optimizer comes after
             modules = (policy.shard(shard_settings(self.accelerator, cfg.distributed,
-                                                   optim.mixed_precision == "bf16"))
+                                                   self.precision == "bf16"))
                        if strategy == "fsdp" else policy.prepare(self.accelerator))
             optimizer, self.scheduler = build_optimizer(policy.trainable_parameters(), optim,
                                                         self.total_steps)
-            self.engine = TorchEngine(self.accelerator, optimizer, strategy, modules)
+            self.engine = TorchEngine(self.accelerator, optimizer, strategy, modules,
+                                      loss_scaling=self.precision == "fp16")
         self.optimizer = self.engine.optimizer
-        precision = reference_precision(cfg.loss.ref_precision, optim.mixed_precision)
+        precision = reference_precision(cfg.loss.ref_precision, self.precision)
         self.reference = ReferenceService(policy, objective, cfg.loss, self.accelerator,
-                                          lambda: self.autocast(precision == "bf16"), precision,
+                                          lambda: self.autocast(precision), precision,
                                           log, self._progress)
         self.checkpoints = CheckpointStore(run.output_dir, run.keep_checkpoints,
                                            self.accelerator.is_main_process,
@@ -118,7 +129,6 @@ class Trainer:
         self.output_dir = Path(run.output_dir)
         self._metrics: MetricsLogger | None = None
         self._last_eval: dict = {}
-        self.stop = StopRequests(log)
         self.step = 0
 
     def _zero_engine(self) -> ZeroEngine:
@@ -143,10 +153,12 @@ class Trainer:
         return made[0]
 
     # --- precision ---------------------------------------------------------------------------
-    def autocast(self, bf16: bool | None = None):
-        """bf16 autocast for the forwards when ``mixed_precision=bf16``; losses stay fp32."""
-        enabled = self.cfg.optim.mixed_precision == "bf16" if bf16 is None else bf16
-        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=enabled)
+    def autocast(self, precision: str | None = None):
+        """Autocast of the forwards in the run's precision (or ``precision``: fp32, bf16,
+        fp16); off in fp32. Losses, reductions and log-prob sums stay fp32."""
+        precision = precision or self.precision
+        return torch.autocast(self.accelerator.device.type, dtype=DTYPES[precision],
+                              enabled=precision != "fp32")
 
     # --- one step ----------------------------------------------------------------------------
     def _forward(self, batch: Any, table: str | None) -> ObjectiveOutput:
@@ -161,7 +173,7 @@ class Trainer:
                     else "no checkpoint was written")
             raise NonFiniteError(f"{what} is {value.item() if value.numel() == 1 else value} at "
                                  f"step {self.step + 1}; stopping before the optimizer step "
-                                 f"({kept}). Try a lower learning_rate or mixed_precision=no.")
+                                 f"({kept}). Try a lower learning_rate or mixed_precision=fp32.")
 
     def _global_sum(self, *values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -215,7 +227,10 @@ class Trainer:
         seconds = time.perf_counter() - started
         epoch = self.step / self.source.steps_per_epoch if self.source.steps_per_epoch else None
         step_tokens = self._global_sum(tokens)[0]
-        metrics.update({"grad_norm": float(grad_norm), "learning_rate": lr,
+        metrics.update(self.engine.step_metrics())  # fp16: loss scale, skipped steps
+        if math.isfinite(grad_norm):  # (an fp16 overflow's step was skipped)
+            metrics["grad_norm"] = float(grad_norm)
+        metrics.update({"learning_rate": lr,
                         "examples_per_s": step_examples / seconds,
                         "num_tokens": step_tokens, "tokens_per_s": step_tokens / seconds,
                         "epoch": epoch, "step": self.step})
@@ -253,7 +268,16 @@ class Trainer:
         return metrics
 
     def _run_eval(self, result: TrainResult) -> None:
-        metrics = self.evaluate()
+        try:
+            metrics = self.evaluate()
+        except Interrupted:
+            if self.step == 0:
+                raise
+            # stopped inside an evaluation at a step boundary: keep the step as a checkpoint
+            saved = self.checkpoints.latest()
+            if saved is None or not saved.name.endswith(f"{self.step:07d}"):
+                saved = self.save_checkpoint()
+            raise Interrupted(self.stop.signum or signal.SIGTERM, self.step, saved) from None
         result.eval_history.append(metrics)
         self._emit(metrics)
         self.log(format_eval(metrics))
@@ -261,7 +285,9 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------
     def signature(self) -> dict[str, Any]:
         """What the run computes: its data, the config fields that change the math, the code."""
-        return run_signature(self.cfg.to_dict(), self.source.fingerprint, self.world)
+        config = self.cfg.to_dict()
+        config["optim"]["mixed_precision"] = self.precision  # what auto chose on this machine
+        return run_signature(config, self.source.fingerprint, self.world)
 
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.step, self.policy, self.engine, self.scheduler,
@@ -282,6 +308,17 @@ class Trainer:
         self.log(f"resume: continuing from {path} (step {self.step})")
         if self.accelerator.is_main_process:
             MetricsLogger.truncate(self.output_dir, self.step)
+
+    def _record_hardware(self) -> None:
+        """One line of the device and precision at the start; the whole record (versions,
+        capabilities, measured matmul speed) in ``hardware.json`` of the run folder."""
+        self.log(self.hardware.line())
+        if self.accelerator.is_main_process:
+            import json
+
+            record = environment(self.hardware)  # matmul speed measured once per process
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "hardware.json").write_text(json.dumps(record, indent=1))
 
     def _stop_requested(self) -> bool:
         if self.world == 1:
@@ -304,6 +341,7 @@ class Trainer:
         checkpoint at the next step boundary and raise :class:`Interrupted`."""
         with self.folder.locked(), self.stop.installed():
             self.folder.claim(self.cfg.run.resume, self.cfg.run.overwrite_output_dir)
+            self._record_hardware()
             if self.cfg.run.resume:
                 self._resume()
             return self._train()
@@ -352,7 +390,8 @@ class Trainer:
         cfg = self.cfg
         target = Path(directory) if directory else self.output_dir / "final"
         with self.folder.locked():
-            save_final(self.policy, target, model_card(cfg, self.objective.name, self._last_eval),
+            save_final(self.policy, target, model_card(cfg, self.objective.name, self._last_eval,
+                                                   self.precision),
                        self.accelerator.is_main_process, self.accelerator.wait_for_everyone)
         if cfg.run.push_to_hub and self.accelerator.is_main_process:
             self.log(f"pushed to {push_to_hub(target, cfg.run.push_to_hub)}")

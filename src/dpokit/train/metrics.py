@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.types import MetricSums
+from .signals import stop_point
 
 
 def reduce_metrics(sums: MetricSums, accelerator: Any) -> MetricSums:
@@ -31,6 +32,7 @@ def objective_metrics(objective: Any, batches: Iterable[Any],
     by its own count; ``forward(batch) -> ObjectiveOutput``."""
     sums = MetricSums()
     for batch in batches:
+        stop_point("evaluation")  # SIGINT / SIGTERM: stop within one batch
         out = forward(batch)
         sums.add("loss", out.losses.float(), count=objective.units(batch))
         sums.merge(out.metrics)

@@ -20,7 +20,7 @@ from .checkpoint import CheckpointStore, CorruptCheckpoint
 # config fields that do not change what is computed (eval, paths, exact plain twins)
 NOT_COMPUTATION = frozenset({
     "train_data", "eval_data", "train_split", "eval_split", "eval_fraction", "on_bad_rows",
-    "logprob_impl", "lm_head_chunk_size", "segment_attention", "max_row_tokens",
+    "logprob_impl", "lm_head_chunk_size", "attention_impl", "max_row_tokens", "device",
     "precompute_ref_logps", "ref_cache_dir", "tokenizer", "eval_prompts", "sample_batch_size",
     "probes", "tdi_sigma", "warn_increase", "strategy", "fsdp_cpu_offload",
     "fsdp_reshard_after_forward"})

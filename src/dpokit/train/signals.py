@@ -1,7 +1,10 @@
-"""Stop at a step boundary on SIGINT / SIGTERM (what a scheduler sends before a kill).
+"""Stop cleanly on SIGINT / SIGTERM (what a scheduler sends before a kill), in every phase.
 
-The first signal is recorded and the loop saves a checkpoint after the current step, then
-raises :class:`Interrupted` (exit status 128 + signal: 130 / 143); a second Ctrl-C stops at once.
+The first signal is recorded; each long phase checks it between batches (:func:`stop_point`):
+training saves a checkpoint after the current step, the reference pass keeps the batches it
+finished (the next start resumes them), evaluation, sampling and pair building stop within one
+batch. Then :class:`Interrupted` says what was kept, and the command exits with 128 + signal
+(130 / 143). A second Ctrl-C stops at once.
 
     >>> stop = StopRequests(print)
     >>> with stop.installed():
@@ -19,13 +22,40 @@ from pathlib import Path
 
 
 class Interrupted(RuntimeError):
-    """SIGINT / SIGTERM stopped the run at a step boundary, after saving a checkpoint."""
+    """SIGINT / SIGTERM stopped a phase between two batches; ``kept`` says what survives
+    (training: the checkpoint saved at the step boundary, ``checkpoint`` and ``step``)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    def __init__(self, signum: int, step: int | None = None, checkpoint: Path | None = None,
+                 *, phase: str = "training", kept: str | None = None):
+        self.signum, self.step, self.checkpoint, self.phase = signum, step, checkpoint, phase
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; "
-                         f"checkpoint saved to {checkpoint}; continue with resume=true")
+        name = signal.Signals(signum).name
+        if checkpoint is not None:
+            message = (f"stopped by {name} after step {step}; checkpoint saved to {checkpoint}; "
+                       f"continue with resume=true")
+        else:
+            message = f"stopped by {name} during {phase}; {kept or 'nothing was saved'}"
+        super().__init__(message)
+
+
+class _State:
+    signum: int | None = None
+    depth = 0  # nested installs (the command line, then the trainer) share one handler
+    log: Callable[[str], None] = print
+
+
+_STATE = _State()
+
+
+def stop_point(phase: str, kept: str | Callable[[], str] = "nothing was saved") -> None:
+    """Raise :class:`Interrupted` if a stop was requested; long phases call it between
+    batches. ``kept``: what survives (a callable runs only when stopping, e.g. to save)."""
+    if _STATE.signum is not None:
+        raise Interrupted(_STATE.signum, phase=phase, kept=kept() if callable(kept) else kept)
+
+
+def stop_requested() -> bool:
+    return _STATE.signum is not None
 
 
 class StopRequests:
@@ -33,27 +63,40 @@ class StopRequests:
 
     def __init__(self, log: Callable[[str], None]):
         self.log = log
-        self.signum: int | None = None
+
+    @property
+    def signum(self) -> int | None:
+        return _STATE.signum
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return _STATE.signum is not None
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
+    @staticmethod
+    def _handle(signum, frame) -> None:
+        if _STATE.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
-        self.log(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
-                 f"(Ctrl-C again to stop at once)")
+        _STATE.signum = signum
+        _STATE.log(f"{signal.Signals(signum).name}: stopping after this batch or step, keeping "
+                   f"what is finished (Ctrl-C again to stop at once)")
 
     @contextmanager
     def installed(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        if _STATE.depth:  # an outer caller (the command line) already listens
+            _STATE.depth += 1
+            try:
+                yield
+            finally:
+                _STATE.depth -= 1
+            return
         previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        _STATE.signum, _STATE.depth, _STATE.log = None, 1, self.log
         try:
             yield
         finally:
+            _STATE.signum, _STATE.depth = None, 0
             for s, h in previous.items():
                 signal.signal(s, h)

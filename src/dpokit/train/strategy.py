@@ -34,15 +34,18 @@ def launched_without_accelerator() -> bool:
     return launcher_world_size() > 1 and not has_accelerator
 
 
-def make_accelerator(log_with: list[Any] | None = None, project_dir: str | None = None):
-    """An Accelerator for this launch, with the given trackers (names or tracker objects);
-    named trackers whose package is not installed are left out."""
+def make_accelerator(log_with: list[Any] | None = None, project_dir: str | None = None,
+                     device: str = "auto"):
+    """An Accelerator for this launch on ``device`` (cpu forces the CPU; cuda / mps / auto
+    take what accelerate finds), with the given trackers (names or tracker objects); named
+    trackers whose package is not installed are left out."""
     from accelerate import Accelerator
     from accelerate.tracking import GeneralTracker, get_available_trackers
 
     available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
     trackers = [t for t in log_with or [] if isinstance(t, GeneralTracker) or t in available]
-    return Accelerator(cpu=launched_without_accelerator(), log_with=trackers or None,
+    return Accelerator(cpu=device == "cpu" or launched_without_accelerator(),
+                       log_with=trackers or None,
                        project_dir=project_dir)
 
 

@@ -23,6 +23,7 @@ from ...core.modules import eval_mode
 from ...core.protocols import BasePolicy, PolicyCapabilities, ShardSettings
 from ...core.sharding import assign, whole, whole_state_dict
 from ...core.types import SequenceScores
+from .attention import SegmentPlan, enable, resolve_impl
 from .logprobs import (
     log_sum_sq_from_logits,
     sum_per_sequence,
@@ -88,8 +89,9 @@ class CausalLMPolicy(BasePolicy):
     backward) or ``"plain"`` (its twin: full logits on completion positions).
     ld_alpha: LD-DPO (Liu et al. 2024): tokens past the shorter completion of a pair count with
     weight ``ld_alpha`` in both completions' log-probs (policy and reference); None = 1.
-    segment_attention: run packed / prefix-shared batches with per-segment attention
-    (``attention.py``) instead of a dense 4-D mask; the mask path is its plain twin.
+    attention_impl: how packed / prefix-shared batches attend (``attention.py``): ``auto``
+    (per device), ``flex``, ``flash_varlen``, ``sdpa_segments`` or ``mask`` (the dense 4-D
+    mask, the plain twin).
     merge_on_save: ``save_pretrained`` writes the base with the adapter merged (a full model).
     activation_offloading: the training forward keeps the tensors saved for backward in CPU
     memory (``torch.autograd.graph.save_on_cpu``, pinned on CUDA); the same numbers.
@@ -98,7 +100,7 @@ class CausalLMPolicy(BasePolicy):
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
                  reference_model: nn.Module | None = None,
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
-                 ld_alpha: float | None = None, segment_attention: bool = False,
+                 ld_alpha: float | None = None, attention_impl: str = "auto",
                  merge_on_save: bool = False, activation_offloading: bool = False):
         if reference in ("adapter", "adapter_copy") and not _is_peft(model):
             raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
@@ -117,11 +119,10 @@ class CausalLMPolicy(BasePolicy):
             raise ValueError("merge_on_save merges a LoRA adapter: the model has none")
         self.merge_on_save = merge_on_save
         self.activation_offloading = activation_offloading
-        self.segment_attention = False
-        if segment_attention:
-            from .attention import enable
-
-            self.segment_attention = enable(_unwrap_peft(model))
+        resolve_impl(attention_impl, "cpu")  # a bad name fails here, not at the first forward
+        self.attention_impl = attention_impl
+        # a model whose attention cannot take a plan (not sdpa / eager) keeps the dense mask
+        self.plans_enabled = attention_impl != "mask" and enable(_unwrap_peft(model))
         self.scorer: nn.Module = _Scorer(self, model)
         self.reference_scorer: nn.Module | None = None  # made once, when first needed
         self.sharded = False
@@ -403,8 +404,10 @@ class CausalLMPolicy(BasePolicy):
         base = _unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
         extra = {}
-        if segments is not None and self.segment_attention:
-            attention_mask, extra = None, {"dpokit_segments": segments}  # see dpokit.attention
+        impl = resolve_impl(self.attention_impl, input_ids.device.type)
+        if segments is not None and self.plans_enabled and impl != "mask":
+            plan = SegmentPlan(segments, input_ids.shape[1], impl, input_ids.device)
+            attention_mask, extra = None, {"dpokit_plan": plan}  # built once, every layer reads
         elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
             attention_mask = additive_mask(
                 attention_mask, _compute_dtype(input_ids.device.type, next(base.parameters()).dtype)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ...data.builders.common import option
+from ...train.signals import stop_point
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: Sampl
     try:
         with torch.random.fork_rng(devices=devices):
             for number, batch in enumerate(progress(batches) if progress else batches):
+                stop_point("sampling")  # SIGINT / SIGTERM: stop within one batch
                 encoded = [tokenizer(texts[i], add_special_tokens=special)["input_ids"]
                            for i in batch]
                 width = max(len(ids) for ids in encoded)

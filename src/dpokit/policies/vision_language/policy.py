@@ -32,7 +32,7 @@ class VisionLanguagePolicy(CausalLMPolicy):
                  chunk_size: int = 256, ld_alpha: float | None = None,
                  merge_on_save: bool = False):
         super().__init__(model, processor.tokenizer, reference, reference_model, logprob_impl,
-                         chunk_size, ld_alpha, segment_attention=False,
+                         chunk_size, ld_alpha, attention_impl="mask",
                          merge_on_save=merge_on_save)
         self.processor = processor
         self.capabilities = dataclasses.replace(self.capabilities, sharding=False)
