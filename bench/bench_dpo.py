@@ -40,6 +40,8 @@ WORKLOADS = {
     "smollm2-lora": ("smollm2", True, 4, (20, 400), (20, 300), 1024),
     "tiny-llama": ("tiny", False, 8, (20, 400), (20, 300), 1024),
     "smollm2-long": ("smollm2", True, 1, (900, 1000), (900, 1000), 2048),
+    # a ~1B Llama (TinyLlama-1.1B's shape, SmolLM2's vocabulary), random weights: GPU only
+    "llama-1b-lora": ("llama-1b", True, 4, (20, 400), (20, 300), 1024),
 }
 
 
@@ -150,6 +152,11 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
         if shape_dir is None:
             return str(smol)
         return _random_init(LlamaConfig.from_pretrained(smol), smol, workdir / "smollm2-random")
+    if name == "llama-1b":
+        config = LlamaConfig(vocab_size=49152, hidden_size=2048, intermediate_size=5632,
+                             num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                             max_position_embeddings=2048, tie_word_embeddings=False)
+        return _random_init(config, smol, workdir / "llama-1b")
     config = LlamaConfig(
         vocab_size=49152,
         hidden_size=256,
@@ -290,6 +297,7 @@ def worker_trl(args, rows, path) -> dict:
         beta=0.1,
         max_length=args.max_length,
         bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
         gradient_checkpointing=False,
         precompute_ref_log_probs=True,
         logging_steps=1,
@@ -349,7 +357,8 @@ def worker_floor(args, rows, path) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+        with torch.autocast(device, dtype=dtype, enabled=args.precision in ("bf16", "fp16")):
             logits = model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
@@ -419,7 +428,9 @@ def main() -> None:
     parser.add_argument("--systems", default="trl,dpokit,floor")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "no"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto: each system's fastest on this machine (bf16 where the device "
+                        "computes it natively, fp16 on a CUDA GPU without bf16, else fp32)")
     parser.add_argument("--layout", default="prefix_shared")
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--out", default=None, help="write the summary JSON here")
@@ -460,8 +471,13 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
+    from dpokit.train.hardware import environment, resolve
+
+    choice = resolve(args.precision)
+    args.precision = choice.precision  # the same concrete precision for every system
+    print(choice.line(), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="dpokit-bench-"))
-    report, failed = {}, []
+    report, failed = {"hardware": environment(choice)}, []
     for name in args.workloads.split(","):
         model, lora, batch, prompt_range, completion_range, max_length = WORKLOADS[name]
         path = model_path(model, workdir, args.shape_dir)
@@ -531,6 +547,10 @@ def print_report(report: dict) -> None:
         f"{'peak GB':>8}  first losses"
     )
     for name, systems in report.items():
+        if name == "hardware":
+            print(f"hardware: {systems['device']['name']} ({systems['device']['capability']}), "
+                  f"{systems['threads']} threads, precision {systems['precision']}")
+            continue
         for system, r in systems.items():
             print(
                 f"{name:<14} {system:<7} {r['s_per_step']:>7.2f} {r['pairs_per_s']:>8.3f} "

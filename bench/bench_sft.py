@@ -94,7 +94,8 @@ def worker_trl(args, rows, path) -> dict:
     config = SFTConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
         learning_rate=args.lr, lr_scheduler_type="constant", max_steps=args.steps,
-        max_length=None, bf16=args.precision == "bf16", gradient_checkpointing=False,
+        max_length=None, bf16=args.precision == "bf16", fp16=args.precision == "fp16",
+        gradient_checkpointing=False,
         padding_free=True, packing=False, completion_only_loss=True, logging_steps=1,
         report_to="none", save_strategy="no", max_grad_norm=1.0,
         train_sampling_strategy="sequential", use_cpu=device_type() == "cpu",
@@ -132,7 +133,8 @@ def main() -> None:
     parser.add_argument("--systems", default="trl,dpokit")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "no"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto: each system's fastest on this machine (see bench_dpo.py)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--out", default=None, help="write the summary JSON here")
     parser.add_argument("--shape-dir", type=Path, default=None, metavar="DIR",
@@ -151,8 +153,13 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
+    from dpokit.train.hardware import environment, resolve
+
+    choice = resolve(args.precision)
+    args.precision = choice.precision  # the same concrete precision for both systems
+    print(choice.line(), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="dpokit-bench-sft-"))
-    report, failed = {}, []
+    report, failed = {"hardware": environment(choice)}, []
     for name in args.workloads.split(","):
         model, lora, batch, prompt_range, completion_range, max_length = WORKLOADS[name]
         path = model_path(model, workdir, args.shape_dir)

@@ -1,16 +1,19 @@
 """Exactness on the accelerator: every fast path against its plain twin, on one device.
 
-The CPU test suite proves packing, prefix sharing, segment attention and the chunked LM head
-exact on the CPU (tests/test_layouts.py, tests/test_logprobs.py). On a GPU the attention and
-matmul kernels differ (flash / memory-efficient SDPA, cuBLAS), so this script re-checks the
-same claims there, on a tiny Llama built in-process, and trains a few steps end to end:
+The CPU test suite proves packing, prefix sharing, every attention backend and the chunked LM
+head exact on the CPU (tests/test_layouts.py, tests/test_attention.py, tests/test_logprobs.py).
+On a GPU the attention and matmul kernels differ (flash / memory-efficient SDPA, cuBLAS), so
+this script re-checks the same claims there, on a tiny Llama built in-process, and trains a
+few steps end to end:
 
     python bench/cuda_check.py                 # on the GPU machine; exits 1 on a mismatch
     python bench/cuda_check.py --device cpu    # the same checks here (tests/test_cuda_check.py)
 
 Tolerances: fp32 (TF32 off), 1e-4 absolute on per-sequence log-probs and on parameter
-gradients (relative 1e-3); under bf16 autocast, the fast layouts against the plain padded
-fp32 forward within 0.02 nats per token on average (the reference-precision bound).
+gradients (relative 1e-3); under bf16 and fp16 autocast, the fast layouts and every attention
+backend (mask, sdpa_segments; on CUDA flex, and flash_varlen where flash-attn is installed)
+against the plain padded fp32 forward within 0.02 nats per token on average; training in the
+precision auto picks, and in fp16 with the GradScaler on CUDA.
 """
 
 from __future__ import annotations
@@ -48,12 +51,14 @@ def tiny_llama(device: str, seed: int = 0):
     return LlamaForCausalLM(config).to(device)
 
 
-def logps_and_grads(device: str, layout: str, pairs, segment_attention: bool, bf16: bool = False):
-    """Per-sequence log-probs (2B,), token counts (2B,) and parameter gradients of one layout."""
+def logps_and_grads(device: str, layout: str, pairs, attention_impl: str = "mask",
+                    dtype: torch.dtype | None = None):
+    """Per-sequence log-probs (2B,), token counts (2B,) and parameter gradients of one layout
+    and attention backend, under ``dtype`` autocast when given."""
     model = tiny_llama(device)
     batch = collate_pairs(pairs, 0, layout).to(device)
-    policy = CausalLMPolicy(model, chunk_size=5, segment_attention=segment_attention)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+    policy = CausalLMPolicy(model, chunk_size=5, attention_impl=attention_impl)
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = policy.logps(batch).pairs()
     values = torch.cat([out.chosen, out.rejected])  # (2B,)
     weights = torch.linspace(0.5, 1.5, values.shape[0], device=device)  # distinct upstream grads
@@ -62,15 +67,29 @@ def logps_and_grads(device: str, layout: str, pairs, segment_attention: bool, bf
     return values.detach(), torch.cat([out.chosen_tokens, out.rejected_tokens]), grads
 
 
+def backends(device: str) -> list[str]:
+    """The attention backends that train on ``device``: FlexAttention has no CPU backward,
+    flash-attn's varlen kernel needs CUDA and the package."""
+    from dpokit.policies.causal_lm.attention import flash_attn_available
+
+    found = ["mask", "sdpa_segments"]
+    if device == "cuda":
+        found.append("flex")
+        if flash_attn_available():
+            found.append("flash_varlen")
+    return found
+
+
 def check_layouts(device: str, failures: list[str]) -> None:
+    """Every backend and layout against the padded plain forward: fp32 values and gradients;
+    bf16 and fp16 autocast within the reference-precision bound per token."""
     for n_pairs in (1, len(PAIRS)):
         pairs = PAIRS[:n_pairs]
-        plain = logps_and_grads(device, "padded", pairs, False)
+        plain = logps_and_grads(device, "padded", pairs)
         for layout in ("packed", "prefix_shared"):
-            for segment_attention in (False, True):
-                attention = " + segment attention" if segment_attention else ""
-                name = f"{layout}{attention}, {n_pairs} pair(s)"
-                fast = logps_and_grads(device, layout, pairs, segment_attention)
+            for impl in backends(device):
+                name = f"{layout} + {impl}, {n_pairs} pair(s)"
+                fast = logps_and_grads(device, layout, pairs, impl)
                 value_err = float((fast[0] - plain[0]).abs().max())
                 grad_err = max(
                     float(((fast[2][k] - g).abs() - GRAD_RTOL * g.abs()).max())
@@ -86,13 +105,13 @@ def check_layouts(device: str, failures: list[str]) -> None:
                     ok,
                     f"fp32 {name}: max |logp diff| {value_err:.2e}, grad excess {grad_err:.2e}",
                 )
-                low = logps_and_grads(device, layout, pairs, segment_attention, bf16=True)
-                per_token = float(((low[0] - plain[0]).abs() / plain[1].clamp(min=1)).mean())
-                report(
-                    failures,
-                    per_token <= BF16_PER_TOKEN and bool(torch.isfinite(low[0]).all()),
-                    f"bf16 {name}: mean |logp diff| per token {per_token:.4f}",
-                )
+                for label, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+                    low = logps_and_grads(device, layout, pairs, impl, dtype)
+                    per_token = float(((low[0] - plain[0]).abs() / plain[1].clamp(min=1)).mean())
+                    finite = bool(torch.isfinite(low[0]).all()) and all(
+                        bool(torch.isfinite(g).all()) for g in low[2].values())
+                    report(failures, per_token <= BF16_PER_TOKEN and finite,
+                           f"{label} {name}: mean |logp diff| per token {per_token:.4f}")
 
 
 def check_lm_head(device: str, failures: list[str]) -> None:
@@ -120,8 +139,10 @@ def check_lm_head(device: str, failures: list[str]) -> None:
     )
 
 
-def check_training(device: str, failures: list[str], out_dir: Path) -> None:
-    """A few DPO steps through the real Trainer (reference precomputed, prefix-shared, bf16)."""
+def check_training(device: str, failures: list[str], out_dir: Path,
+                   precision: str = "auto") -> None:
+    """A few DPO steps through the real Trainer (reference precomputed, prefix-shared) in
+    ``precision`` (auto: what the device computes natively; fp16: with the GradScaler)."""
     from conftest import make_tokenizer, sentiment_rows
     from helpers import tiny_trainer
 
@@ -132,7 +153,7 @@ def check_training(device: str, failures: list[str], out_dir: Path) -> None:
         rows=sentiment_rows(),
         max_steps=8,
         learning_rate=5e-3,
-        mixed_precision="bf16" if device != "cpu" else "no",
+        mixed_precision=precision,
         precompute_ref_logps=True,
         ref_cache_dir=None,
     )
@@ -143,7 +164,8 @@ def check_training(device: str, failures: list[str], out_dir: Path) -> None:
     report(
         failures,
         ok,
-        f"training on {trainer.accelerator.device}: loss {losses[0]:.4f} -> "
+        f"training on {trainer.accelerator.device} in {trainer.precision}: "
+        f"loss {losses[0]:.4f} -> "
         f"{losses[-1]:.4f}, reward accuracy {history[-1]['rewards/accuracies']:.2f}",
     )
 
@@ -167,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     check_layouts(args.device, failures)
     check_lm_head(args.device, failures)
-    with tempfile.TemporaryDirectory() as out_dir:
-        check_training(args.device, failures, Path(out_dir))
+    for precision in ("auto", "fp16") if args.device == "cuda" else ("auto",):
+        with tempfile.TemporaryDirectory() as out_dir:
+            check_training(args.device, failures, Path(out_dir), precision)
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0
 

@@ -9,9 +9,9 @@
 #      benchmark runs SmolLM2's architecture with seed-0 random weights: the same shapes,
 #      tokens and FLOPs, so the same speed (first losses are then both ~0.693).
 # There, with the device tool:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=560)
-#   writes cuda_check.log, bench.log / bench.json, bench_dense_mask.log / .json and
-#   memory.log / .json (strategies and memory options) to $OUT. Arguments after the script's
-#   name go to bench_dpo.py (e.g. --steps 20).
+#   at most ~8 minutes: writes cuda_check.log, bench.log / .json, memory.log / .json, and
+#   gpu_summary.json + gpu_summary.md (everything in one file and one table) to $OUT.
+#   Arguments after the script's name go to bench_dpo.py (e.g. --steps 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,19 +43,18 @@ print('torch', torch.__version__, 'transformers', transformers.__version__, 'pef
 'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available())"
 
 set -o pipefail
-python3 bench/cuda_check.py 2>&1 | tee "$OUT/cuda_check.log" || echo "cuda_check FAILED (see above)"
-# ~0.1-0.5 s per step there: 12 steps each, one round; the long workload last.
-python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 \
-  --workloads smollm2-lora,smollm2-full,tiny-llama,smollm2-long --out "$OUT/bench.json" \
-  "$@" 2>&1 | tee "$OUT/bench.log" || echo "bench: some runs FAILED (see above)"
+# 1. exactness: every attention backend vs the 4-D mask in fp32 / bf16 / fp16 (values and
+#    gradients), the chunked LM head, training in auto's precision and in fp16 (GradScaler)
+timeout 120 python3 bench/cuda_check.py 2>&1 | tee "$OUT/cuda_check.log" \
+  || echo "cuda_check FAILED (see above)"
+# 2. dpokit vs TRL (DPO): SmolLM2 LoRA + full, a ~1B Llama with LoRA; random weights
+timeout 240 python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 8 --rounds 1 \
+  --workloads smollm2-lora,smollm2-full,llama-1b-lora --systems trl,dpokit \
+  --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" || echo "bench: some runs FAILED"
 # (extra arguments override those above: argparse keeps the last)
-# A/B for the GPU's kernels: the dense-mask twin of segment attention (per-segment SDPA calls
-# loop in Python; on a GPU one masked SDPA call per layer may win). dpokit only.
-python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 12 --rounds 1 --systems dpokit \
-  --workloads smollm2-lora,smollm2-long --dpokit-set segment_attention=false \
-  --out "$OUT/bench_dense_mask.json" 2>&1 | tee "$OUT/bench_dense_mask.log"
-# Strategies on one GPU: DDP vs FSDP2 (a one-device mesh), gradient checkpointing, activation
-# offloading, DeepSpeed ZeRO-3: peak memory each, first losses to compare with ddp's.
-python3 bench/bench_memory.py --shape-dir .gpu/smollm2-shape --steps 4 \
-  --options ddp fsdp-1 zero3-1 checkpointing offloading --out "$OUT/memory.json" 2>&1 \
-  | tee "$OUT/memory.log" || echo "bench_memory FAILED (see above)"
+# 3. FSDP2 on one process (a one-device mesh) beside DDP: peak memory, first losses
+timeout 90 python3 bench/bench_memory.py --shape-dir .gpu/smollm2-shape --steps 3 \
+  --options ddp fsdp-1 --out "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" \
+  || echo "bench_memory FAILED (see above)"
+# 4. one JSON file and one Markdown table of all of it
+python3 bench/gpu_summary.py "$OUT" | tee "$OUT/gpu_summary.md"

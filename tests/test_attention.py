@@ -170,8 +170,8 @@ def test_the_plan_mask_equals_the_collated_mask():
         assert torch.equal(plan.bool_mask()[:, 0] & both, batch.attention_mask[:, 0] & both)
 
 
-@pytest.mark.parametrize("device,flash,expected", [("cpu", False, "mask"),
-                                                   ("mps", False, "mask"),
+@pytest.mark.parametrize("device,flash,expected", [("cpu", False, "sdpa_segments"),
+                                                   ("mps", False, "sdpa_segments"),
                                                    ("cuda", False, "flex"),
                                                    ("cuda", True, "flash_varlen")])
 def test_auto_picks_by_device(monkeypatch, device, flash, expected):

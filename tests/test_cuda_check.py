@@ -15,4 +15,4 @@ def test_cuda_check_passes_on_the_cpu(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("ok    ") == 19 and "0 failure(s)" in printed
+    assert printed.count("ok    ") == 27 and "0 failure(s)" in printed

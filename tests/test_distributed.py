@@ -107,7 +107,8 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 
 @needs_deepspeed
 @pytest.mark.parametrize("stage,lora,accum,precompute,tied", [
-    (2, False, 1, True, False), (3, False, 2, False, False), (3, True, 1, True, True)])
+    pytest.param(2, False, 1, True, False, marks=pytest.mark.slow),
+    (3, False, 2, False, False), (3, True, 1, True, True)])
 def test_two_zero_processes_equal_one_process(tmp_path, stage, lora, accum, precompute, tied):
     """DeepSpeed ZeRO-2/3 (gloo, CPU) in 2 processes == one plain process with the same global
     batch of 4: losses, gradient norms (DeepSpeed clips) and the updated weights; also with 2
@@ -140,8 +141,8 @@ def test_two_zero_processes_equal_one_process(tmp_path, stage, lora, accum, prec
 
 
 @pytest.mark.parametrize("first,then", [
-    ((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp")),
-    pytest.param((2, "deepspeed"), (1, "ddp"), marks=needs_deepspeed),
+    ((2, "fsdp"), (1, "ddp")), pytest.param((1, "ddp"), (2, "fsdp"), marks=pytest.mark.slow),
+    pytest.param((2, "deepspeed"), (1, "ddp"), marks=[needs_deepspeed, pytest.mark.slow]),
     pytest.param((1, "ddp"), (2, "deepspeed"), marks=needs_deepspeed)])
 def test_a_checkpoint_resumes_on_another_process_count(tmp_path, first, then):
     """Checkpoints hold whole tensors keyed by name: 2 FSDP2 or ZeRO-3 processes -> 1

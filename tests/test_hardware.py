@@ -342,3 +342,40 @@ def test_sigterm_during_the_reference_pass_through_the_cli(tmp_path, tiny_model_
     assert "Traceback" not in stderr
     assert "stopped by SIGTERM during the reference pass; kept" in stderr, stderr
     assert len(list(cache.glob("*.partial.pt"))) == 1
+
+
+def test_a_signal_outside_a_cooperative_loop_stops_at_once():
+    """Where no loop checks stop points (a command's own work between phases), SIGTERM
+    raises where it lands instead of being recorded and ignored."""
+    from dpokit.core.signals import StopRequests, cooperative, stop_point
+
+    with StopRequests(lambda _: None).installed():
+        with pytest.raises(Interrupted, match="stopped by SIGTERM during a step that does not"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    with StopRequests(lambda _: None).installed():
+        with cooperative():
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded: the loop acts at its next point
+            time.sleep(0.1)
+        with pytest.raises(Interrupted, match="during sampling; nothing was saved"):
+            stop_point("sampling")
+
+
+def test_sigterm_while_writing_rows_leaves_the_old_output(tmp_path):
+    from dpokit.core.signals import StopRequests
+    from dpokit.data.builders.common import write_rows
+
+    out = tmp_path / "pairs.jsonl"
+    out.write_text('{"old": 1}\n')
+
+    def rows():
+        for i in range(5000):
+            if i == 1500:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield {"i": i}
+
+    with StopRequests(lambda _: None).installed():
+        with pytest.raises(Interrupted, match="during writing rows;.*is untouched"):
+            write_rows(rows(), out)
+    assert out.read_text() == '{"old": 1}\n'
+    assert not list(tmp_path.glob("*.tmp"))

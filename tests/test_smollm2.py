@@ -65,6 +65,7 @@ def test_chunked_forward_matches_hf_logits_on_the_real_model(smol):
     assert ours.chosen > ours.rejected  # the real model knows Paris
 
 
+@pytest.mark.slow  # bf16 on a CPU that emulates it: ~100 s
 def test_two_lora_dpo_steps_under_bf16(tmp_path):
     from dpokit.config import load_config
     from dpokit.pipeline import build_run
@@ -117,6 +118,7 @@ def test_prefix_sharing_and_packing_exact_on_the_real_model(smol):
             torch.testing.assert_close(fast.rejected, plain.rejected, atol=2e-4, rtol=0)
 
 
+@pytest.mark.slow  # bf16 on a CPU that emulates it: ~90 s
 def test_bf16_reference_within_tolerance_of_fp32(smol):
     """The reference in bf16 (ref_precision auto under bf16 training) against fp32, on the 40
     held-out quickstart pairs: mean |Δ log-prob| per token <= 0.02 nats (measured 0.0098), and

@@ -148,6 +148,7 @@ def cmd_quickstart(overrides: list[str]) -> int:
     )
     run = build_run(cfg)
     print("evaluating the model before training ...")
+    run.trainer.reference.prepare("eval", run.trainer.eval_set)  # cached: training reuses it
     before = run.trainer.evaluate()
     before_text = generate(run.policy, QUICKSTART_PROMPTS)
     result = run.trainer.train()
@@ -232,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("DPOKIT_DEBUG", "") not in ("", "0")
     _quiet_libraries()
+    from .core.signals import StopRequests
     from .train import Interrupted
-    from .train.signals import StopRequests
 
     def warn(line: str) -> None:
         _main_process_print(f"dpokit: {line}", file=sys.stderr)

@@ -208,9 +208,10 @@ def matmul_gflops(device: str, dtype: torch.dtype, size: int = 512,
 
 
 @functools.cache
-def _measured(kind: str) -> dict[str, float]:
-    """GFLOP/s per dtype on ``kind``, measured once per process (about a second)."""
-    return {name: round(matmul_gflops(kind, dtype, 512, 0.3), 2) for name, dtype in DTYPES.items()}
+def _measured(kind: str, size: int, seconds: float) -> dict[str, float]:
+    """GFLOP/s per dtype on ``kind``, measured once per process."""
+    return {name: round(matmul_gflops(kind, dtype, size, seconds), 2)
+            for name, dtype in DTYPES.items()}
 
 
 _warned: set[str] = set()
@@ -228,9 +229,11 @@ def _warn_emulated(info: DeviceInfo) -> None:
                   f"GFLOP/s). mixed_precision=auto picks fp32 on this machine.", stacklevel=3)
 
 
-def environment(choice: HardwareChoice | None = None, measure: bool = True) -> dict[str, Any]:
+def environment(choice: HardwareChoice | None = None, measure: bool = True,
+                quick: bool = False) -> dict[str, Any]:
     """The whole record: package versions, the device and what it does natively, the
-    precision ``auto`` picks and why, and measured matmul GFLOP/s per dtype (about a second)."""
+    precision ``auto`` picks and why, and measured matmul GFLOP/s per dtype (about a second;
+    ``quick``: 256 x 256 matmuls for a tenth of that, what a run records)."""
     import importlib.metadata as md
 
     versions = {}
@@ -248,7 +251,9 @@ def environment(choice: HardwareChoice | None = None, measure: bool = True) -> d
         "precision": choice.precision, "reason": choice.reason,
         "auto_precision": auto.precision, "auto_reason": auto.reason}
     if measure:
-        record["matmul_gflops"] = _measured(choice.device.kind)
+        size, seconds = (256, 0.03) if quick else (512, 0.3)
+        record["matmul_gflops"] = _measured(choice.device.kind, size, seconds)
+        record["matmul_size"] = size
     return record
 
 
@@ -263,6 +268,7 @@ def describe(record: dict[str, Any]) -> str:
               f"native bf16  {'yes' if d['native_bf16'] else 'no'}",
               f"native fp16  {'yes' if d['native_fp16'] else 'no'}",
               f"auto picks   {record['auto_precision']} ({record['auto_reason']})"]
+    size = record.get("matmul_size", 512)
     for name, gflops in record.get("matmul_gflops", {}).items():
-        lines.append(f"matmul {name:<6}{gflops:9.1f} GFLOP/s (512 x 512)")
+        lines.append(f"matmul {name:<6}{gflops:9.1f} GFLOP/s ({size} x {size})")
     return "\n".join(lines)

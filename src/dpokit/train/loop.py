@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
+from ..core.signals import Interrupted, StopRequests, cooperative
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .engines import TorchEngine, ZeroEngine, deepspeed_config
@@ -37,7 +38,6 @@ from .metrics import MetricsLogger, format_eval, objective_metrics, progress_bar
 from .optim import build_optimizer
 from .reference import ReferenceService, reference_precision
 from .resume import find_resumable, run_signature
-from .signals import Interrupted, StopRequests
 from .sources import EvalSet
 from .strategy import (
     check_launch,
@@ -316,7 +316,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             import json
 
-            record = environment(self.hardware)  # matmul speed measured once per process
+            record = environment(self.hardware, quick=True)  # matmul speed: ~0.1 s
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "hardware.json").write_text(json.dumps(record, indent=1))
 
@@ -339,7 +339,7 @@ class Trainer:
     def train(self) -> TrainResult:
         """Train to ``total_steps``, holding the output folder's lock; SIGINT / SIGTERM save a
         checkpoint at the next step boundary and raise :class:`Interrupted`."""
-        with self.folder.locked(), self.stop.installed():
+        with self.folder.locked(), self.stop.installed(), cooperative():
             self.folder.claim(self.cfg.run.resume, self.cfg.run.overwrite_output_dir)
             self._record_hardware()
             if self.cfg.run.resume:

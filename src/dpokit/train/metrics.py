@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..core.signals import cooperative, stop_point
 from ..core.types import MetricSums
-from .signals import stop_point
 
 
 def reduce_metrics(sums: MetricSums, accelerator: Any) -> MetricSums:
@@ -31,11 +31,12 @@ def objective_metrics(objective: Any, batches: Iterable[Any],
     """An objective's loss and metrics over held-out batches, each reduced over the whole set
     by its own count; ``forward(batch) -> ObjectiveOutput``."""
     sums = MetricSums()
-    for batch in batches:
-        stop_point("evaluation")  # SIGINT / SIGTERM: stop within one batch
-        out = forward(batch)
-        sums.add("loss", out.losses.float(), count=objective.units(batch))
-        sums.merge(out.metrics)
+    with cooperative():
+        for batch in batches:
+            stop_point("evaluation")  # SIGINT / SIGTERM: stop within one batch
+            out = forward(batch)
+            sums.add("loss", out.losses.float(), count=objective.units(batch))
+            sums.merge(out.metrics)
     return sums.means()
 
 

@@ -28,7 +28,7 @@ import torch
 
 from ..core.paths import cache_root
 from ..core.protocols import Objective, Policy
-from .signals import stop_point
+from ..core.signals import cooperative, stop_point
 
 CACHE_VERSION = "dpokit-ref-v2"
 
@@ -81,17 +81,18 @@ def compute_reference_table(policy: Policy, dataset: Sequence, collate: Callable
     partial = partial if partial is not None else PartialTable()
     numbered = list(enumerate(batches))
     todo = [(b, indices) for b, indices in numbered if b not in partial.done]
-    for b, indices in progress(todo) if progress else todo:
-        stop_point("the reference pass", lambda: on_stop(partial) if on_stop
-                   else "no reference batch was kept")
-        batch = collate([dataset[i] for i in indices]).to(device)
-        with autocast():
-            scores = policy.reference_logps(batch).logps.float().cpu()  # (S,)
-        k = scores.shape[0] // len(indices)
-        if partial.values is None:
-            partial.values = torch.zeros(len(dataset), k, dtype=torch.float32)
-        partial.values[batch.example_index.cpu()] = scores.view(k, -1).T  # (E, K)
-        partial.done.add(b)
+    with cooperative():
+        for b, indices in progress(todo) if progress else todo:
+            stop_point("the reference pass", lambda: on_stop(partial) if on_stop
+                       else "no reference batch was kept")
+            batch = collate([dataset[i] for i in indices]).to(device)
+            with autocast():
+                scores = policy.reference_logps(batch).logps.float().cpu()  # (S,)
+            k = scores.shape[0] // len(indices)
+            if partial.values is None:
+                partial.values = torch.zeros(len(dataset), k, dtype=torch.float32)
+            partial.values[batch.example_index.cpu()] = scores.view(k, -1).T  # (E, K)
+            partial.done.add(b)
     values = partial.values
     return ReferenceTable(values if values is not None else torch.zeros(len(dataset), 2))
 
@@ -203,6 +204,8 @@ class ReferenceService:
         """Precompute the reference table of ``source`` (a static source or an eval set) when
         configured; an online source gets its reference per batch."""
         if not (self.precompute and source is not None and source.precomputable):
+            return
+        if name in self.tables:  # (prepared already, e.g. before a baseline evaluation)
             return
         batches = source.reference_plan()
         key = None

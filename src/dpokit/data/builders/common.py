@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...core.signals import cooperative, stop_point
 from ..io import Record
 
 
@@ -63,9 +64,16 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
         pq.write_table(pa.Table.from_pylist(rows), path)
     elif path.suffix == ".jsonl":
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        try:
+            with tmp.open("w", encoding="utf-8") as f, cooperative():
+                for i, row in enumerate(rows):
+                    if i % 1000 == 0:  # SIGINT / SIGTERM: stop, the old output untouched
+                        stop_point("writing rows", f"{path} is untouched (nothing was renamed "
+                                                   f"over it)")
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(path)
     else:
         raise ValueError(f"{path}: write .jsonl or .parquet")

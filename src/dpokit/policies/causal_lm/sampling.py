@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from ...core.signals import cooperative, stop_point
 from ...data.builders.common import option
-from ...train.signals import stop_point
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: Sampl
     # seed per batch without touching the caller's random stream (training resumes exactly)
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), cooperative():
             for number, batch in enumerate(progress(batches) if progress else batches):
                 stop_point("sampling")  # SIGINT / SIGTERM: stop within one batch
                 encoded = [tokenizer(texts[i], add_special_tokens=special)["input_ids"]

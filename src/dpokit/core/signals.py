@@ -1,10 +1,12 @@
 """Stop cleanly on SIGINT / SIGTERM (what a scheduler sends before a kill), in every phase.
 
-The first signal is recorded; each long phase checks it between batches (:func:`stop_point`):
-training saves a checkpoint after the current step, the reference pass keeps the batches it
-finished (the next start resumes them), evaluation, sampling and pair building stop within one
-batch. Then :class:`Interrupted` says what was kept, and the command exits with 128 + signal
-(130 / 143). A second Ctrl-C stops at once.
+Inside a :func:`cooperative` region (training, the reference pass, evaluation, sampling,
+writing rows) the first signal is recorded and the loop checks it between batches
+(:func:`stop_point`): training saves a checkpoint after the current step, the reference pass
+keeps the batches it finished (the next start resumes them), evaluation, sampling and pair
+building stop within one batch. Elsewhere it stops at once (outputs are written through
+temporary files, so nothing half-written replaces a file). Then :class:`Interrupted` says what
+was kept, and the command exits with 128 + signal (130 / 143). A second Ctrl-C stops at once.
 
     >>> stop = StopRequests(print)
     >>> with stop.installed():
@@ -41,6 +43,7 @@ class Interrupted(RuntimeError):
 class _State:
     signum: int | None = None
     depth = 0  # nested installs (the command line, then the trainer) share one handler
+    cooperative = 0  # > 0 inside a loop that calls stop_point between batches
     log: Callable[[str], None] = print
 
 
@@ -56,6 +59,17 @@ def stop_point(phase: str, kept: str | Callable[[], str] = "nothing was saved") 
 
 def stop_requested() -> bool:
     return _STATE.signum is not None
+
+
+@contextmanager
+def cooperative() -> Iterator[None]:
+    """A region whose loop calls :func:`stop_point` between batches: a signal inside it is
+    recorded and acted on at the next stop point, not raised where it lands."""
+    _STATE.cooperative += 1
+    try:
+        yield
+    finally:
+        _STATE.cooperative -= 1
 
 
 class StopRequests:
@@ -77,6 +91,10 @@ class StopRequests:
         if _STATE.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         _STATE.signum = signum
+        if not _STATE.cooperative:  # no loop will look: stop here
+            raise Interrupted(signum, phase="a step that does not stop halfway",
+                              kept="files are written through temporary files, so earlier "
+                                   "outputs are intact")
         _STATE.log(f"{signal.Signals(signum).name}: stopping after this batch or step, keeping "
                    f"what is finished (Ctrl-C again to stop at once)")
 
