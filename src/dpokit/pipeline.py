@@ -226,8 +226,10 @@ def build_policy(cfg: TrainConfig, tokenizer=None, needs_reference: bool | None 
     tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_name)
     reference = resolve_reference(cfg, needs_reference)
     quantized = m.quantization == "4bit"
-    model = load_causal_lm(base_name, dtype=torch.bfloat16 if quantized else model_dtype(cfg),
-                           quantization_config=quantization_config() if quantized else None)
+    # QLoRA computes in the training precision's half dtype (fp16 on a GPU without bf16)
+    half = torch.float16 if training_precision(cfg) == "fp16" else torch.bfloat16
+    model = load_causal_lm(base_name, dtype=half if quantized else model_dtype(cfg),
+                           quantization_config=quantization_config(half) if quantized else None)
     if quantized:  # QLoRA: norms in fp32, input gradients for checkpointing through 4-bit
         from peft import prepare_model_for_kbit_training
 

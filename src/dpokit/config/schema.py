@@ -86,8 +86,8 @@ class ModelConfig:
                                       AT_LEAST_ONE)
     attention_impl: Literal[ATTENTION_IMPLS] = setting(  # type: ignore[valid-type]
         "auto", "packed / prefix-shared rows: auto (CUDA: flash_varlen with flash-attn, else "
-        "flex; CPU / MPS: sdpa_segments), flex (FlexAttention BlockMask), flash_varlen (flash-attn), "
-        "sdpa_segments (one SDPA call per segment) or mask (the dense 4-D mask)")
+        "flex; CPU / MPS: sdpa_segments), flex (FlexAttention BlockMask), flash_varlen "
+        "(flash-attn), sdpa_segments (one SDPA call per segment) or mask (the dense 4-D mask)")
 
 
 @dataclass

@@ -31,9 +31,10 @@ def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
     return get_peft_model(model, lora)
 
 
-def quantization_config():
-    """QLoRA's 4-bit NF4 base (double quantization, bf16 compute) through bitsandbytes; a clear
-    error on a machine that cannot run it."""
+def quantization_config(compute_dtype: torch.dtype = torch.bfloat16):
+    """QLoRA's 4-bit NF4 base (double quantization; matmuls in ``compute_dtype``: bf16, or fp16
+    on a GPU without bf16 units) through bitsandbytes; a clear error on a machine that cannot
+    run it."""
     if not torch.cuda.is_available():
         raise RuntimeError("quantization=4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit "
                            "kernels do not run on this machine (torch.cuda.is_available() is "
@@ -47,7 +48,7 @@ def quantization_config():
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def merged_copy(peft_model):
