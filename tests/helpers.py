@@ -96,3 +96,20 @@ def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora
 def brevity_reward(prompt, completion) -> float:
     """A reward a tiny model can learn: shorter answers score higher (0 for an empty one)."""
     return -float(len(completion))
+
+
+def crash_after(trainer, step: int) -> None:
+    """Train ``trainer`` until it is about to run step ``step + 1``, then crash it there (a
+    KeyboardInterrupt with no checkpoint of its own, as kill -9 would leave the folder)."""
+    import pytest
+
+    original = trainer._train_step
+
+    def step_or_crash():
+        if trainer.step == step:
+            raise KeyboardInterrupt
+        return original()
+
+    trainer._train_step = step_or_crash
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()

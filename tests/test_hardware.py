@@ -13,7 +13,7 @@ import typing
 import pytest
 import torch
 from conftest import sentiment_rows, write_jsonl
-from helpers import tiny_trainer
+from helpers import crash_after, tiny_trainer
 
 from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
@@ -202,18 +202,8 @@ def test_fp16_runs_in_fp16_and_differs_from_fp32(tmp_path, tokenizer):
 
 def test_fp16_resume_gives_the_same_later_losses_and_scale(tmp_path, tokenizer):
     full = tiny_trainer(tmp_path / "a", tokenizer, max_steps=6, batch_size=3, **FP16).train()
-    interrupted = tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3,
-                               save_every=3, **FP16)
-    original = interrupted._train_step
-
-    def stop_after_checkpoint():
-        if interrupted.step == 4:
-            raise KeyboardInterrupt
-        return original()
-
-    interrupted._train_step = stop_after_checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.train()
+    crash_after(tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3,
+                             save_every=3, **FP16), 4)
     resumed = tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True,
                            **FP16).train()
     assert [m["step"] for m in resumed.history] == [4, 5, 6]

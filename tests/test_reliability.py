@@ -18,7 +18,7 @@ import warnings
 import pytest
 import torch
 from conftest import sentiment_rows, write_jsonl
-from helpers import tiny_trainer
+from helpers import crash_after, tiny_trainer
 
 from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
@@ -116,17 +116,8 @@ def test_killed_final_swap_keeps_the_old_final(tmp_path, tokenizer, monkeypatch)
 
 
 def _interrupted_at(tmp_path, tokenizer, step, **cfg):
-    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=6, batch_size=3, save_every=3, **cfg)
-    original = trainer._train_step
-
-    def stop():
-        if trainer.step == step:
-            raise KeyboardInterrupt
-        return original()
-
-    trainer._train_step = stop
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
+    crash_after(tiny_trainer(tmp_path, tokenizer, max_steps=6, batch_size=3, save_every=3,
+                             **cfg), step)
 
 
 def test_resume_with_changed_data_or_beta_is_refused_listing_what_differs(tmp_path, tokenizer):

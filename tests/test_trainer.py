@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from conftest import held_out_rows, sentiment_rows
-from helpers import tiny_trainer
+from helpers import crash_after, tiny_trainer
 
 from dpokit.train import NonFiniteError
 
@@ -49,17 +49,8 @@ def test_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora):
 
 def test_resume_gives_the_same_later_losses(tmp_path, tokenizer):
     full = tiny_trainer(tmp_path / "a", tokenizer, max_steps=6, batch_size=3).train()
-    interrupted = tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3, save_every=3)
-    original = interrupted._train_step
-
-    def stop_after_checkpoint():
-        if interrupted.step == 4:
-            raise KeyboardInterrupt
-        return original()
-
-    interrupted._train_step = stop_after_checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.train()
+    crash_after(tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3,
+                             save_every=3), 4)
     assert [p.name for p in (tmp_path / "b/out/checkpoints").iterdir()] == ["step-0000003"]
     resumed = tiny_trainer(
         tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True
