@@ -154,7 +154,8 @@ def choose_precision(requested: str, info: DeviceInfo) -> HardwareChoice:
         return HardwareChoice(info, "fp16", "auto: this GPU has no bf16 units; fp16 autocast "
                                             "with dynamic loss scaling")
     why = ("no native bf16 on this CPU (torch emulates it, far slower than fp32)"
-           if info.kind == "cpu" else "Apple GPUs train in fp32 (autocast there is partial)")
+           if info.kind == "cpu" else "fp32 on an Apple GPU (bf16 and fp16 are picked only on "
+                                      "CUDA GPUs and bf16-native CPUs)")
     return HardwareChoice(info, "fp32", f"auto: {why}")
 
 
