@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import sentiment_rows, write_jsonl
 from helpers import crash_after, tiny_trainer
+from test_trainer import _grads_at_first_step
 
 from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
@@ -167,12 +168,6 @@ def test_a_run_prints_its_choice_and_records_the_hardware(tmp_path, tokenizer):
 FP16 = dict(mixed_precision="fp16")
 
 
-def _first_step_grads(trainer):
-    from test_trainer import _grads_at_first_step
-
-    return _grads_at_first_step(trainer)
-
-
 @pytest.mark.parametrize("lora", [False, True])
 def test_fp16_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora):
     """The gradients the optimizer sees are unscaled, and accumulate like fp32's."""
@@ -181,7 +176,7 @@ def test_fp16_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora):
         trainer = tiny_trainer(tmp_path / f"{batch_size}", tokenizer, lora=lora,
                                batch_size=batch_size, grad_accum_steps=accum, max_steps=1, **FP16)
         assert trainer.engine.scaler is not None
-        results.append(_first_step_grads(trainer))
+        results.append(_grads_at_first_step(trainer))
     (g0, m0), *others = results
     assert sum(float(v.abs().sum()) for v in g0.values()) > 0
     for grads, metrics in others:

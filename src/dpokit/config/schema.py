@@ -25,7 +25,7 @@ from ..train.hardware import DEVICES, PRECISIONS
 
 _NO_DOMAIN = Domain()
 # the text policy's attention backends (policies/causal_lm/attention.py, which config may not
-# import; tests/test_cli_config.py checks the two lists agree)
+# import; tests/test_attention.py checks the two lists agree)
 ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
 
 

@@ -57,10 +57,6 @@ def stop_point(phase: str, kept: str | Callable[[], str] = "nothing was saved") 
         raise Interrupted(_STATE.signum, phase=phase, kept=kept() if callable(kept) else kept)
 
 
-def stop_requested() -> bool:
-    return _STATE.signum is not None
-
-
 @contextmanager
 def cooperative() -> Iterator[None]:
     """A region whose loop calls :func:`stop_point` between batches: a signal inside it is

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.signals import stop_point
-
 
 class DataError(ValueError):
     """Bad input, located: ``source`` (file or dataset), ``row`` (1-based) and ``field``."""
@@ -63,8 +61,6 @@ def _parse_json_lines(path: Path, lines: list[tuple[int, str]],
                       bad_rows: list[DataError] | None) -> list[Record]:
     records = []
     for line_no, line in lines:
-        if line_no % 5000 == 0:  # SIGINT / SIGTERM while reading a large file
-            stop_point("reading data")
         if not line.strip():
             continue
         try:

@@ -208,6 +208,9 @@ def matmul_gflops(device: str, dtype: torch.dtype, size: int = 512,
             return 2 * size**3 * calls / elapsed / 1e9
 
 
+QUICK = (256, 0.03)  # matmul size and seconds of a run's record (and the bf16 warning)
+
+
 @functools.cache
 def _measured(kind: str, size: int, seconds: float) -> dict[str, float]:
     """GFLOP/s per dtype on ``kind``, measured once per process."""
@@ -222,16 +225,15 @@ def _warn_emulated(info: DeviceInfo) -> None:
     if info.name in _warned:
         return
     _warned.add(info.name)
-    fp32 = matmul_gflops("cpu", torch.float32, 256, 0.05)
-    bf16 = matmul_gflops("cpu", torch.bfloat16, 256, 0.05)
+    speed = _measured("cpu", *QUICK)  # (the run's hardware.json reuses this measurement)
+    fp32, bf16 = speed["fp32"], speed["bf16"]
     warnings.warn(f"mixed_precision=bf16 on a CPU without native bf16 ({info.name}, "
                   f"{info.capability}): torch emulates it; a matmul measured here runs "
                   f"{fp32 / max(bf16, 1e-9):.0f}x slower than fp32 ({bf16:.1f} vs {fp32:.1f} "
                   f"GFLOP/s). mixed_precision=auto picks fp32 on this machine.", stacklevel=3)
 
 
-def environment(choice: HardwareChoice | None = None, measure: bool = True,
-                quick: bool = False) -> dict[str, Any]:
+def environment(choice: HardwareChoice | None = None, quick: bool = False) -> dict[str, Any]:
     """The whole record: package versions, the device and what it does natively, the
     precision ``auto`` picks and why, and measured matmul GFLOP/s per dtype (about a second;
     ``quick``: 256 x 256 matmuls for a tenth of that, what a run records)."""
@@ -251,10 +253,9 @@ def environment(choice: HardwareChoice | None = None, measure: bool = True,
         "device": asdict(choice.device), "threads": torch.get_num_threads(),
         "precision": choice.precision, "reason": choice.reason,
         "auto_precision": auto.precision, "auto_reason": auto.reason}
-    if measure:
-        size, seconds = (256, 0.03) if quick else (512, 0.3)
-        record["matmul_gflops"] = _measured(choice.device.kind, size, seconds)
-        record["matmul_size"] = size
+    size, seconds = QUICK if quick else (512, 0.3)
+    record["matmul_gflops"] = _measured(choice.device.kind, size, seconds)
+    record["matmul_size"] = size
     return record
 
 

@@ -274,10 +274,7 @@ class Trainer:
             if self.step == 0:
                 raise
             # stopped inside an evaluation at a step boundary: keep the step as a checkpoint
-            saved = self.checkpoints.latest()
-            if saved is None or not saved.name.endswith(f"{self.step:07d}"):
-                saved = self.save_checkpoint()
-            raise Interrupted(self.stop.signum or signal.SIGTERM, self.step, saved) from None
+            raise self._interrupted_here() from None
         result.eval_history.append(metrics)
         self._emit(metrics)
         self.log(format_eval(metrics))
@@ -319,6 +316,14 @@ class Trainer:
             record = environment(self.hardware, quick=True)  # matmul speed: ~0.1 s
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "hardware.json").write_text(json.dumps(record, indent=1))
+
+    def _interrupted_here(self) -> Interrupted:
+        """A stop at this step boundary: the step kept as a checkpoint (saved unless it is
+        already), the signal and where to continue from."""
+        saved = self.checkpoints.latest()
+        if saved is None or not saved.name.endswith(f"{self.step:07d}"):
+            saved = self.save_checkpoint()
+        return Interrupted(self.stop.signum or signal.SIGTERM, self.step, saved)
 
     def _stop_requested(self) -> bool:
         if self.world == 1:
@@ -372,10 +377,7 @@ class Trainer:
             if self._stop_requested():
                 if bar is not None:
                     bar.close()
-                saved = self.checkpoints.latest()
-                if saved is None or not saved.name.endswith(f"{self.step:07d}"):
-                    saved = self.save_checkpoint()
-                raise Interrupted(self.stop.signum or signal.SIGTERM, self.step, saved)
+                raise self._interrupted_here()
         if bar is not None:
             bar.close()
         if self.evaluating and evaluated_at != self.step:

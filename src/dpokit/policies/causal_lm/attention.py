@@ -1,4 +1,4 @@
-"""Attention for packed and prefix-shared rows: one kernel call per layer for the whole batch.
+"""Attention for packed and prefix-shared rows, from a plan built once per batch.
 
 A packed row holds segments back to back; a prefix-shared segment is
 ``[prompt (P) | chosen (C) | rejected (R)]``: prompt + first completion attend causally, the
@@ -21,7 +21,8 @@ The rule is built once per batch (:class:`SegmentPlan`) and every layer reuses i
 
 Registered with transformers as the attention implementation ``"dpokit_sdpa"``; the plan
 arrives through the model's keyword arguments (``dpokit_plan``), and without one (generation,
-padded batches) plain SDPA runs. ``tests/policies`` compare every backend with the mask.
+padded batches) plain SDPA runs. ``tests/test_attention.py`` compares every backend with the
+mask.
 
     >>> plan = SegmentPlan([[(0, 2, 1, 1)]], length=4)
     >>> plan.bool_mask()[0, 0].int().tolist()   # rejected (t=3) sees the prompt, not chosen
@@ -64,6 +65,12 @@ def resolve_impl(requested: str, device_type: str) -> str:
     if device_type == "cuda":
         return "flash_varlen" if flash_attn_available() else "flex"
     return "sdpa_segments"
+
+
+def visible(doc_q, doc_k, branch_q, branch_k, q, k) -> torch.Tensor:
+    """The attention rule, elementwise: a query sees a key of its own segment at or before it,
+    except a second completion's query a first completion's key (branch 2 vs 1)."""
+    return (doc_q == doc_k) & (q >= k) & ~((branch_q == 2) & (branch_k == 1))
 
 
 @dataclass
@@ -117,15 +124,14 @@ class SegmentPlan:
         return self._cache["doc"], self._cache["branch"]
 
     def bool_mask(self) -> torch.Tensor:
-        """(R, 1, T, T) bool, True where a query may attend to a key (padding sees itself)."""
+        """(R, 1, T, T) bool, True where a query may attend to a key (padding sees itself):
+        the rule evaluated densely (the flex mask_mod evaluates it per block)."""
         if "mask" not in self._cache:
             doc, branch = self._tokens()
             t = torch.arange(self.length, device=doc.device)
-            causal = t[:, None] >= t[None, :]  # (T, T)
-            same = doc[:, :, None] == doc[:, None, :]  # (R, T, T)
-            sibling = (branch[:, :, None] == 2) & (branch[:, None, :] == 1)  # (R, T, T)
-            self._cache["mask"] = (same & causal & ~sibling)[:, None]  # (R, 1, T, T)
-        return self._cache["mask"]
+            self._cache["mask"] = visible(doc[:, :, None], doc[:, None, :], branch[:, :, None],
+                                          branch[:, None, :], t[:, None], t[None, :])[:, None]
+        return self._cache["mask"]  # (R, 1, T, T)
 
     def block_mask(self):
         """FlexAttention's BlockMask of the rule (built once per batch)."""
@@ -135,8 +141,7 @@ class SegmentPlan:
             doc, branch = self._tokens()
 
             def mask_mod(b, h, q, k):
-                return ((doc[b, q] == doc[b, k]) & (q >= k)
-                        & ~((branch[b, q] == 2) & (branch[b, k] == 1)))
+                return visible(doc[b, q], doc[b, k], branch[b, q], branch[b, k], q, k)
 
             self._cache["block"] = create_block_mask(mask_mod, len(self.segments), None,
                                                      self.length, self.length,
