@@ -232,14 +232,15 @@ def records(rows: list[dict]):
 # --- workers (each runs in its own process) -------------------------------------------------
 def dpokit_trainer(cfg, tok, rows: list[dict]):
     """A dpokit preference Trainer on ``rows`` in file order, from a bench config."""
-    from dpokit.data import PairCollator, TokenizeSettings, build_pairs
-    from dpokit.pipeline import build_objective, build_policy
+    from dpokit.data.text import PairCollator, TokenizeSettings, build_pairs
+    from dpokit.objectives import build_objective
+    from dpokit.runs.causal_lm import policy_for
     from dpokit.train import StaticSource, Trainer
 
     pairs = build_pairs(records(rows), tok, TokenizeSettings(
         max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length))
-    objective = build_objective(cfg)
-    policy = build_policy(cfg, tok, objective.needs_reference)
+    objective = build_objective(cfg.loss)
+    policy = policy_for(cfg, tok, objective.needs_reference)
     source = StaticSource(pairs, PairCollator(tok.pad_token_id, cfg.data.batch_layout),
                           cfg.optim.batch_size, shuffle=False)
     return Trainer(cfg, policy, objective, source, log=lambda _: None)
@@ -328,7 +329,7 @@ def worker_floor(args, rows, path) -> dict:
     scoring it gave NaN gradients on a randomly initialised SmolLM2)."""
     import torch
 
-    from dpokit.data import TokenizeSettings, build_pairs, collate_pairs
+    from dpokit.data.text import TokenizeSettings, build_pairs, collate_pairs
     from dpokit.policies.causal_lm.lora import apply_lora
     from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
@@ -471,7 +472,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from dpokit.train.hardware import environment, resolve
+    from dpokit.core.hardware import environment, resolve
 
     choice = resolve(args.precision)
     args.precision = choice.precision  # the same concrete precision for every system

@@ -54,10 +54,10 @@ def sft_rows(tok, n: int, prompt_range, completion_range) -> list[dict]:
 
 def worker_dpokit(args, rows, path) -> dict:
     from dpokit.config import load_config
-    from dpokit.data import SequenceCollator, TokenizeSettings, build_sequences
+    from dpokit.data.text import SequenceCollator, TokenizeSettings, build_sequences
     from dpokit.objectives import SFTObjective
-    from dpokit.pipeline import build_policy
     from dpokit.policies.causal_lm.models import load_tokenizer
+    from dpokit.runs.causal_lm import policy_for
     from dpokit.train import StaticSource, Trainer
 
     cfg = load_config(None, args.dpokit_set, model=path, lora=args.lora, learning_rate=args.lr,
@@ -70,7 +70,7 @@ def worker_dpokit(args, rows, path) -> dict:
     settings = TokenizeSettings(max_length=cfg.data.max_length,
                                 max_prompt_length=cfg.data.max_prompt_length)
     data = build_sequences(records(rows), tok, settings)
-    policy = build_policy(cfg, tok, needs_reference=False, pairs=False)
+    policy = policy_for(cfg, tok, needs_reference=False, pairs=False)
     source = StaticSource(data, SequenceCollator(tok.pad_token_id, cfg.data.batch_layout),
                           cfg.optim.batch_size, shuffle=False)
     trainer = Trainer(cfg, policy, SFTObjective(), source, log=lambda _: None)
@@ -153,7 +153,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from dpokit.train.hardware import environment, resolve
+    from dpokit.core.hardware import environment, resolve
 
     choice = resolve(args.precision)
     args.precision = choice.precision  # the same concrete precision for both systems

@@ -1,13 +1,15 @@
 """Exactness on the accelerator: every fast path against its plain twin, on one device.
 
 The CPU test suite proves packing, prefix sharing, every attention backend and the chunked LM
-head exact on the CPU (tests/test_layouts.py, tests/test_attention.py, tests/test_logprobs.py).
+head exact on the CPU (tests/policies/causal_lm/: test_layouts.py, test_attention.py,
+test_logprobs.py).
 On a GPU the attention and matmul kernels differ (flash / memory-efficient SDPA, cuBLAS), so
 this script re-checks the same claims there, on a tiny Llama built in-process, and trains a
 few steps end to end:
 
     python bench/cuda_check.py                 # on the GPU machine; exits 1 on a mismatch
-    python bench/cuda_check.py --device cpu    # the same checks here (tests/test_cuda_check.py)
+    python bench/cuda_check.py --device cpu    # the same checks here
+                                               # (tests/bench/test_cuda_check.py)
 
 Tolerances: fp32 (TF32 off), 1e-4 absolute on per-sequence log-probs and on parameter
 gradients (relative 1e-3); under bf16 and fp16 autocast, the fast layouts and every attention
@@ -27,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from dpokit.data import TokenizedPair, collate_pairs  # noqa: E402
+from dpokit.data.text import TokenizedPair, collate_pairs  # noqa: E402
 from dpokit.policies.causal_lm import CausalLMPolicy  # noqa: E402
 from dpokit.policies.causal_lm.logprobs import token_logps_chunked, token_logps_plain  # noqa: E402
 

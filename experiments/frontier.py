@@ -33,11 +33,12 @@ import torch  # noqa: E402
 
 from dpokit.cli import main as dpokit  # noqa: E402
 from dpokit.data.builders import PromptRow, write_rows  # noqa: E402
-from dpokit.eval.evaluate import generation_metrics, load_eval_policy  # noqa: E402
+from dpokit.eval.evaluate import generation_metrics  # noqa: E402
 from dpokit.eval.metrics import Estimate  # noqa: E402
 from dpokit.eval.rewards import load_reward, train_embedding_classifier  # noqa: E402
 from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer  # noqa: E402
 from dpokit.policies.causal_lm.sampling import SamplingSettings, sample_completions  # noqa: E402
+from dpokit.runs import load_policy  # noqa: E402
 
 OUT = ROOT / "outputs" / "frontier"
 RESULTS = ROOT / "experiments" / "results"
@@ -104,7 +105,7 @@ def main() -> None:
     spec = f"minilm-clf:{head}"
     points = []  # (arm, label, kl, kl_se, reward, reward_se)
 
-    base = load_eval_policy("smollm2", "smollm2")
+    base = load_policy("smollm2", "smollm2")
     base_figs = generation_metrics(base, [PromptRow(p) for p in eval_prompts],
                                    SamplingSettings(num_samples=EVAL_SAMPLES, seed=10_000,
                                                     **SAMPLE), reward).metrics
@@ -144,7 +145,7 @@ def main() -> None:
     if dpokit(["sft", "model=smollm2", f"train_data={OUT / 'sft.jsonl'}", "learning_rate=5e-4",
                f"output_dir={sft_out}", *COMMON]):
         raise SystemExit("SFT failed")
-    sft = load_eval_policy(str(sft_out / "final"))  # reference: the adapter's base
+    sft = load_policy(str(sft_out / "final"))  # reference: the adapter's base
     figs = generation_metrics(sft, [PromptRow(p) for p in eval_prompts],
                               SamplingSettings(num_samples=EVAL_SAMPLES, seed=10_000, **SAMPLE),
                               reward).metrics

@@ -1,7 +1,7 @@
 """Gravity-Weighted DPO on the instruction hierarchy (Bolliger and Jaeger 2026), small-scale on
 the embedded SmolLM2-135M-Instruct.
 
-Data: data/hierarchy_pairs.{train,eval}.jsonl (data/build_hierarchy_pairs.py): 135 training
+Data: data/hierarchy_pairs.{train,eval}.jsonl (src/dpokit/apps/gw_dpo/build_data.py): 135 training
 rows from 9 tasks (conflicts for every level pair, benign and aligned samples), 276 held-out
 rows from 3 other tasks (24 conflicts per cell of the 5 x 5 adherence matrix). Arms, each
 LoRA on the instruct model: base (no training), SFT on the chosen answers, DPO (sigmoid),
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
 
+from dpokit.apps.gw_dpo.hierarchy import LEVELS, HierarchySample, Message, evaluate_answers  # noqa: E402
 from dpokit.cli import main as dpokit  # noqa: E402
-from dpokit.hierarchy import LEVELS, HierarchySample, Message, evaluate_answers  # noqa: E402
 
 OUT = ROOT / "outputs" / "gw_dpo"
 DATA = ROOT / "data" / "hierarchy_pairs"
@@ -45,10 +45,10 @@ def held_out() -> tuple[list[dict], list[HierarchySample]]:
 
 
 def answers_of(model_path: str, prompts: list) -> list[str]:
-    from dpokit.eval.evaluate import load_eval_policy
     from dpokit.policies.causal_lm.sampling import SamplingSettings, sample_completions
+    from dpokit.runs import load_policy
 
-    policy = load_eval_policy(model_path)
+    policy = load_policy(model_path)
     settings = SamplingSettings(num_samples=1, max_new_tokens=64, temperature=0.0,
                                 batch_size=24)
     return [g[0].text for g in sample_completions(policy.model, policy.tokenizer, prompts,

@@ -1,6 +1,6 @@
 """Preference optimization of image generators, offline: DrPO on a one-step generator and
 Diffusion-DPO on a small diffusion model, both improving a programmatic black-box reward on
-16x16 images of "a {colour} {shape}" (dpokit.image_shapes).
+16x16 images of "a {colour} {shape}" (dpokit.apps.worlds.image_shapes).
 
 1. A frozen feature map: a small CNN trained to tell colour and shape.
 2. Bases, trained briefly: a one-step conditional generator (IMLE) and a conditional UNet
@@ -49,7 +49,7 @@ def evaluate(sample, features, prompts: list[str], seeds: int) -> dict:
     one seeded batch; ``sample(prompts, seed)`` -> images."""
     import torch
 
-    from dpokit.image_shapes import diversity, reward
+    from dpokit.apps.worlds.image_shapes import diversity, reward
 
     rewards, spreads, grids = [], [], {}
     every = sample([p for p in prompts for _ in range(seeds)], 0).view(
@@ -66,7 +66,7 @@ def evaluate(sample, features, prompts: list[str], seeds: int) -> dict:
 def run_drpo(features, log) -> dict:
     import torch
 
-    from dpokit.image_shapes import (
+    from dpokit.apps.worlds.image_shapes import (
         BaseTraining,
         DriftFeatures,
         prompts,
@@ -110,8 +110,8 @@ def run_diffusion_dpo(features, log) -> dict:
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from dpokit.image_shapes import BaseTraining, prompts, reward, train_diffusion
-    from dpokit.pipeline import build_objective
+    from dpokit.apps.worlds.image_shapes import BaseTraining, prompts, reward, train_diffusion
+    from dpokit.objectives import build_objective
     from dpokit.policies.diffusion import (
         DiffusionPairCollator,
         DiffusionPolicy,
@@ -161,7 +161,7 @@ def run_diffusion_dpo(features, log) -> dict:
     source = DiffusionSource(pairs, DiffusionPairCollator(num_timesteps=1000),
                              config.optim.batch_size, seed=config.optim.seed)
     started = time.perf_counter()
-    result = Trainer(config, policy, build_objective(config), source, log=log).train()
+    result = Trainer(config, policy, build_objective(config.loss), source, log=log).train()
     minutes = (time.perf_counter() - started) / 60
     after = evaluate(sample, features, prompts(), S["eval"])
     return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,
@@ -171,7 +171,7 @@ def run_diffusion_dpo(features, log) -> dict:
 
 
 def run() -> dict:
-    from dpokit.image_shapes import train_features
+    from dpokit.apps.worlds.image_shapes import train_features
 
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ pairs (SHP rules, any order), DPO2 on pairs from rated outputs of the DPO1 model
 model as reference. The ratings stand in for LLUMI's human evaluation: a rater that applies
 the synthetic community's own rule (empathy, naming the post's specifics, a suggestion, help
 on a risky post; dismissal penalized) to each output. Evaluation on held-out threads (3
-situations never trained on): the rubric of dpokit.llumi (Flesch readability, the offline
+situations never trained on): the rubric of dpokit.apps.llumi (Flesch readability, the offline
 judge's empathy / connection / actionability, the safety policy) for base / SFT / DPO1 /
 DPO2 of both models. Writes experiments/results/llumi.{md,json,png}.
 
@@ -47,10 +47,10 @@ def _write(path, rows) -> str:
 
 
 def community_rating(post: str, reply: str) -> float:
-    """The synthetic community's vote rule as a rater (data/build_support_threads.py), read
+    """The synthetic community's vote rule as a rater (src/dpokit/apps/llumi/build_data.py), read
     from cues: empathy 6, the post's specifics 5, a suggestion 6, help on a risky post 10,
     dismissal -8, no help on a risky post -8."""
-    from dpokit.llumi.rubric import ACTION_CUES, EMPATHY_CUES, SafetyPolicy, check_safety
+    from dpokit.apps.llumi.rubric import ACTION_CUES, EMPATHY_CUES, SafetyPolicy, check_safety
 
     r, policy = reply.lower(), SafetyPolicy()
     post_words = {w.strip(".,!?").lower() for w in post.split() if len(w) > 4}
@@ -63,10 +63,10 @@ def community_rating(post: str, reply: str) -> float:
 
 
 def _replies(model: str, prompts: list[str], samples: int = 1) -> list[list[str]]:
-    from dpokit.eval.evaluate import load_eval_policy
     from dpokit.policies.causal_lm.sampling import SamplingSettings, sample_completions
+    from dpokit.runs import load_policy
 
-    policy = load_eval_policy(model)
+    policy = load_policy(model)
     settings = SamplingSettings(num_samples=samples, max_new_tokens=80,
                                 temperature=0.8 if samples > 1 else 0.0, batch_size=16)
     return [[s.text for s in group] for group in
@@ -109,7 +109,7 @@ def train_model(name: str, rows: dict[str, list[dict]], prompt_of) -> dict[str, 
 
 
 def run() -> dict:
-    from dpokit.llumi import (
+    from dpokit.apps.llumi import (
         LexiconJudge,
         generation_prompt,
         generation_rows,

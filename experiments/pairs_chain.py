@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dpokit.cli import main as dpokit  # noqa: E402
 from dpokit.eval.rewards import load_reward  # noqa: E402
-from dpokit.online import prompt_pool, sample_reward  # noqa: E402
-from dpokit.policies.causal_lm.lora import load_for_generation  # noqa: E402
 from dpokit.policies.causal_lm.sampling import SamplingSettings  # noqa: E402
+from dpokit.runs import load_policy  # noqa: E402
+from dpokit.runs.online import prompt_pool, sample_reward  # noqa: E402
 
 OUT = ROOT / "outputs" / "chain"
 RESULTS = ROOT / "experiments" / "results"
@@ -47,7 +47,8 @@ COMMON = ["progress_bar=false", "chat_template_for_strings=true", "max_length=16
 
 
 def measure(model_name: str, reward: str) -> dict:
-    model, tokenizer = load_for_generation(model_name)
+    policy = load_policy(model_name)
+    model, tokenizer = policy.model, policy.tokenizer
     est = sample_reward(model, tokenizer, prompt_pool(EVAL_PROMPTS), load_reward(reward),
                         SamplingSettings(**SAMPLING))
     return {"reward": est.mean, "se": est.stderr, "prompts": est.n,

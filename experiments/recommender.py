@@ -19,7 +19,7 @@ import time
 
 from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
 
-from dpokit.recommender import load_recommender_recipe, run_recommender  # noqa: E402
+from dpokit.apps.amrs.run import load_recommender_recipe, run_recommender  # noqa: E402
 
 
 def write(data: dict) -> None:

@@ -2,7 +2,7 @@
 delimiters (StruQ) and then DPO on injected pairs (SecAlign) make the model ignore
 instructions injected into its data, and what does it cost in utility?
 
-Data: data/secalign_tasks.{train,eval}.jsonl (data/build_secalign_tasks.py): 560 training
+Data: data/secalign_tasks.{train,eval}.jsonl (src/dpokit/apps/secalign/build_data.py): 560 training
 tasks (7 program-graded families over news sentences and fortunes, WordNet definitions,
 "print exactly" tasks), 64 held-out tasks over texts never trained on. Arms:
 
@@ -43,8 +43,8 @@ def _run(args: list[str]) -> None:
 
 def prepare_base() -> str:
     """SmolLM2 with the reserved delimiter tokens, saved as an ordinary folder."""
+    from dpokit.apps.secalign import add_delimiter_tokens
     from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
-    from dpokit.secalign import add_delimiter_tokens
 
     path = OUT / "base-struq"
     if not (path / "config.json").is_file():
@@ -76,11 +76,11 @@ def train_arms() -> dict[str, tuple[str, str]]:
 
 
 def evaluate(model: str, frontend: str) -> dict:
-    from dpokit.eval.evaluate import load_eval_policy
-    from dpokit.secalign import GCGSettings, evaluate_injection
-    from dpokit.secalign.tasks import load_tasks
+    from dpokit.apps.secalign import GCGSettings, evaluate_injection
+    from dpokit.apps.secalign.tasks import load_tasks
+    from dpokit.runs import load_policy
 
-    policy = load_eval_policy(model)
+    policy = load_policy(model)
     report = evaluate_injection(policy.model, policy.tokenizer,
                                 load_tasks(f"{TASKS}.eval.jsonl"), frontend,
                                 gcg=GCGSettings(steps=20, suffix_tokens=10, top_k=64,

@@ -60,7 +60,7 @@ def _vision_config():
 
 def questions(split: str, scenes: int, kinds, seed: int) -> list[dict]:
     """Scenes rendered to OUT/images/<split>_<i>.png, each with one question of every kind."""
-    from dpokit.vision_shapes import ask, random_scene
+    from dpokit.apps.worlds.vision_shapes import ask, random_scene
 
     rng = random.Random(seed)
     folder = OUT / "images"
@@ -85,9 +85,9 @@ def _write(name: str, rows: list[dict]) -> str:
 def answers(model: str, items: list[dict]) -> list[str]:
     from PIL import Image
 
-    from dpokit.vision_language import load_vision_policy
+    from dpokit.runs import load_policy
 
-    policy = load_vision_policy(model)
+    policy = load_policy(model)
     images = [[Image.open(x["image"]).convert("RGB")] for x in items]
     return policy.answer([x["question"].text for x in items], images, max_new_tokens=40,
                          batch_size=32)
@@ -96,7 +96,12 @@ def answers(model: str, items: list[dict]) -> list[str]:
 def dpo_pairs(sft_model: str, items: list[dict], seed: int) -> tuple[list[dict], dict]:
     """Chosen: the program answer; rejected: the SFT model's answer when it hallucinates,
     else the program answer with one attribute swapped for an absent one."""
-    from dpokit.vision_shapes import COLOURS, SHAPES, hallucinated, with_absent_attribute
+    from dpokit.apps.worlds.vision_shapes import (
+        COLOURS,
+        SHAPES,
+        hallucinated,
+        with_absent_attribute,
+    )
 
     rng = random.Random(seed)
     drawn = answers(sft_model, items)
@@ -118,7 +123,7 @@ def dpo_pairs(sft_model: str, items: list[dict], seed: int) -> tuple[list[dict],
 
 
 def score(items: list[dict], said: list[str]) -> dict:
-    from dpokit.vision_shapes import KINDS, correct, hallucinated
+    from dpokit.apps.worlds.vision_shapes import KINDS, correct, hallucinated
 
     out: dict = {}
     for kind in (*KINDS, "all"):
@@ -133,9 +138,9 @@ def score(items: list[dict], said: list[str]) -> dict:
 
 
 def run() -> dict:
+    from dpokit.apps.worlds.vision_shapes import KINDS, pretrain_encoder
     from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
     from dpokit.policies.vision_language import assemble_llava
-    from dpokit.vision_shapes import KINDS, pretrain_encoder
 
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -191,7 +196,7 @@ def run() -> dict:
 
 
 def write(data: dict) -> None:
-    from dpokit.vision_shapes import KINDS
+    from dpokit.apps.worlds.vision_shapes import KINDS
 
     minutes = data["minutes"]
     lines = ["# Vision-language DPO against hallucination (synthetic scenes, SmolLM2-135M)", "",
@@ -221,7 +226,7 @@ def write(data: dict) -> None:
 
 
 def plot(data: dict) -> None:
-    from dpokit.vision_shapes import KINDS
+    from dpokit.apps.worlds.vision_shapes import KINDS
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+TESTS = Path(__file__).resolve().parent  # the shared helpers live here (tests mirror src/)
+REPO = TESTS.parent
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -149,7 +152,7 @@ def _auto_precision_is_fp32_in_tests(monkeypatch):
     """``mixed_precision: auto`` resolves to fp32 in every test, whatever CPU runs the suite
     (a CPU with AMX would pick bf16 and move the tolerances); tests of auto's choice stub
     their own device (tests/test_hardware.py)."""
-    from dpokit.train import hardware
+    from dpokit.core import hardware
 
     cpu = hardware.DeviceInfo("cpu", "test CPU", "AVX2", native_bf16=False, native_fp16=False)
     monkeypatch.setattr(hardware, "probe", lambda kind: cpu)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from conftest import make_tiny_llama, sentiment_rows
 
 from dpokit.config import load_config
-from dpokit.data import (
+from dpokit.data.io import Record
+from dpokit.data.text import (
     PairCollator,
     SequenceCollator,
     TokenizeSettings,
@@ -13,9 +14,7 @@ from dpokit.data import (
     build_sequences,
     build_unpaired,
 )
-from dpokit.data.io import Record
-from dpokit.objectives import SFTObjective
-from dpokit.pipeline import build_objective
+from dpokit.objectives import SFTObjective, build_objective
 from dpokit.policies.causal_lm import CausalLMPolicy
 from dpokit.train import EvalSet, StaticSource, Trainer
 
@@ -63,7 +62,7 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
     if lora:
         model = lora_model(model)
         reference = "adapter"
-    objective = build_objective(config)
+    objective = build_objective(config.loss)
     if not objective.needs_reference:
         reference = "none"
     policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8,

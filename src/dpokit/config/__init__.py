@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from ..train.hardware import HardwareError, check_device_supports
-from .schema import SECTIONS, TrainConfig
+from ..core.hardware import HardwareError, check_device_supports
+from .schema import SECTIONS, TrainConfig, fields_where
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,7 @@ for _section, _cls in SECTIONS.items():
             raise RuntimeError(f"config field {_f.name!r} is in two sections")
         _FLAT[_f.name] = (_section, _f)
 _HINTS = {s: typing.get_type_hints(c) for s, c in SECTIONS.items()}
+_DEFAULTS = {s: dataclasses.asdict(c()) for s, c in SECTIONS.items()}
 _ALL_KEYS = list(_FLAT) + [f"{s}.{n}" for s in _FIELDS for n in _FIELDS[s]] + list(SECTIONS)
 
 
@@ -74,8 +75,11 @@ def _enum_word(value: Any, allowed: tuple) -> Any:
 
 
 def _coerce(section: str, name: str, value: Any, where: str) -> Any:
+    return _coerce_hint(_HINTS[section][name], name, value, where)
+
+
+def _coerce_hint(hint: Any, name: str, value: Any, where: str) -> Any:
     """Check ``value`` against the field's type; ints are accepted where floats are."""
-    hint = _HINTS[section][name]
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
@@ -138,13 +142,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     """Build a config from a YAML recipe, then ``key=value`` overrides, then keyword args."""
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     if recipe is not None:
-        try:
-            loaded = yaml.safe_load(Path(recipe).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{recipe}: cannot read recipe: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{recipe}: a recipe is a mapping of config keys to values")
-        for key, value in loaded.items():
+        for key, value in read_recipe(recipe).items():
             _set(values, str(key), value, str(recipe))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -211,12 +209,10 @@ def validate(cfg: TrainConfig) -> None:
             check_device_supports("mps", strategy=strategy, quantization=m.quantization)
         except HardwareError as err:
             raise ConfigError(str(err)) from None
-    if strategy in ("fsdp", "deepspeed"):
-        outside = [name for name, on in (
-            ("online.mode", cfg.online.mode != "off"), ("run.eval_prompts", cfg.run.eval_prompts),
-            ("geometry.probes", cfg.geometry.probes),
-            ("geometry.regularizer", cfg.geometry.regularizer != "off"),
-            ("model.merge_adapter", m.merge_adapter)) if on]
+    if strategy in ("fsdp", "deepspeed"):  # fields declared sharded=False
+        outside = [f"{section}.{name}" for section, name in fields_where("unsharded")
+                   if getattr(getattr(cfg, section), name)
+                   != _DEFAULTS[section][name]]
         if outside:
             raise ConfigError(f"distributed.strategy={strategy}: {', '.join(outside)} run(s) "
                               f"the model outside its sharded forward (generation, hidden "
@@ -245,6 +241,47 @@ def validate(cfg: TrainConfig) -> None:
             )
 
 
+def read_recipe(recipe: str | Path) -> dict[str, Any]:
+    """A YAML recipe's mapping; a file that cannot be read or is not a mapping: one line."""
+    try:
+        loaded = yaml.safe_load(Path(recipe).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{recipe}: cannot read recipe: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{recipe}: a recipe is a mapping of config keys to values")
+    return loaded
+
+
+def check_keys(keys: Any, allowed: Any, where: str) -> None:
+    """An unknown key is an error naming the nearest allowed one.
+
+    >>> check_keys(["num_itmes"], ["num_items", "dim"], "recommender")
+    Traceback (most recent call last):
+    dpokit.config.ConfigError: recommender: unknown key 'num_itmes'; did you mean 'num_items'?
+    """
+    allowed = list(allowed)
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def load_settings(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Any settings dataclass from a mapping, checked as the config's sections are: unknown
+    keys named with the nearest field, values against the field types, numeric domains."""
+    check_keys(values, [f.name for f in dataclasses.fields(cls)], where)
+    hints = typing.get_type_hints(cls)
+    settings = cls(**{k: _coerce_hint(hints[k], k, v, where) for k, v in values.items()})
+    for f in dataclasses.fields(cls):
+        domain, value = f.metadata.get("domain"), getattr(settings, f.name)
+        if domain is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = domain.check(f.name, float(value))
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
+    return settings
+
+
 def describe_config() -> str:
     """Every field, section by section, with its default, domain and one-line meaning."""
     lines = []
@@ -270,4 +307,5 @@ def _choices(hint: Any) -> str:
     return ""
 
 
-__all__ = ["ConfigError", "TrainConfig", "describe_config", "load_config", "validate"]
+__all__ = ["ConfigError", "TrainConfig", "check_keys", "describe_config", "load_config",
+           "load_settings", "read_recipe", "validate"]

@@ -14,35 +14,69 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from ..core.hardware import DEVICES, PRECISIONS
 from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Domain
 from ..data.builders.scored import PAIRINGS
-from ..data.text.collate import LAYOUTS
 from ..losses import declared_params
 from ..objectives import F_DIVERGENCES, WPO_FORMS
-from ..train.hardware import DEVICES, PRECISIONS
 
 _NO_DOMAIN = Domain()
 # the text policy's attention backends (policies/causal_lm/attention.py, which config may not
-# import; tests/test_attention.py checks the two lists agree)
+# import; tests/policies/causal_lm/test_attention.py checks the two lists agree)
 ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
+# the text and image-text batch layouts (data/text/collate.py; tests/data/test_text_data.py
+# checks the two lists agree)
+LAYOUTS = ("padded", "packed", "prefix_shared")
 
 
-def setting(default: Any, help: str, domain: Domain | None = None, *,
-            factory: Any = None) -> Any:
-    """A config field with its meaning and (for numbers) domain."""
-    metadata = {"help": help, "domain": domain}
+def setting(default: Any, help: str, domain: Domain | None = None, *, factory: Any = None,
+            computes: bool | None = None, path: bool = False, sharded: bool = True) -> Any:
+    """A config field with its meaning, (for numbers) its domain, and what it is:
+
+    - ``computes``: whether a change changes what training computes (a resumed run refuses
+      one); None: the section's ``COMPUTES``. Paths, plain twins of fast paths and the
+      evaluation's settings do not.
+    - ``path``: a file or folder a packaged recipe names relative to the repository root.
+    - ``sharded=False``: set to anything but its default, refused with FSDP2 / DeepSpeed.
+    """
+    metadata = {"help": help, "domain": domain, "computes": computes, "path": path,
+                "sharded": sharded}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def computes(section: type, f: dataclasses.Field) -> bool:
+    """Whether field ``f`` of ``section`` changes what training computes."""
+    declared = f.metadata.get("computes")
+    return getattr(section, "COMPUTES", True) if declared is None else declared
+
+
+def fields_where(flag: str) -> list[tuple[str, str]]:
+    """(section, field) of every field whose ``flag`` (``path``) is set, or whose ``sharded``
+    is False for ``flag="unsharded"``.
+
+    >>> ("data", "train_data") in fields_where("path")
+    True
+    """
+    out = []
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            on = (not f.metadata.get("sharded", True)) if flag == "unsharded" \
+                else f.metadata.get(flag, False)
+            if on:
+                out.append((name, f.name))
+    return out
 
 
 @dataclass
 class ModelConfig:
     name: str = setting("smollm2", "local folder, hub name, or the embedded default `smollm2`; "
                         "a folder holding a LoRA adapter loads its base and that adapter")
-    tokenizer: str | None = setting(None, "tokenizer folder or hub name; default: the model's")
+    tokenizer: str | None = setting(None, "tokenizer folder or hub name; default: the model's",
+                                          computes=False)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "weights: auto (with LoRA, the frozen base in the training precision's dtype: "
         "bf16 under bf16, fp16 under fp16; else fp32)")
@@ -65,7 +99,7 @@ class ModelConfig:
     use_rslora: bool = setting(False, "rsLoRA: scale by alpha/sqrt(r), not alpha/r (stable "
                                "at high rank; Kalajdzievski 2023)")
     merge_adapter: bool = setting(False, "final/: the base with the adapter merged in (an "
-                                  "ordinary full model), not the adapter alone")
+                                  "ordinary full model), not the adapter alone", sharded=False)
     quantization: Literal["none", "4bit"] = setting(
         "none", "4bit: QLoRA, the frozen base in 4-bit NF4 through bitsandbytes (CUDA GPU only)")
     adapter: str | None = setting(
@@ -81,37 +115,41 @@ class ModelConfig:
                                     "passes agree (as TRL's default)")
     logprob_impl: Literal["chunked", "plain"] = setting(
         "chunked", "LM head on completion positions in chunks with a recomputing backward; "
-        "plain: its twin")
+        "plain: its twin", computes=False)
     lm_head_chunk_size: int = setting(256, "rows of (chunk x vocab) fp32 logits live at once",
-                                      AT_LEAST_ONE)
+                                      AT_LEAST_ONE, computes=False)
     attention_impl: Literal[ATTENTION_IMPLS] = setting(  # type: ignore[valid-type]
         "auto", "packed / prefix-shared rows: auto (CUDA: flash_varlen with flash-attn, else "
         "flex; CPU / MPS: sdpa_segments), flex (FlexAttention BlockMask), flash_varlen "
-        "(flash-attn), sdpa_segments (one SDPA call per segment) or mask (the dense 4-D mask)")
+        "(flash-attn), sdpa_segments (one SDPA call per segment) or mask (the dense 4-D mask)",
+        computes=False)
 
 
 @dataclass
 class DataConfig:
     train_data: str | None = setting(None, "training rows: .jsonl/.json/.csv/.parquet, a "
-                                     "save_to_disk folder or a hub dataset name")
-    eval_data: str | None = setting(None, "held-out rows (same formats)")
-    train_split: str = setting("train", "split of a datasets dataset")
-    eval_split: str = setting("test", "split of a datasets dataset for eval_data")
+                                     "save_to_disk folder or a hub dataset name",
+                                     computes=False, path=True)
+    eval_data: str | None = setting(None, "held-out rows (same formats)", computes=False, path=True)
+    train_split: str = setting("train", "split of a datasets dataset", computes=False)
+    eval_split: str = setting("test", "split of a datasets dataset for eval_data", computes=False)
     eval_fraction: float = setting(0.0, "when eval_data is not set, hold out this fraction of "
                                    "train_data's prompts, with all their rows (no prompt in "
-                                   "both splits)", Domain(0.0, 1.0, low_inclusive=True))
+                                   "both splits)", Domain(0.0, 1.0, low_inclusive=True),
+                                   computes=False)
     max_length: int = setting(512, "prompt + completion tokens per sequence", AT_LEAST_ONE)
     max_prompt_length: int = setting(256, "a longer prompt is a bad row", AT_LEAST_ONE)
     chat_template_for_strings: bool = setting(False, "render string rows as a chat turn")
     completion_only_loss: bool = setting(True, "SFT: score completion tokens only (false: the "
                                          "prompt too)")
     on_bad_rows: Literal["error", "skip"] = setting(
-        "error", "error: stop at the first bad row; skip: skip, count and report by reason")
+        "error", "error: stop at the first bad row; skip: skip, count and report by reason",
+        computes=False)
     batch_layout: Literal[LAYOUTS] = setting(  # type: ignore[valid-type]
         "prefix_shared", "prefix_shared (prompt once per pair) | packed | padded (plain twin); "
         "SFT packs for prefix_shared")
     max_row_tokens: int | None = setting(None, "packed row cap; default: the longest segment",
-                                         AT_LEAST_ONE)
+                                         AT_LEAST_ONE, computes=False)
     shuffle: bool = setting(True, "seeded order per epoch (false: file order)")
     streaming: bool = setting(False, "read train_data lazily (a .jsonl file, a folder of "
                               ".jsonl shards or a glob), tokenizing each step's rows when it "
@@ -140,10 +178,11 @@ def _loss_section() -> type:
                                           "the paper's 0.6; 1 = hard copy)",
                                           Domain(0.0, 1.0, high_inclusive=True))),
         ("precompute_ref_logps", bool, setting(True, "run the reference once before training "
-                                               "and cache it on disk")),
+                                               "and cache it on disk", computes=False)),
         ("ref_precision", Literal["auto", "fp32", "bf16", "fp16"], setting(
             "auto", "reference forward precision; auto follows the training precision")),
-        ("ref_cache_dir", str | None, setting(None, "default: <cache root>/ref_logps")),
+        ("ref_cache_dir", str | None, setting(None, "default: <cache root>/ref_logps",
+                                             computes=False)),
     ]
     declared = [(p.name, float, setting(p.default, p.help, p.domain))
                 for p in declared_params().values()]
@@ -179,6 +218,8 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
+    COMPUTES: ClassVar[bool] = False  # where and how often to evaluate, save and log
+
     output_dir: str = setting("outputs/run", "metrics, checkpoints and final/")
     device: Literal[DEVICES] = setting(  # type: ignore[valid-type]
         "auto", "auto (CUDA, then an Apple GPU, then the CPU) | cpu | cuda | mps")
@@ -188,7 +229,8 @@ class RunConfig:
                                 "the final evaluation")
     eval_prompts: str | None = setting(
         None, "held-out prompts: at each evaluation, sample answers and log their reward, KL to "
-        "the reference, length, diversity and win rate (eval/gen/...; sampling as in online)")
+        "the reference, length, diversity and win rate (eval/gen/...; sampling as in online)",
+        path=True, sharded=False)
     eval_reward: str | None = setting(None, "reward of those samples; default: online.reward")
     eval_samples: int = setting(4, "answers sampled per eval prompt", AT_LEAST_ONE)
     log_every: int = setting(1, "steps between metric rows", AT_LEAST_ONE)
@@ -210,6 +252,8 @@ class RunConfig:
 
 @dataclass
 class DistributedConfig:
+    COMPUTES: ClassVar[bool] = False  # engines are tested equal (N processes == 1)
+
     strategy: Literal["ddp", "fsdp", "deepspeed"] = setting(
         "ddp", "engine under torchrun / accelerate launch: ddp (a whole copy per process) | "
         "fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded per decoder layer) "
@@ -233,9 +277,9 @@ class OnlineConfig:
     mode: Literal["off", "online", "iterative"] = setting(
         "off", "off: train on train_data's pairs; online: every step, pairs from the policy's "
         "own samples (online DPO); iterative: rounds of sample -> score -> pair -> train, each "
-        "round's model the next round's reference")
+        "round's model the next round's reference", sharded=False)
     prompts: str | None = setting(None, "prompt rows (prompt, optional reference) to sample "
-                                  "for; default: train_data")
+                                  "for; default: train_data", path=True)
     reward: str = setting("vader", "scores samples: module:function, vader, vader_negative, "
                           "minilm (vs the row's reference) or hf:PATH")
     num_samples: int = setting(2, "completions sampled per prompt",
@@ -243,7 +287,8 @@ class OnlineConfig:
     temperature: float = setting(1.0, "sampling temperature", POSITIVE)
     top_p: float = setting(1.0, "nucleus sampling mass", Domain(0.0, 1.0, high_inclusive=True))
     max_new_tokens: int = setting(48, "tokens per sample at most", AT_LEAST_ONE)
-    sample_batch_size: int = setting(16, "sequences per generate call", AT_LEAST_ONE)
+    sample_batch_size: int = setting(16, "sequences per generate call", AT_LEAST_ONE,
+                                         computes=False)
     pairing: Literal[PAIRINGS] = setting(  # type: ignore[valid-type]
         "best_worst", "how scored samples become pairs (best_worst, best_random, all_pairs)")
     pair_margin: float = setting(0.0, "smallest reward difference that makes a pair",
@@ -281,21 +326,23 @@ class DrPOConfig:
 class GeometryConfig:
     probes: str | None = setting(
         None, "style probe rows (content, style, text), e.g. data/style_probes.eval.jsonl: "
-        "Style TDI and trajectory TDI at each evaluation (eval/geometry/...)")
+        "Style TDI and trajectory TDI at each evaluation (eval/geometry/...)",
+        computes=False, path=True, sharded=False)
     layer: int = setting(-1, "hidden layer of Style TDI and the finite_difference regularizer "
                          "(-1: the last)")
     tdi_sigma: float = setting(0.01, "trajectory TDI input noise, relative to the input "
-                               "embeddings' RMS (the identity map scores sigma^2)", POSITIVE)
+                               "embeddings' RMS (the identity map scores sigma^2)", POSITIVE,
+                               computes=False)
     warn_increase: float = setting(0.2, "warn when Style TDI rises by more than this fraction "
-                                   "over its first value", NON_NEGATIVE)
+                                   "over its first value", NON_NEGATIVE, computes=False)
     max_probe_length: int = setting(64, "tokens per probe text", AT_LEAST_ONE)
     regularizer: Literal["off", "finite_difference", "matched"] = setting(
         "off", "penalize hidden-state sensitivity to style during training: finite_difference "
         "(distances between style variants / between contents) or matched (response to noise "
-        "shaped like style changes)")
+        "shaped like style changes)", sharded=False)
     regularizer_probes: str | None = setting(
         None, "probe rows the regularizer trains on (keep them apart from `probes`), e.g. "
-        "data/style_probes.train.jsonl")
+        "data/style_probes.train.jsonl", path=True)
     regularizer_weight: float = setting(1.0, "weight of the penalty in the loss", NON_NEGATIVE)
     regularizer_contents: int = setting(4, "probe contents per step (all their styles run)",
                                         Domain(2.0, low_inclusive=True))

@@ -8,6 +8,7 @@ from .protocols import (
     ObjectiveOutput,
     Policy,
     PolicyCapabilities,
+    PolicyDescription,
     Regularizer,
     RegularizerOutput,
     ShardSettings,
@@ -15,5 +16,6 @@ from .protocols import (
 from .types import LossOutput, MetricSums, PairLogps, SequenceScores
 
 __all__ = ["BasePolicy", "Batch", "DataSource", "LossOutput", "MetricSums", "Objective",
-           "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "Regularizer",
+           "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "PolicyDescription",
+           "Regularizer",
            "RegularizerOutput", "SequenceScores", "ShardSettings"]

@@ -71,6 +71,27 @@ class PolicyCapabilities:
 
 
 @dataclass(frozen=True)
+class PolicyDescription:
+    """What a trained policy is, said by the policy: its model card and the ``dpokit.json``
+    next to a saved model are written from it, and :func:`dpokit.runs.load_policy` reads the
+    modality back.
+
+    modality: the room it lives in (``causal_lm``, ``vision_language``, ``recommender``,
+        ``diffusion``, ...).
+    model: the model it was trained from (a hub name or folder), or what it is when built
+        in-process (``NextItemModel: session transformer, 200 items``).
+    kind: ``adapter`` (a LoRA adapter on a frozen base), ``merged`` (the base with an adapter
+        merged in) or ``full``.
+    library: what loads the saved folder (``peft``, ``transformers``, ``diffusers``, ``torch``).
+    """
+
+    modality: str
+    model: str
+    kind: str = "full"
+    library: str = "torch"
+
+
+@dataclass(frozen=True)
 class ShardSettings:
     """How a policy shards itself: ``engine="fsdp2"`` (``torch.distributed.fsdp.fully_shard``)
     or ``"zero"`` (DeepSpeed ZeRO; the loop then hands the returned root module and the
@@ -140,6 +161,10 @@ class Policy(Protocol):
         """Called on every process; ``directory`` is None on all but the main one (a sharded
         policy gathers its weights collectively, then the main process writes)."""
 
+    def describe(self) -> PolicyDescription:
+        """What it is: modality, the model it was trained from, adapter or full (the model
+        card and ``dpokit.json`` of a saved model)."""
+
     def fingerprint(self) -> str:
         """Identifies the reference weights (``capabilities.fingerprint``)."""
 
@@ -177,6 +202,10 @@ class BasePolicy:
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)
+
+    def describe(self) -> PolicyDescription:
+        """What this policy is (a subclass says; this default names only its class)."""
+        return PolicyDescription(modality="custom", model=type(self).__name__)
 
     def shard(self, settings: ShardSettings) -> list[nn.Module]:
         raise self._lacks("sharding")

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import torch
 
+from .catalogue import Metric, declare
+
 
 @dataclass
 class SequenceScores:
@@ -179,3 +181,7 @@ POSITIVE = Domain(low=0.0)
 NON_NEGATIVE = Domain(low=0.0, low_inclusive=True)
 AT_LEAST_ONE = Domain(low=1.0, low_inclusive=True)
 UNIT_INTERVAL = Domain(0.0, 1.0, low_inclusive=True, high_inclusive=True)
+
+
+declare(Metric("entropy", "mean token entropy (nats)", "{:.3f}", "tokens"),
+        Metric("mean_token_accuracy", "argmax token accuracy", "{:.3f}", "tokens"))

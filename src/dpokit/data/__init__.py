@@ -1,29 +1,8 @@
-"""Data: read rows (``io``), count what happened to them (``report``), and for text, tokenize
-pairs and SFT sequences and collate them (``text``)."""
+"""Data of every modality: read rows (``io``: every row with its file and 1-based row number),
+count what happened to them (``report``), split by prompt (``split``), build pairs
+(``builders``). The text modality's tokenizing and collating is :mod:`dpokit.data.text`."""
 
 from .io import DataError, Record, load_records
 from .report import DataReport, ExampleSet, build_examples
-from .text.collate import (
-    PairCollator,
-    PreferenceBatch,
-    SequenceCollator,
-    TextBatch,
-    collate_pairs,
-    collate_sequences,
-)
-from .text.pairs import (
-    PreferencePairs,
-    TokenizedPair,
-    TokenizeSettings,
-    build_pairs,
-    build_unpaired,
-    tokenize_record,
-)
-from .text.sft import TokenizedSequence, build_sequences
 
-__all__ = [
-    "DataError", "DataReport", "ExampleSet", "PairCollator", "PreferenceBatch", "PreferencePairs",
-    "Record", "SequenceCollator", "TextBatch", "TokenizeSettings", "TokenizedPair",
-    "TokenizedSequence", "build_examples", "build_pairs", "build_sequences", "build_unpaired",
-    "collate_pairs", "collate_sequences", "load_records", "tokenize_record",
-]
+__all__ = ["DataError", "DataReport", "ExampleSet", "Record", "build_examples", "load_records"]

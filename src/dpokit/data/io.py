@@ -11,6 +11,7 @@ Data larger than memory is read lazily from JSON Lines shards (``stream_jsonl``)
 from __future__ import annotations
 
 import csv
+import difflib
 import glob
 import io
 import json
@@ -249,3 +250,15 @@ def count_jsonl_rows(files: Sequence[Path]) -> int:
         with path.open("rb") as handle:
             count += sum(1 for raw in handle if raw.strip())
     return count
+
+
+def check_columns(record: Record, known: tuple[str, ...]) -> None:
+    """A column that is not used and looks like a misspelling of a known one is an error
+    naming both (``promt`` for ``prompt``), instead of a silently ignored column."""
+    for column in record.values:
+        if column in known:
+            continue
+        close = difflib.get_close_matches(column, known, n=1, cutoff=0.75)
+        if close and close[0] not in record.values:
+            raise DataError(record.source, record.row, column, f"unknown column {column!r}; "
+                            f"did you mean {close[0]!r}? (it is not used as it is)")

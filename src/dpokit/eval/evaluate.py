@@ -8,7 +8,7 @@ tokens drawn, scored by both models), mean length, distinct-1/2, repetition rate
 degenerate samples, and the win rate against the reference's own samples under a judge
 (randomized order, ties, length-controlled).
 
-    >>> report = evaluate(load_eval_policy("outputs/run/final"), pairs=records,   # doctest: +SKIP
+    >>> report = evaluate(load_policy("outputs/run/final"), pairs=records,   # doctest: +SKIP
     ...                   prompts=prompt_rows, reward=load_reward("vader"))
     >>> print(format_report(report))                                              # doctest: +SKIP
 """
@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from ..data import SequenceCollator, TokenizeSettings, build_pairs
+from ..core.catalogue import Metric, declare, table
 from ..data.builders import DEGENERATE, PromptRow, detect_failures
 from ..data.io import Record
+from ..data.text import SequenceCollator, TokenizeSettings, build_pairs
 from ..data.text.collate import PairCollator
 from ..data.text.sft import TokenizedSequence
 from ..losses import LossParams
@@ -45,36 +46,21 @@ from .metrics import (
 from .rewards import Reward
 from .tdi import GeometrySettings, StyleProbes, measure_geometry
 
-
-def load_eval_policy(model: str, reference: str | None = None) -> CausalLMPolicy:
-    """A saved model or LoRA adapter folder, with its reference: the adapter's base (adapter
-    disabled) by default, or the model at ``reference``; a full model needs ``reference`` for
-    the reference-based figures."""
-    from peft import PeftModel
-
-    from ..policies.causal_lm.lora import adapter_base
-    from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
-
-    base = adapter_base(model)
-    tokenizer = load_tokenizer(model if base is None or _has_tokenizer(model) else base)
-    if base is not None:
-        net = PeftModel.from_pretrained(load_causal_lm(base), model).eval()
-        if reference is None:
-            return CausalLMPolicy(net, tokenizer, reference="adapter")
-    else:
-        net = load_causal_lm(model).eval()
-    if reference is None:
-        return CausalLMPolicy(net, tokenizer, reference="none")
-    ref_base = adapter_base(reference)
-    ref = (PeftModel.from_pretrained(load_causal_lm(ref_base), reference).merge_and_unload()
-           if ref_base else load_causal_lm(reference))
-    return CausalLMPolicy(net, tokenizer, reference="external", reference_model=ref.eval())
-
-
-def _has_tokenizer(folder: str) -> bool:
-    from pathlib import Path
-
-    return (Path(folder) / "tokenizer_config.json").is_file()
+declare(
+    Metric("gen/reward", "mean reward of own samples", "{:+.4f}", "reward of own samples",
+           headline=True),
+    Metric("gen/kl", "KL(policy || reference), nats/sample", "{:.4f}",
+           "KL to the reference (nats per sample)", headline=True),
+    Metric("gen/win_rate", "win rate vs reference samples", "{:.3f}", "win rate vs reference",
+           headline=True),
+    Metric("gen/win_rate_lc", "  length-controlled", "{:.3f}", "win rate vs reference"),
+    Metric("gen/ties", "  ties", "{:.3f}"),
+    Metric("gen/length_tokens", "mean length, tokens", "{:.1f}", "length of own samples"),
+    Metric("gen/distinct_1", "distinct-1", "{:.3f}", "diversity of own samples"),
+    Metric("gen/distinct_2", "distinct-2", "{:.3f}", "diversity of own samples"),
+    Metric("gen/repetition", "repetition rate (3-grams)", "{:.3f}"),
+    Metric("gen/degenerate", "degenerate samples", "{:.3f}"),
+)
 
 
 @dataclass
@@ -217,23 +203,24 @@ def evaluate(policy: CausalLMPolicy, pairs: Sequence[Record] | None = None,
     return report
 
 
-def generation_evaluator(cfg: Any) -> Any:
+def generation_evaluator(run: Any, online: Any, seed: int, chat: bool) -> Any:
     """What the loop calls at each evaluation when ``run.eval_prompts`` is set: the generation
     figures of :func:`generation_metrics` (sampling as the ``online`` section says, seed
-    10,000 + optim.seed, the same at every evaluation); None when it is not set."""
+    10,000 + ``seed``, the same at every evaluation; ``chat``: string prompts as a chat turn);
+    None when it is not set. ``run`` and ``online``: those config sections."""
     from ..data import load_records
     from ..data.builders import prompt_rows
     from .rewards import load_reward
 
-    run, o = cfg.run, cfg.online
+    o = online
     if not run.eval_prompts:
         return None
     prompts = prompt_rows(load_records(run.eval_prompts))
     reward = load_reward(run.eval_reward or o.reward)
     settings = SamplingSettings(num_samples=run.eval_samples, max_new_tokens=o.max_new_tokens,
                                 temperature=o.temperature, top_p=o.top_p,
-                                seed=10_000 + cfg.optim.seed, batch_size=o.sample_batch_size,
-                                chat=cfg.data.chat_template_for_strings)
+                                seed=10_000 + seed, batch_size=o.sample_batch_size, chat=chat)
+
     def evaluate_generation(policy) -> dict[str, Any]:
         report = generation_metrics(policy, prompts, settings, reward)
         return {**report.metrics, "eval/gen/samples": report.samples}
@@ -241,41 +228,10 @@ def generation_evaluator(cfg: Any) -> Any:
     return evaluate_generation
 
 
-ROWS = [
-    ("eval/loss", "DPO loss (held-out pairs)", "{:.4f}"),
-    ("eval/rewards/accuracies", "implicit-reward accuracy", "{:.3f}"),
-    ("eval/rewards/margins", "implicit-reward margin", "{:+.4f}"),
-    ("eval/logp_accuracy", "own log-prob ranking accuracy", "{:.3f}"),
-    ("eval/logp_accuracy_per_token", "  same, per token", "{:.3f}"),
-    ("eval/gen/reward", "mean reward of own samples", "{:+.4f}"),
-    ("eval/gen/kl", "KL(policy || reference), nats/sample", "{:.4f}"),
-    ("eval/gen/win_rate", "win rate vs reference samples", "{:.3f}"),
-    ("eval/gen/win_rate_lc", "  length-controlled", "{:.3f}"),
-    ("eval/gen/ties", "  ties", "{:.3f}"),
-    ("eval/gen/length_tokens", "mean length, tokens", "{:.1f}"),
-    ("eval/gen/distinct_1", "distinct-1", "{:.3f}"),
-    ("eval/gen/distinct_2", "distinct-2", "{:.3f}"),
-    ("eval/gen/repetition", "repetition rate (3-grams)", "{:.3f}"),
-    ("eval/gen/degenerate", "degenerate samples", "{:.3f}"),
-    ("eval/geometry/style_tdi", "Style TDI (lower is better)", "{:.4f}"),
-    ("eval/geometry/reference_style_tdi", "  reference's", "{:.4f}"),
-    ("eval/geometry/style_tdi_change", "  change vs reference", "{:+.1%}"),
-    ("eval/geometry/trajectory_tdi", "trajectory TDI", "{:.3g}"),
-    ("eval/geometry/reference_trajectory_tdi", "  reference's", "{:.3g}"),
-]
-
-
 def format_report(report: EvalReport) -> str:
     """The figures as a table (with ± standard errors where measured)."""
-    m, lines = report.metrics, []
-    width = max(len(label) for _, label, _ in ROWS)
-    for key, label, fmt in ROWS:
-        if key in m:
-            se = m.get(f"{key}_se")
-            lines.append(f"{label:<{width}}  {fmt.format(m[key])}"
-                         + (f" ± {se:.4f}" if se is not None else ""))
-    return "\n".join(lines)
+    return table(report.metrics)
 
 
 __all__ = ["EvalReport", "evaluate", "format_report", "generation_metrics", "geometry_metrics",
-           "load_eval_policy", "preference_metrics"]
+           "preference_metrics"]

@@ -18,22 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TRAIN_PANELS = [
-    ("training loss", ["loss"]),
-    ("implicit reward", ["rewards/margins", "rewards/accuracies"]),
-    ("tokens", ["entropy", "mean_token_accuracy"]),
-    ("optimizer", ["grad_norm", "learning_rate"]),
-    ("regularizer penalty", ["reg/style"]),
-]
-EVAL_PANELS = [
-    ("held-out loss", ["eval/loss"]),
-    ("held-out preference accuracy", ["eval/rewards/accuracies", "eval/logp_accuracy"]),
-    ("reward of own samples", ["eval/gen/reward"]),
-    ("KL to the reference (nats per sample)", ["eval/gen/kl"]),
-    ("win rate vs reference", ["eval/gen/win_rate", "eval/gen/win_rate_lc"]),
-    ("Style TDI (embedding layout, lower is better)", ["eval/geometry/style_tdi"]),
-    ("trajectory TDI", ["eval/geometry/trajectory_tdi"]),
-]
+from ..core.catalogue import lookup, panels
+from ..objectives import preference, sft  # noqa: F401  (the figures they declare)
+from ..train import engines  # noqa: F401
+from ..train import metrics as _train_metrics  # noqa: F401
+from . import evaluate, tdi  # noqa: F401
 
 
 @dataclass
@@ -100,18 +89,20 @@ def _table(runs: list[RunData]) -> str:
     head = "".join(f"<th>{html.escape(r.name)}: first</th><th>last</th>" for r in runs)
     body = []
     for k in keys:
-        cells = "".join(f"<td>{_fmt(f.get(k))}</td><td>{_fmt(x.get(k))}</td>"
+        m = lookup(k)
+        cells = "".join(f"<td>{_fmt(f.get(k), m)}</td><td>{_fmt(x.get(k), m)}</td>"
                         for f, x in zip(first, last, strict=True))
-        body.append(f"<tr><td>{html.escape(k)}</td>{cells}</tr>")
+        name = html.escape(m.label.strip() if m else k)
+        body.append(f'<tr><td title="{html.escape(k)}">{name}</td>{cells}</tr>')
     steps = "".join(f"<td>{_fmt(f.get('step'))}</td><td>{_fmt(x.get('step'))}</td>"
                     for f, x in zip(first, last, strict=True))
     return (f"<table><tr><th>figure</th>{head}</tr><tr><td>step</td>{steps}</tr>"
             + "".join(body) + "</table>")
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, metric=None) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return metric.show(value) if metric is not None else f"{value:.4g}"
     return "" if value is None else html.escape(str(value))
 
 
@@ -138,9 +129,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     figures = out.parent / f"{out.stem}_files"
     figures.mkdir(parents=True, exist_ok=True)
     images = []
-    for rows_of, panels in (("train", TRAIN_PANELS), ("evals", EVAL_PANELS)):
-        for i, (title, keys) in enumerate(panels):
-            png = _plot(runs, rows_of, keys, title, figures / f"{rows_of}_{i}.png")
+    for rows_of, section in (("train", "training"), ("evals", "held out")):
+        keys = {k for run in runs for row in getattr(run, rows_of) for k in row}
+        for i, (panel, panel_keys) in enumerate(panels(keys).items()):  # the catalogue's
+            title = f"{section}: {panel}"
+            png = _plot(runs, rows_of, panel_keys, title, figures / f"{rows_of}_{i}.png")
             if png is not None:
                 data = base64.b64encode(png.read_bytes()).decode()
                 images.append(f'<img alt="{html.escape(title)}" '

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.catalogue import Metric, declare
 from ..core.protocols import RegularizerOutput
 from ..data.io import DataError, load_records
 from ..policies.causal_lm.hidden import EncodedTexts, encode_texts, hidden_states, input_embeddings
@@ -69,6 +70,21 @@ def layout_tdi(embeddings: torch.Tensor, labels: Sequence[Hashable],
         raise ValueError("layout TDI needs a class (content) with two or more members")
     centroids = torch.stack([x[cls == c].mean(0) for c in range(num_classes)])  # (C, D)
     return torch.stack(within).mean() / distances(centroids).mean().clamp_min(1e-12)
+
+
+declare(
+    Metric("geometry/style_tdi", "Style TDI (lower is better)", "{:.4f}",
+           "Style TDI (embedding layout, lower is better)", headline=True),
+    Metric("geometry/reference_style_tdi", "  reference's", "{:.4f}"),
+    Metric("geometry/style_tdi_change", "  relative change (eval: vs the reference; "
+           "training: vs the first evaluation)", "{:+.1%}"),
+    Metric("geometry/trajectory_tdi", "trajectory TDI", "{:.3g}", "trajectory TDI",
+           headline=True),
+    Metric("geometry/reference_trajectory_tdi", "  reference's", "{:.3g}"),
+    Metric("geometry/trajectory_tdi_change", "  relative change vs the first evaluation",
+           "{:+.1%}"),
+    Metric("reg/style", "style regularizer penalty", "{:.4g}", "regularizer penalty"),
+)
 
 
 @dataclass

@@ -4,8 +4,9 @@ An objective scores a batch with a policy and returns per-example losses and met
 (:class:`dpokit.core.Objective`); it never imports a modality.
 """
 
+from .build import build_objective
 from .preference import F_DIVERGENCES, WPO_FORMS, PreferenceObjective, f_divergence_logratio
 from .sft import SFTObjective
 
 __all__ = ["F_DIVERGENCES", "WPO_FORMS", "PreferenceObjective", "SFTObjective",
-           "f_divergence_logratio"]
+           "build_objective", "f_divergence_logratio"]

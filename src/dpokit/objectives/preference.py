@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.catalogue import Metric, declare
 from ..core.protocols import ObjectiveOutput, Policy
 from ..core.types import LossOutput, MetricSums, PairLogps
 from ..losses import LossParams, LossSpec, get_loss
@@ -206,6 +207,21 @@ class PreferenceObjective:
                 raise ValueError("wpo=paper needs the policy's sampling_norm")
             chosen, rejected = chosen - mean.chosen_norm, rejected - mean.rejected_norm
         return torch.exp(chosen + rejected).detach().float()  # (B,)
+
+
+declare(
+    Metric("rewards/chosen", "implicit reward, chosen", "{:+.4f}"),
+    Metric("rewards/rejected", "implicit reward, rejected", "{:+.4f}"),
+    Metric("rewards/accuracies", "implicit-reward accuracy", "{:.3f}", "preference accuracy",
+           headline=True),
+    Metric("rewards/margins", "implicit-reward margin", "{:+.4f}", "implicit-reward margin",
+           headline=True),
+    Metric("logps/chosen", "mean log-prob, chosen", "{:.2f}", "log-probs"),
+    Metric("logps/rejected", "mean log-prob, rejected", "{:.2f}", "log-probs"),
+    Metric("logp_accuracy", "own log-prob ranking accuracy", "{:.3f}", "preference accuracy",
+           headline=True),
+    Metric("logp_accuracy_per_token", "  same, log-prob per token", "{:.3f}"),
+)
 
 
 def pair_metrics(result: LossOutput, out: PairLogps) -> MetricSums:

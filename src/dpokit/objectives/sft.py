@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
+from ..core.catalogue import Metric, declare
 from ..core.protocols import ObjectiveOutput, Policy
 from ..core.types import MetricSums
+
+declare(Metric("tokens_per_sequence", "scored tokens per sequence", "{:.1f}"))
 
 
 @dataclass

@@ -12,6 +12,7 @@ last inside the staging folder, so a kill at any moment leaves the previous one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,8 @@ from typing import Any
 
 import torch
 
-from ..core.protocols import Policy
+from ..config.schema import TrainConfig
+from ..core.protocols import Policy, PolicyDescription
 from ..core.sharding import like, whole
 
 
@@ -185,13 +187,16 @@ class CheckpointStore:
 
 def save_final(policy: Policy, target: str | Path, card: str | None = None,
                is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
-    """Save the trained model (or adapter) in the ordinary HF format, with ``README.md`` (the
-    model card), atomically. Every process calls it (a sharded policy gathers); the main
+    """Save the trained model (or adapter) in its ordinary format, with ``README.md`` (the
+    model card) and ``dpokit.json`` (what the policy says it is: the one loader reads the
+    modality back), atomically. Every process calls it (a sharded policy gathers); the main
     one writes."""
     target = Path(target)
     staging = _stage(target.parent, ".staging-final-") if is_main else None
     policy.save_pretrained(staging)
     if staging is not None:
+        (staging / "dpokit.json").write_text(json.dumps(dataclasses.asdict(policy.describe()),
+                                                        indent=1))
         if card is not None:
             (staging / "README.md").write_text(card)
         _swap_in(staging, target)
@@ -199,27 +204,33 @@ def save_final(policy: Policy, target: str | Path, card: str | None = None,
     return target
 
 
-def model_card(cfg: Any, objective: str, metrics: dict[str, float],
-               precision: str | None = None) -> str:
-    """A Hugging Face model card from the run's config: base model, data, objective,
-    hyper-parameters, final metrics.
+def model_card(what: PolicyDescription, cfg: TrainConfig, objective: str,
+               metrics: dict[str, float], precision: str | None = None) -> str:
+    """A Hugging Face model card: what the policy says it is (``what``: base model, adapter or
+    full, modality), the run's data, objective and hyper-parameters, the final metrics.
 
     >>> from dpokit.config import TrainConfig
-    >>> print(model_card(TrainConfig(), "sigmoid", {"eval/loss": 0.5}).splitlines()[1])
-    base_model: smollm2
+    >>> card = model_card(PolicyDescription("recommender", "NextItemModel"), TrainConfig(),
+    ...                   "sigmoid", {"eval/loss": 0.5})
+    >>> card.splitlines()[1], card.splitlines()[8]
+    ('base_model: NextItemModel', '# recommender model trained with dpokit')
     """
-    m, d, loss, optim = cfg.model, cfg.data, cfg.loss, cfg.optim
+    d, loss, optim = cfg.data, cfg.loss, cfg.optim
     hyper = {"loss": loss.name, "beta": loss.beta, "learning_rate": optim.learning_rate,
              "lr_scheduler": optim.lr_scheduler, "batch_size": optim.batch_size,
              "grad_accum_steps": optim.grad_accum_steps, "num_epochs": optim.num_epochs,
-             "max_steps": optim.max_steps, "lora": m.lora, "lora_r": m.lora_r,
+             "max_steps": optim.max_steps,
              "mixed_precision": precision or optim.mixed_precision, "seed": optim.seed}
-    tags = ["dpokit", "peft", "lora"] if m.lora else ["dpokit"]
-    lines = ["---", f"base_model: {m.name}",
-             f"library_name: {'peft' if m.lora else 'transformers'}",
+    if what.kind == "adapter":
+        hyper.update(lora_r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha)
+    tags = ["dpokit", what.modality] + (["peft", "lora"] if what.kind == "adapter" else [])
+    title = {"adapter": "LoRA adapter", "merged": "Model (LoRA merged in)"}.get(
+        what.kind, f"{what.modality} model")
+    lines = ["---", f"base_model: {what.model}", f"library_name: {what.library}",
              "tags:", *[f"- {t}" for t in tags], "---", "",
-             f"# {'LoRA adapter' if m.lora else 'Model'} trained with dpokit", "",
-             f"- **Base model**: `{m.name}`", f"- **Objective**: `{objective}`"]
+             f"# {title} trained with dpokit", "",
+             f"- **Base model**: `{what.model}`", f"- **Modality**: `{what.modality}`",
+             f"- **Objective**: `{objective}`"]
     lines += [f"- **{name} data**: `{path}`"
               for name, path in (("Train", d.train_data), ("Eval", d.eval_data)) if path]
     lines += ["", "## Hyper-parameters", "", "| name | value |", "|---|---|"]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..core.catalogue import Metric, declare
 from ..core.sharding import whole
 from .checkpoint import load_optimizer_state_by_name, optimizer_state_by_name
 from .strategy import gradient_sync_paused
@@ -86,6 +87,10 @@ def _scalars(entry: dict[str, Any]) -> dict[str, Any]:
     are tensors shaped like the parameter."""
     return {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()
             if not torch.is_tensor(v) or v.numel() == 1}
+
+
+declare(Metric("loss_scale", "fp16 loss scale", "{:.0f}", "fp16 loss scaling"),
+        Metric("skipped_steps", "fp16 steps skipped on overflow", "{:.0f}", "fp16 loss scaling"))
 
 
 class TorchEngine:

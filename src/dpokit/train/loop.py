@@ -27,15 +27,16 @@ from typing import Any
 
 import torch
 
+from ..config.schema import TrainConfig
+from ..core.hardware import DTYPES, resolve, write_record
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
 from ..core.signals import Interrupted, StopRequests, cooperative
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .engines import TorchEngine, ZeroEngine, deepspeed_config
 from .folder import RunFolder
-from .hardware import DTYPES, environment, resolve
 from .metrics import MetricsLogger, format_eval, objective_metrics, progress_bar, reduce_metrics
-from .optim import build_optimizer
+from .optim import build_optimizer, total_steps
 from .reference import ReferenceService, reference_precision
 from .resume import find_resumable, run_signature
 from .sources import EvalSet
@@ -63,7 +64,7 @@ class Trainer:
     """Trains any :class:`~dpokit.core.Policy` with any :class:`~dpokit.core.Objective` on
     any :class:`~dpokit.core.DataSource`."""
 
-    def __init__(self, cfg: Any, policy: Policy, objective: Objective, source: DataSource,
+    def __init__(self, cfg: TrainConfig, policy: Policy, objective: Objective, source: DataSource,
                  eval_set: EvalSet | None = None, accelerator: Any = None,
                  trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print,
                  evaluators: Sequence[Callable[[Policy], dict[str, float]]] = (),
@@ -92,12 +93,7 @@ class Trainer:
         if self.world > 1:  # batch statistics (KTO's KL estimate, BCO's δ) pooled over processes
             objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
         warn_batch_level(objective, optim.grad_accum_steps, optim.batch_size, self.world)
-        if optim.max_steps:
-            self.total_steps = optim.max_steps
-        elif source.steps_per_epoch is None:
-            raise ValueError("this data source has no epochs (online): set max_steps")
-        else:
-            self.total_steps = max(1, math.ceil(optim.num_epochs * source.steps_per_epoch))
+        self.total_steps = total_steps(optim, source.steps_per_epoch)
         torch.manual_seed(optim.seed)
         random.seed(optim.seed)
         self.strategy = strategy = cfg.distributed.strategy
@@ -230,8 +226,7 @@ class Trainer:
         metrics.update(self.engine.step_metrics())  # fp16: loss scale, skipped steps
         if math.isfinite(grad_norm):  # (an fp16 overflow's step was skipped)
             metrics["grad_norm"] = float(grad_norm)
-        metrics.update({"learning_rate": lr,
-                        "examples_per_s": step_examples / seconds,
+        metrics.update({"learning_rate": lr, "examples_per_s": step_examples / seconds,
                         "num_tokens": step_tokens, "tokens_per_s": step_tokens / seconds,
                         "epoch": epoch, "step": self.step})
         return metrics
@@ -311,11 +306,7 @@ class Trainer:
         capabilities, measured matmul speed) in ``hardware.json`` of the run folder."""
         self.log(self.hardware.line())
         if self.accelerator.is_main_process:
-            import json
-
-            record = environment(self.hardware, quick=True)  # matmul speed: ~0.1 s
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "hardware.json").write_text(json.dumps(record, indent=1))
+            write_record(self.hardware, self.output_dir)
 
     def _interrupted_here(self) -> Interrupted:
         """A stop at this step boundary: the step kept as a checkpoint (saved unless it is
@@ -392,8 +383,9 @@ class Trainer:
         cfg = self.cfg
         target = Path(directory) if directory else self.output_dir / "final"
         with self.folder.locked():
-            save_final(self.policy, target, model_card(cfg, self.objective.name, self._last_eval,
-                                                   self.precision),
+            card = model_card(self.policy.describe(), cfg, self.objective.name,
+                              self._last_eval, self.precision)
+            save_final(self.policy, target, card,
                        self.accelerator.is_main_process, self.accelerator.wait_for_everyone)
         if cfg.run.push_to_hub and self.accelerator.is_main_process:
             self.log(f"pushed to {push_to_hub(target, cfg.run.push_to_hub)}")

@@ -2,8 +2,8 @@
 trackers accelerate drives (``log_with``: tensorboard, wandb, mlflow, aim, comet_ml, when
 installed). Only the main process writes.
 
-    >>> format_eval({"step": 3, "eval/loss": 0.5, "eval/rewards/accuracies": 0.75})
-    '[eval @ step 3] loss 0.5000  rewards/accuracies 0.750'
+    >>> format_eval({"step": 3, "eval/loss": 0.5, "eval/gpu/hours": 2.0})
+    '[eval @ step 3] loss 0.5000'
 """
 
 from __future__ import annotations
@@ -13,8 +13,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..core.catalogue import Metric, declare, headline
 from ..core.signals import cooperative, stop_point
 from ..core.types import MetricSums
+
+declare(  # what the loop logs every step (objectives, policies and evaluators declare theirs)
+    Metric("loss", "loss (the objective's: DPO loss; SFT NLL per token)", "{:.4f}", "loss",
+           headline=True),
+    Metric("grad_norm", "gradient norm (before clipping)", "{:.3g}", "optimizer"),
+    Metric("learning_rate", "learning rate", "{:.3g}", "optimizer"),
+    Metric("examples_per_s", "examples per second", "{:.2f}", "throughput"),
+    Metric("tokens_per_s", "tokens per second", "{:.1f}", "throughput"),
+    Metric("num_tokens", "tokens in the step", "{:.0f}"),
+    Metric("epoch", "epoch", "{:.3f}"),
+)
 
 
 def reduce_metrics(sums: MetricSums, accelerator: Any) -> MetricSums:
@@ -93,13 +105,8 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def format_eval(m: dict[str, Any]) -> str:
-    """One line of the headline eval metrics that are present."""
-    formats = {"loss": ".4f", "rewards/accuracies": ".3f", "rewards/margins": ".4f",
-               "logp_accuracy": ".3f", "gen/reward": ".3f", "gen/kl": ".4f",
-               "gen/win_rate": ".3f", "geometry/style_tdi": ".4f",
-               "geometry/trajectory_tdi": ".3g"}
-    parts = [f"{k} {m[f'eval/{k}']:{fmt}}" for k, fmt in formats.items() if f"eval/{k}" in m]
-    return f"[eval @ step {m['step']}] " + "  ".join(parts)
+    """One line of the headline eval figures present (the catalogue's ``headline``)."""
+    return f"[eval @ step {m['step']}] " + headline(m)
 
 
 def progress_bar(enabled: bool, desc: str, total: int | None = None, initial: int = 0):

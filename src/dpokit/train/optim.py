@@ -28,6 +28,16 @@ def lr_factor(total_steps: int, warmup: int, schedule: str) -> Callable[[int], f
     return factor
 
 
+def total_steps(optim: Any, steps_per_epoch: int | None) -> int:
+    """``optim.max_steps``, else ``num_epochs`` of the source's epochs (an online source has
+    none: then ``max_steps`` is required)."""
+    if optim.max_steps:
+        return optim.max_steps
+    if steps_per_epoch is None:
+        raise ValueError("this data source has no epochs (online): set max_steps")
+    return max(1, math.ceil(optim.num_epochs * steps_per_epoch))
+
+
 def build_optimizer(params: list[torch.nn.Parameter], optim: Any,
                     total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW over ``params`` and its LambdaLR schedule, from the config's optim section."""

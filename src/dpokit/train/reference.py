@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..config.schema import LossConfig
 from ..core.paths import cache_root
 from ..core.protocols import Objective, Policy
 from ..core.signals import cooperative, stop_point
@@ -183,7 +184,8 @@ class ReferenceService:
     ref_sync_every, ref_sync_alpha). autocast: the reference forward's precision context.
     """
 
-    def __init__(self, policy: Policy, objective: Objective, settings: Any, accelerator: Any,
+    def __init__(self, policy: Policy, objective: Objective, settings: LossConfig,
+                 accelerator: Any,
                  autocast: Callable[[], AbstractContextManager], precision: str,
                  log: Callable[[str], None] = print, progress: Callable | None = None):
         self.policy, self.objective, self.settings = policy, objective, settings

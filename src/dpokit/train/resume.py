@@ -10,20 +10,14 @@ difference unless ``resume_allow_changes`` (then each difference is warned).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..config.schema import SECTIONS, computes
 from .checkpoint import CheckpointStore, CorruptCheckpoint
-
-# config fields that do not change what is computed (eval, paths, exact plain twins)
-NOT_COMPUTATION = frozenset({
-    "train_data", "eval_data", "train_split", "eval_split", "eval_fraction", "on_bad_rows",
-    "logprob_impl", "lm_head_chunk_size", "attention_impl", "max_row_tokens", "device",
-    "precompute_ref_logps", "ref_cache_dir", "tokenizer", "eval_prompts", "sample_batch_size",
-    "probes", "tdi_sigma", "warn_increase", "strategy", "fsdp_cpu_offload",
-    "fsdp_reshard_after_forward"})
 
 
 class ResumeMismatch(RuntimeError):
@@ -32,12 +26,13 @@ class ResumeMismatch(RuntimeError):
 
 def run_signature(config: dict[str, dict[str, Any]], data_fingerprint: str,
                   world: int = 1) -> dict[str, Any]:
-    """``section.key -> value`` for every field that changes the math, plus data and code.
-    The batch counts as the global batch (per-process batch x accumulation x processes):
-    losses are normalized by global counts, so a run may resume on another process count."""
-    sections = ("model", "data", "loss", "optim", "online", "geometry")
-    signature = {f"{section}.{key}": value for section in sections
-                 for key, value in config[section].items() if key not in NOT_COMPUTATION}
+    """``section.key -> value`` for every field declared to change the math (``computes``),
+    plus data and code. The batch counts as the global batch (per-process batch x
+    accumulation x processes): losses are normalized by global counts, so a run may resume on
+    another process count."""
+    signature = {f"{section}.{f.name}": config[section][f.name]
+                 for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+                 if computes(cls, f) and f.name in config.get(section, {})}
     optim = config["optim"]
     for key in ("optim.batch_size", "optim.grad_accum_steps"):
         signature.pop(key)

@@ -11,25 +11,12 @@ is what the template adds after the prompt rendered with ``add_generation_prompt
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from ..io import DataError, Record
+from ..io import DataError, Record, check_columns  # noqa: F401  (re-exported)
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # per-row inputs of the chat template
-
-
-def check_columns(record: Record, known: tuple[str, ...]) -> None:
-    """A column that is not used and looks like a misspelling of a known one is an error
-    naming both (``promt`` for ``prompt``), instead of a silently ignored column."""
-    for column in record.values:
-        if column in known:
-            continue
-        close = difflib.get_close_matches(column, known, n=1, cutoff=0.75)
-        if close and close[0] not in record.values:
-            raise DataError(record.source, record.row, column, f"unknown column {column!r}; "
-                            f"did you mean {close[0]!r}? (it is not used as it is)")
 
 
 def is_messages(value: Any) -> bool:

@@ -21,8 +21,8 @@ The rule is built once per batch (:class:`SegmentPlan`) and every layer reuses i
 
 Registered with transformers as the attention implementation ``"dpokit_sdpa"``; the plan
 arrives through the model's keyword arguments (``dpokit_plan``), and without one (generation,
-padded batches) plain SDPA runs. ``tests/test_attention.py`` compares every backend with the
-mask.
+padded batches) plain SDPA runs. ``tests/policies/causal_lm/test_attention.py`` compares every
+backend with the mask.
 
     >>> plan = SegmentPlan([[(0, 2, 1, 1)]], length=4)
     >>> plan.bool_mask()[0, 0].int().tolist()   # rejected (t=3) sees the prompt, not chosen

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .policy import _unwrap_peft
+from .lora import unwrap_peft
 
 
 @dataclass
@@ -69,7 +69,7 @@ def hidden_states(model: nn.Module, texts: EncodedTexts,
                   noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HiddenStates:
     """Run the transformer body (not the LM head) on the texts' input embeddings, plus
     ``noise(embeddings)`` when given; gradients flow when the caller enables them."""
-    body = _unwrap_peft(model).base_model  # LlamaModel, GPT2Model, ...: adapters stay active
+    body = unwrap_peft(model).base_model  # LlamaModel, GPT2Model, ...: adapters stay active
     embeds = input_embeddings(model, texts)  # (N, T, H)
     if noise is not None:
         embeds = embeds + noise(embeds)  # (N, T, H)

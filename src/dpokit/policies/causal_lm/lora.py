@@ -11,8 +11,17 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .policy import REFERENCE_ADAPTER
+REFERENCE_ADAPTER = "reference"  # the frozen copy of a starting adapter (adapter_copy)
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
@@ -102,19 +111,3 @@ def adapter_base(folder: str | Path) -> str | None:
     if not config.is_file():
         return None
     return json.loads(config.read_text()).get("base_model_name_or_path")
-
-
-def load_for_generation(name_or_path: str):
-    """(model, tokenizer) for sampling: a model folder or hub name, or a LoRA adapter folder
-    (its base loaded, the adapter applied); in eval mode."""
-    from peft import PeftModel
-
-    from .models import load_causal_lm, load_tokenizer
-
-    base = adapter_base(name_or_path)
-    if base is None:
-        return load_causal_lm(name_or_path).eval(), load_tokenizer(name_or_path)
-    model = PeftModel.from_pretrained(load_causal_lm(base), str(name_or_path))
-    tokenizer_dir = name_or_path if (Path(name_or_path) / "tokenizer_config.json").is_file() \
-        else base
-    return model.eval(), load_tokenizer(tokenizer_dir)

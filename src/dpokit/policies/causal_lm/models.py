@@ -77,6 +77,19 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def model_source(model) -> str:
+    """The hub name or folder a loaded model (or a peft model's base) came from; the embedded
+    model's cached folder is named by its hub name."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        name = next(iter(peft_config.values())).base_model_name_or_path or ""
+    else:
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    if name and Path(name).resolve() == (cache_root() / "smollm2-135m-instruct").resolve():
+        return EMBEDDED_ALIASES[-1]
+    return name or type(model).__name__
+
+
 def _explain(name_or_path: str, what: str, err: Exception) -> ModelLoadError:
     if Path(name_or_path).exists():
         return ModelLoadError(f"could not load the {what} from local path {name_or_path!r}: {err}")

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from ...data.images import open_image
-from ...data.io import DataError, Record
+from ...data.io import DataError, Record, check_columns
 from ...data.report import ExampleSet, OnBadRows, build_examples
-from ...data.text.format import check_columns
 from ...train.sources import StaticSource
 
 COLUMNS = ("prompt", "chosen", "rejected")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...core.protocols import BasePolicy, PolicyCapabilities
+from ...core.protocols import BasePolicy, PolicyCapabilities, PolicyDescription
 from ...core.types import SequenceScores
 
 
@@ -88,6 +88,11 @@ class GeneratorPolicy(BasePolicy):
 
     def train(self, mode: bool = True) -> None:
         self.scorer.train(mode)
+
+    def describe(self) -> PolicyDescription:
+        generator = self.reference.generator  # (the scorer may be wrapped by DDP)
+        return PolicyDescription("one_step_generator", f"{type(generator).__name__} "
+                                 f"(noise dim {self.noise_dim})")
 
     def save_pretrained(self, directory: str | Path | None) -> None:
         if directory is not None:

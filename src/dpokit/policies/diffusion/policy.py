@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ...core.modules import eval_mode
-from ...core.protocols import BasePolicy, PolicyCapabilities
+from ...core.protocols import BasePolicy, PolicyCapabilities, PolicyDescription
 from ...core.types import SequenceScores
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # LoRA's default targets (diffusers' names)
@@ -149,6 +149,15 @@ class DiffusionPolicy(BasePolicy):
 
     def train(self, mode: bool = True) -> None:
         self.scorer.train(mode)
+
+    def describe(self) -> PolicyDescription:
+        """A LoRA adapter on the denoiser it was loaded from, or the whole denoiser."""
+        base = self.unet.get_base_model() if _is_peft(self.unet) else self.unet
+        name = getattr(getattr(base, "config", None), "_name_or_path", "") or \
+            type(base).__name__
+        adapter = _is_peft(self.unet)
+        return PolicyDescription("diffusion", name, "adapter" if adapter else "full",
+                                 "peft" if adapter else "diffusers")
 
     def save_pretrained(self, directory: str | Path | None) -> None:
         """The denoiser (or its LoRA adapter) in the diffusers / peft format, and the

@@ -1,9 +1,10 @@
-"""The recommender room (the AMRS pattern): a simulator of listeners, a world model of their
-responses, a next-item policy behind the generic ``Policy`` protocol, rollout pairs and the
-evaluation. Nothing here is text; the generic loop trains it with SFT (behaviour cloning)
-and DPO like any other policy."""
+"""The recommender room: a next-item policy over listening sessions behind the generic
+``Policy`` protocol (a list's log-prob = the sum over its items), its session batches and
+saving. Nothing here is text; the generic loop trains it with SFT (behaviour cloning) and DPO
+like any other policy. The AMRS application (simulator, world model, rollouts) is
+:mod:`dpokit.apps.amrs`."""
 
-from .models import NextItemModel, WorldModel
+from .models import NUM_MODES, NUM_SIGNALS, NextItemModel, SessionEncoder
 from .policy import (
     Context,
     ItemPair,
@@ -14,9 +15,7 @@ from .policy import (
     collate_sequences,
     load_session_policy,
 )
-from .simulator import MODES, LoggingPolicy, Session, Simulator, log_sessions, utility
 
-__all__ = ["MODES", "Context", "ItemPair", "ItemSequence", "LoggingPolicy", "NextItemModel",
-           "Session", "SessionBatch", "SessionPolicy", "Simulator", "WorldModel",
-           "collate_pairs", "collate_sequences", "load_session_policy", "log_sessions",
-           "utility"]
+__all__ = ["NUM_MODES", "NUM_SIGNALS", "Context", "ItemPair", "ItemSequence", "NextItemModel",
+           "SessionBatch", "SessionEncoder", "SessionPolicy", "collate_pairs",
+           "collate_sequences", "load_session_policy"]

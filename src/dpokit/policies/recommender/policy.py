@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.protocols import BasePolicy, PolicyCapabilities
+from ...core.protocols import BasePolicy, PolicyCapabilities, PolicyDescription
 from ...core.types import SequenceScores
 from .models import NextItemModel
 
@@ -146,6 +146,12 @@ class SessionPolicy(BasePolicy):
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
+
+    def describe(self) -> PolicyDescription:
+        head = self.model.head
+        return PolicyDescription(
+            "recommender", f"NextItemModel: session transformer over {head.out_features} "
+            f"items (dim {head.in_features}, {len(self.model.encoder.body.layers)} layers)")
 
     def save_pretrained(self, directory: str | Path | None) -> None:
         if directory is None:

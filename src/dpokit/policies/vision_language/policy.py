@@ -27,6 +27,8 @@ class VisionLanguagePolicy(CausalLMPolicy):
     """``model``: an ``AutoModelForImageTextToText`` (optionally peft-wrapped); ``processor``
     its ``AutoProcessor``. ``reference`` and the other options as for text models."""
 
+    MODALITY = "vision_language"
+
     def __init__(self, model: nn.Module, processor, reference: ReferenceMode = "none",
                  reference_model: nn.Module | None = None, logprob_impl: str = "chunked",
                  chunk_size: int = 256, ld_alpha: float | None = None,

@@ -1,0 +1,227 @@
+"""The causal LM's scoring: a batch's per-sequence log-probs (of its scored tokens) under a
+model, whatever the layout: the body run once (attention from the batch's segment plan), the
+N scored hidden states gathered, the LM head run on them in chunks (or its plain twin), summed
+per sequence; LD-DPO's token weights and WPO's sampling norm on the way.
+
+    >>> mask = torch.tensor([[True, False], [True, True]]).view(1, 1, 2, 2)
+    >>> additive_mask(mask, torch.float32)[0, 0, 0, 1].item() == torch.finfo(torch.float32).min
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...core.types import SequenceScores
+from .attention import SegmentPlan, resolve_impl
+from .logprobs import (
+    log_sum_sq_from_logits,
+    sum_per_sequence,
+    token_log_sum_sq_probs,
+    token_logps_chunked,
+    token_logps_plain,
+    token_stats,
+)
+from .lora import unwrap_peft
+
+
+def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
+                     num_pairs: int, alpha: float) -> torch.Tensor:
+    """LD-DPO weights of the scored tokens (Liu et al. 2024: log π = public part + α·verbose
+    part): the first min(|y_w|, |y_l|) tokens of both completions of a pair weigh 1, the rest α.
+
+    >>> seq = torch.tensor([0, 0, 0, 1])        # B=1: chosen has 3 tokens, rejected 1
+    >>> ld_token_weights(seq, torch.tensor([0, 1, 2, 0]), 1, 0.5).tolist()
+    [1.0, 0.5, 0.5, 1.0]
+    """
+    counts = torch.bincount(score_sequence, minlength=2 * num_pairs)  # (2B,)
+    shared = torch.minimum(counts[:num_pairs], counts[num_pairs:])  # (B,)
+    limit = shared[score_sequence % num_pairs]  # (N,)
+    return torch.where(score_position < limit, 1.0, alpha).float()
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, T, T) bool -> additive mask in the attention's dtype (0 or the dtype's minimum).
+
+    Made once per forward in the dtype attention runs in, every layer shares it: a bool mask
+    would be converted (and, under autocast, kept for backward) once per layer, 30 copies of
+    T x T on SmolLM2, 0.5 GB at T = 2,800.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(dtype).min)
+
+
+def _compute_dtype(device_type: str, weights_dtype: torch.dtype) -> torch.dtype:
+    """The dtype matmuls run in: autocast's when it is on, else the weights'."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weights_dtype
+
+
+class Scoring:
+    """The scoring half of :class:`~dpokit.policies.causal_lm.CausalLMPolicy` (its
+    ``logprob_impl``, ``chunk_size``, ``ld_alpha``, ``attention_impl``, ``plans_enabled``,
+    ``scorer`` and reference scorer)."""
+
+    def _scores(self, model: nn.Module, batch, sampling_norm: bool = False,
+                token_stats: bool = False) -> SequenceScores:
+        scorer = (self.scorer if model is self.model
+                  else self._reference_scorer() if model is self.reference_model
+                  else Scorer(self, model))
+        weights = None
+        if self.ld_alpha is not None:
+            weights = ld_token_weights(
+                batch.score_sequence, batch.score_position, batch.num_sequences // 2, self.ld_alpha
+            )
+        seq, counts, norm, stats = scorer(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.position_ids,
+            batch.score_source,
+            batch.score_target,
+            batch.score_sequence,
+            batch.num_sequences,
+            weights,
+            batch.segments,
+            sampling_norm,
+            token_stats,
+            batch.model_inputs,
+        )
+        entropy, correct = (None, None) if stats is None else (stats[:, 0], stats[:, 1])
+        return SequenceScores(seq, counts, norm, entropy, correct)
+
+    def sequence_logps(
+        self,
+        model: nn.Module,
+        input_ids,
+        attention_mask,
+        position_ids,
+        score_source,
+        score_target,
+        score_sequence,
+        num_sequences: int,
+        token_weights=None,
+        segments=None,
+        sampling_norm: bool = False,
+        token_stats: bool = False,
+        model_inputs: dict[str, torch.Tensor] | None = None,
+    ):
+        """Run the body once, score the N completion tokens, sum them per sequence.
+
+        input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; ``model_inputs``
+        go to the body as they are (a vision-language model's pixel values); returns
+        ((S,) summed log-probs, (S,) token counts, (S,) summed log sum p^2 or None, (S, 2)
+        summed token entropy and argmax-correct counts or None).
+        """
+        base = unwrap_peft(model)
+        decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
+        extra = {}
+        impl = resolve_impl(self.attention_impl, input_ids.device.type)
+        if segments is not None and self.plans_enabled and impl != "mask":
+            plan = SegmentPlan(segments, input_ids.shape[1], impl, input_ids.device)
+            attention_mask, extra = None, {"dpokit_plan": plan}  # built once, every layer reads
+        elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+            attention_mask = additive_mask(
+                attention_mask, _compute_dtype(input_ids.device.type, next(base.parameters()).dtype)
+            )
+        hidden = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            # (R, T, H)
+            position_ids=position_ids,
+            use_cache=False,
+            **extra,
+            **(model_inputs or {}),
+        ).last_hidden_state
+        h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
+        stats = h.new_zeros((h.shape[0], 2), dtype=torch.float32) if token_stats else None
+        token_logps = self._head_logps(base, h, score_target, stats)  # (N,) fp32
+        if token_weights is not None:
+            token_logps = token_logps * token_weights  # (N,)
+        seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (S,)
+        norm = None
+        if sampling_norm:
+            norm = sum_per_sequence(
+                self._head_log_sum_sq(base, h.detach()), score_sequence, num_sequences
+            )  # (S,)
+        if stats is not None:
+            stats = torch.zeros(num_sequences, 2, device=h.device).index_add(
+                0, score_sequence, stats)  # (S, 2)
+        return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats
+
+    @staticmethod
+    def _simple_head(base: nn.Module) -> bool:
+        """A bias-free linear head with no soft-capping or scaling (the fast path applies)."""
+        head = base.get_output_embeddings()
+        return (
+            type(head) is nn.Linear
+            and head.bias is None
+            and getattr(base.config, "final_logit_softcapping", None) is None
+            and getattr(base.config, "logit_scale", None) is None
+        )
+
+    def _logits(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """Any head (bias, LoRA on lm_head, soft-capping, scaling) on (c, H) -> (c, V) fp32."""
+        logits = base.get_output_embeddings()(h).float()  # (c, V)
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        scale = getattr(base.config, "logit_scale", None)
+        if scale:
+            logits = logits * scale
+        return logits
+
+    @torch.no_grad()
+    def _head_log_sum_sq(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """(N, H) -> (N,) log sum_v p(v)^2 of each scored position (WPO), no gradients."""
+        head = base.get_output_embeddings()
+        if self._simple_head(base):
+            return token_log_sum_sq_probs(
+                h, head.weight, self.chunk_size, _compute_dtype(h.device.type, head.weight.dtype)
+            )
+        return torch.cat(
+            [
+                log_sum_sq_from_logits(self._logits(base, h[s : s + self.chunk_size]))
+                for s in range(0, h.shape[0], self.chunk_size)
+            ]
+        )
+
+    def _head_logps(self, base: nn.Module, h: torch.Tensor, targets: torch.Tensor,
+                    stats: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) fp32 log-probs of ``targets``; ``stats`` (N, 2), when given, gets each
+        position's entropy and argmax == target."""
+        head = base.get_output_embeddings()
+        compute_dtype = _compute_dtype(h.device.type, head.weight.dtype)
+        simple_head = self._simple_head(base)
+        if simple_head and self.logprob_impl == "chunked":
+            return token_logps_chunked(h, head.weight, targets, self.chunk_size, compute_dtype,
+                                       stats)
+        if simple_head:
+            return token_logps_plain(h, head.weight, targets, compute_dtype, stats)
+        # Any other head (bias, LoRA on lm_head, soft-capping): call it, still only on the
+        # completion positions, in chunks, and let autograd keep the logits.
+        pieces = []
+        for start in range(0, h.shape[0], self.chunk_size):
+            logits = self._logits(base, h[start : start + self.chunk_size])  # (c, V)
+            piece = torch.log_softmax(logits, -1).gather(
+                1, targets[start : start + self.chunk_size, None]
+            )
+            if stats is not None:
+                chunk, cut = logits.detach(), targets[start : start + self.chunk_size]
+                stats[start : start + self.chunk_size] = token_stats(
+                    chunk, torch.logsumexp(chunk, -1), cut)
+            pieces.append(piece.squeeze(1))
+        return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+
+
+class Scorer(nn.Module):
+    """The forward that accelerate wraps (DDP needs the forward to run through its wrapper)."""
+
+    def __init__(self, policy: Scoring, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._policy = [policy]  # a list, so the policy is not registered as a submodule
+
+    def forward(self, *args):
+        return self._policy[0].sequence_logps(self.model, *args)

@@ -1,0 +1,207 @@
+"""Runs of a Hugging Face causal LM: preference optimization (DPO and its family, KTO on
+unpaired rows) with :func:`build_run`, SFT with :func:`build_sft_run`. The command line
+reaches them through :func:`dpokit.runs.builder_for`.
+
+    >>> run = build_run(load_config("recipes/quickstart.yaml"))   # doctest: +SKIP
+    >>> run.trainer.train(); run.trainer.save_final()              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..config.schema import DataConfig, GeometryConfig, LossConfig, ModelConfig, TrainConfig
+from ..core.hardware import HardwareChoice, check_device_supports
+from ..data.io import DataError, count_jsonl_rows, jsonl_shards, load_records, stream_jsonl
+from ..data.report import DataReport, ExampleSet
+from ..data.text.collate import PairCollator, SequenceCollator
+from ..data.text.pairs import build_pairs, build_unpaired
+from ..data.text.sft import build_sequences
+from ..objectives import PreferenceObjective, SFTObjective, build_objective
+from ..policies.causal_lm import CausalLMPolicy
+from ..policies.causal_lm.lora import quantization_config
+from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
+from ..train import EvalSet, StreamingSource, Trainer
+from .common import (
+    Examples,
+    Run,
+    base_model_name,
+    finish_model,
+    hardware,
+    model_dtype,
+    resolve_reference,
+    sources,
+    tokenize_both,
+    tokenize_settings,
+    tokenizer_name,
+)
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, log=print,
+               objective: PreferenceObjective | None = None) -> Examples:
+    """The run's preference (or, for KTO, unpaired) rows, tokenized and split."""
+    objective = objective or build_objective(cfg.loss)
+    settings = tokenize_settings(cfg.data, cfg.loss, objective.extra_columns)
+    build = build_unpaired if objective.unpaired else build_pairs
+    d = cfg.data
+    return tokenize_both(d, cfg.optim.seed, lambda rows: build(
+        rows.records, tokenizer, settings, d.on_bad_rows, rows.skipped), log)
+
+
+def load_sequences(d: DataConfig, seed: int, tokenizer, log=print) -> Examples:
+    """The run's SFT rows, tokenized and split."""
+    settings = tokenize_settings(d)
+    return tokenize_both(d, seed, lambda rows: build_sequences(
+        rows.records, tokenizer, settings, d.on_bad_rows, d.completion_only_loss,
+        rows.skipped), log)
+
+
+def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, tokenizer=None,
+                 ld_alpha: float | None = None, batch_layout: str = "padded",
+                 strategy: str = "none", seed: int = 0) -> CausalLMPolicy:
+    """The model section's causal LM, ready to train on ``choice``'s device and precision:
+    weights (4-bit for QLoRA), the adapter or LoRA, the ``reference`` kind."""
+    check_device_supports(choice.device.kind, strategy=strategy, quantization=m.quantization)
+    tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_model_name(m))
+    quantized = m.quantization == "4bit"
+    # QLoRA computes in the training precision's half dtype (fp16 on a GPU without bf16)
+    half = torch.float16 if choice.precision == "fp16" else torch.bfloat16
+    model = load_causal_lm(base_model_name(m),
+                           dtype=half if quantized else model_dtype(m, choice.precision),
+                           quantization_config=quantization_config(half) if quantized else None)
+    if quantized:  # QLoRA: norms in fp32, input gradients for checkpointing through 4-bit
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=m.gradient_checkpointing)
+    attention = getattr(model.config, "_attn_implementation", "sdpa")
+    if batch_layout != "padded" and attention not in ("sdpa", "eager"):
+        raise ValueError(f"batch_layout={batch_layout!r} needs a 4-D attention mask, which "
+                         f"attn_implementation={attention!r} does not take; use "
+                         f"batch_layout=padded")
+    model = finish_model(m, model, reference, choice.precision, seed)
+    return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
+                          chunk_size=m.lm_head_chunk_size, ld_alpha=ld_alpha,
+                          attention_impl=m.attention_impl, merge_on_save=m.merge_adapter,
+                          activation_offloading=m.activation_offloading)
+
+
+def policy_for(cfg: TrainConfig, tokenizer=None, needs_reference: bool = True,
+               pairs: bool = True) -> CausalLMPolicy:
+    """:func:`build_policy` with the run's sections: the reference the loss needs, the
+    hardware, LD-DPO's alpha for pairs."""
+    return build_policy(cfg.model, hardware(cfg),
+                        resolve_reference(cfg.model, needs_reference, cfg.loss.name),
+                        tokenizer=tokenizer, ld_alpha=cfg.loss.ld_alpha if pairs else None,
+                        batch_layout=cfg.data.batch_layout, strategy=cfg.distributed.strategy,
+                        seed=cfg.optim.seed)
+
+
+def services(cfg: TrainConfig, tokenizer, log=print) -> dict[str, list]:
+    """The trainer's optional services: ``evaluators`` (held-out generation figures when
+    ``run.eval_prompts`` is set, embedding geometry when ``geometry.probes`` is) and
+    ``regularizers`` (``geometry.regularizer``)."""
+    from ..eval.evaluate import generation_evaluator
+
+    evaluators, regularizers = [], []
+    generation = generation_evaluator(cfg.run, cfg.online, cfg.optim.seed,
+                                      cfg.data.chat_template_for_strings)
+    if generation is not None:
+        evaluators.append(generation)
+    geometry = _geometry(cfg.geometry, cfg.optim.seed, tokenizer, log)
+    return {"evaluators": evaluators + geometry["evaluators"],
+            "regularizers": regularizers + geometry["regularizers"]}
+
+
+def _geometry(g: GeometryConfig, seed: int, tokenizer, log) -> dict[str, list]:
+    from ..eval.tdi import GeometryMonitor, GeometrySettings, StyleRegularizer, load_probes
+
+    settings = GeometrySettings(layer=g.layer, sigma=g.tdi_sigma, max_length=g.max_probe_length,
+                                seed=seed)
+    evaluators = [GeometryMonitor(load_probes(g.probes), tokenizer, settings, g.warn_increase,
+                                  log)] if g.probes else []
+    regularizers = [StyleRegularizer(load_probes(g.regularizer_probes), tokenizer,
+                                     g.regularizer, g.regularizer_weight,
+                                     g.regularizer_contents, settings)
+                    ] if g.regularizer != "off" else []
+    return {"evaluators": evaluators, "regularizers": regularizers}
+
+
+def streaming_source(cfg: TrainConfig, tokenizer, objective: PreferenceObjective,
+                     collate) -> StreamingSource:
+    """``data.streaming``: pairs read lazily from JSON Lines shards, each tokenized when its
+    step comes (with ``on_bad_rows: skip``, a bad row is skipped and counted by reason)."""
+    if objective.unpaired:
+        raise ValueError("streaming reads paired rows; unpaired (KTO) data: streaming=false")
+    d, o = cfg.data, cfg.optim
+    files = jsonl_shards(d.train_data)
+    settings = tokenize_settings(d, cfg.loss, objective.extra_columns)
+
+    def build(row, position: int):
+        if isinstance(row, DataError):  # a line that is not a JSON object
+            raise row
+        pair = build_pairs([row], tokenizer, settings, "error")[0]
+        return dataclasses.replace(pair, index=position)
+
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return StreamingSource(lambda: stream_jsonl(files), count_jsonl_rows(files), build, collate,
+                           o.batch_size, o.grad_accum_steps, o.seed, d.shuffle_buffer,
+                           digest.hexdigest(), collate.key, d.on_bad_rows == "skip")
+
+
+def _eval_set(d: DataConfig, loss: LossConfig, eval_batch_size: int, tokenizer,
+              objective: PreferenceObjective, collate) -> tuple[ExampleSet, EvalSet] | None:
+    """Held-out pairs read and tokenized up front (a streamed run's are few)."""
+    if not d.eval_data:
+        return None
+    evaluation = build_pairs(load_records(d.eval_data, d.eval_split), tokenizer,
+                             tokenize_settings(d, loss, objective.extra_columns), d.on_bad_rows)
+    return evaluation, EvalSet(evaluation, collate, eval_batch_size, evaluation.fingerprint(),
+                               collate.key)
+
+
+def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
+    """A preference run (DPO and its family, KTO on unpaired rows)."""
+    torch.manual_seed(cfg.optim.seed)
+    objective = build_objective(cfg.loss)
+    tokenizer = load_tokenizer(tokenizer_name(cfg.model))
+    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
+    if cfg.data.streaming:
+        held = _eval_set(cfg.data, cfg.loss, cfg.run.eval_batch_size, tokenizer, objective,
+                         collate)
+        source = streaming_source(cfg, tokenizer, objective, collate)
+        log(f"train data {cfg.data.train_data}: {source.num_rows} rows, streamed")
+        policy = policy_for(cfg, tokenizer, objective.needs_reference)
+        trainer = Trainer(cfg, policy, objective, source, held[1] if held else None, log=log,
+                          **services(cfg, tokenizer, log))
+        train = ExampleSet([], DataReport())  # nothing held: rows come per step
+        return Run(cfg, tokenizer, policy, objective, train, held[0] if held else None, trainer)
+    examples = load_pairs(cfg, tokenizer, log, objective)
+    policy = policy_for(cfg, tokenizer, objective.needs_reference)
+    both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log,
+                      **services(cfg, tokenizer, log))
+    return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)
+
+
+def build_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
+    """A supervised fine-tuning run (completion-only NLL, packed without padding)."""
+    torch.manual_seed(cfg.optim.seed)
+    objective = SFTObjective()
+    tokenizer = load_tokenizer(tokenizer_name(cfg.model))
+    examples = load_sequences(cfg.data, cfg.optim.seed, tokenizer, log)
+    policy = policy_for(cfg, tokenizer, needs_reference=False, pairs=False)
+    collate = SequenceCollator(tokenizer.pad_token_id, cfg.data.batch_layout,
+                               cfg.data.max_row_tokens)
+    both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log,
+                      **services(cfg, tokenizer, log))
+    return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)

@@ -1,0 +1,107 @@
+"""One loader of "a model or adapter folder", for every modality: what ``dpokit eval``,
+``dpokit pairs sample``, the harness and the experiments load a trained model with.
+
+A folder names its modality: a ``dpokit.json`` written next to every final model
+(``{"modality": ...}``), else a ``vision_config`` in the (base) model's config, else a
+causal LM. A LoRA adapter folder loads its base and applies the adapter; its reference is
+the base (adapter off) unless ``reference`` names another model.
+
+    >>> policy = load_policy("outputs/quickstart/final")     # doctest: +SKIP
+    >>> policy.describe().modality                           # doctest: +SKIP
+    'causal_lm'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config.schema import ModelConfig
+from ..core.protocols import Policy
+from ..policies.causal_lm.lora import adapter_base
+from ..policies.causal_lm.models import EMBEDDED_ALIASES
+
+MODALITIES = ("causal_lm", "vision_language", "recommender")
+
+
+def folder_modality(name: str) -> str:
+    """The modality of a model folder, adapter folder or hub name (see the module doc)."""
+    marker = Path(name) / "dpokit.json"
+    if marker.is_file():
+        return json.loads(marker.read_text()).get("modality", "causal_lm")
+    base = adapter_base(name) or name
+    if base in EMBEDDED_ALIASES:
+        return "causal_lm"
+    from ..policies.vision_language.models import is_vision_language
+
+    return "vision_language" if is_vision_language(base) else "causal_lm"
+
+
+def model_modality(m: ModelConfig) -> str:
+    """The modality of a run's model section (its starting adapter or model)."""
+    return folder_modality(m.adapter or m.name)
+
+
+def load_policy(name: str, reference: str | None = None,
+                dtype: torch.dtype = torch.float32) -> Policy:
+    """A trained model to evaluate or sample from, in eval mode, as its modality's policy.
+
+    ``name``: a model folder, hub name, ``smollm2``, or a LoRA adapter folder (its base
+    loaded, the adapter applied; the tokenizer or processor from the folder when it holds
+    one). ``reference``: the model the reference-based figures compare with (default: an
+    adapter's base; a full model has none unless given)."""
+    modality = folder_modality(name)
+    if modality == "recommender":
+        from ..policies.recommender import load_session_policy
+
+        return load_session_policy(name, reference=reference is not None)
+    if modality == "vision_language":
+        return _vision_language(name, dtype)
+    if modality != "causal_lm":
+        raise ValueError(f"{name}: a {modality} folder; loadable modalities: "
+                         f"{', '.join(MODALITIES)}")
+    return _causal_lm(name, reference, dtype)
+
+
+def _causal_lm(name: str, reference: str | None, dtype: torch.dtype) -> Policy:
+    from peft import PeftModel
+
+    from ..policies.causal_lm import CausalLMPolicy
+    from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
+
+    base = adapter_base(name)
+    tokenizer = load_tokenizer(name if base is None or _has_tokenizer(name) else base)
+    if base is not None:
+        net = PeftModel.from_pretrained(load_causal_lm(base, dtype), name).eval()
+        if reference is None:
+            return CausalLMPolicy(net, tokenizer, reference="adapter")
+    else:
+        net = load_causal_lm(name, dtype).eval()
+    net.config.use_cache = True
+    if reference is None:
+        return CausalLMPolicy(net, tokenizer, reference="none")
+    ref_base = adapter_base(reference)
+    ref = (PeftModel.from_pretrained(load_causal_lm(ref_base, dtype), reference).merge_and_unload()
+           if ref_base else load_causal_lm(reference, dtype))
+    return CausalLMPolicy(net, tokenizer, reference="external", reference_model=ref.eval())
+
+
+def _vision_language(name: str, dtype: torch.dtype) -> Policy:
+    from peft import PeftModel
+
+    from ..policies.vision_language import VisionLanguagePolicy
+    from ..policies.vision_language.models import load_processor, load_vision_language_model
+
+    base = adapter_base(name)
+    model = load_vision_language_model(base or name, dtype=dtype)
+    if base is not None:
+        model = PeftModel.from_pretrained(model, name)
+    model.config.use_cache = True
+    return VisionLanguagePolicy(model.eval(), load_processor(name),
+                                reference="adapter" if base is not None else "none")
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return (Path(folder) / "tokenizer_config.json").is_file()

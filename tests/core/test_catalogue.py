@@ -1,0 +1,44 @@
+"""The metric catalogue: one meaning per key, and every figure a run logs declared in it (so
+the log line, `dpokit eval`'s table and the report's panels can read it)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import tiny_trainer
+
+from dpokit.core.catalogue import Metric, catalogue, declare, headline, lookup, panels, table
+
+
+def test_one_key_one_meaning():
+    declare(Metric("test/once", "a figure", "{:.1f}"))
+    declare(Metric("test/once", "a figure", "{:.1f}"))  # the same declaration again: fine
+    with pytest.raises(ValueError, match="declared twice"):
+        declare(Metric("test/once", "another meaning", "{:.1f}"))
+
+
+def test_tables_panels_and_headline_read_the_declarations():
+    declare(Metric("test/acc", "held-out accuracy", "{:.2f}", "accuracy", headline=True))
+    figures = {"eval/test/acc": 0.5, "eval/test/acc_se": 0.1, "eval/unknown": 1.0}
+    shown = table(figures, keys=["eval/test/acc", "eval/unknown"])
+    assert shown.split() == ["held-out", "accuracy", "0.50", "±", "0.1000"]  # only declared
+    assert table({"eval/test/acc": 0.75}, {"before": {"eval/test/acc": 0.5},
+                                            "after": {"eval/test/acc": 0.75}},
+                 ["eval/test/acc"]).splitlines()[1].split() == ["held-out", "accuracy",
+                                                               "0.50", "0.75"]
+    assert panels(["eval/test/acc", "step"]) == {"accuracy": ["eval/test/acc"]}
+    assert "test/acc 0.50" in headline(figures)
+    assert lookup("eval/test/acc") is lookup("test/acc")
+
+
+def test_every_figure_a_run_logs_is_declared(tmp_path, tokenizer):
+    from conftest import held_out_rows
+
+    trainer = tiny_trainer(tmp_path, tokenizer, eval_rows=held_out_rows(), max_steps=2,
+                           eval_every=1)
+    result = trainer.train()
+    logged = {k for row in result.history + result.eval_history for k, v in row.items()
+              if isinstance(v, float) and k != "step"}
+    assert {"loss", "rewards/accuracies", "eval/loss", "grad_norm"} <= logged
+    undeclared = sorted(k for k in logged if lookup(k) is None)
+    assert not undeclared, f"logged but not in the catalogue: {undeclared}"
+    assert len(catalogue()) > 20

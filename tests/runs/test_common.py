@@ -1,0 +1,32 @@
+"""What every run builder shares: the reference a run gets, the rows a loss needs."""
+
+import pytest
+
+from dpokit.data import DataError
+
+
+def test_loss_needing_reference_refused_without_one(tmp_path, tokenizer):
+    from dpokit.config import load_config
+    from dpokit.objectives import build_objective
+    from dpokit.runs.common import resolve_reference as resolve
+
+    def resolve_reference(cfg):
+        return resolve(cfg.model, build_objective(cfg.loss).needs_reference, cfg.loss.name)
+
+
+    with pytest.raises(ValueError, match="needs a reference"):
+        resolve_reference(load_config(None, loss="sigmoid", reference="none"))
+    assert resolve_reference(load_config(None, loss="simpo")) == "none"
+    assert resolve_reference(load_config(None, loss="ipo", lora=False)) == "copy"
+    assert resolve_reference(load_config(None, loss="ipo", lora=True)) == "adapter"
+
+
+def test_loss_needing_a_column_is_refused_without_it(tmp_path, tokenizer):
+    from dpokit.config import load_config
+    from dpokit.runs.causal_lm import load_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    cfg = load_config(None, loss="odpo", train_data=str(path), eval_data=None)
+    with pytest.raises(DataError, match=r"pairs.jsonl, row 1, field 'offset': missing column"):
+        load_pairs(cfg, tokenizer, log=lambda _: None)

@@ -1,0 +1,238 @@
+"""Trajectory invariants and end-to-end behaviour of the trainer on tiny in-process models."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from conftest import held_out_rows, sentiment_rows
+from helpers import crash_after, tiny_trainer
+
+from dpokit.train import NonFiniteError
+
+
+def _grads_at_first_step(trainer):
+    """Run one optimizer step and return the gradients the optimizer saw."""
+    seen = {}
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+
+    def hook(opt, args, kwargs):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                seen[id(p)] = p.grad.detach().clone()
+
+    handle = inner.register_step_pre_hook(hook)
+    metrics = trainer._train_step()
+    handle.remove()
+    names = {id(p): n for n, p in trainer.policy.model.named_parameters()}
+    return {names[k]: v for k, v in seen.items()}, metrics
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora):
+    """8 pairs as 1x8, 2x4 and 8x1 micro-batches give the same gradient and metrics.
+    The pairs have different lengths, so a per-micro-batch mean would not match."""
+    results = []
+    for batch_size, accum in ((8, 1), (4, 2), (1, 8)):
+        trainer = tiny_trainer(tmp_path / f"{batch_size}", tokenizer, lora=lora,
+                               batch_size=batch_size, grad_accum_steps=accum, max_steps=1)
+        results.append(_grads_at_first_step(trainer))
+    (g0, m0), *others = results
+    assert g0 and sum(float(v.abs().sum()) for v in g0.values()) > 0  # (LoRA A: 0 at step 1)
+    for grads, metrics in others:
+        assert grads.keys() == g0.keys()
+        for name in g0:
+            torch.testing.assert_close(grads[name], g0[name], atol=1e-6, rtol=1e-4)
+        for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
+            assert metrics[key] == pytest.approx(m0[key], rel=1e-4, abs=1e-6), key
+
+
+def test_resume_gives_the_same_later_losses(tmp_path, tokenizer):
+    full = tiny_trainer(tmp_path / "a", tokenizer, max_steps=6, batch_size=3).train()
+    crash_after(tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3,
+                             save_every=3), 4)
+    assert [p.name for p in (tmp_path / "b/out/checkpoints").iterdir()] == ["step-0000003"]
+    resumed = tiny_trainer(
+        tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True
+    ).train()
+    assert [m["step"] for m in resumed.history] == [4, 5, 6]
+    later = [m["loss"] for m in full.history[3:]]
+    assert [m["loss"] for m in resumed.history] == pytest.approx(later, rel=1e-6, abs=1e-7)
+    assert later[0] != pytest.approx(full.history[0]["loss"], rel=1e-3)  # the test can fail
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tokenizer):
+    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=5, save_every=1, batch_size=4)
+    spec = trainer.objective.specs[0]
+
+    def poisoned(*args):
+        out = spec.fn(*args)
+        if trainer.step == 2:  # during step 3
+            return out._replace(losses=out.losses * float("nan"))
+        return out
+
+    trainer.objective.specs[0] = dataclasses.replace(spec, fn=poisoned)
+    with pytest.raises(NonFiniteError, match=r"the loss is nan at step 3.*step-0000002, is intact"):
+        trainer.train()
+    checkpoints = sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir())
+    assert checkpoints == ["step-0000001", "step-0000002"]
+    state = json.loads((tmp_path / "out/checkpoints/step-0000002/state.json").read_text())
+    assert state["step"] == 2
+
+
+def test_nonfinite_gradient_stops(tmp_path, tokenizer):
+    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=2)
+    param = trainer.policy.trainable_parameters()[0]
+    param.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(NonFiniteError, match="gradient norm"):
+        trainer.train()
+
+
+@pytest.mark.parametrize(
+    "loss,lora",
+    [
+        ("sigmoid", False),
+        ("sigmoid", True),
+        ("ipo", False),
+        ("hinge", False),
+        ("robust", False),
+        ("simpo", False),
+    ],
+)
+def test_end_to_end_held_out_accuracy_rises(tmp_path, tokenizer, loss, lora):
+    extra = {"label_smoothing": 0.1} if loss == "robust" else {}
+    if loss == "simpo":
+        extra = {"beta": 2.0}
+    trainer = tiny_trainer(
+        tmp_path,
+        tokenizer,
+        rows=sentiment_rows(2),
+        eval_rows=held_out_rows(),
+        loss=loss,
+        lora=lora,
+        learning_rate=3e-3 if lora else 1e-3,
+        num_epochs=6,
+        batch_size=8,
+        **extra,
+    )
+    before = trainer.evaluate()
+    result = trainer.train()
+    after = result.eval_history[-1]
+    # Held-out reward accuracy (ties count as wrong, so it starts at 0 with a reference).
+    assert before["eval/rewards/accuracies"] <= 0.6, before
+    assert after["eval/rewards/accuracies"] >= 0.9, after
+    assert after["eval/rewards/margins"] > before["eval/rewards/margins"]
+    history = result.history
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert {
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_s",
+        "examples_per_s",
+    } <= history[0].keys()
+    lines = [json.loads(x) for x in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(history) + 1 and "eval/logp_accuracy" in lines[-1]
+
+
+def test_reference_log_probs_are_cached_and_reused(tmp_path, tokenizer):
+    cache = str(tmp_path / "refcache")
+    calls = []
+
+    def counting(trainer):
+        original = trainer.policy.reference_logps
+        trainer.policy.reference_logps = lambda b: calls.append(b.num_pairs) or original(b)
+        return trainer
+
+    first = counting(
+        tiny_trainer(
+            tmp_path / "1", tokenizer, max_steps=2, precompute_ref_logps=True, ref_cache_dir=cache
+        )
+    )
+    first.train()
+    assert sum(calls) == len(first.source.dataset)  # once per pair, up front; not in training
+    assert len(list((tmp_path / "refcache").glob("*.pt"))) == 1
+    calls.clear()
+    second = counting(
+        tiny_trainer(
+            tmp_path / "2", tokenizer, max_steps=2, precompute_ref_logps=True, ref_cache_dir=cache
+        )
+    )
+    second.train()
+    assert calls == []  # reused from disk
+    torch.testing.assert_close(
+        second.reference.tables["train"].values, first.reference.tables["train"].values
+    )
+    # the cached values equal on-the-fly reference log-probs
+    batch = first.source.collate([first.source.dataset[i] for i in range(4)])
+    on_the_fly = first.policy.reference_logps(batch).pairs()
+    torch.testing.assert_close(
+        first.reference.tables["train"].values[:4, 0], on_the_fly.chosen, atol=1e-5, rtol=1e-5
+    )
+    # other data -> another key
+    calls.clear()
+    third = counting(
+        tiny_trainer(
+            tmp_path / "3",
+            tokenizer,
+            rows=sentiment_rows(1),
+            max_steps=1,
+            precompute_ref_logps=True,
+            ref_cache_dir=cache,
+        )
+    )
+    third.train()
+    assert sum(calls) == len(third.source.dataset)
+    assert len(list((tmp_path / "refcache").glob("*.pt"))) == 2
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_final_model_loads_back_with_transformers_or_peft(tmp_path, tokenizer, lora):
+    from transformers import AutoModelForCausalLM
+
+    trainer = tiny_trainer(tmp_path, tokenizer, lora=lora, max_steps=2, learning_rate=1e-2)
+    trainer.train()
+    final = trainer.save_final()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    trainer.policy.model.eval()
+    expected = trainer.policy.model(input_ids=ids).logits
+    if lora:
+        from conftest import make_tiny_llama
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(make_tiny_llama(len(tokenizer)), final)
+    else:
+        loaded = AutoModelForCausalLM.from_pretrained(final)
+    torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+    assert (final / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tokenizer, lora):
+    from conftest import make_tiny_llama
+
+    grads = []
+    for checkpointing in (False, True):
+        model = make_tiny_llama(len(tokenizer))
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        trainer = tiny_trainer(
+            tmp_path / str(checkpointing),
+            tokenizer,
+            model=model,
+            lora=lora,
+            max_steps=1,
+            batch_size=8,
+        )
+        grads.append(_grads_at_first_step(trainer)[0])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
