@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO
 
 from dpokit.cli import build_parser, split_args
+from dpokit.cli.common import CommandLineError
 from dpokit.cli.extensions import load_extensions
 from dpokit.cli.train import load
 
@@ -56,8 +57,8 @@ def dpokit_argv(words: list[str]) -> list[str] | None:
 def check_dpokit(argv: list[str]) -> None:
     try:
         args = PARSER.parse_args(argv)
-    except SystemExit as exit_:
-        raise AssertionError(f"the parser refuses `dpokit {' '.join(argv)}`") from exit_
+    except CommandLineError as err:
+        raise AssertionError(f"the parser refuses `dpokit {' '.join(argv)}`: {err}") from err
     if args.command in ("train", "sft"):
         recipe, overrides = split_args(args.args)
         placeholder = recipe is not None and recipe.startswith("my")  # my_recipe.yaml, my.yaml
@@ -93,7 +94,7 @@ def test_the_pages_show_commands_and_the_check_can_fail():
         check_dpokit(["pairs", "votez", "x.jsonl", "--out", "y.jsonl"])
     with pytest.raises(ValueError, match="did you mean 'beta'"):
         check_dpokit(["train", "my_recipe.yaml", "betta=0.5"])
-    with pytest.raises(ValueError, match="cannot read recipe"):
+    with pytest.raises(ValueError, match="no shipped recipe of that name"):
         check_dpokit(["train", "no_such_recipe", "beta=0.5"])
 
 

@@ -29,4 +29,4 @@ def test_loss_needing_a_column_is_refused_without_it(tmp_path, tokenizer):
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     cfg = load_config(None, loss="odpo", train_data=str(path), eval_data=None)
     with pytest.raises(DataError, match=r"pairs.jsonl, row 1, field 'offset': missing column"):
-        load_pairs(cfg, tokenizer, log=lambda _: None)
+        load_pairs(cfg.data, cfg.loss, cfg.optim.seed, tokenizer, log=lambda _: None)

@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from .common import main_process_print, one_line
+from .common import CommandLineError, Parser, main_process_print, one_line
 from .data import add_parsers, cmd_data, cmd_eval, cmd_harness, cmd_pairs, cmd_report
 from .extensions import Extensions, load_extensions
 from .train import cmd_config, cmd_env, cmd_losses, cmd_quickstart, cmd_sft, cmd_train
@@ -50,10 +50,10 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
-def build_parser(extensions: Extensions) -> argparse.ArgumentParser:
+def build_parser(extensions: Extensions) -> Parser:
     """The whole command line: the library's commands and what applications registered."""
-    parser = argparse.ArgumentParser(prog="dpokit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="dpokit", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (or DPOKIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,8 +78,11 @@ def build_parser(extensions: Extensions) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     extensions = load_extensions()
-    parser = build_parser(extensions)
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser(extensions).parse_args(argv)
+    except CommandLineError as err:  # a bad option or value: one line, before any work
+        print(f"dpokit: error: {err}", file=sys.stderr)
+        return 2
     debug = args.debug or os.environ.get("DPOKIT_DEBUG", "") not in ("", "0")
     _quiet_libraries()
     from ..core.signals import StopRequests

@@ -15,7 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_fields, read, repo_relative, settings_from, write_built, write_figures
+from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Domain
+from .common import (
+    add_fields,
+    check_outputs,
+    number,
+    read,
+    repo_relative,
+    settings_from,
+    write_built,
+    write_figures,
+)
 from .extensions import Extensions
 
 
@@ -35,6 +45,7 @@ def _sampler(args: argparse.Namespace):
 def cmd_pairs(args: argparse.Namespace, extensions: Extensions) -> int:
     from ..data import builders as b
 
+    check_outputs(args.inputs, [args.out, f"{args.out}.report.json"])
     if args.kind in extensions.pair_kinds:
         return extensions.pair_kinds[args.kind].run(args)
 
@@ -71,10 +82,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "split":
         from ..data.split import split_by_prompt
 
-        split = split_by_prompt(read([args.input]), args.eval_fraction, args.seed)
         stem = Path(args.input)
         train = args.train_out or str(stem.with_suffix(".train.jsonl"))
         held = args.eval_out or str(stem.with_suffix(".eval.jsonl"))
+        check_outputs([args.input], [train, held])
+        split = split_by_prompt(read([args.input]), args.eval_fraction, args.seed)
         from ..data.builders import write_rows
 
         write_rows([r.values for r in split.train], train)
@@ -83,6 +95,8 @@ def cmd_data(args: argparse.Namespace) -> int:
               f"{split.prompts_train} + {split.prompts_eval} distinct prompts, none in both")
         return 0
     from ..data.text.inspect import inspect_data
+
+    check_outputs([args.input, args.eval], [args.png])
 
     tokenizer = None
     if args.model != "none":
@@ -107,6 +121,8 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
     from ..policies.causal_lm.sampling import SamplingSettings
     from ..runs import load_policy
 
+    inputs = [getattr(args, m.dest, None) for m in extensions.eval_modes]
+    check_outputs([args.pairs, args.prompts, args.probes, *inputs], [args.json])
     for mode in extensions.eval_modes:
         if getattr(args, mode.dest, None):
             return mode.run(args)
@@ -114,14 +130,16 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
         modes = "".join(f", --{m.dest.replace('_', '-')} ({m.help})" for m in extensions.eval_modes)
         raise ValueError(f"nothing to evaluate: give --pairs (held-out pairs), --prompts "
                          f"(held-out prompts for generation), --probes (style probes){modes}")
-    probes = load_probes(args.probes) if args.probes else None  # bad rows before the model
-    policy = load_policy(args.model, args.reference)
+    # every file and reward is read and checked before the model loads
+    probes = load_probes(args.probes) if args.probes else None
+    pairs = read([args.pairs]) if args.pairs else None
+    prompts = prompt_rows(read([args.prompts])) if args.prompts else None
     reward = load_reward(args.reward) if args.reward else None
     judge = import_object(args.judge_fn) if args.judge_fn else (
         reward_judge(load_reward(args.judge)) if args.judge else None)
+    policy = load_policy(args.model, args.reference)
     report = evaluate(
-        policy, pairs=read([args.pairs]) if args.pairs else None,
-        prompts=prompt_rows(read([args.prompts])) if args.prompts else None, reward=reward,
+        policy, pairs=pairs, prompts=prompts, reward=reward,
         judge=judge, settings=settings_from(SamplingSettings, args), beta=args.beta,
         tokenize=TokenizeSettings(max_length=args.max_length,
                                   max_prompt_length=args.max_prompt_length,
@@ -138,6 +156,7 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
 def cmd_harness(args: argparse.Namespace) -> int:
     from ..eval.harness import run_harness
 
+    check_outputs(args.task_files or [], [args.json])
     tasks = [t for t in (args.tasks or "").split(",") if t]
     result = run_harness(repo_relative(args.model), tasks,
                          [repo_relative(f) for f in args.task_files or []],
@@ -153,6 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = args.out or (str(Path(args.runs[0]) / "report.html") if len(args.runs) == 1
                        else "report.html")
+    check_outputs([str(Path(r) / "metrics.jsonl") for r in args.runs], [out])
     print(f"report: {write_report(args.runs, out)}")
     return 0
 
@@ -206,9 +226,10 @@ def add_parsers(sub, extensions: Extensions) -> None:
                     "trajectory TDI of the model and its reference")
     for mode in extensions.eval_modes:
         mode.add_arguments(ev)
-    ev.add_argument("--beta", type=float, default=0.1, help="β of the implicit reward")
-    ev.add_argument("--max-length", type=int, default=512)
-    ev.add_argument("--max-prompt-length", type=int, default=256)
+    ev.add_argument("--beta", type=number(float, POSITIVE), default=0.1,
+                    help="β of the implicit reward, > 0")
+    ev.add_argument("--max-length", type=number(int, AT_LEAST_ONE), default=512)
+    ev.add_argument("--max-prompt-length", type=number(int, AT_LEAST_ONE), default=256)
     ev.add_argument("--no-chat-template", action="store_true",
                     help="string pairs as raw text (default: a chat turn)")
     ev.add_argument("--json", help="write every figure and a few samples here")
@@ -221,9 +242,10 @@ def add_parsers(sub, extensions: Extensions) -> None:
                          "(data_files relative to each YAML), e.g. data/lm_eval_tasks")
     harness.add_argument("--include-path", help="a folder of task YAMLs the harness reads "
                          "itself (for YAMLs with !function tags)")
-    harness.add_argument("--limit", type=int, help="examples per task at most")
-    harness.add_argument("--batch-size", type=int, default=8)
-    harness.add_argument("--num-fewshot", type=int)
+    harness.add_argument("--limit", type=number(int, AT_LEAST_ONE),
+                         help="examples per task at most")
+    harness.add_argument("--batch-size", type=number(int, AT_LEAST_ONE), default=8)
+    harness.add_argument("--num-fewshot", type=number(int, NON_NEGATIVE))
     harness.add_argument("--json", help="write the figures here")
     report = sub.add_parser("report", help="a self-contained HTML page of one run, or several "
                             "side by side")
@@ -237,13 +259,15 @@ def add_parsers(sub, extensions: Extensions) -> None:
     inspect.add_argument("--eval", help="held-out file: prompt overlap with the input")
     inspect.add_argument("--model", help="tokenizer of the model to be trained (default: "
                          "smollm2; none: count words)", default="smollm2")
-    inspect.add_argument("--max-length", type=int, default=512)
-    inspect.add_argument("--max-prompt-length", type=int, default=256)
+    inspect.add_argument("--max-length", type=number(int, AT_LEAST_ONE), default=512)
+    inspect.add_argument("--max-prompt-length", type=number(int, AT_LEAST_ONE),
+                         default=256)
     inspect.add_argument("--chat-template-for-strings", action="store_true")
     inspect.add_argument("--png", help="write the token-length histogram here")
     split = actions.add_parser("split", help="deterministic train/eval split by prompt")
     split.add_argument("input")
-    split.add_argument("--eval-fraction", type=float, default=0.1)
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--eval-fraction", type=number(float, Domain(0.0, 1.0)), default=0.1,
+                       help="share of the prompts held out, in (0, 1)")
+    split.add_argument("--seed", type=number(int, NON_NEGATIVE), default=0)
     split.add_argument("--train-out")
     split.add_argument("--eval-out")

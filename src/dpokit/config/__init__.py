@@ -219,6 +219,13 @@ def validate(cfg: TrainConfig) -> None:
                               f"states, a merge), which {strategy} does not gather weights for; "
                               f"train with {strategy}, then evaluate or merge final/ (dpokit "
                               f"eval) in one process")
+    if d.streaming and d.train_data:
+        from ..data.io import DataError, check_jsonl_spec
+
+        try:
+            check_jsonl_spec(d.train_data)  # a .csv is named here, before anything loads
+        except DataError as err:
+            raise ConfigError(str(err)) from None
     if d.streaming and d.eval_fraction > 0:
         raise ConfigError("streaming reads train_data lazily and cannot hold out a fraction "
                           "of it: name an eval_data file")

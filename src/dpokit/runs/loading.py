@@ -79,7 +79,6 @@ def _causal_lm(name: str, reference: str | None, dtype: torch.dtype) -> Policy:
             return CausalLMPolicy(net, tokenizer, reference="adapter")
     else:
         net = load_causal_lm(name, dtype).eval()
-    net.config.use_cache = True
     if reference is None:
         return CausalLMPolicy(net, tokenizer, reference="none")
     ref_base = adapter_base(reference)

@@ -142,16 +142,17 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
         raise ValueError(f"online DPO makes pairs; loss {cfg.loss.name!r} trains on unpaired "
                          f"rows")
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    policy = policy_for(cfg, tokenizer, objective.needs_reference)
+    # every file and the reward before the model loads
     pool = prompt_pool(cfg.online.prompts or cfg.data.train_data or "")
+    reward = load_reward(cfg.online.reward)
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
-    source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, load_reward(cfg.online.reward)),
-                          collate, cfg.optim.batch_size, cfg.online.prompts_per_step,
-                          cfg.optim.seed)
+    held, extra = _eval_pairs(cfg, tokenizer, collate), services(cfg, tokenizer, log)
+    policy = policy_for(cfg, tokenizer, objective.needs_reference)
+    source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, reward), collate,
+                          cfg.optim.batch_size, cfg.online.prompts_per_step, cfg.optim.seed)
     log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each, reward "
         f"{cfg.online.reward}")
-    trainer = Trainer(cfg, policy, objective, source, _eval_pairs(cfg, tokenizer, collate),
-                      log=log, **services(cfg, tokenizer, log))
+    trainer = Trainer(cfg, policy, objective, source, held, log=log, **extra)
     return Run(cfg, tokenizer, policy, objective, None, None, trainer)  # type: ignore[arg-type]
 
 
@@ -179,12 +180,13 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, reference="adapter_copy" if cfg.model.lora else "copy"))
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    policy = policy_for(cfg, tokenizer, True)
-    reward = load_reward(o.reward)
+    reward = load_reward(o.reward)  # every file and the reward before the model loads
     pool = prompt_pool(o.prompts or cfg.data.train_data or "")
     held = prompt_pool(cfg.run.eval_prompts, "eval_prompts") if cfg.run.eval_prompts else None
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     round_services = services(cfg, tokenizer, log)  # one geometry monitor across rounds
+    held_pairs = _eval_pairs(cfg, tokenizer, collate)
+    policy = policy_for(cfg, tokenizer, True)
     eval_settings = sampling_settings(cfg, seed=10_000 + cfg.optim.seed)
     result = IterativeResult()
 
@@ -238,8 +240,8 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
             cfg.run, output_dir=str(round_dir), eval_before=False))
         source = sources(round_cfg.optim, round_cfg.data, round_cfg.run, Examples(train, None),
                          collate).train
-        trainer = Trainer(round_cfg, policy, objective, source,
-                          _eval_pairs(cfg, tokenizer, collate), log=log, **round_services)
+        trainer = Trainer(round_cfg, policy, objective, source, held_pairs, log=log,
+                          **round_services)
         trained = trainer.train()
         save_file({k: v.contiguous() for k, v in policy.trainable_state_dict().items()},
                   round_dir / ROUND_STATE)

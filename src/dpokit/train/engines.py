@@ -191,6 +191,9 @@ class ZeroEngine:
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  config: dict[str, Any]):
+        from ..core.packages import need
+
+        need("deepspeed", "deepspeed", "distributed.strategy=deepspeed")
         import deepspeed
 
         self.engine, self.zero, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +79,49 @@ class MetricsLogger:
     @staticmethod
     def truncate(output_dir: str | Path, step: int) -> None:
         """Drop the rows of steps after ``step`` (written after the checkpoint a run resumes
-        from), so that every step is in ``metrics.jsonl`` exactly once."""
+        from), and a line a killed process left half-written, so that every step is in
+        ``metrics.jsonl`` exactly once."""
         path = Path(output_dir) / "metrics.jsonl"
         if not path.is_file():
             return
-        rows = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(row + "\n" for row in rows))
+        rows = [row for row in read_metrics(path).rows if row.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def close(self) -> None:
         if self.trackers:
             self.accelerator.end_training()
+
+
+@dataclass
+class MetricRows:
+    """The complete rows of a ``metrics.jsonl`` and what was skipped (line number: reason)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_metrics(path: str | Path) -> MetricRows:
+    """Every complete row of a metrics file; a line that is not a JSON object (the half-written
+    last line a killed run leaves) is skipped and named.
+
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "m.jsonl").write_text('{"step": 1}\\n{"step": 2, "lo')
+    >>> read_metrics(folder / "m.jsonl").skipped
+    ['line 2: incomplete (not a JSON object)']
+    """
+    out = MetricRows()
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            out.rows.append(row)
+        else:
+            out.skipped.append(f"line {number}: incomplete (not a JSON object)")
+    return out
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ...core.types import NON_NEGATIVE, UNIT_INTERVAL
 from ...data.builders.common import option
 from .attacks import fake_completion, ignore, naive
 from .frontend import FRONTENDS, Frontend
@@ -106,11 +107,13 @@ class InjectionSettings:
     frontend: Literal["struq", "textual"] = option("struq", "prompt format (struq: reserved "
                                                    "delimiter tokens, data filtered)")
     naive_share: float = option(0.9, "share of injections appended plainly (the rest: fake "
-                                "completions with look-alike delimiters)")
+                                "completions with look-alike delimiters)", UNIT_INTERVAL)
     ignore_share: float = option(0.0, "share of injections inside an 'ignore the above' "
-                                 "sentence (training phrasings; the evaluation's are held out)")
-    injected_share: float = option(0.5, "struq: share of the samples with data injected")
-    seed: int = option(0, "seeds every choice")
+                                 "sentence (training phrasings; the evaluation's are held out)",
+                                 UNIT_INTERVAL)
+    injected_share: float = option(0.5, "struq: share of the samples with data injected",
+                                   UNIT_INTERVAL)
+    seed: int = option(0, "seeds every choice", NON_NEGATIVE)
 
 
 def injection_rows(tasks: Sequence[Task], settings: InjectionSettings) -> list[dict]:

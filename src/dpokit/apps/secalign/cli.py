@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from ...cli.common import add_fields, settings_from, write_figures
+from ...cli.common import add_fields, number, settings_from, write_figures
 from ...cli.extensions import Extensions
+from ...core.types import NON_NEGATIVE
 
 
 def register(cli: Extensions) -> None:
@@ -41,7 +42,7 @@ def _eval_arguments(ev: argparse.ArgumentParser) -> None:
                     "output; data/secalign_tasks.eval.jsonl): utility and attack success rates")
     ev.add_argument("--frontend", choices=["textual", "struq"], default="struq",
                     help="--injection: the prompt format (struq: reserved delimiter tokens)")
-    ev.add_argument("--gcg-steps", type=int, default=0,
+    ev.add_argument("--gcg-steps", type=number(int, NON_NEGATIVE), default=0,
                     help="--injection: also a universal GCG suffix of this many steps")
 
 

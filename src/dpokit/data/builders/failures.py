@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...core.types import AT_LEAST_ONE, NON_NEGATIVE, UNIT_INTERVAL, Domain
 from ..io import DataError, Record
 from .common import BuildReport, BuiltPairs, as_record, option
 
@@ -42,18 +43,19 @@ _SENTENCE_END = re.compile(r"[.!?…)\]\"'”’*`]\s*$")
 @dataclass(frozen=True)
 class FailureSettings:
     detectors: tuple[str, ...] = option(DETECTORS, "which detectors run (comma-separated)")
-    min_chars: int = option(1, "empty: fewer letters or digits than this")
-    ngram: int = option(3, "repetition: word n-gram size")
-    max_repeat: float = option(0.5, "repetition: share of repeated n-grams that flags a loop")
+    min_chars: int = option(1, "empty: fewer letters or digits than this", NON_NEGATIVE)
+    ngram: int = option(3, "repetition: word n-gram size", AT_LEAST_ONE)
+    max_repeat: float = option(0.5, "repetition: share of repeated n-grams that flags a loop",
+                               Domain(0.0, 1.0, high_inclusive=True))
     refusal_patterns: tuple[str, ...] = REFUSALS
-    refusal_window: int = option(200, "refusal: characters searched from the start")
-    min_latin: float = option(0.8,
-                              "off_language: share of Latin letters below which a text is flagged")
-    min_stopwords: float = option(0.05,
-                                  "off_language: share of English function words below which it is"
-                                  " flagged")
-    min_words: int = option(8,
-                            "off_language: the function-word test needs at least this many words")
+    refusal_window: int = option(200, "refusal: characters searched from the start",
+                                 AT_LEAST_ONE)
+    min_latin: float = option(0.8, "off_language: share of Latin letters below which a text is "
+                              "flagged", UNIT_INTERVAL)
+    min_stopwords: float = option(0.05, "off_language: share of English function words below "
+                                  "which it is flagged", UNIT_INTERVAL)
+    min_words: int = option(8, "off_language: the function-word test needs at least this many "
+                            "words", AT_LEAST_ONE)
 
     def __post_init__(self):
         unknown = set(self.detectors) - set(DETECTORS)

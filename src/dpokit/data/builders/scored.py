@@ -24,8 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ...core.types import NON_NEGATIVE
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, as_number, as_record, option
+from .common import BuildReport, BuiltPairs, as_number, as_record, option, score_problem
 
 Pairing = Literal["best_worst", "best_random", "all_pairs"]
 PAIRINGS: tuple[str, ...] = ("best_worst", "best_random", "all_pairs")
@@ -37,8 +38,9 @@ class ScoredSettings:
     pairing: Pairing = option("best_worst",
                               "best_worst, best_random (a seeded draw among the lower ones) or "
                               "all_pairs")
-    margin: float = option(0.0, "the smallest score difference that makes a pair (ties never do)")
-    seed: int = option(0, "seeds best_random's draw (per prompt)")
+    margin: float = option(0.0, "the smallest score difference that makes a pair (ties never "
+                           "do)", NON_NEGATIVE)
+    seed: int = option(0, "seeds best_random's draw (per prompt)", NON_NEGATIVE)
 
 
 @dataclass
@@ -127,9 +129,11 @@ def pair_scored(groups: Iterable[ScoredGroup],
     report, out = BuildReport(), []
     rule = f"scored:{settings.pairing}"
     for group in groups:
-        missing = sum(s is None for _, s in group.responses)
-        report.drop("response: missing score", missing)
-        scored = [(i, r) for i, r in enumerate(group.responses) if r[1] is not None]
+        for _, score in group.responses:
+            problem = score_problem(score)
+            if problem:
+                report.drop(f"response: {problem}")
+        scored = [(i, r) for i, r in enumerate(group.responses) if score_problem(r[1]) is None]
         if len(scored) < 2:
             report.drop("prompt: fewer than 2 scored responses")
             continue

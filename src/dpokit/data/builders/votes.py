@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from ...core.types import AT_LEAST_ONE, Domain
 from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, as_number, as_record, option
+from .common import BuildReport, BuiltPairs, as_number, as_record, option, score_problem
 
 DELETED_AUTHORS = ("[deleted]", "[removed]", "")
 DELETED_TEXTS = ("[deleted]", "[removed]")
@@ -53,10 +54,11 @@ class VoteRules:
     """The SHP rules, each threshold a field (see the module docstring)."""
 
     min_ratio: float = option(2.0, "the preferred comment's score is at least this many times "
-                                   "the other's")
-    min_comment_score: float = option(2.0, "comments scoring less are dropped")
-    min_post_score: float = option(10.0, "posts scoring less are dropped")
-    max_comments_per_post: int = option(50, "the highest-scoring comments of a post considered")
+                              "the other's", Domain(1.0, low_inclusive=True))
+    min_comment_score: float = option(2.0, "comments scoring less are dropped", Domain())
+    min_post_score: float = option(10.0, "posts scoring less are dropped", Domain())
+    max_comments_per_post: int = option(50, "the highest-scoring comments of a post considered",
+                                        AT_LEAST_ONE)
     order: Order = option("later_preferred", "later_preferred (SHP's intent), "
                           "earlier_preferred (its rule 1 read literally), any")
     drop_edited: bool = option(True, "drop edited comments (their votes may be for another text)")
@@ -64,7 +66,8 @@ class VoteRules:
     drop_moderators: bool = option(True, "drop comments marked distinguished (moderators, admins)")
     drop_post_author: bool = option(True, "drop the post author's own comments")
     deleted_authors: tuple[str, ...] = DELETED_AUTHORS
-    max_pairs_per_post: int | None = option(None, "pairs kept per post at most (default: all)")
+    max_pairs_per_post: int | None = option(None, "pairs kept per post at most (default: all)",
+                                            AT_LEAST_ONE)
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,9 @@ def _comment_reason(v: Mapping[str, Any], post_id: str, rules: VoteRules) -> str
     if rules.drop_edited and _flag(v.get("edited")):
         return "edited"
     score = as_number(v.get("score"))
-    if score is None:
-        return "missing score"
+    problem = score_problem(score)
+    if problem:
+        return problem
     if score < rules.min_comment_score:
         return f"score below {rules.min_comment_score:g}"
     return None
@@ -177,8 +181,9 @@ def _group(records: list[Record], rules: VoteRules, report: BuildReport) -> list
 def _post_reason(post: _Post, rules: VoteRules) -> str | None:
     if not post.text:
         return "no post text"
-    if post.score is None:
-        return "missing post score"
+    problem = score_problem(post.score, "post score")
+    if problem:
+        return problem
     if post.score < rules.min_post_score:
         return f"post score below {rules.min_post_score:g}"
     if rules.drop_over_18 and post.over_18:

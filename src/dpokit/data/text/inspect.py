@@ -81,6 +81,9 @@ class InspectReport:
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
+        from ...core.packages import need
+
+        need("matplotlib", "data", "dpokit data inspect --png")
         import matplotlib
 
         matplotlib.use("Agg")

@@ -12,6 +12,7 @@ and caches a plain ``LlamaForCausalLM`` as safetensors under ``~/.cache/dpokit``
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -71,10 +72,51 @@ def embedded_smollm2_dir() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded alias to its cached folder; leave paths and hub names alone."""
+    """Map the embedded alias to its cached folder; leave hub names alone; check a local
+    folder (:func:`check_model_folder`) before anything loads from it."""
     if name_or_path in EMBEDDED_ALIASES:
         return str(embedded_smollm2_dir())
+    if Path(name_or_path).is_dir():
+        check_model_folder(Path(name_or_path))
     return name_or_path
+
+
+def check_model_folder(folder: Path) -> None:
+    """A model folder has ``config.json`` (or, for a LoRA adapter, ``adapter_config.json``) and
+    weights whose files are whole; otherwise one line naming the folder or the file.
+
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> check_model_folder(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpokit.policies.causal_lm.models.ModelLoadError: ... is not a model folder: no config.json ...
+    """
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a model folder: no config.json (a model) or "
+                             f"adapter_config.json (a LoRA adapter)")
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights)
+
+
+def check_safetensors(path: Path) -> None:
+    """The header of a ``.safetensors`` file reads and its tensors fit in the file (a copy cut
+    short, or another file renamed, is named here rather than deep inside the loader)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if length <= 0 or 8 + length > size:
+            raise ModelLoadError(f"{path}: corrupt or truncated weights file (its header "
+                                 f"cannot be read); copy or save the model again")
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, UnicodeDecodeError):
+            raise ModelLoadError(f"{path}: corrupt weights file (its header is not valid "
+                                 f"JSON); copy or save the model again") from None
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    if 8 + length + max(ends, default=0) > size:
+        raise ModelLoadError(f"{path}: truncated weights file ({size} bytes; its header "
+                             f"promises {8 + length + max(ends)}); copy or save the model again")
 
 
 def model_source(model) -> str:

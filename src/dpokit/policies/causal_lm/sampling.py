@@ -21,17 +21,18 @@ from typing import Any
 import torch
 
 from ...core.signals import cooperative, stop_point
+from ...core.types import AT_LEAST_ONE, NON_NEGATIVE, Domain
 from ...data.builders.common import option
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    num_samples: int = option(2, "completions sampled per prompt")
-    max_new_tokens: int = option(64, "tokens per completion at most")
-    temperature: float = option(1.0, "sampling temperature (0: greedy)")
-    top_p: float = option(1.0, "nucleus sampling mass")
-    seed: int = option(0, "seeds sampling (each batch: seed + its number)")
-    batch_size: int = option(16, "sequences per generate call")
+    num_samples: int = option(2, "completions sampled per prompt", AT_LEAST_ONE)
+    max_new_tokens: int = option(64, "tokens per completion at most", AT_LEAST_ONE)
+    temperature: float = option(1.0, "sampling temperature (0: greedy)", NON_NEGATIVE)
+    top_p: float = option(1.0, "nucleus sampling mass", Domain(0.0, 1.0, high_inclusive=True))
+    seed: int = option(0, "seeds sampling (each batch: seed + its number)", NON_NEGATIVE)
+    batch_size: int = option(16, "sequences per generate call", AT_LEAST_ONE)
     chat: bool = option(True, "render prompts with the chat template when the tokenizer has one")
 
 

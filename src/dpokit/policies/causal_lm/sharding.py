@@ -43,6 +43,9 @@ class Sharding:
             if reference is not None:
                 reference.to(next(self.model.parameters()).device)
             return
+        from ...core.packages import need
+
+        need("deepspeed", "deepspeed", "distributed.strategy=deepspeed")
         import deepspeed
         from deepspeed.runtime.zero import register_external_parameter
 

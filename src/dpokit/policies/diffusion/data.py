@@ -45,6 +45,10 @@ class ImagePair:
 def to_tensor(image, size: int) -> torch.Tensor:
     """A PIL image -> (3, size, size) float in [-1, 1]."""
     import numpy as np
+
+    from ...core.packages import need
+
+    need("PIL", "vision", "image rows")
     from PIL import Image
 
     image = image.convert("RGB").resize((size, size), Image.BICUBIC)

@@ -173,6 +173,9 @@ class DiffusionPolicy(BasePolicy):
                  reference: bool = False, **_) -> torch.Tensor:
         """DDIM samples (E, C, H, W) in [-1, 1] for ``prompts`` (``reference``: from the
         frozen reference), the same initial noise for the same ``seed``."""
+        from ...core.packages import need
+
+        need("diffusers", "diffusion", "image generation with a diffusers denoiser")
         from diffusers import DDIMScheduler
 
         sampler = DDIMScheduler.from_config(self.scheduler.config)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..causal_lm.models import resolve_model_path
+
 # model_type -> the processor's image axis: "first": (I, C, H, W) pixel values (I images of
 # one prompt); "second": (1, I, C, H, W) with a (1, I, H, W) pixel_attention_mask
 IMAGE_AXIS = {"llava": "first", "idefics2": "second", "idefics3": "second", "smolvlm": "second"}
@@ -133,6 +135,7 @@ def load_vision_language_model(name: str, dtype: torch.dtype = torch.float32):
     """Any ``AutoModelForImageTextToText`` (hub name or folder), SDPA attention."""
     from transformers import AutoModelForImageTextToText
 
+    resolve_model_path(name)  # a local folder checked: config, whole weights files
     return AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
                                                        attn_implementation="sdpa")
 
@@ -140,7 +143,7 @@ def load_vision_language_model(name: str, dtype: torch.dtype = torch.float32):
 def load_processor(name: str):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(name)
+    return AutoProcessor.from_pretrained(resolve_model_path(name))
 
 
 def is_vision_language(name: str) -> bool:

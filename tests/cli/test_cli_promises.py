@@ -1,0 +1,227 @@
+"""Every command keeps the training command's promise: the user's input is never destroyed,
+nonsense is refused before any work, every failure is one clear line (exit code 2) naming what
+to do, and what can be checked is checked before a model loads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import pytest
+from conftest import sentiment_rows, write_jsonl
+
+from dpokit.cli import build_parser, main
+from dpokit.cli.extensions import load_extensions
+
+PAIR_KINDS = ["votes", "scored", "sample", "failures", "injection", "llumi"]
+EXTRA = {"llumi": ["--model", "generation", "--stage", "sft"]}
+
+
+@pytest.mark.parametrize("kind", PAIR_KINDS)
+def test_pairs_refuse_an_output_that_is_an_input(tmp_path, capsys, kind):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    before = rows.read_text()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(rows)
+    for out in (rows, link):  # the same file, also through a link
+        assert main(["pairs", kind, str(rows), "--out", str(out), *EXTRA.get(kind, [])]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is the input" in err and "destroy" in err
+    assert rows.read_text() == before
+
+
+def test_data_split_refuses_to_write_over_its_input(tmp_path, capsys):
+    rows = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(6))
+    before = rows.read_text()
+    for option in ("--train-out", "--eval-out"):
+        assert main(["data", "split", str(rows), option, str(rows)]) == 2
+        assert "is the input" in capsys.readouterr().err
+    assert main(["data", "split", str(rows), "--train-out", str(tmp_path / "x.jsonl"),
+                 "--eval-out", str(tmp_path / "x.jsonl")]) == 2
+    assert "another output" in capsys.readouterr().err
+    assert rows.read_text() == before
+
+
+def test_eval_and_report_refuse_to_write_over_their_inputs(tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(2))
+    assert main(["eval", "smollm2", "--pairs", str(pairs), "--json", str(pairs)]) == 2
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    assert main(["report", str(run), "--out", str(run / "metrics.jsonl")]) == 2
+    assert capsys.readouterr().err.count("is the input") == 2
+    assert json.loads((run / "metrics.jsonl").read_text()) == {"step": 1, "loss": 0.5}
+
+
+def _numeric_options():
+    """(argv before the option, option, domain) for every numeric option of every command."""
+    positional = {"pairs": lambda kind: ["pairs", kind, "in.jsonl", "--out", "out.jsonl",
+                                         *EXTRA.get(kind, [])],
+                  "data": lambda action: ["data", action, "in.jsonl"],
+                  "eval": lambda _: ["eval", "model"], "harness": lambda _: ["harness", "m"]}
+    found = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if action.choices and isinstance(action.choices, dict):  # subcommands
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif action.option_strings and action.type in (int, float):
+                raise AssertionError(f"dpokit {' '.join(path)} {action.option_strings[0]}: a "
+                                     f"numeric option without a declared domain")
+            elif action.option_strings and hasattr(action.type, "domain"):
+                argv = positional[path[0]](path[1] if len(path) > 1 else None)
+                found.append((argv, action.option_strings[-1], action.type.domain))
+
+    walk(build_parser(load_extensions()), [])
+    return found
+
+
+NUMERIC = _numeric_options()
+
+
+def test_every_numeric_option_of_every_command_declares_its_domain():
+    options = {(argv[0], option) for argv, option, _ in NUMERIC}
+    assert len(NUMERIC) > 40
+    assert {("pairs", "--min-ratio"), ("pairs", "--temperature"), ("pairs", "--num-samples"),
+            ("data", "--eval-fraction"), ("eval", "--beta"), ("harness", "--limit")} <= options
+
+
+@pytest.mark.parametrize("argv,option,domain", [n for n in NUMERIC if math.isfinite(
+    n[2].low) or math.isfinite(n[2].high)], ids=lambda v: v if isinstance(v, str) else None)
+def test_a_value_outside_its_domain_is_one_line_before_any_work(capsys, argv, option, domain):
+    bad = domain.low - 1 if math.isfinite(domain.low) else domain.high + 1
+    assert main([*argv, option, str(int(bad) if bad == int(bad) else bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dpokit: error: ") and err.count("\n") == 1
+    assert option in err and domain.describe() in err
+
+
+def test_a_misspelled_recipe_names_the_nearest_shipped_one(capsys):
+    assert main(["train", "quickstrat"]) == 2
+    assert "did you mean 'quickstart'?" in capsys.readouterr().err
+
+
+def test_a_corrupt_or_missing_model_is_named_by_its_file(tmp_path, tiny_model_dir, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(2))
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])  # cut short
+    assert main(["eval", str(broken), "--pairs", str(pairs)]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "truncated weights file" in err
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    assert main(["eval", str(broken), "--pairs", str(pairs)]) == 2
+    assert "header is not valid JSON" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", str(empty), "--pairs", str(pairs)]) == 2
+    assert "is not a model folder: no config.json" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_names_its_install_line(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "dpokit report needs the package 'matplotlib'" in err
+    assert "pip install 'dpokit[data]'" in err
+    assert not (run / "report_files").exists()  # nothing left behind
+
+
+def test_deepspeed_missing_is_named_with_its_extra(tmp_path, tokenizer, monkeypatch):
+    from helpers import tiny_trainer
+
+    from dpokit.core.packages import MissingPackage
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    environ = dict(os.environ)  # the launch settings a distributed start writes
+    try:
+        with pytest.raises(MissingPackage, match=r"pip install 'dpokit\[deepspeed\]'"):
+            tiny_trainer(tmp_path, tokenizer, strategy="deepspeed")
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def test_report_reads_the_complete_lines_of_a_killed_runs_metrics(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.6}\n{"step": 2, "loss": 0.5}\n'
+                                       '{"step": 3, "lo')  # what kill -9 leaves
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "line 3: incomplete" in out
+    assert (run / "report.html").is_file()
+
+
+def test_a_failing_report_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    from dpokit.eval import report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(report, "_plot", broken)
+    assert main(["report", str(run)]) == 2
+    assert not (run / "report_files").exists() and not (run / "report.html").exists()
+
+
+def test_files_are_checked_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch,
+                                                  capsys):
+    """A missing prompts or probes file is reported, not a model load: here loading the
+    model would fail loudly, so reaching it means the check came too late."""
+    from dpokit.runs import causal_lm
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the files were checked")
+
+    monkeypatch.setattr(causal_lm, "load_causal_lm", no_model)
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(4))
+    missing = tmp_path / "missing.jsonl"
+    common = ["train", f"model={tiny_model_dir}", f"train_data={data}", "lora=false",
+              f"output_dir={tmp_path / 'out'}", "progress_bar=false", "log_with=[]"]
+    for extra in ([f"eval_prompts={missing}"], [f"geometry.probes={missing}"],
+                  ["online.mode=online", f"online.prompts={missing}", "max_steps=1"]):
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "missing.jsonl" in err and "model was loaded" not in err, err
+
+
+def test_streaming_names_json_lines_before_anything_loads(tmp_path, capsys):
+    data = tmp_path / "pairs.csv"
+    data.write_text("prompt,chosen,rejected\np,a,b\n")
+    assert main(["train", "streaming=true", f"train_data={data}", "max_steps=1"]) == 2
+    assert "streaming reads JSON Lines" in capsys.readouterr().err
+
+
+def test_scores_with_forum_suffixes_and_scores_that_are_not_numbers(tmp_path, capsys):
+    rows = [{"prompt": "p", "response": "a great answer", "score": "1.2k"},
+            {"prompt": "p", "response": "a fine answer", "score": "3"},
+            {"prompt": "p", "response": "another answer", "score": "lots"}]
+    data = write_jsonl(tmp_path / "rated.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", "scored", str(data), "--out", str(out)]) == 0
+    [pair] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert pair["score_chosen"] == 1200.0 and pair["score_rejected"] == 3.0
+    report = json.loads((tmp_path / "pairs.jsonl.report.json").read_text())
+    assert report["dropped"] == {"response: score is not a number": 1}
+
+
+def test_a_leftover_tmp_of_an_interrupted_write_is_replaced(tmp_path):
+    from dpokit.data.builders import write_rows
+
+    out = tmp_path / "pairs.jsonl"
+    (tmp_path / "pairs.jsonl.tmp").write_text("half a row from a killed wri")
+    write_rows([{"a": 1}], out)
+    assert out.read_text() == '{"a": 1}\n' and not (tmp_path / "pairs.jsonl.tmp").exists()
