@@ -225,3 +225,13 @@ def test_a_leftover_tmp_of_an_interrupted_write_is_replaced(tmp_path):
     (tmp_path / "pairs.jsonl.tmp").write_text("half a row from a killed wri")
     write_rows([{"a": 1}], out)
     assert out.read_text() == '{"a": 1}\n' and not (tmp_path / "pairs.jsonl.tmp").exists()
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`dpokit losses | head -1`: the pipe closes after one line; no error line, exit 0."""
+    import subprocess
+
+    proc = subprocess.run(f"{sys.executable} -m dpokit.cli losses | head -1", shell=True,
+                          capture_output=True, text=True, executable="/bin/bash",
+                          env=dict(os.environ, PYTHONUNBUFFERED="0"))
+    assert proc.stdout.count("\n") == 1 and "error" not in proc.stderr, proc.stderr

@@ -8,6 +8,7 @@
     dpokit eval MODEL --pairs F --prompts F --reward R   held-out figures vs the reference
     dpokit harness MODEL --task-files DIR     lm-evaluation-harness tasks (local or by name)
     dpokit report RUN_DIR [RUN_DIR ...]       an HTML page of one run or several side by side
+    dpokit doctor RUN_DIR [RUN_DIR ...]       health checks: what went wrong in a run, and why
     dpokit losses                             the registered losses and their hyper-parameters
     dpokit config                             every config field, its default and meaning
     dpokit env                                versions, device, the precision auto picks, speed
@@ -24,6 +25,8 @@ import sys
 
 from .common import CommandLineError, Parser, main_process_print, one_line
 from .data import add_parsers, cmd_data, cmd_eval, cmd_harness, cmd_pairs, cmd_report
+from .doctor import add_parser as add_doctor
+from .doctor import cmd_doctor
 from .extensions import Extensions, load_extensions
 from .train import cmd_config, cmd_env, cmd_losses, cmd_quickstart, cmd_sft, cmd_train
 
@@ -65,6 +68,7 @@ def build_parser(extensions: Extensions) -> Parser:
     quick = sub.add_parser("quickstart", help="align the embedded SmolLM2, show before/after")
     quick.add_argument("overrides", nargs="*", help="key=value ...")
     add_parsers(sub, extensions)
+    add_doctor(sub)
     for name, command in extensions.commands.items():
         command.add_arguments(sub.add_parser(name, help=command.help))
     env = sub.add_parser("env", help="versions, the device and what it computes natively, the "
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         main_process_print(f"dpokit: {stop}", file=sys.stderr)
         return stop.exit_code
+    except BrokenPipeError:  # `dpokit losses | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise
@@ -121,5 +128,6 @@ def _dispatch(args, extensions: Extensions) -> int:
                 "pairs": lambda: cmd_pairs(args, extensions), "data": lambda: cmd_data(args),
                 "eval": lambda: cmd_eval(args, extensions), "report": lambda: cmd_report(args),
                 "harness": lambda: cmd_harness(args), "env": lambda: cmd_env(args),
+                "doctor": lambda: cmd_doctor(args),
                 "losses": cmd_losses}
     return commands[args.command]()

@@ -101,6 +101,25 @@ def _table(runs: list[RunData]) -> str:
             + "".join(body) + "</table>")
 
 
+def _anchor(title: str) -> str:
+    return "plot-" + "".join(c if c.isalnum() else "-" for c in title).lower()
+
+
+def _findings(runs: list[RunData]) -> str:
+    """The health checks' findings (``dpokit doctor``'s), each linked to the plot that shows
+    its evidence."""
+    from ..train.health import load_trace, run_checks
+
+    items = []
+    for run in runs:
+        for f in run_checks(load_trace(run.path)[0]):
+            link = (f' (<a href="#{_anchor(f.panel)}">{html.escape(f.panel)}</a>)'
+                    if f.panel else "")
+            items.append(f"<li><b>{html.escape(run.name)}: {f.check}</b> [{f.severity}]{link}: "
+                         f"{html.escape(f.finding)} <i>Try: {html.escape(f.remedy)}</i></li>")
+    return f"<ul>{''.join(items)}</ul>" if items else "<p>No findings.</p>"
+
+
 def _fmt(value: Any, metric=None) -> str:
     if isinstance(value, float):
         return metric.show(value) if metric is not None else f"{value:.4g}"
@@ -154,7 +173,7 @@ def _write_page(runs: list[RunData], out: Path, figures: Path) -> Path:
             png = _plot(runs, rows_of, panel_keys, title, figures / f"{rows_of}_{i}.png")
             if png is not None:
                 data = base64.b64encode(png.read_bytes()).decode()
-                images.append(f'<img alt="{html.escape(title)}" '
+                images.append(f'<img id="{_anchor(title)}" alt="{html.escape(title)}" '
                               f'src="data:image/png;base64,{data}">')
     cards = "".join(f"<details><summary>{html.escape(r.name)}: model card</summary>"
                     f"<pre>{html.escape(r.card)}</pre></details>" for r in runs if r.card)
@@ -165,6 +184,7 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 </style></head><body><h1>dpokit report: {names}</h1>
 <p>{" ".join(f"{html.escape(str(r.path))}: {len(r.train)} training rows, {len(r.evals)} "
              f"evaluations." for r in runs)}</p>
+<h2>Health</h2>{_findings(runs)}
 <h2>Curves</h2>{"".join(images)}
 <h2>Held-out figures (first and last evaluation)</h2>{_table(runs)}
 <h2>Sample answers</h2>{_samples(runs)}

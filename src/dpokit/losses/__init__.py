@@ -6,7 +6,7 @@
 """
 
 from ..core.types import LossOutput
-from . import gravity, paired, reference_free, unpaired  # noqa: F401  (registers the losses)
+from . import anchored, gravity, paired, reference_free, unpaired  # noqa: F401  (registers them)
 from .registry import (
     LossParam,
     LossParams,

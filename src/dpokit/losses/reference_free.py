@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.types import NON_NEGATIVE, LossOutput
+from ..core.types import NON_NEGATIVE, Domain, LossOutput
 from .registry import LossParam, LossParams, declare_param, register_loss
 
 SIMPO_GAMMA = declare_param(LossParam(
@@ -73,3 +73,39 @@ def sft_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ext
     losses = _chosen_nll(chosen, extras, False)
     zero = torch.zeros_like(losses).detach()
     return LossOutput(losses, zero, zero)
+
+
+@register_loss("simper", needs_reference=False, length_normalized=True,
+               paper="Xiao et al. 2025, SimPER: A Minimalist Approach to Preference Alignment "
+                     "without Hyperparameters",
+               formula="-exp(avg log π(y_w)) + exp(avg log π(y_l))  (inverse perplexities)")
+def simper_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
+    """SimPER on per-token average log-probs: raise the chosen answer's inverse perplexity,
+    lower the rejected one's; no hyper-parameter (``beta`` is not read). Rewards: the inverse
+    perplexities."""
+    chosen_ipp, rejected_ipp = chosen.exp(), rejected.exp()  # (B,) inverse perplexities
+    losses = -chosen_ipp + rejected_ipp  # the SimPER objective of Xiao et al. 2025
+    return LossOutput(losses, chosen_ipp.detach(), rejected_ipp.detach())
+
+
+ALPHAPO_ALPHA = LossParam("alphapo_alpha", 0.25, "AlphaPO: the reward's shape α (α → 0 is "
+                          "SimPO's log-likelihood reward)", Domain())
+
+
+@register_loss("alphapo", params=(SIMPO_GAMMA, ALPHAPO_ALPHA), needs_reference=False,
+               length_normalized=True,
+               paper="Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM Alignment",
+               formula="-log σ(r_α(y_w) - r_α(y_l) - γ), r_α = (β/α)·(1 - exp(-α·avg log π))")
+def alphapo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
+    """AlphaPO on per-token average log-probs: SimPO with the reward reshaped by α (α = 0
+    gives SimPO exactly; α > 0 bends the reward so that likelihood displacement costs more)."""
+    alpha, beta = params.alphapo_alpha, params.beta
+
+    def reward(avg: torch.Tensor) -> torch.Tensor:  # (B,)
+        if alpha == 0:
+            return beta * avg
+        return beta / alpha * -torch.expm1(-alpha * avg)  # AlphaPO's reward (Gupta et al.)
+
+    chosen_reward, rejected_reward = reward(chosen), reward(rejected)
+    losses = -F.logsigmoid(chosen_reward - rejected_reward - params.simpo_gamma)
+    return LossOutput(losses, chosen_reward.detach(), rejected_reward.detach())

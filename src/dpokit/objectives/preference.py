@@ -221,7 +221,10 @@ declare(
     Metric("logp_accuracy", "own log-prob ranking accuracy", "{:.3f}", "preference accuracy",
            headline=True),
     Metric("logp_accuracy_per_token", "  same, log-prob per token", "{:.3f}"),
+    Metric("rewards/saturated", "pairs whose reward margin saturates the sigmoid", "{:.3f}",
+           "implicit-reward margin"),
 )
+SATURATED = 5.0  # |reward margin| past which -log σ is below 0.007: no gradient left
 
 
 def pair_metrics(result: LossOutput, out: PairLogps) -> MetricSums:
@@ -232,6 +235,7 @@ def pair_metrics(result: LossOutput, out: PairLogps) -> MetricSums:
     m.add("rewards/rejected", r)
     m.add("rewards/accuracies", (c > r).float())
     m.add("rewards/margins", c - r)
+    m.add("rewards/saturated", ((c - r).abs() > SATURATED).float())
     m.add("logps/chosen", out.chosen.float())
     m.add("logps/rejected", out.rejected.float())
     m.add("logp_accuracy", (out.chosen > out.rejected).float())

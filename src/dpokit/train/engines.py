@@ -268,3 +268,28 @@ class ZeroEngine:
                     param = named[name]
                     safe_set_full_optimizer_state(param, value.to(param.device, torch.float32),
                                                   key)
+
+
+def zero_engine(policy: Any, accelerator: Any, optim: Any, distributed: Any,
+                total_steps: int) -> tuple[ZeroEngine, Any]:
+    """DeepSpeed ZeRO: the policy prepares its modules, then hands its root to ``wrap``,
+    which builds the optimizer (``optim`` section) and the engine; the policy forwards
+    through the engine. Returns the engine and the learning-rate schedule."""
+    from .optim import build_optimizer
+    from .strategy import zero_settings
+
+    config = deepspeed_config(distributed.zero_stage, distributed.deepspeed_config,
+                              batch_size=optim.batch_size, world=accelerator.num_processes,
+                              max_grad_norm=optim.max_grad_norm)
+    made: list[tuple[ZeroEngine, Any]] = []
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        optimizer, scheduler = build_optimizer(policy.trainable_parameters(), optim, total_steps)
+        made.append((ZeroEngine(module, optimizer, config), scheduler))
+        return made[-1][0].engine
+
+    policy.shard(zero_settings(accelerator, config, wrap))
+    if len(made) != 1:
+        raise RuntimeError(f"{type(policy).__name__}.shard must wrap its root module "
+                           f"once with ShardSettings.wrap (called {len(made)} times)")
+    return made[0]

@@ -33,9 +33,17 @@ from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Reg
 from ..core.signals import Interrupted, StopRequests, cooperative
 from ..core.types import MetricSums
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
-from .engines import TorchEngine, ZeroEngine, deepspeed_config
+from .engines import TorchEngine, ZeroEngine, zero_engine
 from .folder import RunFolder
-from .metrics import MetricsLogger, format_eval, objective_metrics, progress_bar, reduce_metrics
+from .health import HealthMonitor
+from .metrics import (
+    MetricsLogger,
+    format_eval,
+    objective_metrics,
+    progress_bar,
+    record_run,
+    reduce_metrics,
+)
 from .optim import build_optimizer, total_steps
 from .reference import ReferenceService, reference_precision
 from .resume import find_resumable, run_signature
@@ -45,7 +53,6 @@ from .strategy import (
     make_accelerator,
     shard_settings,
     warn_batch_level,
-    zero_settings,
 )
 
 
@@ -105,7 +112,9 @@ class Trainer:
             raise ValueError(f"strategy={strategy}: {type(policy).__name__} does not declare "
                              f"the capability 'sharding'")
         if strategy == "deepspeed":
-            self.engine: TorchEngine | ZeroEngine = self._zero_engine()
+            self.engine: TorchEngine | ZeroEngine
+            self.engine, self.scheduler = zero_engine(policy, self.accelerator, optim,
+                                                      cfg.distributed, self.total_steps)
         else:  # FSDP2 replaces the parameters: the optimizer comes after
             modules = (policy.shard(shard_settings(self.accelerator, cfg.distributed,
                                                    self.precision == "bf16"))
@@ -124,29 +133,9 @@ class Trainer:
                                            self.accelerator.wait_for_everyone)
         self.output_dir = Path(run.output_dir)
         self._metrics: MetricsLogger | None = None
+        self.health = HealthMonitor(log, objective.name)  # warns once per check that fires
         self._last_eval: dict = {}
         self.step = 0
-
-    def _zero_engine(self) -> ZeroEngine:
-        """DeepSpeed ZeRO: the policy prepares its modules, then hands its root to ``wrap``,
-        which builds the optimizer and the engine; the policy forwards through the engine."""
-        optim, distributed = self.cfg.optim, self.cfg.distributed
-        config = deepspeed_config(distributed.zero_stage, distributed.deepspeed_config,
-                                  batch_size=optim.batch_size, world=self.world,
-                                  max_grad_norm=optim.max_grad_norm)
-        made: list[ZeroEngine] = []
-
-        def wrap(module: torch.nn.Module) -> torch.nn.Module:
-            optimizer, self.scheduler = build_optimizer(self.policy.trainable_parameters(),
-                                                        optim, self.total_steps)
-            made.append(ZeroEngine(module, optimizer, config))
-            return made[-1].engine
-
-        self.policy.shard(zero_settings(self.accelerator, config, wrap))
-        if len(made) != 1:
-            raise RuntimeError(f"{type(self.policy).__name__}.shard must wrap its root module "
-                               f"once with ShardSettings.wrap (called {len(made)} times)")
-        return made[0]
 
     # --- precision ---------------------------------------------------------------------------
     def autocast(self, precision: str | None = None):
@@ -302,11 +291,12 @@ class Trainer:
             MetricsLogger.truncate(self.output_dir, self.step)
 
     def _record_hardware(self) -> None:
-        """One line of the device and precision at the start; the whole record (versions,
-        capabilities, measured matmul speed) in ``hardware.json`` of the run folder."""
+        """The device and precision (one line); in the run folder, ``hardware.json`` (versions,
+        speed) and ``run.json`` (the config and objective ``dpokit doctor`` reads)."""
         self.log(self.hardware.line())
         if self.accelerator.is_main_process:
             write_record(self.hardware, self.output_dir)
+            record_run(self.output_dir, self.cfg.to_dict(), self.objective.name)
 
     def _interrupted_here(self) -> Interrupted:
         """A stop at this step boundary: the step kept as a checkpoint (saved unless it is
@@ -326,9 +316,9 @@ class Trainer:
         enabled = self.cfg.run.progress_bar and self.accelerator.is_main_process
         return progress_bar(enabled, desc, total, self.step)
 
-    def _emit(self, metrics: dict) -> None:
-        if self._metrics is None:
-            self._metrics = MetricsLogger(self.output_dir, self.accelerator, self.cfg.to_dict())
+    def _emit(self, metrics: dict) -> None:  # the live health checks read every row
+        self._metrics = self._metrics or MetricsLogger(self.output_dir, self.accelerator,
+                                                       self.cfg.to_dict(), self.health)
         self._metrics.emit(metrics)
 
     # --- the loop ----------------------------------------------------------------------------

@@ -57,8 +57,9 @@ class MetricsLogger:
     """Writes metric rows to ``output_dir/metrics.jsonl`` and to accelerate's trackers."""
 
     def __init__(self, output_dir: str | Path, accelerator: Any, run_config: dict[str, Any],
-                 project: str = "dpokit"):
+                 health: Any = None, project: str = "dpokit"):
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.health = health  # a HealthMonitor: the live checks, on the main process
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.trackers = bool(accelerator.log_with)
@@ -72,6 +73,8 @@ class MetricsLogger:
             self.accelerator.log(scalars, step=metrics["step"])
         if not self.main:
             return
+        if self.health is not None:
+            self.health.observe(metrics)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -90,6 +93,16 @@ class MetricsLogger:
     def close(self) -> None:
         if self.trackers:
             self.accelerator.end_training()
+
+
+def record_run(output_dir: str | Path, config: dict[str, Any], objective: str) -> Path:
+    """``run.json`` in the run folder: the config and the objective's name (what ``dpokit
+    doctor`` reads: the loss, the data files)."""
+    path = Path(output_dir) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"objective": objective, "config": config}, indent=1,
+                               default=str))
+    return path
 
 
 @dataclass

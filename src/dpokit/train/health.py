@@ -1,0 +1,314 @@
+"""Health checks: the ways a DPO run goes wrong, read from its own metrics. Each check is a
+small function over a :class:`RunTrace` (the training and evaluation rows, the loss, the
+checkpoints) returning a :class:`Finding` (severity, one sentence that quotes the numbers,
+what to try) or None. The loop runs the live ones at each evaluation and warns once per
+check (:class:`HealthMonitor`); ``dpokit doctor`` and ``dpokit report`` run them all over a
+finished or crashed run.
+
+    >>> rows = [{"step": s, "loss": 0.69, "learning_rate": 0.0, "grad_norm": 1.0}
+    ...         for s in range(1, 6)]
+    >>> [f.check for f in run_checks(RunTrace(rows))]
+    ['frozen']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..objectives.preference import SATURATED
+
+EVAL = "eval/"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """check: its name; severity: ``warning`` or ``error``; step: where the evidence points;
+    finding: one sentence quoting the numbers; remedy: what to try; panel: the title of the
+    report's plot that shows the evidence (``training: log-probs``)."""
+
+    check: str
+    severity: str
+    step: int | None
+    finding: str
+    remedy: str
+    panel: str | None = None
+
+    def line(self) -> str:
+        return f"{self.check}: {self.finding} Try: {self.remedy}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunTrace:
+    """What the checks read: training rows, evaluation rows (``eval/`` keys), the loss's
+    name (``sigmoid``, ``sigmoid+sft``; None when unknown), the checkpoint steps kept."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    loss: str | None = None
+    checkpoints: list[int] = field(default_factory=list)
+    warn_increase: float = 0.2
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of a key over the rows that carry it as a finite number."""
+        rows = self.evals if key.startswith(EVAL) else self.train
+        return [(int(r.get("step", 0)), float(r[key])) for r in rows
+                if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+
+
+def _ends(points: list[tuple[int, float]], share: float = 0.2) -> tuple[float, float] | None:
+    """Means of the first and last ``share`` of a series (at least one point each)."""
+    if len(points) < 3:
+        return None
+    n = max(1, int(len(points) * share))
+    values = [v for _, v in points]
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+Check = Callable[[RunTrace], "Finding | None"]
+CHECKS: dict[str, Check] = {}
+LIVE: set[str] = set()  # the checks the loop runs at each evaluation
+
+
+def check(name: str, live: bool = True) -> Callable[[Check], Check]:
+    """Register a check (``live``: also during training, from the metrics so far)."""
+    def register(fn: Check) -> Check:
+        CHECKS[name] = fn
+        if live:
+            LIVE.add(name)
+        return fn
+    return register
+
+
+def run_checks(trace: RunTrace, names: set[str] | None = None) -> list[Finding]:
+    """The findings of every registered check (or of ``names``), in registration order."""
+    found = [CHECKS[n](trace) for n in CHECKS if names is None or n in names]
+    return [f for f in found if f is not None]
+
+
+@check("likelihood_displacement")
+def likelihood_displacement(trace: RunTrace) -> Finding | None:
+    """The chosen answer's log-prob falls while the reward margin grows: DPO pushes both
+    answers down, the rejected faster (Pal et al. 2024; Razin et al. 2025)."""
+    chosen, margin = _ends(trace.series("logps/chosen")), _ends(trace.series("rewards/margins"))
+    if chosen is None or margin is None:
+        return None
+    fall = chosen[0] - chosen[1]
+    if fall > max(1.0, 0.05 * abs(chosen[0])) and margin[1] > margin[0]:
+        return Finding("likelihood_displacement", "warning", trace.train[-1].get("step"),
+                       f"the chosen log-prob fell from {chosen[0]:.2f} to {chosen[1]:.2f} while "
+                       f"the reward margin rose from {margin[0]:+.3f} to {margin[1]:+.3f}.",
+                       "loss: dpop (a penalty when the chosen log-prob falls below the "
+                       "reference's), or RPO's NLL term: loss: [sigmoid, sft].",
+                       "training: log-probs")
+    return None
+
+
+@check("length_drift")
+def length_drift(trace: RunTrace) -> Finding | None:
+    """The model's own samples grow longer evaluation after evaluation."""
+    lengths = trace.series(EVAL + "gen/length_tokens")
+    if len(lengths) < 2 or lengths[0][1] <= 0:
+        return None
+    (first_step, first), (last_step, last) = lengths[0], lengths[-1]
+    if last > 1.3 * first:
+        return Finding("length_drift", "warning", last_step,
+                       f"the mean length of the model's samples grew from {first:.1f} tokens "
+                       f"(step {first_step}) to {last:.1f} (step {last_step}), "
+                       f"{last / first - 1:+.0%}.",
+                       "a length-normalized loss (simpo, ipo) or LD-DPO (ld_alpha=0.5); "
+                       "check the data's length bias with `dpokit data inspect`.",
+                       "held out: length of own samples")
+    return None
+
+
+@check("overfitting")
+def overfitting(trace: RunTrace) -> Finding | None:
+    """Training accuracy near 1 while the held-out loss has risen from its best."""
+    accuracy = _ends(trace.series("rewards/accuracies"))
+    held = trace.series(EVAL + "loss")
+    if accuracy is None or len(held) < 3 or accuracy[1] < 0.95:
+        return None
+    best_step, best = min(held, key=lambda p: p[1])
+    last_step, last = held[-1]
+    if last - best > max(0.02, 0.1 * abs(best)):
+        near = min(trace.checkpoints, key=lambda s: abs(s - best_step), default=None)
+        keep = f"; the checkpoint nearest to it is step {near}" if near is not None else ""
+        return Finding("overfitting", "warning", best_step,
+                       f"training accuracy is {accuracy[1]:.2f} while the held-out loss rose "
+                       f"from its best, {best:.4f} at step {best_step}, to {last:.4f} at step "
+                       f"{last_step}{keep}.",
+                       "fewer epochs or a lower learning rate, more pairs, or the weights of "
+                       "the best step (save_every, eval_every).", "held out: loss")
+    return None
+
+
+@check("reward_scale")
+def reward_scale(trace: RunTrace) -> Finding | None:
+    """Most pairs saturate the sigmoid (no gradient left), or the implicit rewards grow
+    without bound (beta too small for the data)."""
+    saturated = _ends(trace.series("rewards/saturated"))
+    if saturated is not None and saturated[1] > 0.5:
+        return Finding("reward_scale", "warning", trace.train[-1].get("step"),
+                       f"{saturated[1]:.0%} of the pairs have a reward margin past "
+                       f"{SATURATED:g}, where the sigmoid loss gives no gradient.",
+                       "a smaller beta, fewer steps, or ipo (whose loss does not saturate).",
+                       "training: implicit-reward margin")
+    chosen = trace.series("rewards/chosen")
+    rejected = trace.series("rewards/rejected")
+    if chosen and rejected and max(abs(chosen[-1][1]), abs(rejected[-1][1])) > 20:
+        return Finding("reward_scale", "warning", chosen[-1][0],
+                       f"the implicit rewards reached {chosen[-1][1]:+.1f} (chosen) and "
+                       f"{rejected[-1][1]:+.1f} (rejected): the policy has moved far from "
+                       f"the reference.",
+                       "a larger beta (the KL penalty's weight) or a lower learning rate.",
+                       "training: implicit-reward margin")
+    return None
+
+
+@check("reference_mismatch", live=False)
+def reference_mismatch(trace: RunTrace) -> Finding | None:
+    """At the first step the policy is its reference, so every implicit reward is 0 and the
+    sigmoid loss is ln 2; anything else means the reference is not the starting policy."""
+    if not trace.train or not _needs_reference(trace.loss):
+        return None
+    first = trace.train[0]
+    rewards = [first.get("rewards/chosen"), first.get("rewards/rejected")]
+    if not all(isinstance(r, int | float) for r in rewards):
+        return None
+    off = max(abs(r) for r in rewards)
+    loss = first.get("loss")
+    if off > 0.05:
+        detail = f", and the loss is {loss:.4f}, not ln 2 = 0.6931" if (
+            trace.loss == "sigmoid" and isinstance(loss, float)) else ""
+        return Finding("reference_mismatch", "error", first.get("step"),
+                       f"at the first step the implicit rewards are {rewards[0]:+.4f} (chosen) "
+                       f"and {rewards[1]:+.4f} (rejected), not 0{detail}.",
+                       "make the reference the starting policy: reference=auto, or the same "
+                       "adapter or weights as model=; dropout off (disable_dropout=true).",
+                       "training: implicit-reward margin")
+    return None
+
+
+def _needs_reference(loss: str | None) -> bool:
+    if not loss:
+        return False
+    from ..losses import get_loss
+
+    try:
+        return any(get_loss(name).needs_reference for name in loss.split("+"))
+    except KeyError:
+        return False
+
+
+@check("frozen")
+def frozen(trace: RunTrace) -> Finding | None:
+    """Nothing is learned: a learning rate of 0, no gradient reaching the trained weights, or
+    a loss that does not move."""
+    rates = trace.series("learning_rate")
+    if len(rates) >= 3 and all(v == 0 for _, v in rates):
+        return Finding("frozen", "error", rates[-1][0],
+                       f"the learning rate was 0 at all {len(rates)} logged steps: the weights "
+                       f"never changed.", "set learning_rate (and check the warmup / schedule).",
+                       "training: optimizer")
+    norms = trace.series("grad_norm")
+    if len(norms) >= 3 and max(v for _, v in norms) < 1e-10:
+        return Finding("frozen", "error", norms[-1][0],
+                       f"the gradient norm stayed below 1e-10 over {len(norms)} steps: no "
+                       f"gradient reaches the trained weights.",
+                       "check lora_target_modules / which parameters require grad.",
+                       "training: optimizer")
+    losses = trace.series("loss")
+    if len(losses) >= 5 and max(v for _, v in losses) - min(v for _, v in losses) < 1e-9:
+        return Finding("frozen", "error", losses[-1][0],
+                       f"the loss stayed at {losses[0][1]:.6f} over {len(losses)} steps.",
+                       "check the learning rate and which parameters are trained.",
+                       "training: loss")
+    return None
+
+
+@check("reward_hacking")
+def reward_hacking(trace: RunTrace) -> Finding | None:
+    """The KL to the reference climbs fast while the reward of the samples stalls."""
+    kl, reward = trace.series(EVAL + "gen/kl"), trace.series(EVAL + "gen/reward")
+    if len(kl) < 2 or len(reward) < 2:
+        return None
+    grew = kl[-1][1] - kl[0][1]
+    gained = reward[-1][1] - reward[0][1]
+    if kl[-1][1] > 0.5 and kl[-1][1] > 2 * max(kl[0][1], 0.05) and gained < 0.05 * abs(
+            reward[0][1]) + 0.01:
+        last = next((r for r in reversed(trace.evals) if r.get(EVAL + "gen/samples")), {})
+        shown = "; ".join(repr(s.get("sample", ""))[:80] for s in
+                          last.get(EVAL + "gen/samples", [])[:2])
+        samples = f" Samples at step {last.get('step')}: {shown}." if shown else ""
+        return Finding("reward_hacking", "warning", kl[-1][0],
+                       f"the KL to the reference rose by {grew:.3f} nats to {kl[-1][1]:.3f} "
+                       f"while the reward of the samples changed by {gained:+.4f}.{samples}",
+                       "read the samples; a larger beta, fewer steps, or a better reward.",
+                       "held out: KL to the reference (nats per sample)")
+    return None
+
+
+@check("style_geometry", live=False)  # the live warning is the geometry monitor's own
+def style_geometry(trace: RunTrace) -> Finding | None:
+    """Style TDI rose past ``geometry.warn_increase`` over its first value."""
+    changes = trace.series(EVAL + "geometry/style_tdi_change")
+    if changes and changes[-1][1] > trace.warn_increase:
+        step, change = changes[-1]
+        return Finding("style_geometry", "warning", step,
+                       f"Style TDI rose {change:+.1%} over its first value, past "
+                       f"warn_increase={trace.warn_increase:.0%}: the hidden states care more "
+                       f"about style.", "geometry.regularizer=finite_difference",
+                       "held out: Style TDI (embedding layout, lower is better)")
+    return None
+
+
+def load_trace(folder: str | Path) -> tuple[RunTrace, list[str]]:
+    """A run folder's trace: the complete rows of ``metrics.jsonl``, the loss and
+    ``warn_increase`` from ``run.json``, the checkpoint steps kept; and the lines skipped (a
+    line a kill cut short)."""
+    from .metrics import read_metrics
+
+    folder = Path(folder)
+    metrics = folder / "metrics.jsonl"
+    read = read_metrics(metrics)
+    trace = RunTrace()
+    for row in read.rows:
+        (trace.evals if any(k.startswith(EVAL) for k in row) else trace.train).append(row)
+    try:
+        run = json.loads((folder / "run.json").read_text())
+        trace.loss = run.get("objective")
+        trace.warn_increase = run["config"]["geometry"]["warn_increase"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no or an unreadable record: the checks that need the loss are skipped
+    steps = [p.name.rpartition("-")[2] for p in (folder / "checkpoints").glob("step-*")]
+    trace.checkpoints = sorted(int(s) for s in steps if s.isdigit())
+    return trace, [f"{metrics}, {reason}" for reason in read.skipped]
+
+
+class HealthMonitor:
+    """The live checks: fed every metrics row, run at each evaluation, each check warned
+    once (``log``) the first time it fires."""
+
+    def __init__(self, log: Callable[[str], Any], loss: str | None = None,
+                 warn_increase: float = 0.2):
+        self.trace = RunTrace(loss=loss, warn_increase=warn_increase)
+        self.log, self.fired = log, set()
+
+    def observe(self, row: dict[str, Any]) -> list[Finding]:
+        evaluation = any(k.startswith(EVAL) for k in row)
+        (self.trace.evals if evaluation else self.trace.train).append(row)
+        if not evaluation:
+            return []
+        new = [f for f in run_checks(self.trace, LIVE) if f.check not in self.fired]
+        for finding in new:
+            self.fired.add(finding.check)
+            self.log(f"health: {finding.line()}")
+        return new
