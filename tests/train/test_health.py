@@ -44,8 +44,8 @@ def sick(check: str) -> RunTrace:
     t = RunTrace([dict(r) for r in HEALTHY.train], [dict(r) for r in HEALTHY.evals],
                  HEALTHY.loss, list(HEALTHY.checkpoints))
     if check == "likelihood_displacement":
-        for r in t.train:
-            r["logps/chosen"] = -40.0 - 1.0 * r["step"]
+        for r in t.train[1:]:  # the chosen falls by more than the margin it buys
+            r["rewards/chosen"] = -0.1 * r["step"]
     elif check == "length_drift":
         for r in t.evals:
             r["eval/gen/length_tokens"] = 20.0 + 2.0 * r["step"]
