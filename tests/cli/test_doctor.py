@@ -48,7 +48,7 @@ def test_doctor_reads_what_is_complete_and_refuses_a_folder_that_is_not_a_run(tm
     assert "skipped" in out and "line 6: incomplete" in out and "frozen" in out
     assert main(["doctor", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no metrics.jsonl" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "no metrics.jsonl or run.json" in err and "Traceback" not in err
 
 
 def test_the_report_shows_the_findings_linked_to_their_plots(tmp_path):
@@ -57,3 +57,21 @@ def test_the_report_shows_the_findings_linked_to_their_plots(tmp_path):
     page = (run / "report.html").read_text()
     assert "<h2>Health</h2>" in page and "frozen</b> [error]" in page
     assert 'href="#plot-training--optimizer"' in page and 'id="plot-training--optimizer"' in page
+
+
+def test_doctor_reads_the_data_the_run_names(tmp_path, capsys):
+    """Prompts shared between train and eval, and a length bias, from the files in run.json
+    (what `dpokit data inspect` warns of)."""
+    from conftest import write_jsonl
+
+    rows = [{"prompt": f"q{i}", "chosen": "a long and detailed answer " * 3, "rejected": "no"}
+            for i in range(10)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    held = write_jsonl(tmp_path / "eval.jsonl", rows[:3])
+    run = frozen_run(tmp_path / "run")
+    (run / "run.json").write_text(json.dumps({"objective": "sigmoid", "config": {"data": {
+        "train_data": str(train), "eval_data": str(held)}}}))
+    assert main(["doctor", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "[error] data" in out and "3 held-out pairs are training pairs" in out
+    assert "[warning] data" in out and "chosen answer is longer in 100% of pairs" in out

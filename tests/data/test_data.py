@@ -119,6 +119,16 @@ BAD_ROWS = [
         "chosen identical to rejected",
     ),
     (
+        {"prompt": "x", "chosen": "a great film", "rejected": "a great  film\n"},
+        "chosen",
+        "differ only in whitespace",
+    ),
+    (
+        {"prompt": "x", "chosen": "a great film", "rejected": "a great film<|im_end|>"},
+        "chosen",
+        "but for the end-of-sequence token",
+    ),
+    (
         {
             "prompt": "the movie was wonderful and the acting was great " * 3,
             "chosen": "a",
@@ -155,7 +165,7 @@ def test_skip_counts_every_bad_row_by_reason(tokenizer, tmp_path):
     assert sum(pairs.report.skipped.values()) == len(BAD_ROWS)
     assert pairs.report.skipped["empty field"] == 2 and pairs.report.skipped["not a string"] == 2
     summary = pairs.report.summary()
-    assert "7 skipped" in summary and "prompt too long" in summary
+    assert f"{len(BAD_ROWS)} skipped" in summary and "prompt too long" in summary
     assert pairs.report.first_skipped[0].startswith(f"{path}, row 2")
 
 

@@ -66,6 +66,9 @@ def sick(check: str) -> RunTrace:
         for r, kl in zip(t.evals, (0.05, 0.6, 1.8), strict=True):
             r["eval/gen/kl"], r["eval/gen/reward"] = kl, 0.1
         t.evals[-1]["eval/gen/samples"] = [{"prompt": "p", "sample": "great great great"}]
+    elif check == "non_finite":
+        t.nonfinite = {"step": 7, "what": "the loss", "batch": "nonfinite_batch.pt",
+                       "first_nonfinite": "the output of module model.layers.1.mlp"}
     elif check == "style_geometry":
         t.evals[-1]["eval/geometry/style_tdi_change"] = 0.5
     return t

@@ -55,6 +55,8 @@ class RunTrace:
     loss: str | None = None
     checkpoints: list[int] = field(default_factory=list)
     warn_increase: float = 0.2
+    config: dict[str, Any] = field(default_factory=dict)  # run.json's, when there is one
+    nonfinite: dict[str, Any] | None = None  # nonfinite.json: what the NaN guard replayed
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """(step, value) of a key over the rows that carry it as a finite number."""
@@ -261,6 +263,21 @@ def reward_hacking(trace: RunTrace) -> Finding | None:
     return None
 
 
+@check("non_finite", live=False)  # live, the guard itself stops the run and says it
+def non_finite(trace: RunTrace) -> Finding | None:
+    """The NaN guard stopped the run; its replay named the first non-finite tensor."""
+    record = trace.nonfinite
+    if not record:
+        return None
+    first = record.get("first_nonfinite") or "not found by the replay"
+    saved = f"; the batch is in {record['batch']}" if record.get("batch") else ""
+    return Finding("non_finite", "error", record.get("step"),
+                   f"{record.get('what', 'a value')} became non-finite at step "
+                   f"{record.get('step')}; first non-finite tensor: {first}{saved}.",
+                   "a lower learning_rate, max_grad_norm, mixed_precision=fp32; load the "
+                   "batch with torch.load to reproduce.", "training: loss")
+
+
 @check("style_geometry", live=False)  # the live warning is the geometry monitor's own
 def style_geometry(trace: RunTrace) -> Finding | None:
     """Style TDI rose past ``geometry.warn_increase`` over its first value."""
@@ -279,20 +296,24 @@ def load_trace(folder: str | Path) -> tuple[RunTrace, list[str]]:
     """A run folder's trace: the complete rows of ``metrics.jsonl``, the loss and
     ``warn_increase`` from ``run.json``, the checkpoint steps kept; and the lines skipped (a
     line a kill cut short)."""
-    from .metrics import read_metrics
+    from .metrics import MetricRows, read_metrics
 
     folder = Path(folder)
     metrics = folder / "metrics.jsonl"
-    read = read_metrics(metrics)
+    read = read_metrics(metrics) if metrics.is_file() else MetricRows()  # (stopped at step 1)
     trace = RunTrace()
     for row in read.rows:
         (trace.evals if any(k.startswith(EVAL) for k in row) else trace.train).append(row)
     try:
         run = json.loads((folder / "run.json").read_text())
-        trace.loss = run.get("objective")
+        trace.loss, trace.config = run.get("objective"), run.get("config") or {}
         trace.warn_increase = run["config"]["geometry"]["warn_increase"]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no or an unreadable record: the checks that need the loss are skipped
+    try:
+        trace.nonfinite = json.loads((folder / "nonfinite.json").read_text())
+    except (OSError, ValueError):
+        pass
     steps = [p.name.rpartition("-")[2] for p in (folder / "checkpoints").glob("step-*")]
     trace.checkpoints = sorted(int(s) for s in steps if s.isdigit())
     return trace, [f"{metrics}, {reason}" for reason in read.skipped]

@@ -32,6 +32,7 @@ from ..core.hardware import DTYPES, resolve, write_record
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
 from ..core.signals import Interrupted, StopRequests, cooperative
 from ..core.types import MetricSums
+from .anomaly import replay_step
 from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
 from .engines import TorchEngine, ZeroEngine, zero_engine
 from .folder import RunFolder
@@ -156,9 +157,11 @@ class Trainer:
             latest = self.checkpoints.latest()
             kept = (f"the last good checkpoint, {latest}, is intact" if latest
                     else "no checkpoint was written")
+            found = replay_step(self, what)  # the first non-finite tensor, the batch saved
             raise NonFiniteError(f"{what} is {value.item() if value.numel() == 1 else value} at "
                                  f"step {self.step + 1}; stopping before the optimizer step "
-                                 f"({kept}). Try a lower learning_rate or mixed_precision=fp32.")
+                                 f"({kept}){found}. Try a lower learning_rate or "
+                                 f"mixed_precision=fp32.")
 
     def _global_sum(self, *values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -181,6 +184,7 @@ class Trainer:
         started = time.perf_counter()
         device = self.accelerator.device
         batches = [b.to(device) for b in self.source.micro_batches(self.step, self.policy)]
+        self._step_batches = batches  # what the NaN guard replays
         units = [self.objective.units(b) for b in batches]
         examples = sum(len(b.example_index) for b in batches)
         step_units, step_examples = self._global_sum(sum(units), examples)

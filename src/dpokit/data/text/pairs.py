@@ -158,14 +158,20 @@ def tokenize_record(record: Record, tokenizer, settings: TokenizeSettings, repor
         prompt, chosen, rejected = _split_implicit(record, chosen, rejected)
     if chosen == rejected:
         raise DataError(record.source, record.row, "chosen", "chosen identical to rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str) and \
+            "".join(chosen.split()) == "".join(rejected.split()):
+        raise DataError(record.source, record.row, "chosen", "chosen and rejected differ only "
+                        "in whitespace (no preference signal a model could learn)")
     extras = _extras(record, settings)
     prompt_ids, (chosen_ids, rejected_ids), truncated = _tokenize(
         record, tokenizer, settings, prompt, [("chosen", chosen), ("rejected", rejected)]
     )
-    if chosen_ids == rejected_ids:
-        raise DataError(
-            record.source, record.row, "chosen", "chosen identical to rejected after truncation"
-        )
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if _without_end(chosen_ids, eos) == _without_end(rejected_ids, eos):
+        why = ("after truncation" if chosen_ids == rejected_ids
+               else "but for the end-of-sequence token")
+        raise DataError(record.source, record.row, "chosen", f"chosen identical to rejected "
+                        f"{why}")
     report.truncated_completions += truncated  # counted only for rows that are kept
     return TokenizedPair(
         index, prompt_ids, chosen_ids, rejected_ids, extras, record.source, record.row
@@ -231,3 +237,11 @@ def build_pairs(records: list[Record], tokenizer, settings: TokenizeSettings,
         pairs.report.notes.append("implicit prompt: no row has a `prompt`, so the shared "
                                   "prefix of chosen and rejected is each pair's prompt")
     return pairs
+
+
+def _without_end(ids: list[int], eos: int | None) -> list[int]:
+    """Token ids without trailing end-of-sequence tokens."""
+    end = len(ids)
+    while eos is not None and end and ids[end - 1] == eos:
+        end -= 1
+    return ids[:end]
