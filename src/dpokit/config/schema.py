@@ -26,8 +26,8 @@ _NO_DOMAIN = Domain()
 # the text policy's attention backends (policies/causal_lm/attention.py, which config may not
 # import; tests/policies/causal_lm/test_attention.py checks the two lists agree)
 ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
-# the text and image-text batch layouts (data/text/collate.py; tests/data/test_text_data.py
-# checks the two lists agree)
+# the text and image-text batch layouts (data/text/collate.py, which config may not import;
+# tests/policies/causal_lm/test_layouts.py checks the two lists agree)
 LAYOUTS = ("padded", "packed", "prefix_shared")
 
 

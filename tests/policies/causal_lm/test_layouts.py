@@ -158,3 +158,12 @@ def test_layouts_match_padded_on_absolute_position_embeddings():
         shifted = dataclasses.replace(batch, position_ids=torch.arange(
             batch.input_ids.shape[1]).expand_as(batch.input_ids))  # the planted bug
         assert not torch.allclose(logps_and_grads(model, shifted)[0], plain[0], atol=1e-3)
+
+
+def test_the_config_offers_exactly_the_layouts_the_collators_build():
+    """config/schema.py declares the batch_layout choices (config may not import the text
+    modality): they must be the collators' own list."""
+    from dpokit.config.schema import LAYOUTS as OFFERED
+    from dpokit.data.text.collate import LAYOUTS
+
+    assert OFFERED == LAYOUTS
