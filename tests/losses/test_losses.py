@@ -573,3 +573,24 @@ def test_gravity_weighted_schedules_by_hand():
     from dpokit.losses.registry import _REGISTRY
 
     _REGISTRY.pop("gw_squared")  # (the README table is the registry)
+
+
+@pytest.mark.parametrize("name", ["gw_linear", "gw_bilateral"])
+def test_gravity_losses_read_the_reference_of_each_answer(name):
+    """h uses each answer's own reference log-prob: with ref_chosen != ref_rejected a loss
+    that dropped the reference (or swapped the two) gives another value."""
+    extras = {"level_obeyed": torch.tensor([0.0, 1.0]), "level_overridden": torch.tensor([4.0,
+                                                                                        2.0])}
+    params = LossParams(beta=0.5, gw_offset=2.0, gw_weight=1.0, gw_eta=1.0)
+    chosen, rejected = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -2.5])
+    ref_chosen, ref_rejected = torch.tensor([-1.5, -1.0]), torch.tensor([-3.0, -1.5])
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)  # [-1.0, -2.0]
+    s = torch.tensor([1.0, 0.25]) if name == "gw_linear" else torch.tensor([1.0, 0.375])
+    out = get_loss(name).fn(chosen, rejected, ref_chosen, ref_rejected, params, extras)
+    torch.testing.assert_close(out.losses, -(1 + s) * torch.nn.functional.logsigmoid(
+        0.5 * h - 2.0 * s))
+    no_reference = get_loss(name).fn(chosen, rejected, torch.zeros(2), torch.zeros(2), params,
+                                     extras)
+    swapped = get_loss(name).fn(chosen, rejected, ref_rejected, ref_chosen, params, extras)
+    assert not torch.allclose(out.losses, no_reference.losses)
+    assert not torch.allclose(out.losses, swapped.losses)

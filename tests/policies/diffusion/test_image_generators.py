@@ -142,6 +142,17 @@ def test_diffusion_dpo_sign_conventions():
     assert better.losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.5))), rel=1e-5)
 
 
+def test_the_collator_puts_each_chosen_image_first_and_shares_noise_within_a_pair():
+    """Sample i of a batch of E pairs is pair i's chosen image, sample E + i its rejected one
+    (what the loss reads as chosen and rejected): a collator that swapped them would train
+    the model towards the rejected images, and every other test is symmetric in the two."""
+    batch = DiffusionPairCollator(num_timesteps=100)(pairs(3))
+    for i, pair in enumerate(pairs(3)):
+        assert torch.equal(batch.images[i], pair.chosen)
+        assert torch.equal(batch.images[3 + i], pair.rejected)
+    assert batch.noise.shape[0] == 3 and batch.timesteps.shape == (3,)  # one draw per pair
+
+
 def test_diffusion_source_draws_are_a_function_of_the_step():
     collate = DiffusionPairCollator(num_timesteps=100)
     a = DiffusionSource(pairs(4), collate, batch_size=2, seed=3)
