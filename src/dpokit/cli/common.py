@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..core.paths import write_text_atomic
 from ..core.types import Domain
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # an editable install's checkout
@@ -115,21 +116,6 @@ def check_outputs(inputs: list[str | None], outputs: list[str | None]) -> None:
             raise CommandLineError(f"output {given} is {seen[resolved]}: writing it would "
                                    f"destroy it; name another output file")
         seen[resolved] = f"another output ({given})"
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write through ``PATH.tmp`` and a rename: an interrupted write leaves the old file (a
-    leftover ``.tmp`` is overwritten by the next write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def add_fields(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

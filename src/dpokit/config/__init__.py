@@ -53,9 +53,14 @@ def _resolve(key: str, value: Any, where: str) -> tuple[str, str]:
         return key, "name"  # `model: smollm2`, `loss: ipo`
     elif key in _FLAT:
         return _FLAT[key][0], key
-    close = difflib.get_close_matches(key, _ALL_KEYS, n=1)
+    raise unknown_key(key, _ALL_KEYS, where)
+
+
+def unknown_key(key: Any, allowed: list[str], where: str) -> ConfigError:
+    """The error of a key that is not allowed, naming the nearest allowed one."""
+    close = difflib.get_close_matches(str(key), allowed, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
 # YAML 1.1 reads these words as booleans or null; an enum field gets its word back
@@ -269,9 +274,7 @@ def check_keys(keys: Any, allowed: Any, where: str) -> None:
     allowed = list(allowed)
     for key in keys:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+            raise unknown_key(key, allowed, where)
 
 
 def load_settings(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -19,37 +19,44 @@ from pathlib import Path
 from typing import Any
 
 from ..core.catalogue import lookup, panels
+from ..core.paths import write_text_atomic
 from ..objectives import preference, sft  # noqa: F401  (the figures they declare)
 from ..train import engines  # noqa: F401
-from ..train.metrics import read_metrics
+from ..train.health import RunTrace, load_trace, run_checks
 from . import evaluate, tdi  # noqa: F401
 
 
 @dataclass
 class RunData:
+    """A run folder as the page shows it: its trace (the complete metric rows, split into
+    training and evaluation rows; the loss and checkpoints the health checks read) and card."""
+
     name: str
     path: Path
-    train: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    card: str = ""
+    trace: RunTrace
     skipped: list[str] = field(default_factory=list)  # incomplete lines of metrics.jsonl
+    card: str = ""
+
+    @property
+    def train(self) -> list[dict[str, Any]]:
+        return self.trace.train
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return self.trace.evals
 
 
 def load_run(path: str | Path) -> RunData:
     """A run folder's ``metrics.jsonl`` (its complete training and evaluation rows; an
-    incomplete line, as a killed run leaves, is skipped and named) and model card."""
+    incomplete line, as a killed run leaves, is skipped and named), run record and model
+    card."""
     path = Path(path)
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
+    if not (path / "metrics.jsonl").is_file():
         raise FileNotFoundError(f"{path}: no metrics.jsonl (is it a dpokit run folder?)")
-    run = RunData(path.name or str(path), path)
-    read = read_metrics(metrics)
-    run.skipped = [f"{metrics}, {reason}" for reason in read.skipped]
-    for row in read.rows:
-        (run.evals if any(k.startswith("eval/") for k in row) else run.train).append(row)
+    trace, skipped = load_trace(path)
     card = path / "final" / "README.md"
-    run.card = card.read_text() if card.is_file() else ""
-    return run
+    return RunData(path.name or str(path), path, trace, skipped,
+                   card.read_text() if card.is_file() else "")
 
 
 def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: Path
@@ -108,11 +115,9 @@ def _anchor(title: str) -> str:
 def _findings(runs: list[RunData]) -> str:
     """The health checks' findings (``dpokit doctor``'s), each linked to the plot that shows
     its evidence."""
-    from ..train.health import load_trace, run_checks
-
     items = []
     for run in runs:
-        for f in run_checks(load_trace(run.path)[0]):
+        for f in run_checks(run.trace):
             link = (f' (<a href="#{_anchor(f.panel)}">{html.escape(f.panel)}</a>)'
                     if f.panel else "")
             items.append(f"<li><b>{html.escape(run.name)}: {f.check}</b> [{f.severity}]{link}: "
@@ -190,7 +195,4 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <h2>Sample answers</h2>{_samples(runs)}
 <h2>Configuration</h2>{cards or "<p>No model card (final/README.md).</p>"}
 </body></html>"""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
-    return out
+    return write_text_atomic(out, page)

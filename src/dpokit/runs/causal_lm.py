@@ -116,14 +116,12 @@ def services(cfg: TrainConfig, tokenizer, log=print) -> dict[str, list]:
     ``regularizers`` (``geometry.regularizer``)."""
     from ..eval.evaluate import generation_evaluator
 
-    evaluators, regularizers = [], []
     generation = generation_evaluator(cfg.run, cfg.online, cfg.optim.seed,
                                       cfg.data.chat_template_for_strings)
-    if generation is not None:
-        evaluators.append(generation)
     geometry = _geometry(cfg.geometry, cfg.optim.seed, tokenizer, log)
-    return {"evaluators": evaluators + geometry["evaluators"],
-            "regularizers": regularizers + geometry["regularizers"]}
+    first = [generation] if generation is not None else []
+    return {"evaluators": first + geometry["evaluators"],
+            "regularizers": geometry["regularizers"]}
 
 
 def _geometry(g: GeometryConfig, seed: int, tokenizer, log) -> dict[str, list]:

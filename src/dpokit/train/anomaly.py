@@ -77,22 +77,21 @@ def record(folder: str | Path, step: int, what: str, first: str | None, batch: A
     return path
 
 
-def replay_step(trainer: Any, what: str) -> str:
-    """Replay the trainer's current micro-batches (``trainer._step_batches``) one by one until
-    one shows a non-finite tensor; record it in the run folder (main process) and return a
-    clause for the guard's message (empty when the replay finds nothing). Only in one
-    process: a replay's forward and backward are collective under DDP, FSDP2 and ZeRO, and the
-    other processes would not join it."""
+def replay_step(trainer: Any, what: str, batches: Sequence[Any]) -> str:
+    """Replay the step's micro-batches ``batches`` one by one, through the trainer's engine's
+    modules and forward, until one shows a non-finite tensor; record it in the run folder
+    (main process) and return a clause for the guard's message (empty when the replay finds
+    nothing). Only in one process: a replay's forward and backward are collective under DDP,
+    FSDP2 and ZeRO, and the other processes would not join it."""
     if trainer.world > 1:
         return "; to name the first non-finite tensor, rerun this step in one process"
-    modules = list(getattr(trainer.engine, "modules", []) or [])
     found, shown = None, None
-    for batch in getattr(trainer, "_step_batches", []):
-        found = first_nonfinite(modules, lambda b=batch: trainer._forward(b, "train").losses)
+    for batch in batches:
+        found = first_nonfinite(trainer.engine.modules,
+                                lambda b=batch: trainer._forward(b, "train").losses)
         if found:
             shown = batch
             break
-    trainer.policy.train(True)
     if trainer.accelerator.is_main_process:
         path = record(trainer.output_dir, trainer.step + 1, what, found,
                       shown.to("cpu") if shown is not None else None)

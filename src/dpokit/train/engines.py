@@ -199,6 +199,7 @@ class ZeroEngine:
         self.engine, self.zero, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                             config=config)
         self.optimizer = optimizer  # the torch optimizer over ZeRO's flat fp32 partitions
+        self.modules = [self.engine]  # what the policy forwards through (as TorchEngine's)
 
     @contextmanager
     def paused(self) -> Iterator[None]:

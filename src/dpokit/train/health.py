@@ -65,6 +65,11 @@ class RunTrace:
                 if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
 
 
+def is_eval_row(row: dict[str, Any]) -> bool:
+    """An evaluation's row of ``metrics.jsonl`` (its figures carry the ``eval/`` prefix)."""
+    return any(k.startswith(EVAL) for k in row)
+
+
 def _ends(points: list[tuple[int, float]], share: float = 0.2) -> tuple[float, float] | None:
     """Means of the first and last ``share`` of a series (at least one point each)."""
     if len(points) < 3:
@@ -303,7 +308,7 @@ def load_trace(folder: str | Path) -> tuple[RunTrace, list[str]]:
     read = read_metrics(metrics) if metrics.is_file() else MetricRows()  # (stopped at step 1)
     trace = RunTrace()
     for row in read.rows:
-        (trace.evals if any(k.startswith(EVAL) for k in row) else trace.train).append(row)
+        (trace.evals if is_eval_row(row) else trace.train).append(row)
     try:
         run = json.loads((folder / "run.json").read_text())
         trace.loss, trace.config = run.get("objective"), run.get("config") or {}
@@ -329,7 +334,7 @@ class HealthMonitor:
         self.log, self.fired = log, set()
 
     def observe(self, row: dict[str, Any]) -> list[Finding]:
-        evaluation = any(k.startswith(EVAL) for k in row)
+        evaluation = is_eval_row(row)
         (self.trace.evals if evaluation else self.trace.train).append(row)
         if not evaluation:
             return []

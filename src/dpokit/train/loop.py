@@ -136,6 +136,7 @@ class Trainer:
         self._metrics: MetricsLogger | None = None
         self.health = HealthMonitor(log, objective.name)  # warns once per check that fires
         self._last_eval: dict = {}
+        self._step_batches: list = []
         self.step = 0
 
     # --- precision ---------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class Trainer:
             latest = self.checkpoints.latest()
             kept = (f"the last good checkpoint, {latest}, is intact" if latest
                     else "no checkpoint was written")
-            found = replay_step(self, what)  # the first non-finite tensor, the batch saved
+            found = replay_step(self, what, self._step_batches)  # names the first non-finite
             raise NonFiniteError(f"{what} is {value.item() if value.numel() == 1 else value} at "
                                  f"step {self.step + 1}; stopping before the optimizer step "
                                  f"({kept}){found}. Try a lower learning_rate or "
@@ -184,7 +185,7 @@ class Trainer:
         started = time.perf_counter()
         device = self.accelerator.device
         batches = [b.to(device) for b in self.source.micro_batches(self.step, self.policy)]
-        self._step_batches = batches  # what the NaN guard replays
+        self._step_batches = batches  # what the NaN guard replays (_check_finite)
         units = [self.objective.units(b) for b in batches]
         examples = sum(len(b.example_index) for b in batches)
         step_units, step_examples = self._global_sum(sum(units), examples)

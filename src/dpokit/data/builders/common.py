@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.packages import need
+from ...core.paths import replace_atomically
 from ...core.signals import cooperative, stop_point
 from ...core.types import Domain
 from ..io import Record
@@ -58,31 +59,21 @@ class BuiltPairs:
 def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """JSON Lines (``.jsonl``) or Parquet (``.parquet``, needs pyarrow), by the extension."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         pa = need("pyarrow", "data", "writing Parquet")
         import pyarrow.parquet as pq
 
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(path)
+        replace_atomically(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
     elif path.suffix == ".jsonl":
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        def write(tmp: Path) -> None:
             with tmp.open("w", encoding="utf-8") as f, cooperative():
                 for i, row in enumerate(rows):
                     if i % 1000 == 0:  # SIGINT / SIGTERM: stop, the old output untouched
                         stop_point("writing rows", f"{path} is untouched (nothing was renamed "
                                                    f"over it)")
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(path)
+
+        replace_atomically(path, write)
     else:
         raise ValueError(f"{path}: write .jsonl or .parquet")
     return path
