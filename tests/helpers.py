@@ -67,6 +67,7 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
         reference = "none"
     policy = CausalLMPolicy(model, tokenizer, reference=reference, chunk_size=8,
                             ld_alpha=config.loss.ld_alpha,
+                            sampo_seed=config.optim.seed if config.loss.sampo else None,
                             attention_impl=config.model.attention_impl)
     kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
     train = tiny_pairs(tokenizer, rows, **kind)

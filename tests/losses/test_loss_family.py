@@ -9,6 +9,7 @@ from dpokit.data import DataError
 from dpokit.data.io import Record
 from dpokit.data.text import TokenizedPair, TokenizeSettings, build_unpaired, collate_pairs
 from dpokit.policies.causal_lm import CausalLMPolicy, ld_token_weights
+from dpokit.policies.causal_lm.scoring import sampo_token_weights
 
 
 @torch.no_grad()
@@ -47,6 +48,12 @@ FAMILIES = [
     ("sigmoid", {"wpo": "mean", "learning_rate": 3e-3}),
     ("sigmoid", {"f_divergence": "js"}),
     ("sigmoid", {"ld_alpha": 0.5}),
+    ("sigmoid", {"sampo": True}),
+    ("beta_dpo", {}),
+    ("dpop", {}),
+    ("cal_dpo", {}),
+    ("simper", {}),
+    ("alphapo", {"beta": 1.0}),
     ("kto", {}),
     ("apo_zero_unpaired", {}),
 ]
@@ -135,6 +142,58 @@ def test_ld_dpo_weights_tokens_past_the_shorter_completion(tiny_llama):
     w = ld_token_weights(batch.score_sequence, batch.score_position, 2, 0.25)
     assert w[batch.score_sequence == 0].tolist() == [1.0, 1.0, 0.25, 0.25, 0.25]
     assert w[batch.score_sequence == 2].tolist() == [1.0, 1.0]
+
+
+SAMPO_PAIRS = [TokenizedPair(i, [5, 6], [7 + i, 8, 9, 10, 11, 12, 2], [13 + i, 2])
+               for i in range(6)] + [TokenizedPair(6, [5], [12, 2], [13, 14, 15, 16, 2])]
+
+
+def test_sampo_keeps_as_many_tokens_of_each_answer_as_the_shorter_has():
+    """Per pair: all of the shorter answer, a subset of the longer one of the same size;
+    the same subset in every call, another for another seed, and not always the same
+    positions across pairs (a draw, not a prefix)."""
+    batch = collate_pairs(SAMPO_PAIRS, pad_token_id=0)
+    args = (batch.score_sequence, batch.score_position, 7, batch.example_index)
+    w = sampo_token_weights(*args, seed=0)
+    kept = torch.zeros(14).index_add_(0, batch.score_sequence, w)  # (2B,) kept per sequence
+    assert kept.tolist() == [2.0] * 6 + [2.0] + [2.0] * 6 + [2.0]
+    assert torch.equal(w, sampo_token_weights(*args, seed=0))
+    assert not torch.equal(w, sampo_token_weights(*args, seed=1))
+    longer = [tuple(batch.score_position[(batch.score_sequence == s) & (w > 0)].tolist())
+              for s in range(6)]
+    assert len(set(longer)) > 1, longer
+
+
+def test_sampo_log_probs_are_the_plain_sum_over_the_kept_tokens(tiny_llama):
+    """The policy's SamPO scores equal per-token log-probs of a plain full forward summed
+    over the kept tokens, for the policy and (the same tokens) for its reference."""
+    batch = collate_pairs(SAMPO_PAIRS, pad_token_id=0)
+    policy = CausalLMPolicy(tiny_llama, reference="copy", sampo_seed=3)
+    out = policy.logps(batch).pairs()
+    with torch.no_grad():
+        logits = tiny_llama(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    token_logps = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), -1)[
+        batch.score_source, batch.score_target]  # (N,)
+    w = sampo_token_weights(batch.score_sequence, batch.score_position, 7, batch.example_index, 3)
+    summed = torch.zeros(14).index_add_(0, batch.score_sequence, token_logps * w)  # (2B,)
+    torch.testing.assert_close(torch.cat([out.chosen, out.rejected]).detach(), summed,
+                               atol=1e-5, rtol=1e-5)
+    ref = policy.reference_logps(batch).logps
+    torch.testing.assert_close(ref, summed, atol=1e-5, rtol=1e-5)  # the copy starts equal
+
+
+def test_the_reference_fingerprint_names_the_token_weights(tiny_llama):
+    """A reference cached without LD-DPO or SamPO is not reused with them."""
+    prints = {CausalLMPolicy(tiny_llama, reference="copy", **o).fingerprint()
+              for o in ({}, {"ld_alpha": 0.5}, {"sampo_seed": 0}, {"sampo_seed": 1})}
+    assert len(prints) == 4
+
+
+def test_sampo_and_ld_dpo_refuse_unpaired_rows():
+    from dpokit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="kto trains on unpaired rows"):
+        load_config(None, loss="kto", sampo=True)
 
 
 def test_tr_dpo_syncs_the_reference(tmp_path, tokenizer):

@@ -151,7 +151,15 @@ def test_gradcheck(name):
     extras = generic_extras(5)
     if name == "bco_pair":  # δ is a detached batch statistic: hold it fixed
         extras["bco_delta"] = torch.tensor(0.1, dtype=torch.float64)
-    fn = lambda c, r: spec.fn(c, r, *refs, params, extras).losses  # noqa: E731
+    if name == "beta_dpo":  # M0, σ and the batch's β are detached statistics: hold them fixed
+        extras.update(beta_dpo_gap=torch.tensor(0.2, dtype=torch.float64),
+                      beta_dpo_gap_std=torch.tensor(1.0, dtype=torch.float64))
+        params = LossParams(beta=0.7, beta_dpo_a=0.0)
+
+    def fn(c, r):
+        if spec.stochastic:  # the same draw in every evaluation of the finite differences
+            torch.manual_seed(2)
+        return spec.fn(c, r, *refs, params, extras).losses
     if name == "kto":  # z0 is a detached estimate from the KL completions: check d/d chosen
         assert torch.autograd.gradcheck(lambda c: fn(c, rejected.detach()), (chosen,))
         return
@@ -444,7 +452,7 @@ def test_mixing_losses_with_weights():
 
 
 @pytest.mark.parametrize("name", ["kto", "bco_pair"])
-def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
+def test_batch_statistics_pooled_over_processes_equal_one_big_batch(name):
     """Two "processes" with 3 pairs each, their statistic pooled through ``reduce_sum``, give
     each pair the loss it has in one batch of 6; unpooled halves differ (so this can fail)."""
     from dpokit.core import PairLogps
@@ -453,25 +461,20 @@ def test_batch_mean_pooled_over_processes_equals_one_big_batch(name):
     c, r, rc, rr = (torch.randn(6) for _ in range(4))
     tokens = torch.full((6,), 3)
     extras = {"label": torch.tensor([1.0, 0, 1, 1, 0, 0])}
-    obj = _objective([name])
-    whole = obj.losses(PairLogps(c, r, tokens, tokens), rc, rr, extras).losses  # (6,)
-    spec = get_loss(name)
-    key, values = spec.batch_mean
+    whole = _objective([name]).losses(PairLogps(c, r, tokens, tokens), rc, rr, extras).losses
+    values = get_loss(name).statistic.values
     halves = [slice(0, 3), slice(3, 6)]
-    stats = [values(c[h], r[h], rc[h], rr[h], LossParams(beta=0.1)) for h in halves]
+    stats = [values(c[h], r[h], rc[h], rr[h], LossParams(beta=0.1)).double() for h in halves]
     pooled, alone = [], []
     for i, h in enumerate(halves):
-        other = stats[1 - i].double()
-        args = (
-            PairLogps(c[h], r[h], tokens[h], tokens[h]),
-            rc[h],
-            rr[h],
-            {"label": extras["label"][h]},
-        )
-        alone.append(obj.losses(*args).losses)
-        obj.reduce_sum = lambda t, o=other: t + torch.stack([o.sum(), o.new_tensor(o.numel())])
+        other = stats[1 - i]
+        sums = torch.stack([other.new_tensor(other.numel()), other.sum(), other.pow(2).sum()])
+        args = (PairLogps(c[h], r[h], tokens[h], tokens[h]), rc[h], rr[h],
+                {"label": extras["label"][h]})
+        alone.append(_objective([name]).losses(*args).losses)
+        obj = _objective([name])
+        obj.reduce_sum = lambda t, o=sums: t + o
         pooled.append(obj.losses(*args).losses)
-        obj.reduce_sum = None
     torch.testing.assert_close(torch.cat(pooled), whole, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(torch.cat(alone), whole, atol=1e-4)
 

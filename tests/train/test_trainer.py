@@ -47,13 +47,19 @@ def test_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora):
             assert metrics[key] == pytest.approx(m0[key], rel=1e-4, abs=1e-6), key
 
 
-def test_resume_gives_the_same_later_losses(tmp_path, tokenizer):
-    full = tiny_trainer(tmp_path / "a", tokenizer, max_steps=6, batch_size=3).train()
+@pytest.mark.parametrize("loss", ["sigmoid", "bco_pair", "beta_dpo"])
+def test_resume_gives_the_same_later_losses(tmp_path, tokenizer, loss):
+    """Also for the losses whose statistics run across steps (BCO's δ, β-DPO's M0 and σ,
+    saved in objective.pt) and draw random numbers (β-DPO's filter)."""
+    full = tiny_trainer(tmp_path / "a", tokenizer, max_steps=6, batch_size=3, loss=loss).train()
     crash_after(tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3,
-                             save_every=3), 4)
+                             save_every=3, loss=loss), 4)
     assert [p.name for p in (tmp_path / "b/out/checkpoints").iterdir()] == ["step-0000003"]
+    saved = torch.load(tmp_path / "b/out/checkpoints/step-0000003/objective.pt")
+    assert set(saved) == {"sigmoid": set(), "bco_pair": {"bco_delta"},
+                          "beta_dpo": {"beta_dpo_gap"}}[loss]
     resumed = tiny_trainer(
-        tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True
+        tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True, loss=loss
     ).train()
     assert [m["step"] for m in resumed.history] == [4, 5, 6]
     later = [m["loss"] for m in full.history[3:]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config.schema import SAMPLERS
 from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Domain
 from .common import (
     add_fields,
@@ -32,14 +33,21 @@ from .extensions import Extensions
 def _sampler(args: argparse.Namespace):
     from tqdm.auto import tqdm
 
-    from ..policies.causal_lm.sampling import SamplingSettings, sample_completions
+    from ..policies.causal_lm.samplers import make_sampler
+    from ..policies.causal_lm.sampling import SamplingSettings
     from ..runs import load_policy
 
     policy = load_policy(args.model)
     model, tokenizer = policy.model, policy.tokenizer
+    sampler = make_sampler(args.sampler, next(model.parameters()).device.type)
     settings = settings_from(SamplingSettings, args)
-    return lambda prompts: sample_completions(model, tokenizer, prompts, settings,
-                                              lambda b: tqdm(b, desc="sampling"))
+    return lambda prompts: sampler(model, tokenizer, prompts, settings,
+                                   lambda b: tqdm(b, desc="sampling"))
+
+
+def add_sampler(parser) -> None:
+    parser.add_argument("--sampler", choices=SAMPLERS, default="hf",
+                        help="hf: Hugging Face generate | vllm: a vLLM engine (CUDA only)")
 
 
 def cmd_pairs(args: argparse.Namespace, extensions: Extensions) -> int:
@@ -114,15 +122,18 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
     from ..data.builders import prompt_rows
     from ..data.text.pairs import TokenizeSettings
+    from ..eval import judges
     from ..eval.evaluate import evaluate, format_report
     from ..eval.metrics import reward_judge
     from ..eval.rewards import import_object, load_reward
     from ..eval.tdi import load_probes
+    from ..policies.causal_lm.samplers import make_sampler
     from ..policies.causal_lm.sampling import SamplingSettings
     from ..runs import load_policy
 
     inputs = [getattr(args, m.dest, None) for m in extensions.eval_modes]
-    check_outputs([args.pairs, args.prompts, args.probes, *inputs], [args.json])
+    check_outputs([args.pairs, args.prompts, args.probes, args.judge_template, *inputs],
+                  [args.json])
     for mode in extensions.eval_modes:
         if getattr(args, mode.dest, None):
             return mode.run(args)
@@ -135,12 +146,16 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
     pairs = read([args.pairs]) if args.pairs else None
     prompts = prompt_rows(read([args.prompts])) if args.prompts else None
     reward = load_reward(args.reward) if args.reward else None
-    judge = import_object(args.judge_fn) if args.judge_fn else (
-        reward_judge(load_reward(args.judge)) if args.judge else None)
+    judge = import_object(args.judge_fn) if args.judge_fn else None
+    if args.judge and args.judge.startswith(judges.PREFIX):  # an LLM behind an endpoint
+        judge = judges.llm_judge(args.judge, args.judge_template, args.judge_concurrency)
+    elif args.judge:
+        judge = reward_judge(load_reward(args.judge))
     policy = load_policy(args.model, args.reference)
+    sampler = make_sampler(args.sampler, next(policy.model.parameters()).device.type)
     report = evaluate(
-        policy, pairs=pairs, prompts=prompts, reward=reward,
-        judge=judge, settings=settings_from(SamplingSettings, args), beta=args.beta,
+        policy, pairs=pairs, prompts=prompts, reward=reward, judge=judge,
+        settings=settings_from(SamplingSettings, args), sampler=sampler, beta=args.beta,
         tokenize=TokenizeSettings(max_length=args.max_length,
                                   max_prompt_length=args.max_prompt_length,
                                   chat_template_for_strings=not args.no_chat_template),
@@ -148,6 +163,9 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
     print(format_report(report))
     for sample in report.samples[:3]:
         print(f"  sample: {sample['prompt']!r} -> {sample['sample'][:120]!r}")
+    if isinstance(judge, judges.LLMJudge):
+        print(f"judge: {judge.requests} requests (the rest from {judge.cache.path}), "
+              f"{judge.unreadable} replies unreadable (counted as ties)")
     write_figures(args.json, {"model": args.model, "reference": args.reference,
                                **report.metrics, "samples": report.samples})
     return 0
@@ -201,6 +219,7 @@ def add_parsers(sub, extensions: Extensions) -> None:
         if kind in ("sample", "failures"):
             p.add_argument("--model", default="smollm2" if kind == "sample" else None,
                            help="model to sample from (failures: when rows have no outputs)")
+            add_sampler(p)
             add_fields(p, SamplingSettings)
         if kind == "sample":
             p.add_argument("--reward", default="vader", help="module:function, vader, "
@@ -218,8 +237,13 @@ def add_parsers(sub, extensions: Extensions) -> None:
     ev.add_argument("--prompts", help="held-out prompts to sample answers for")
     ev.add_argument("--reward", help="reward of the samples: module:function, vader, minilm, "
                     "hf:PATH, guarded:SPEC")
-    ev.add_argument("--judge", help="reward spec whose higher-scored answer wins the win-rate "
-                    "comparison (default: --reward)")
+    ev.add_argument("--judge", help="who wins the win-rate comparison: an LLM behind an "
+                    "OpenAI-compatible endpoint, openai:URL#MODEL (key from $OPENAI_API_KEY), or "
+                    "a reward spec whose higher-scored answer wins (default: --reward)")
+    ev.add_argument("--judge-template", help="the LLM judge's prompt file, with {instruction}, "
+                    "{output_1}, {output_2} (default: an AlpacaEval-style template)")
+    ev.add_argument("--judge-concurrency", type=number(int, AT_LEAST_ONE), default=4,
+                    help="LLM judge requests in flight at most")
     ev.add_argument("--judge-fn", help="a pairwise judge instead: module:function(prompt, "
                     "first, second) -> 1 (first), 0.5 (tie) or 0 (second)")
     ev.add_argument("--probes", help="style probe rows (content, style, text): Style TDI and "
@@ -233,6 +257,7 @@ def add_parsers(sub, extensions: Extensions) -> None:
     ev.add_argument("--no-chat-template", action="store_true",
                     help="string pairs as raw text (default: a chat turn)")
     ev.add_argument("--json", help="write every figure and a few samples here")
+    add_sampler(ev)
     add_fields(ev, SamplingSettings)
     harness = sub.add_parser("harness", help="lm-evaluation-harness tasks (theirs by name, or "
                              "local YAML files) on a model or LoRA adapter (pip install lm-eval)")

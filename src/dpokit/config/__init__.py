@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..core.hardware import HardwareError, check_device_supports
+from ..losses import available_losses
 from .schema import SECTIONS, TrainConfig, fields_where
 
 
@@ -192,6 +193,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"loss_weights has {len(loss.loss_weights)} values for {len(names)} losses"
         )
+    if loss.ld_alpha is not None or loss.sampo:
+        known = available_losses()
+        unpaired = [n for n in names if n in known and known[n].unpaired]
+        if unpaired:
+            raise ConfigError(f"ld_alpha and sampo weigh the tokens of a pair's two answers: "
+                              f"{', '.join(unpaired)} trains on unpaired rows")
     if m.quantization != "none" and not m.lora:
         raise ConfigError("quantization=4bit is QLoRA: the frozen base is quantized, so it "
                           "needs lora=true")
@@ -231,6 +238,9 @@ def validate(cfg: TrainConfig) -> None:
             check_jsonl_spec(d.train_data)  # a .csv is named here, before anything loads
         except DataError as err:
             raise ConfigError(str(err)) from None
+    if cfg.online.sampler == "vllm" and cfg.run.device in ("cpu", "mps"):
+        raise ConfigError(f"online.sampler=vllm runs a vLLM engine on a CUDA GPU; "
+                          f"device={cfg.run.device}: use sampler=hf")
     if d.streaming and d.eval_fraction > 0:
         raise ConfigError("streaming reads train_data lazily and cannot hold out a fraction "
                           "of it: name an eval_data file")

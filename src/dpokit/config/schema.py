@@ -29,6 +29,9 @@ ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
 # the text and image-text batch layouts (data/text/collate.py, which config may not import;
 # tests/policies/causal_lm/test_layouts.py checks the two lists agree)
 LAYOUTS = ("padded", "packed", "prefix_shared")
+# the text policy's samplers (policies/causal_lm/samplers.py, which config may not import;
+# tests/policies/causal_lm/test_samplers.py checks the two lists agree)
+SAMPLERS = ("hf", "vllm")
 
 
 def setting(default: Any, help: str, domain: Domain | None = None, *, factory: Any = None,
@@ -171,6 +174,8 @@ def _loss_section() -> type:
             "off", "WPO pair weights: paper (Eq. 2, as TRL) | mean (plain mean log-prob)")),
         ("ld_alpha", float | None, setting(None, "LD-DPO: weight of tokens past the shorter "
                                            "completion", UNIT_INTERVAL)),
+        ("sampo", bool, setting(False, "SamPO: each pair's log-probs sum min(|y_w|, |y_l|) "
+                                "tokens of each answer, the longer's drawn by optim.seed")),
         ("ref_sync", bool, setting(False, "TR-DPO: move the reference towards the policy")),
         ("ref_sync_every", int, setting(512, "TR-DPO: steps between syncs (TRL's default)",
                                         AT_LEAST_ONE)),
@@ -289,6 +294,12 @@ class OnlineConfig:
     max_new_tokens: int = setting(48, "tokens per sample at most", AT_LEAST_ONE)
     sample_batch_size: int = setting(16, "sequences per generate call", AT_LEAST_ONE,
                                          computes=False)
+    sampler: Literal[SAMPLERS] = setting(  # type: ignore[valid-type]
+        "hf", "hf: Hugging Face generate (KV cache) | vllm: a vLLM engine on the training GPU, "
+        "loaded with the policy's current weights (LoRA merged) before each sampling round "
+        "(CUDA only)", computes=False)
+    vllm_gpu_memory: float = setting(0.3, "vllm: share of the GPU's memory the engine takes",
+                                     Domain(0.0, 1.0, high_inclusive=True), computes=False)
     pairing: Literal[PAIRINGS] = setting(  # type: ignore[valid-type]
         "best_worst", "how scored samples become pairs (best_worst, best_random, all_pairs)")
     pair_margin: float = setting(0.0, "smallest reward difference that makes a pair",

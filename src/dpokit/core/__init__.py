@@ -12,10 +12,11 @@ from .protocols import (
     Regularizer,
     RegularizerOutput,
     ShardSettings,
+    StatelessObjective,
 )
 from .types import LossOutput, MetricSums, PairLogps, SequenceScores
 
 __all__ = ["BasePolicy", "Batch", "DataSource", "LossOutput", "MetricSums", "Objective",
            "ObjectiveOutput", "PairLogps", "Policy", "PolicyCapabilities", "PolicyDescription",
-           "Regularizer",
-           "RegularizerOutput", "SequenceScores", "ShardSettings"]
+           "Regularizer", "RegularizerOutput", "SequenceScores", "ShardSettings",
+           "StatelessObjective"]

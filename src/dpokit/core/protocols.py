@@ -258,6 +258,29 @@ class Objective(Protocol):
     def __call__(self, policy: Policy, batch: Any,
                  ref_logps: torch.Tensor | None) -> ObjectiveOutput: ...
 
+    def train(self, mode: bool = True) -> None:
+        """Training (state such as a loss's running statistics updated) or evaluation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried across steps (checkpoints save it; empty for most objectives)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class StatelessObjective:
+    """The state half of :class:`Objective` for an objective that keeps none."""
+
+    def train(self, mode: bool = True) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state; the checkpoint has "
+                             f"{sorted(state)}")
+
 
 @runtime_checkable
 class DataSource(Protocol):

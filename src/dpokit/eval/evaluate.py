@@ -31,7 +31,8 @@ from ..data.text.sft import TokenizedSequence
 from ..losses import LossParams
 from ..objectives import PreferenceObjective
 from ..policies.causal_lm import CausalLMPolicy
-from ..policies.causal_lm.sampling import Sample, SamplingSettings, sample_completions
+from ..policies.causal_lm.samplers import HFSampler, Sampler
+from ..policies.causal_lm.sampling import Sample, SamplingSettings
 from ..train import sequential_batches
 from ..train.metrics import objective_metrics
 from .metrics import (
@@ -125,11 +126,14 @@ def sample_logps(policy: CausalLMPolicy, samples: Sequence[Sample],
 
 def generation_metrics(policy: CausalLMPolicy, prompts: Sequence[PromptRow],
                        settings: SamplingSettings, reward: Reward | None = None,
-                       judge: Judge | None = None) -> EvalReport:
-    """Sampled-answer figures on ``prompts`` (see the module docstring)."""
+                       judge: Judge | None = None, sampler: Sampler | None = None
+                       ) -> EvalReport:
+    """Sampled-answer figures on ``prompts`` (see the module docstring); ``sampler``: Hugging
+    Face ``generate`` unless given."""
     tok = policy.tokenizer
     texts_in = [p.prompt for p in prompts]
-    groups = sample_completions(policy.model, tok, texts_in, settings)
+    sampler = sampler or HFSampler()
+    groups = sampler(policy.model, tok, texts_in, settings)
     flat = [(p, s) for p, g in zip(prompts, groups, strict=True) for s in g]
     texts = [s.text for _, s in flat]
     report = EvalReport()
@@ -154,7 +158,7 @@ def generation_metrics(policy: CausalLMPolicy, prompts: Sequence[PromptRow],
         judge = judge or (reward_judge(reward) if reward is not None else None)
         if judge is not None:
             with policy.as_reference() as ref_model:
-                ref_groups = sample_completions(ref_model, tok, texts_in, settings)
+                ref_groups = sampler(ref_model, tok, texts_in, settings)
             baseline = [s.text for g in ref_groups for s in g]
             wr = win_rate(judge, [p.prompt for p, _ in flat], texts, baseline, settings.seed)
             m["eval/gen/win_rate"], m["eval/gen/win_rate_se"] = wr.rate, wr.stderr
@@ -188,7 +192,7 @@ def evaluate(policy: CausalLMPolicy, pairs: Sequence[Record] | None = None,
              prompts: Sequence[PromptRow] | None = None, reward: Reward | None = None,
              judge: Judge | None = None, settings: SamplingSettings | None = None,
              beta: float = 0.1, tokenize: TokenizeSettings | None = None,
-             probes: StyleProbes | None = None) -> EvalReport:
+             probes: StyleProbes | None = None, sampler: Sampler | None = None) -> EvalReport:
     """Preference figures on ``pairs``, generation figures on ``prompts``, embedding geometry
     on style ``probes``."""
     report = EvalReport()
@@ -197,7 +201,8 @@ def evaluate(policy: CausalLMPolicy, pairs: Sequence[Record] | None = None,
     if pairs:
         report.metrics.update(preference_metrics(policy, pairs, beta, tokenize))
     if prompts:
-        gen = generation_metrics(policy, prompts, settings or SamplingSettings(), reward, judge)
+        gen = generation_metrics(policy, prompts, settings or SamplingSettings(), reward, judge,
+                                 sampler)
         report.metrics.update(gen.metrics)
         report.samples = gen.samples
     return report

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..data.builders.failures import repeated_share
+from .judges import LLMJudge
 
 
 def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
@@ -112,16 +113,16 @@ def _fit_length_controlled(outcomes: list[float], length_diff: list[float]) -> f
 def win_rate(judge: Judge, prompts: Sequence[Any], candidate: Sequence[str],
              baseline: Sequence[str], seed: int = 0,
              length: Callable[[str], float] = lambda t: float(len(t.split()))) -> WinRate:
-    """Judge each (candidate, baseline) pair with the two answers in a seeded random order."""
+    """Judge each (candidate, baseline) pair with the two answers in a seeded random order
+    (an :class:`~dpokit.eval.judges.LLMJudge` asks for all of them at once)."""
     rng = random.Random(seed)
-    outcomes, diffs = [], []
-    for prompt, c, b in zip(prompts, candidate, baseline, strict=True):
-        if rng.random() < 0.5:
-            outcome = judge(prompt, c, b)
-        else:
-            outcome = 1.0 - judge(prompt, b, c)
-        outcomes.append(outcome)
-        diffs.append(length(c) - length(b))
+    rows = list(zip(prompts, candidate, baseline, strict=True))
+    first = [rng.random() < 0.5 for _ in rows]  # the candidate shown first
+    items = [(p, c, b) if f else (p, b, c) for (p, c, b), f in zip(rows, first, strict=True)]
+    verdicts = (judge.compare(items) if isinstance(judge, LLMJudge)
+                else [judge(*item) for item in items])
+    outcomes = [v if f else 1.0 - v for v, f in zip(verdicts, first, strict=True)]
+    diffs = [length(c) - length(b) for _, c, b in rows]
     wins = sum(o == 1.0 for o in outcomes)
     ties = sum(o == 0.5 for o in outcomes)
     est = Estimate.of(outcomes)

@@ -15,7 +15,9 @@ from a spec string:
   embeddings, trained on labelled texts by :func:`train_embedding_classifier` and saved to FILE;
 - ``guarded:SPEC``: SPEC's reward, but -1 for an answer the failure detectors flag (empty,
   repetition loop, cut off mid-sentence): a lexicon reward alone is maximized by repeating
-  its favourite word (see experiments/results/pairs_chain_unguarded.md).
+  its favourite word (see experiments/results/pairs_chain_unguarded.md);
+- ``openai:URL#MODEL``: an LLM's 1-10 score of the answer, asked through an OpenAI-compatible
+  chat endpoint (``judges.py``: concurrency, retries, a resumable cache).
 
     >>> reward = load_reward("tests.helpers:length_reward")       # doctest: +SKIP
     >>> reward(["Q"], ["four"])                                   # doctest: +SKIP
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from . import judges
 
 
 @dataclass
@@ -235,14 +239,22 @@ def load_reward(spec: str | Callable[..., float] | Reward) -> Reward:
     if spec.startswith("hf:"):
         path, _, label = spec[3:].partition("@")
         return classifier_reward(path, label or None)
+    if spec.startswith(judges.PREFIX):
+        return llm_reward(spec)
     module, sep, attr = spec.partition(":")
     if not sep or not attr:
         raise ValueError(f"unknown reward {spec!r}: use module:function, vader, vader_negative, "
-                         f"minilm or hf:PATH")
+                         f"minilm, hf:PATH or openai:URL#MODEL")
     try:
         return callable_reward(import_object(spec), spec)
     except ValueError as err:
         raise ValueError(f"reward {err}") from None
+
+
+def llm_reward(spec: str) -> Reward:
+    """An LLM judge's 1-10 score of each answer (``openai:URL#MODEL``; ``judges.py``)."""
+    judge = judges.LLMJudge(judges.JudgeSettings.parse(spec), "score")
+    return Reward(spec, lambda prompts, completions, _refs: judge.scores(prompts, completions))
 
 
 def import_object(spec: str) -> Any:

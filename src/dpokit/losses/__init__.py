@@ -6,11 +6,12 @@
 """
 
 from ..core.types import LossOutput
-from . import anchored, gravity, paired, reference_free, unpaired  # noqa: F401  (registers them)
+from . import adaptive, anchored, gravity, paired, reference_free, unpaired  # noqa: F401  (registers them)
 from .registry import (
     LossParam,
     LossParams,
     LossSpec,
+    Statistic,
     available_losses,
     declared_params,
     get_loss,
@@ -19,5 +20,5 @@ from .registry import (
     register_loss,
 )
 
-__all__ = ["LossOutput", "LossParam", "LossParams", "LossSpec", "available_losses",
+__all__ = ["LossOutput", "LossParam", "LossParams", "LossSpec", "Statistic", "available_losses",
            "declared_params", "get_loss", "loss_needs", "param_values", "register_loss"]

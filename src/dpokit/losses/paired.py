@@ -12,8 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..core.catalogue import Metric, declare
 from ..core.types import NON_NEGATIVE, POSITIVE, Domain, LossOutput
-from .registry import LossParam, LossParams, declare_param, register_loss
+from .registry import LossParam, LossParams, Statistic, declare_param, register_loss
 
 LABEL_SMOOTHING = declare_param(LossParam(
     "label_smoothing", 0.0, "assumed label-flip probability ε (cdpo, robust, exo_pair: 0 means "
@@ -170,13 +171,14 @@ def _bco_rewards(chosen, rejected, ref_chosen, ref_rejected, params):
     "bco_pair",
     needs_reference=True,
     batch_level=True,
-    batch_mean=("bco_delta", _bco_rewards),
+    statistic=Statistic("bco_delta", _bco_rewards, "running"),
     paper="Jung et al. 2024, Binary Classifier Optimization (BCO)",
-    formula="-log σ(r_w - δ) - log σ(-(r_l - δ)), δ = mean reward of the batch",
+    formula="-log σ(r_w - δ) - log σ(-(r_l - δ)), δ = running mean of the rewards",
 )
 def bco_pair_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, extras=None):
     """BCO on pairs: each completion is classified good/bad against the reward shift δ.
-    δ is ``extras["bco_delta"]`` when given, else the (detached) mean reward of this batch."""
+    δ is ``extras["bco_delta"]``: in training, the running mean of every reward seen so far
+    (the objective tracks it, as TRL's ``RunningMoments``); alone, this batch's mean."""
     chosen_ratio, rejected_ratio = _log_ratios(chosen, rejected, ref_chosen, ref_rejected)
     r_w, r_l = params.beta * chosen_ratio, params.beta * rejected_ratio  # (B,)
     delta = (extras or {}).get("bco_delta")
@@ -341,3 +343,6 @@ def rdpo_loss(chosen, rejected, ref_chosen, ref_rejected, params: LossParams, ex
         params.beta * (chosen_ratio - rejected_ratio) - params.rdpo_alpha * length_gap
     )
     return LossOutput(losses, *_rewards(params.beta, chosen_ratio, rejected_ratio))
+
+
+declare(Metric("stat/bco_delta", "BCO: running mean δ of the rewards", "{:+.4f}"))

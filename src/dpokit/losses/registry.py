@@ -90,6 +90,33 @@ class LossParams:
 LossFn = Callable[..., LossOutput]
 # (chosen, rejected, ref_chosen, ref_rejected, params) -> (K,) values whose mean is the statistic
 StatisticFn = Callable[..., torch.Tensor]
+TRACKS = ("batch", "running", "ema")
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A scalar a batch-level loss reads from ``extras[key]``, computed by the objective from
+    ``values(chosen, rejected, ref_chosen, ref_rejected, params)`` (K,) of every process (so a
+    data-parallel split computes what one process does), detached.
+
+    track: ``batch``: this micro-batch's mean (KTO's z0). ``running``: the mean of every value
+        seen in training, this micro-batch's included (BCO's δ, TRL's ``RunningMoments``).
+        ``ema``: moving averages, ``m <- gamma·m + (1-gamma)·batch``, of the batch's mean and
+        standard deviation (in ``extras[key + "_std"]``), starting at 0 and updated before use
+        (β-DPO's M0 and σ). Evaluation reads a running or moving value without updating it.
+
+    >>> Statistic("bco_delta", lambda *a: None, "running").track
+    'running'
+    """
+
+    key: str
+    values: StatisticFn
+    track: str = "batch"
+    gamma: float = 0.9
+
+    def __post_init__(self):
+        if self.track not in TRACKS:
+            raise ValueError(f"statistic {self.key!r}: track {self.track!r} not in {TRACKS}")
 
 
 @dataclass(frozen=True)
@@ -104,10 +131,11 @@ class LossSpec:
         ``rejected`` those of a mismatched completion (the KL sample), ``extras["label"]`` 1/0.
     batch_level: the per-pair losses depend on the other pairs of the micro-batch (sorting,
         batch means), so accumulation is not exactly a bigger batch (the loop warns).
-    batch_mean: for a loss whose only batch dependence is a mean, ``(extras key, values fn)``:
-        the loss reads the mean from ``extras[key]`` when it is there (else takes it over its
-        own batch), so the objective can pool it across data-parallel processes and 2
-        processes compute what 1 process does.
+    statistic: for a loss whose batch dependence is a scalar statistic (:class:`Statistic`),
+        which the objective computes over all processes (and tracks across steps) and hands
+        to the loss in ``extras``; without the objective, the loss takes it over its own batch.
+    stochastic: the loss draws random numbers (β-DPO's filter), so no split of the data
+        reproduces another exactly.
 
     The trainer always adds ``extras["chosen_tokens"]`` / ``extras["rejected_tokens"]`` (B,).
     """
@@ -122,7 +150,8 @@ class LossSpec:
     aliases: tuple[str, ...] = field(default=())
     unpaired: bool = False
     batch_level: bool = False
-    batch_mean: tuple[str, StatisticFn] | None = None
+    statistic: Statistic | None = None
+    stochastic: bool = False
     params: tuple[LossParam, ...] = (BETA,)
 
 
@@ -132,7 +161,8 @@ _REGISTRY: dict[str, LossSpec] = {}
 def register_loss(name: str, *, needs_reference: bool, length_normalized: bool = False,
                   extra_columns: tuple[str, ...] = (), paper: str = "", formula: str = "",
                   aliases: tuple[str, ...] = (), unpaired: bool = False,
-                  batch_level: bool = False, batch_mean: tuple[str, StatisticFn] | None = None,
+                  batch_level: bool = False, statistic: Statistic | None = None,
+                  stochastic: bool = False,
                   params: tuple[LossParam, ...] = ()) -> Callable[[LossFn], LossFn]:
     """Decorator: add ``fn`` to the registry under ``name`` (and ``aliases``); ``params`` are
     the declared hyper-parameters it reads besides ``beta``."""
@@ -141,7 +171,8 @@ def register_loss(name: str, *, needs_reference: bool, length_normalized: bool =
         for p in params:
             declare_param(p)
         spec = LossSpec(name, fn, needs_reference, length_normalized, extra_columns, paper,
-                        formula, aliases, unpaired, batch_level, batch_mean, (BETA, *params))
+                        formula, aliases, unpaired, batch_level, statistic, stochastic,
+                        (BETA, *params))
         for key in (name, *aliases):
             if key in _REGISTRY:
                 raise ValueError(f"loss {key!r} is registered twice")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core.types import POSITIVE, LossOutput
-from .registry import LossParam, LossParams, declare_param, register_loss
+from .registry import LossParam, LossParams, Statistic, declare_param, register_loss
 
 KTO_DESIRABLE_WEIGHT = declare_param(LossParam(
     "kto_desirable_weight", 1.0, "KTO λ_D, weight of desirable rows", POSITIVE))
@@ -28,7 +28,7 @@ def _kl_sample_log_ratios(chosen, rejected, ref_chosen, ref_rejected, params):
     needs_reference=True,
     unpaired=True,
     batch_level=True,
-    batch_mean=("kto_kl", _kl_sample_log_ratios),
+    statistic=Statistic("kto_kl", _kl_sample_log_ratios),
     paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization",
     formula="λ_D(1 - σ(β(r - z0))) if desirable, λ_U(1 - σ(β(z0 - r))) if not",
 )

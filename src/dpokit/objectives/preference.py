@@ -30,6 +30,7 @@ from ..core.catalogue import Metric, declare
 from ..core.protocols import ObjectiveOutput, Policy
 from ..core.types import LossOutput, MetricSums, PairLogps
 from ..losses import LossParams, LossSpec, get_loss
+from .statistics import StatisticTracker
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 WPO_FORMS = ("off", "paper", "mean")
@@ -64,8 +65,13 @@ class PreferenceObjective:
     f_alpha: float = 0.5
     wpo: str = "off"
     # Sums a tensor over data-parallel processes (the loop sets it when there are several);
-    # batch means of losses that declare ``batch_mean`` are then taken over all processes.
+    # the statistics of losses that declare one are then taken over all processes.
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+    training: bool = True  # running statistics are updated in training only (``train``)
+
+    def __post_init__(self):
+        self.trackers = {s.statistic.key: StatisticTracker(s.statistic)
+                         for s in self.specs if s.statistic is not None}
 
     @classmethod
     def from_names(cls, names: str | list[str], weights: list[float] | None, params: LossParams,
@@ -105,8 +111,24 @@ class PreferenceObjective:
 
     @property
     def pools_batch_stats(self) -> bool:
-        """Every batch-level loss here depends on the batch only through a pooled mean."""
-        return all(s.batch_mean is not None for s in self.specs if s.batch_level)
+        """Every batch-level loss here depends on the batch only through pooled statistics."""
+        return all(s.statistic is not None and not s.stochastic
+                   for s in self.specs if s.batch_level)
+
+    def train(self, mode: bool = True) -> None:
+        """Training (statistics updated) or evaluation (statistics read only)."""
+        self.training = mode
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running statistics, by key (checkpoints save them)."""
+        return {key: tracker.state_dict() for key, tracker in self.trackers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.trackers):
+            raise ValueError(f"the checkpoint's objective state has {sorted(state)}, this "
+                             f"objective tracks {sorted(self.trackers)}")
+        for key, tracker in self.trackers.items():
+            tracker.load_state_dict(state[key])
 
     @property
     def unpaired(self) -> bool:
@@ -138,6 +160,11 @@ class PreferenceObjective:
         result = self.losses(out, ref_chosen, ref_rejected, batch.extras)
         metrics = pair_metrics(result, out)
         metrics.merge(scores.token_metrics())
+        for key, tracker in self.trackers.items():  # the running values the losses read
+            if tracker.statistic.track != "batch" and tracker.count > 0:
+                metrics.add(f"stat/{key}", tracker.mean.float().reshape(1))
+                if tracker.statistic.track == "ema":
+                    metrics.add(f"stat/{key}_std", tracker.std.float().reshape(1))
         return ObjectiveOutput(result.losses, metrics)
 
     # --- the math ------------------------------------------------------------------------------
@@ -155,11 +182,10 @@ class PreferenceObjective:
         total, first = None, None
         for spec, weight in zip(self.specs, self.weights, strict=True):
             args = self._inputs(spec, out, ref_chosen, ref_rejected)
-            if spec.batch_mean is not None and self.reduce_sum is not None:
-                key, values = spec.batch_mean
-                v = values(*args, self.params).detach().double()  # (K,)
-                pooled = self.reduce_sum(torch.stack([v.sum(), v.new_tensor(v.numel())]))  # (2,)
-                extras[key] = (pooled[0] / pooled[1]).float()  # the mean over all processes
+            if spec.statistic is not None:  # over all processes, tracked across steps
+                values = spec.statistic.values(*args, self.params)  # (K,)
+                extras.update(self.trackers[spec.statistic.key].observe(
+                    values, self.training, self.reduce_sum))
             result = spec.fn(*args, self.params, extras)
             total = weight * result.losses if total is None else total + weight * result.losses
             first = first or result

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from ..core.catalogue import Metric, declare
-from ..core.protocols import ObjectiveOutput, Policy
+from ..core.protocols import ObjectiveOutput, Policy, StatelessObjective
 from ..core.types import MetricSums
 
 declare(Metric("tokens_per_sequence", "scored tokens per sequence", "{:.1f}"))
 
 
 @dataclass
-class SFTObjective:
+class SFTObjective(StatelessObjective):
     name: str = "sft"
     needs_reference: bool = False
     batch_level: bool = False

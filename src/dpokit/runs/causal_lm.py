@@ -42,6 +42,7 @@ from .common import (
     hardware,
     model_dtype,
     resolve_reference,
+    sampo_seed,
     sources,
     tokenize_both,
     tokenize_settings,
@@ -70,8 +71,9 @@ def load_sequences(d: DataConfig, seed: int, tokenizer, log=print) -> Examples:
 
 
 def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, tokenizer=None,
-                 ld_alpha: float | None = None, batch_layout: str = "padded",
-                 strategy: str = "none", seed: int = 0) -> CausalLMPolicy:
+                 ld_alpha: float | None = None, sampo_seed: int | None = None,
+                 batch_layout: str = "padded", strategy: str = "none",
+                 seed: int = 0) -> CausalLMPolicy:
     """The model section's causal LM, ready to train on ``choice``'s device and precision:
     weights (4-bit for QLoRA), the adapter or LoRA, the ``reference`` kind."""
     check_device_supports(choice.device.kind, strategy=strategy, quantization=m.quantization)
@@ -96,16 +98,17 @@ def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, toke
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
                           chunk_size=m.lm_head_chunk_size, ld_alpha=ld_alpha,
                           attention_impl=m.attention_impl, merge_on_save=m.merge_adapter,
-                          activation_offloading=m.activation_offloading)
+                          activation_offloading=m.activation_offloading, sampo_seed=sampo_seed)
 
 
 def policy_for(cfg: TrainConfig, tokenizer=None, needs_reference: bool = True,
                pairs: bool = True) -> CausalLMPolicy:
     """:func:`build_policy` with the run's sections: the reference the loss needs, the
-    hardware, LD-DPO's alpha for pairs."""
+    hardware, LD-DPO's alpha and SamPO's seed for pairs."""
     return build_policy(cfg.model, hardware(cfg),
                         resolve_reference(cfg.model, needs_reference, cfg.loss.name),
                         tokenizer=tokenizer, ld_alpha=cfg.loss.ld_alpha if pairs else None,
+                        sampo_seed=sampo_seed(cfg.loss, cfg.optim.seed) if pairs else None,
                         batch_layout=cfg.data.batch_layout, strategy=cfg.distributed.strategy,
                         seed=cfg.optim.seed)
 

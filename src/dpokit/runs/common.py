@@ -57,6 +57,11 @@ def hardware(cfg: TrainConfig) -> HardwareChoice:
     return resolve_hardware(cfg.optim.mixed_precision, cfg.run.device)
 
 
+def sampo_seed(loss: LossConfig, seed: int) -> int | None:
+    """The seed SamPO draws its kept tokens from (the run's seed), or None when it is off."""
+    return seed if loss.sampo else None
+
+
 def resolve_reference(m: ModelConfig, needs_reference: bool, loss_name: str = "") -> str:
     """The reference kind a run gets: what ``model.reference`` says, or for ``auto`` none
     (reference-free losses), adapter_copy (a starting adapter), adapter (LoRA) or copy."""

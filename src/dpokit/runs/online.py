@@ -47,12 +47,13 @@ from ..eval.metrics import Estimate
 from ..eval.rewards import Reward, load_reward
 from ..objectives import build_objective
 from ..policies.causal_lm.models import load_tokenizer
-from ..policies.causal_lm.sampling import SamplingSettings, sample_completions
+from ..policies.causal_lm.samplers import Sampler, make_sampler
+from ..policies.causal_lm.sampling import SamplingSettings
 from ..train import EvalSet, Trainer
 from ..train.folder import OutputDirError
 from ..train.online import MadePairs, OnlineSource
 from .causal_lm import policy_for, services
-from .common import Examples, Run, sources, tokenize_settings
+from .common import Examples, Run, hardware, sources, tokenize_settings
 
 
 def prompt_pool(path: str, what: str = "prompts") -> list[PromptRow]:
@@ -76,6 +77,12 @@ def sampling_settings(cfg: TrainConfig, seed: int) -> SamplingSettings:
                             chat=cfg.data.chat_template_for_strings)
 
 
+def run_sampler(cfg: TrainConfig) -> Sampler:
+    """The online section's sampler on the run's device (``vllm`` is refused off CUDA)."""
+    return make_sampler(cfg.online.sampler, hardware(cfg).device.kind,
+                        cfg.online.vllm_gpu_memory)
+
+
 @dataclass
 class RewardEstimate:
     """Mean reward of the policy's own samples, its standard error over prompts, the share of
@@ -89,10 +96,10 @@ class RewardEstimate:
 
 
 def sample_reward(model, tokenizer, prompts: list[PromptRow], reward: Reward,
-                  settings: SamplingSettings) -> RewardEstimate:
+                  settings: SamplingSettings, sampler: Sampler) -> RewardEstimate:
     """Mean reward of ``model``'s ``settings.num_samples`` samples per prompt (standard error
     over prompts, whose per-prompt means are independent)."""
-    samples = sample_completions(model, tokenizer, [p.prompt for p in prompts], settings)
+    samples = sampler(model, tokenizer, [p.prompt for p in prompts], settings)
     scored = score_samples(prompts, lambda _: samples, reward)
     est = Estimate.of([sum(s for _, s in g.responses) / len(g.responses) for g in scored.groups])
     flat = [s for group in samples for s in group]
@@ -101,16 +108,17 @@ def sample_reward(model, tokenizer, prompts: list[PromptRow], reward: Reward,
     return RewardEstimate(est.mean, est.stderr, est.n, failed / max(len(flat), 1), examples[:4])
 
 
-def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward
+def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward, sampler: Sampler
                     ) -> Callable[[Any, list[PromptRow], int], MadePairs]:
-    """The text side of online DPO: sample, score, pair, tokenize."""
+    """The text side of online DPO: sample (with the policy's current weights), score, pair,
+    tokenize."""
     settings = tokenize_settings(cfg.data, cfg.loss)
     o = cfg.online
 
     def make(policy, prompts: list[PromptRow], seed: int) -> MadePairs:
-        sampler = lambda ps: sample_completions(  # noqa: E731
-            policy.model, tokenizer, ps, sampling_settings(cfg, seed))
-        scored = score_samples(prompts, sampler, reward)
+        draw = lambda ps: sampler(policy.model, tokenizer, ps,  # noqa: E731
+                                  sampling_settings(cfg, seed))
+        scored = score_samples(prompts, draw, reward)
         built = pair_scored(scored.groups, ScoredSettings(o.pairing, o.pair_margin, seed))
         metrics = {"online/sample_reward": scored.mean_reward()}
         if built.rows:
@@ -148,10 +156,11 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
     collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     held, extra = _eval_pairs(cfg, tokenizer, collate), services(cfg, tokenizer, log)
     policy = policy_for(cfg, tokenizer, objective.needs_reference)
-    source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, reward), collate,
+    sampler = run_sampler(cfg)
+    source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, reward, sampler), collate,
                           cfg.optim.batch_size, cfg.online.prompts_per_step, cfg.optim.seed)
-    log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each, reward "
-        f"{cfg.online.reward}")
+    log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each "
+        f"({sampler.name}), reward {cfg.online.reward}")
     trainer = Trainer(cfg, policy, objective, source, held, log=log, **extra)
     return Run(cfg, tokenizer, policy, objective, None, None, trainer)  # type: ignore[arg-type]
 
@@ -187,13 +196,14 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     round_services = services(cfg, tokenizer, log)  # one geometry monitor across rounds
     held_pairs = _eval_pairs(cfg, tokenizer, collate)
     policy = policy_for(cfg, tokenizer, True)
+    sampler = run_sampler(cfg)
     eval_settings = sampling_settings(cfg, seed=10_000 + cfg.optim.seed)
     result = IterativeResult()
 
     def measure(round_no: int, extra: dict[str, Any]) -> None:
         record = {"round": round_no, **extra}
         if held:
-            est = sample_reward(policy.model, tokenizer, held, reward, eval_settings)
+            est = sample_reward(policy.model, tokenizer, held, reward, eval_settings, sampler)
             record.update({"eval/sample_reward": est.mean, "eval/sample_reward_se": est.stderr,
                            "eval/sample_failure_rate": est.failure_rate,
                            "eval/examples": est.examples})
@@ -223,9 +233,9 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
         round_dir = out / f"round-{round_no}"
         pairs_file = round_dir / "pairs.jsonl"
         if not (cfg.run.resume and pairs_file.exists()):
-            sampler = lambda ps, r=round_no: sample_completions(  # noqa: E731
+            draw = lambda ps, r=round_no: sampler(  # noqa: E731
                 policy.model, tokenizer, ps, sampling_settings(cfg, cfg.optim.seed * 1000 + r))
-            scored = score_samples(pool, sampler, reward)
+            scored = score_samples(pool, draw, reward)
             built = pair_scored(scored.groups, ScoredSettings(o.pairing, o.pair_margin,
                                                               cfg.optim.seed))
             if not built.rows:

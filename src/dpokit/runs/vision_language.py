@@ -44,6 +44,7 @@ from .common import (
     hardware,
     model_dtype,
     resolve_reference,
+    sampo_seed,
     sources,
     tokenize_both,
     tokenize_settings,
@@ -76,7 +77,8 @@ def vision_tokenizer(cfg: TrainConfig) -> VisionTokenizer:
 
 
 def build_vision_policy(m: ModelConfig, choice: HardwareChoice, reference: str, processor, *,
-                        ld_alpha: float | None = None, seed: int = 0) -> VisionLanguagePolicy:
+                        ld_alpha: float | None = None, sampo_seed: int | None = None,
+                        seed: int = 0) -> VisionLanguagePolicy:
     """The model, its trainable parts (LoRA on the language part; the vision encoder frozen
     unless ``model.vision_tower=trained``) and the ``reference`` kind."""
     model = load_vision_language_model(base_model_name(m), dtype=model_dtype(m, choice.precision))
@@ -89,7 +91,8 @@ def build_vision_policy(m: ModelConfig, choice: HardwareChoice, reference: str, 
     model = finish_model(m, model, reference, choice.precision, seed, targets)
     return VisionLanguagePolicy(model, processor, reference=reference,
                                 logprob_impl=m.logprob_impl, chunk_size=m.lm_head_chunk_size,
-                                ld_alpha=ld_alpha, merge_on_save=m.merge_adapter)
+                                ld_alpha=ld_alpha, merge_on_save=m.merge_adapter,
+                                sampo_seed=sampo_seed)
 
 
 def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool,
@@ -105,7 +108,8 @@ def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool
     reference = resolve_reference(cfg.model, needs_reference, cfg.loss.name)
     policy = build_vision_policy(cfg.model, hardware(cfg), reference, tokenizer.processor,
                                  ld_alpha=cfg.loss.ld_alpha if pairs else None,
-                                 seed=cfg.optim.seed)
+                                 sampo_seed=sampo_seed(cfg.loss, cfg.optim.seed) if pairs
+                                 else None, seed=cfg.optim.seed)
     both = sources(cfg.optim, d, cfg.run, examples, collate)
     trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
     return Run(cfg, tokenizer.tokenizer, policy, objective, examples.train, examples.eval,

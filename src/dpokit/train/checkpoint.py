@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,16 @@ def load_optimizer_state_by_name(params: dict[str, torch.Tensor], optimizer: Any
                               else v for k, v in entry.items()}
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What :meth:`CheckpointStore.load` gives back besides the weights it wrote in place:
+    the step, the data source's state and the objective's (running statistics)."""
+
+    step: int
+    source: dict[str, Any]
+    objective: dict[str, Any]
+
+
 class CheckpointStore:
     """``output_dir/checkpoints/step-NNNNNNN`` folders, the newest ``keep`` kept.
 
@@ -121,7 +132,8 @@ class CheckpointStore:
         return done[-1] if done else None
 
     def save(self, step: int, policy: Policy, engine: Any, scheduler: Any,
-             source_state: dict[str, Any], signature: dict[str, Any]) -> Path:
+             source_state: dict[str, Any], signature: dict[str, Any],
+             objective_state: dict[str, Any] | None = None) -> Path:
         """Every process calls it (a sharded policy gathers whole tensors); the main one
         writes. Weights and optimizer state (``engine.optimizer_state``) are whole tensors
         keyed by parameter name, so any process count or engine (DDP, FSDP2, ZeRO) can
@@ -142,6 +154,7 @@ class CheckpointStore:
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, staging / "rng.pt")
             torch.save(source_state, staging / "source.pt")
+            torch.save(objective_state or {}, staging / "objective.pt")
             files = {f.name: _sha256(f) for f in sorted(staging.iterdir())}
             (staging / "state.json").write_text(json.dumps(
                 {"step": step, "signature": signature, "files": files}, indent=1, default=str))
@@ -165,9 +178,9 @@ class CheckpointStore:
                 raise CorruptCheckpoint(f"{file} is corrupt (checksum mismatch)")
         return state
 
-    def load(self, path: Path, policy: Policy, engine: Any,
-             scheduler: Any) -> tuple[int, dict[str, Any]]:
-        """Restore weights, optimizer, scheduler and RNG; return (step, source state)."""
+    def load(self, path: Path, policy: Policy, engine: Any, scheduler: Any) -> Restored:
+        """Restore weights, optimizer, scheduler and RNG; return the step and the states the
+        data source and the objective restore."""
         from safetensors.torch import load_file
 
         self.state(path)
@@ -180,9 +193,12 @@ class CheckpointStore:
         random.setstate(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        source = path / "source.pt"
-        source_state = torch.load(source, weights_only=False) if source.is_file() else {}
-        return json.loads((path / "state.json").read_text())["step"], source_state
+        def saved(name: str) -> dict[str, Any]:  # (older checkpoints lack objective.pt)
+            file = path / name
+            return torch.load(file, weights_only=False) if file.is_file() else {}
+
+        return Restored(json.loads((path / "state.json").read_text())["step"],
+                        saved("source.pt"), saved("objective.pt"))
 
 
 def save_final(policy: Policy, target: str | Path, card: str | None = None,

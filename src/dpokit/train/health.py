@@ -135,8 +135,9 @@ def length_drift(trace: RunTrace) -> Finding | None:
                        f"the mean length of the model's samples grew from {first:.1f} tokens "
                        f"(step {first_step}) to {last:.1f} (step {last_step}), "
                        f"{last / first - 1:+.0%}.",
-                       "a length-normalized loss (simpo, ipo) or LD-DPO (ld_alpha=0.5); "
-                       "check the data's length bias with `dpokit data inspect`.",
+                       "SamPO (sampo=true), LD-DPO (ld_alpha=0.5) or a length-normalized "
+                       "loss (simpo, ipo_norm); check the data's length bias with "
+                       "`dpokit data inspect`.",
                        "held out: length of own samples")
     return None
 
@@ -171,7 +172,8 @@ def reward_scale(trace: RunTrace) -> Finding | None:
         return Finding("reward_scale", "warning", trace.train[-1].get("step"),
                        f"{saturated[1]:.0%} of the pairs have a reward margin past "
                        f"{SATURATED:g}, where the sigmoid loss gives no gradient.",
-                       "a smaller beta, fewer steps, or ipo (whose loss does not saturate).",
+                       "a smaller beta, fewer steps, beta_dpo (β set from each batch's "
+                       "margins), or ipo (whose loss does not saturate).",
                        "training: implicit-reward margin")
     chosen = trace.series("rewards/chosen")
     rejected = trace.series("rewards/rejected")

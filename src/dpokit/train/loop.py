@@ -244,6 +244,7 @@ class Trainer:
         eval_set = eval_set or self.eval_set
         table = "eval" if eval_set is self.eval_set else None
         self.policy.train(False)
+        self.objective.train(False)  # running statistics are read, not updated
         metrics: dict[str, Any] = {}
         if eval_set is not None:
             device = self.accelerator.device
@@ -253,6 +254,7 @@ class Trainer:
         for evaluator in self.evaluators:
             metrics.update(evaluator(self.policy))
         self.policy.train(True)
+        self.objective.train(True)
         metrics["step"] = self.step
         return metrics
 
@@ -277,11 +279,14 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         return self.checkpoints.save(self.step, self.policy, self.engine, self.scheduler,
-                                     self.source.state_dict(), self.signature())
+                                     self.source.state_dict(), self.signature(),
+                                     self.objective.state_dict())
 
     def load_checkpoint(self, path: Path) -> None:
-        self.step, state = self.checkpoints.load(path, self.policy, self.engine, self.scheduler)
-        self.source.load_state_dict(state)
+        restored = self.checkpoints.load(path, self.policy, self.engine, self.scheduler)
+        self.step = restored.step
+        self.source.load_state_dict(restored.source)
+        self.objective.load_state_dict(restored.objective)
 
     def _resume(self) -> None:
         """Continue from the newest checkpoint that is intact and computes what this run does

@@ -23,10 +23,10 @@ PAIRS = [
 ]
 
 
-def logps_and_grads(model, batch, attention_impl="mask"):
+def logps_and_grads(model, batch, attention_impl="mask", **options):
     model.zero_grad()
     out = (
-        CausalLMPolicy(model, chunk_size=5, attention_impl=attention_impl)
+        CausalLMPolicy(model, chunk_size=5, attention_impl=attention_impl, **options)
         .logps(batch)
         .pairs()
     )
@@ -50,6 +50,21 @@ def test_layout_matches_padded(layout, n_pairs, max_row_tokens, attention_impl):
     fast = logps_and_grads(model, batch, attention_impl)
     torch.testing.assert_close(fast[0], plain[0], atol=1e-5, rtol=0)
     assert torch.equal(fast[1], plain[1])
+    for name in plain[2]:
+        torch.testing.assert_close(fast[2][name], plain[2][name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["packed", "prefix_shared"])
+@pytest.mark.parametrize("options", [{"sampo_seed": 5}, {"sampo_seed": 1, "ld_alpha": 0.5}])
+def test_token_weights_match_padded_in_every_layout(layout, options):
+    """SamPO's kept tokens (and LD-DPO's weights) depend on the pair and the token's place in
+    its answer only, so every layout sums the same tokens: values and gradients."""
+    plain = logps_and_grads(make_tiny_llama(64), collate_pairs(PAIRS, 0, "padded"), **options)
+    unweighted = logps_and_grads(make_tiny_llama(64), collate_pairs(PAIRS, 0, "padded"))
+    assert not torch.allclose(plain[0], unweighted[0])  # the weights do act
+    fast = logps_and_grads(make_tiny_llama(64), collate_pairs(PAIRS, 0, layout, max_row_tokens=20),
+                           "sdpa_segments", **options)
+    torch.testing.assert_close(fast[0], plain[0], atol=1e-5, rtol=0)
     for name in plain[2]:
         torch.testing.assert_close(fast[2][name], plain[2][name], atol=1e-5, rtol=1e-4)
 

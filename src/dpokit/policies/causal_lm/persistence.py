@@ -78,5 +78,7 @@ class Persistence:
                     p = whole(p).double()  # ZeRO-3 / FSDP2: gathered (every process calls)
                     checksum += float(p.sum()) + float(p.abs().sum()) * 1e-3
         info = {"name": getattr(base.config, "_name_or_path", ""), "checksum": repr(checksum),
-                "class": type(base).__name__, "reference": self.reference_mode}
+                "class": type(base).__name__, "reference": self.reference_mode,
+                # the token weights change the scores: LD-DPO, SamPO
+                "ld_alpha": self.ld_alpha, "sampo_seed": self.sampo_seed}
         return json.dumps(info, sort_keys=True)

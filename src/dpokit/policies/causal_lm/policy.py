@@ -40,6 +40,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
     backward) or ``"plain"`` (its twin: full logits on completion positions).
     ld_alpha: LD-DPO (Liu et al. 2024): tokens past the shorter completion of a pair count with
     weight ``ld_alpha`` in both completions' log-probs (policy and reference); None = 1.
+    sampo_seed: SamPO (Lu et al. 2024): each pair's log-probs (policy and reference) sum
+    min(|y_w|, |y_l|) tokens of each completion, the longer one's drawn from this seed; None = off.
     attention_impl: how packed / prefix-shared batches attend (``attention.py``): ``auto``
     (per device), ``flex``, ``flash_varlen``, ``sdpa_segments`` or ``mask`` (the dense 4-D
     mask, the plain twin).
@@ -52,7 +54,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
                  reference_model: nn.Module | None = None,
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
                  ld_alpha: float | None = None, attention_impl: str = "auto",
-                 merge_on_save: bool = False, activation_offloading: bool = False):
+                 merge_on_save: bool = False, activation_offloading: bool = False,
+                 sampo_seed: int | None = None):
         if reference in ("adapter", "adapter_copy") and not is_peft(model):
             raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
         if reference == "adapter_copy" and REFERENCE_ADAPTER not in model.peft_config:
@@ -66,6 +69,7 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
         self.logprob_impl = logprob_impl
         self.chunk_size = chunk_size
         self.ld_alpha = ld_alpha
+        self.sampo_seed = sampo_seed
         if merge_on_save and not is_peft(model):
             raise ValueError("merge_on_save merges a LoRA adapter: the model has none")
         self.merge_on_save = merge_on_save

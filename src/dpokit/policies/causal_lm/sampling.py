@@ -60,24 +60,42 @@ def render_prompt(tokenizer, prompt: Any, chat: bool = True) -> str:
     return prompt
 
 
-def _stop_ids(tokenizer) -> set[int]:
+def stop_ids(tokenizer) -> set[int]:
+    """The ids that end a sample (EOS, and the pad id, which some models emit at the end)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     return ids | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+
+
+def prompt_ids(tokenizer, prompts: Sequence[Any], chat: bool) -> list[list[int]]:
+    """The token ids each prompt is continued from (the chat template's text, tokenized
+    without adding special tokens again)."""
+    special = not (chat and getattr(tokenizer, "chat_template", None))
+    return [tokenizer(render_prompt(tokenizer, p, chat), add_special_tokens=special)["input_ids"]
+            for p in prompts]
+
+
+def to_sample(tokenizer, prompt: Sequence[int], tokens: list[int], stop: set[int]) -> Sample:
+    """A drawn continuation as a :class:`Sample`: cut at the first stop id (kept in
+    ``token_ids``, so the sample can be scored as drawn), decoded without special tokens."""
+    end = next((t for t, tok in enumerate(tokens) if tok in stop), None)
+    kept = tokens if end is None else tokens[:end]
+    drawn = tokens if end is None else tokens[:end + 1]
+    return Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept),
+                  end is not None, tuple(prompt), tuple(drawn))
 
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: SamplingSettings,
                        progress: Callable | None = None) -> list[list[Sample]]:
     """``settings.num_samples`` samples for each prompt, in prompt order."""
-    texts = [render_prompt(tokenizer, p, settings.chat) for p in prompts]
-    jobs = [i for i in range(len(texts)) for _ in range(settings.num_samples)]
+    encoded_prompts = prompt_ids(tokenizer, prompts, settings.chat)
+    jobs = [i for i in range(len(prompts)) for _ in range(settings.num_samples)]
     batches = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
     device = next(model.parameters()).device
-    special = not (settings.chat and getattr(tokenizer, "chat_template", None))
-    stop = _stop_ids(tokenizer)
+    stop = stop_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
-    out: list[list[Sample]] = [[] for _ in texts]
+    out: list[list[Sample]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     # seed per batch without touching the caller's random stream (training resumes exactly)
@@ -86,8 +104,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: Sampl
         with torch.random.fork_rng(devices=devices), cooperative():
             for number, batch in enumerate(progress(batches) if progress else batches):
                 stop_point("sampling")  # SIGINT / SIGTERM: stop within one batch
-                encoded = [tokenizer(texts[i], add_special_tokens=special)["input_ids"]
-                           for i in batch]
+                encoded = [encoded_prompts[i] for i in batch]
                 width = max(len(ids) for ids in encoded)
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (N, P)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)  # (N, P), left padding
@@ -104,13 +121,8 @@ def sample_completions(model, tokenizer, prompts: Sequence[Any], settings: Sampl
                     pad_token_id=pad_id, use_cache=True,
                 )[:, width:].cpu()  # (N, new tokens)
                 for row, i in enumerate(batch):
-                    tokens = generated[row].tolist()
-                    end = next((t for t, tok in enumerate(tokens) if tok in stop), None)
-                    kept = tokens if end is None else tokens[:end]
-                    drawn = tokens if end is None else tokens[:end + 1]
-                    out[i].append(Sample(tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                                         len(kept), end is not None, tuple(encoded[row]),
-                                         tuple(drawn)))
+                    out[i].append(to_sample(tokenizer, encoded[row], generated[row].tolist(),
+                                            stop))
     finally:
         model.train(was_training)
     return out

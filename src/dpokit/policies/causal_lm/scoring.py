@@ -1,7 +1,7 @@
 """The causal LM's scoring: a batch's per-sequence log-probs (of its scored tokens) under a
 model, whatever the layout: the body run once (attention from the batch's segment plan), the
 N scored hidden states gathered, the LM head run on them in chunks (or its plain twin), summed
-per sequence; LD-DPO's token weights and WPO's sampling norm on the way.
+per sequence; LD-DPO's and SamPO's token weights and WPO's sampling norm on the way.
 
     >>> mask = torch.tensor([[True, False], [True, True]]).view(1, 1, 2, 2)
     >>> additive_mask(mask, torch.float32)[0, 0, 0, 1].item() == torch.finfo(torch.float32).min
@@ -41,6 +41,40 @@ def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
     return torch.where(score_position < limit, 1.0, alpha).float()
 
 
+def _mix(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values below 2^32; no overflow)."""
+    for _ in range(2):
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def sampo_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
+                        num_pairs: int, example_index: torch.Tensor, seed: int) -> torch.Tensor:
+    """SamPO's down-sampling (Lu et al. 2024) as 0/1 weights of the scored tokens: of each
+    pair's completions, min(|y_w|, |y_l|) tokens each count (all of the shorter one, a random
+    subset of the longer one), so the two log-ratios sum equally many tokens. The subset is a
+    hash of (seed, example, side, position): the same in every forward and batch layout, so a
+    precomputed reference sums the same tokens (the paper draws anew in each forward).
+
+    >>> seq = torch.tensor([0, 0, 0, 1])        # B=1: chosen has 3 tokens, rejected 1
+    >>> w = sampo_token_weights(seq, torch.tensor([0, 1, 2, 0]), 1, torch.tensor([7]), 0)
+    >>> w[:3].sum().item(), w[3].item()          # one of the chosen's three, the rejected's one
+    (1.0, 1.0)
+    """
+    counts = torch.bincount(score_sequence, minlength=2 * num_pairs)  # (2B,)
+    shared = torch.minimum(counts[:num_pairs], counts[num_pairs:])  # (B,)
+    pair, side = score_sequence % num_pairs, score_sequence // num_pairs  # (N,), (N,)
+    h = _mix(torch.full_like(score_sequence, seed & 0xFFFFFFFF))
+    for part in (example_index.to(score_sequence.device)[pair], side, score_position):
+        h = _mix(h ^ (part.long() & 0xFFFFFFFF))  # (N,)
+    key = h.double() / 2**32  # (N,) uniform in [0, 1), the token's draw
+    order = torch.argsort(score_sequence.double() + key)  # by sequence, randomly within
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)  # (N,)
+    start = torch.cumsum(counts, 0) - counts  # (2B,) each sequence's first rank
+    return (rank - start[score_sequence] < shared[pair]).float()  # (N,) the kept tokens
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(R, 1, T, T) bool -> additive mask in the attention's dtype (0 or the dtype's minimum).
 
@@ -61,19 +95,23 @@ def _compute_dtype(device_type: str, weights_dtype: torch.dtype) -> torch.dtype:
 
 class Scoring:
     """The scoring half of :class:`~dpokit.policies.causal_lm.CausalLMPolicy` (its
-    ``logprob_impl``, ``chunk_size``, ``ld_alpha``, ``attention_impl``, ``plans_enabled``,
-    ``scorer`` and reference scorer)."""
+    ``logprob_impl``, ``chunk_size``, ``ld_alpha``, ``sampo_seed``, ``attention_impl``,
+    ``plans_enabled``, ``scorer`` and reference scorer)."""
 
     def _scores(self, model: nn.Module, batch, sampling_norm: bool = False,
                 token_stats: bool = False) -> SequenceScores:
         scorer = (self.scorer if model is self.model
                   else self._reference_scorer() if model is self.reference_model
                   else Scorer(self, model))
-        weights = None
+        weights, pairs = None, batch.num_sequences // 2
         if self.ld_alpha is not None:
             weights = ld_token_weights(
-                batch.score_sequence, batch.score_position, batch.num_sequences // 2, self.ld_alpha
+                batch.score_sequence, batch.score_position, pairs, self.ld_alpha
             )
+        if self.sampo_seed is not None:
+            kept = sampo_token_weights(batch.score_sequence, batch.score_position, pairs,
+                                       batch.example_index, self.sampo_seed)
+            weights = kept if weights is None else weights * kept
         seq, counts, norm, stats = scorer(
             batch.input_ids,
             batch.attention_mask,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...config.schema import DrPOConfig
-from ...core.protocols import ObjectiveOutput
+from ...core.protocols import ObjectiveOutput, StatelessObjective
 from ...core.types import MetricSums
 from ...objectives.drift import drift_loss
 from ...train.sources import StepShares
@@ -133,7 +133,7 @@ class DrPOSource(StepShares):
 
 
 @dataclass
-class DrPOObjective:
+class DrPOObjective(StatelessObjective):
     """Per prompt: the preference drift of the generator's K features plus
     ``reference_weight`` times the reference drift (their paper's dual drift loss)."""
 

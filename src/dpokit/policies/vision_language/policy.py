@@ -32,10 +32,10 @@ class VisionLanguagePolicy(CausalLMPolicy):
     def __init__(self, model: nn.Module, processor, reference: ReferenceMode = "none",
                  reference_model: nn.Module | None = None, logprob_impl: str = "chunked",
                  chunk_size: int = 256, ld_alpha: float | None = None,
-                 merge_on_save: bool = False):
+                 merge_on_save: bool = False, sampo_seed: int | None = None):
         super().__init__(model, processor.tokenizer, reference, reference_model, logprob_impl,
                          chunk_size, ld_alpha, attention_impl="mask",
-                         merge_on_save=merge_on_save)
+                         merge_on_save=merge_on_save, sampo_seed=sampo_seed)
         self.processor = processor
         self.capabilities = dataclasses.replace(self.capabilities, sharding=False)
 
