@@ -9,7 +9,8 @@
 #      benchmark runs SmolLM2's architecture with seed-0 random weights: the same shapes,
 #      tokens and FLOPs, so the same speed (first losses are then both ~0.693).
 # There, with the device tool:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=560)
-#   at most ~8 minutes: writes cuda_check.log, bench.log / .json, memory.log / .json, and
+#   at most ~9 minutes: writes cuda_check.log, bench.log / .json, memory.log / .json,
+#   vllm_check.log (where vllm is installed), and
 #   gpu_summary.json + gpu_summary.md (everything in one file and one table) to $OUT.
 #   Arguments after the script's name go to bench_dpo.py (e.g. --steps 20).
 set -euo pipefail
@@ -56,5 +57,13 @@ timeout 240 python3 bench/bench_dpo.py --shape-dir .gpu/smollm2-shape --steps 8 
 timeout 90 python3 bench/bench_memory.py --shape-dir .gpu/smollm2-shape --steps 3 \
   --options ddp fsdp-1 --out "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" \
   || echo "bench_memory FAILED (see above)"
-# 4. one JSON file and one Markdown table of all of it
+# 4. the vLLM sampler on a real engine, where the machine has vllm (too big to carry here)
+if python3 -c "import vllm" 2>/dev/null; then
+  timeout 100 python3 bench/vllm_check.py --shape-dir .gpu/smollm2-shape 2>&1 \
+    | tee "$OUT/vllm_check.log" || echo "vllm_check FAILED (see above)"
+else
+  echo "vllm is not installed on this machine: the vLLM sampler check is skipped" \
+    | tee "$OUT/vllm_check.log"
+fi
+# 5. one JSON file and one Markdown table of all of it
 python3 bench/gpu_summary.py "$OUT" | tee "$OUT/gpu_summary.md"

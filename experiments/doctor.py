@@ -9,10 +9,11 @@ folder:
   word replaced) at a large learning rate;
 - length: length-biased pairs (the chosen answer is two review sentences, the rejected one
   half a sentence), with the model's own samples measured at each evaluation;
-- overfitting: 16 pairs for 15 epochs, held-out pairs evaluated every 3 steps.
+- overfitting: 8 pairs for 30 epochs, held-out pairs evaluated every 3 steps.
 
 Doctor must name each run's failure and find nothing in the healthy run. Writes
-``experiments/results/doctor.{json,md,png}``. ``--replot`` redraws from the JSON.
+``experiments/results/doctor.{json,md,png}``. ``--replot`` redraws from the JSON; ``--only
+NAME`` runs one of them again.
 
     python experiments/doctor.py
 """
@@ -20,11 +21,9 @@ Doctor must name each run's failure and find nothing in the healthy run. Writes
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from common import ROOT, experiment, pyplot, results_dir
 
@@ -83,28 +82,29 @@ def runs() -> dict[str, dict]:
             "shows": "chosen answers always longer; own samples measured",
             "expect": ["data", "length_drift"],
             "args": [f"train_data={_write('length_biased', length_biased(train)[:96])}",
-                     "eval_data=null", "eval_fraction=0", "num_epochs=1", "max_length=256",
-                     "learning_rate=2e-3", "eval_prompts=data/review_prompts.eval.jsonl",
+                     "eval_data=null", "eval_fraction=0", "num_epochs=2", "max_length=256",
+                     "learning_rate=5e-4", "eval_prompts=data/review_prompts.eval.jsonl",
                      "eval_samples=1", "max_new_tokens=96", "temperature=0.7",
-                     "eval_every=6", "eval_before=true"]},
+                     "eval_every=8", "eval_before=true"]},
         "overfitting": {
-            "shows": "16 pairs, 15 epochs, held-out pairs every 3 steps",
+            "shows": "8 pairs, 30 epochs, held-out pairs every 3 steps",
             "expect": ["overfitting"],
-            "args": [f"train_data={_write('few', train[:16])}", f"eval_data={HELD}",
-                     "num_epochs=15", "learning_rate=3e-3", "eval_every=3",
+            "args": [f"train_data={_write('few', train[:8])}", f"eval_data={HELD}",
+                     "num_epochs=30", "learning_rate=3e-3", "eval_every=3",
                      "eval_before=true"]},
     }
 
 
 def run_one(name: str, spec: dict) -> dict:
     folder = OUT / name
-    command = [sys.executable, "-m", "dpokit", "train", "quickstart",
+    command = [sys.executable, "-m", "dpokit.cli", "train", "quickstart",
                f"output_dir={folder.relative_to(ROOT)}", "progress_bar=false", *spec["args"]]
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    with (OUT / f"{name}.log").open("w") as log:
+        subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
     minutes = (time.perf_counter() - started) / 60
     report = folder / "doctor.json"
-    subprocess.run([sys.executable, "-m", "dpokit", "doctor", str(folder), "--json",
+    subprocess.run([sys.executable, "-m", "dpokit.cli", "doctor", str(folder), "--json",
                     str(report)], cwd=ROOT, check=True)
     findings = json.loads(report.read_text())[str(folder)]["findings"]
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -113,10 +113,18 @@ def run_one(name: str, spec: dict) -> dict:
 
 
 def compute() -> dict:
+    """Every run, or with ``--only NAME`` that one again (the others kept from the JSON)."""
     import torch
 
-    results = {name: run_one(name, spec) for name, spec in runs().items()}
-    return {"hardware": f"{platform.processor() or platform.machine()}, "
+    from dpokit.core.hardware import resolve
+
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    saved = results_dir() / "doctor.json"
+    results = json.loads(saved.read_text())["runs"] if only else {}
+    results.update({name: run_one(name, spec) for name, spec in runs().items()
+                    if only in (None, name)})
+    choice = resolve("auto", "auto")
+    return {"hardware": f"{choice.line().removeprefix('hardware: ')}; "
                         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
             "runs": results}
 

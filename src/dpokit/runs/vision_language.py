@@ -32,9 +32,12 @@ from ..policies.vision_language import (
     model_parts,
 )
 from ..policies.vision_language.models import (
+    bidirectional_images,
+    check_layout_window,
     image_token_id,
     load_processor,
     load_vision_language_model,
+    mrope_merge,
 )
 from ..train import Trainer
 from .common import (
@@ -65,15 +68,20 @@ def _refuse_text_only(cfg: TrainConfig) -> None:
         raise ValueError(f"{', '.join(unsupported)}: not supported for image-text models")
 
 
-def vision_tokenizer(cfg: TrainConfig) -> VisionTokenizer:
-    """The processor-backed tokenizer of the run's model (processor from ``model.tokenizer``,
-    else the model or adapter folder)."""
+def model_config(cfg: TrainConfig):
+    """The run's base model's config (its family's traits are read from it)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(base_model_name(cfg.model))
+    return AutoConfig.from_pretrained(base_model_name(cfg.model))
+
+
+def vision_tokenizer(cfg: TrainConfig, config=None) -> VisionTokenizer:
+    """The processor-backed tokenizer of the run's model (processor from ``model.tokenizer``,
+    else the model or adapter folder)."""
+    config = config or model_config(cfg)
     processor = load_processor(cfg.model.tokenizer or cfg.model.name)
     return VisionTokenizer(processor, image_token_id(config), image_axis(config),
-                           tokenize_settings(cfg.data))
+                           tokenize_settings(cfg.data), mrope_merge(config, processor))
 
 
 def build_vision_policy(m: ModelConfig, choice: HardwareChoice, reference: str, processor, *,
@@ -99,12 +107,14 @@ def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool
          pairs: bool) -> Run:
     _refuse_text_only(cfg)
     torch.manual_seed(cfg.optim.seed)
-    tokenizer = vision_tokenizer(cfg)
-    d = cfg.data
+    d, config = cfg.data, model_config(cfg)
+    check_layout_window(config, d.batch_layout, d.max_length)
+    tokenizer = vision_tokenizer(cfg, config)
     examples = tokenize_both(d, cfg.optim.seed, lambda rows: build(
         rows.records, tokenizer, d.on_bad_rows, rows.skipped), log)
     collate = collate(tokenizer.tokenizer.pad_token_id, tokenizer.image_axis, d.batch_layout,
-                      d.max_row_tokens)
+                      d.max_row_tokens, tokenizer.mrope_merge is not None,
+                      tokenizer.image_token_id if bidirectional_images(config) else None)
     reference = resolve_reference(cfg.model, needs_reference, cfg.loss.name)
     policy = build_vision_policy(cfg.model, hardware(cfg), reference, tokenizer.processor,
                                  ld_alpha=cfg.loss.ld_alpha if pairs else None,

@@ -42,7 +42,8 @@ class TextBatch:
     input_ids: (R, T) long.
     attention_mask: (R, T) long padding mask (``padded``), or (R, 1, T, T) bool, True where a
         query position may attend to a key position (``packed`` / ``prefix_shared``).
-    position_ids: (R, T) long, or None (then positions are 0..T-1 per row).
+    position_ids: (R, T) long, or None (then positions are 0..T-1 per row); (3, R, T) for an
+        image-text family with 3-D positions (``policies.vision_language.collate``).
     score_source: (N,) long, flat index ``row * T + t`` of the hidden state that predicts each
         scored (completion) token.
     score_target: (N,) long, the scored token ids.

@@ -42,12 +42,16 @@ class VisionInputs:
         axis (:data:`~.models.IMAGE_AXIS`).
     num_images: images in the prompt; num_image_tokens: the tokens they became.
     digest: a hash of the pixels (part of the dataset fingerprint).
+    positions: for a family with 3-D positions (:data:`~.models.MROPE`), the prompt's (3, P)
+        positions, and ``next_position``, where its completions' text continues; else None.
     """
 
     tensors: dict[str, torch.Tensor]
     num_images: int
     num_image_tokens: int
     digest: int
+    positions: torch.Tensor | None = None
+    next_position: int = 0
 
 
 @dataclass
@@ -130,16 +134,18 @@ class VisionTokenizer:
     """Renders and tokenizes image rows with a processor (``AutoProcessor``).
 
     image_axis: where the family's processor puts images (``"first"``: (I, ...) tensors;
-    ``"second"``: (1, I, ...)); see :data:`~.models.IMAGE_AXIS`.
+    ``"second"``: (1, I, ...)); see :data:`~.models.IMAGE_AXIS`. mrope_merge: for a family
+    with 3-D positions, its spatial merge size (each prompt's positions are computed here).
     """
 
     def __init__(self, processor, image_token_id: int, image_axis: str,
-                 settings: TokenizeSettings):
+                 settings: TokenizeSettings, mrope_merge: int | None = None):
         if getattr(processor, "chat_template", None) is None:
             raise ValueError("the processor has no chat template: image rows are rendered as a "
                              "chat (set processor.chat_template)")
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.image_token_id, self.image_axis, self.settings = image_token_id, image_axis, settings
+        self.mrope_merge = mrope_merge
 
     def _template(self, messages: list[dict], record: Record, generation: bool) -> str:
         from ...data.text.format import template_inputs
@@ -162,14 +168,18 @@ class VisionTokenizer:
         ids = out["input_ids"][0].tolist()
         if not images:
             return ids, None
-        from .models import vision_tensors
+        from .models import mrope_positions, vision_tensors
 
         tensors = vision_tensors(out, self.image_axis)
         digest = hashlib.sha256()
         for value in tensors.values():
             digest.update(value.float().numpy().tobytes())
         count = sum(t == self.image_token_id for t in ids)
-        return ids, VisionInputs(tensors, len(images), count, int(digest.hexdigest()[:15], 16))
+        vision = VisionInputs(tensors, len(images), count, int(digest.hexdigest()[:15], 16))
+        if self.mrope_merge is not None:
+            vision.positions, vision.next_position = mrope_positions(
+                ids, tensors.get("image_grid_thw"), self.image_token_id, self.mrope_merge)
+        return ids, vision
 
     def completion(self, record: Record, prompt: Any, completion: Any, name: str,
                    images: int) -> list[int]:

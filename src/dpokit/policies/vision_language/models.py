@@ -2,12 +2,13 @@
 a small LLaVA-style model from a vision encoder and a causal LM.
 
 Families are declared, not probed: :data:`IMAGE_AXIS` says, per ``model_type``, where its
-processor puts the images of one prompt, so prompts can be batched in any order. A family
-whose text positions are not 1-D (Qwen2-VL's multimodal rotary positions) cannot use the
-packed and prefix-shared layouts and is refused by name.
+processor puts the images of one prompt, so prompts can be batched in any order;
+:data:`MROPE` names the families whose positions are 3-D (Qwen2-VL's multimodal rotary
+positions: temporal, height, width), which :func:`mrope_positions` computes per prompt so
+that every layout can place them.
 
-    >>> IMAGE_AXIS["llava"], IMAGE_AXIS["idefics3"]
-    ('first', 'second')
+    >>> IMAGE_AXIS["llava"], IMAGE_AXIS["idefics3"], IMAGE_AXIS["qwen2_vl"]
+    ('first', 'second', 'first')
 """
 
 from __future__ import annotations
@@ -21,9 +22,18 @@ from ..causal_lm.models import resolve_model_path
 
 # model_type -> the processor's image axis: "first": (I, C, H, W) pixel values (I images of
 # one prompt); "second": (1, I, C, H, W) with a (1, I, H, W) pixel_attention_mask
-IMAGE_AXIS = {"llava": "first", "idefics2": "second", "idefics3": "second", "smolvlm": "second"}
-VISION_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes")
-TEXT_KEYS = ("input_ids", "attention_mask")
+# one prompt (Qwen2-VL: (patches, C·T·P·P) pixel values and an (I, 3) image_grid_thw)
+IMAGE_AXIS = {"llava": "first", "idefics2": "second", "idefics3": "second", "smolvlm": "second",
+              "qwen2_vl": "first", "qwen2_5_vl": "first", "gemma3": "first"}
+# families whose positions are (3, ...) rotary positions (temporal, height, width)
+MROPE = frozenset({"qwen2_vl", "qwen2_5_vl"})
+# families whose image tokens attend to every token of their own image (Gemma 3), not only
+# to the earlier ones
+BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})
+VISION_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes", "image_grid_thw")
+# the processor's per-token outputs dpokit lays out itself (Qwen2-VL's mm_token_type_ids only
+# feed its own position computation, which mrope_positions replaces)
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 # ChatML with list contents; each image part becomes the processor's image placeholder
 CHAT_TEMPLATE = (
@@ -42,6 +52,64 @@ def image_axis(config) -> str:
         raise ValueError(f"model_type {kind!r}: dpokit does not know how its processor batches "
                          f"images (known: {sorted(IMAGE_AXIS)})")
     return IMAGE_AXIS[kind]
+
+
+def bidirectional_images(config) -> bool:
+    """Whether the family's image tokens see their whole image (:data:`BIDIRECTIONAL_IMAGES`)."""
+    return getattr(config, "model_type", None) in BIDIRECTIONAL_IMAGES
+
+
+def check_layout_window(config, layout: str, max_length: int) -> None:
+    """Packed and prefix-shared batches hand every layer one attention mask, so a family with
+    sliding-window layers trains in them only when no row of a sequence reaches past the
+    window; otherwise the layout is refused with the reason."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or ())
+    if layout != "padded" and sliding and window and max_length > window:
+        raise ValueError(f"batch_layout={layout}: {config.model_type}'s sliding-window layers "
+                         f"attend {window} tokens back, and max_length={max_length} is longer; "
+                         f"use batch_layout=padded (the model's own masks) or max_length <= "
+                         f"{window}")
+
+
+def uses_mrope(config) -> bool:
+    """Whether the family's positions are 3-D rotary positions (:data:`MROPE`)."""
+    return getattr(config, "model_type", None) in MROPE
+
+
+def mrope_merge(config, processor) -> int | None:
+    """The spatial merge size of a 3-D-position family (its image processor's), else None."""
+    return int(processor.image_processor.merge_size) if uses_mrope(config) else None
+
+
+def mrope_positions(ids: list[int], grid_thw: torch.Tensor | None, image_token_id: int,
+                    merge: int) -> tuple[torch.Tensor, int]:
+    """Qwen2-VL's positions of a prompt, (3, P), and the position its text continues at.
+    Text tokens take the next position on all three axes; an image's t·(h/m)·(w/m) tokens take
+    (start + t index, start + row, start + column), after which text continues at start +
+    max(h, w)/m (the model's ``get_rope_index``; tests compare the two).
+
+        >>> pos, nxt = mrope_positions([5, 9, 9, 9, 9, 6], torch.tensor([[1, 4, 4]]), 9, 2)
+        >>> pos.tolist(), nxt
+        ([[0, 1, 1, 1, 1, 3], [0, 1, 1, 2, 2, 3], [0, 1, 2, 1, 2, 3]], 4)
+    """
+    columns: list[torch.Tensor] = []
+    grids = iter(grid_thw.tolist() if grid_thw is not None else [])
+    current, i = 0, 0
+    while i < len(ids):
+        if ids[i] != image_token_id:
+            columns.append(torch.full((3, 1), current, dtype=torch.long))
+            current, i = current + 1, i + 1
+            continue
+        t, h, w = next(grids)
+        gh, gw = h // merge, w // merge
+        grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(gh), torch.arange(gw),
+                                          indexing="ij")).reshape(3, -1)  # (3, t·gh·gw)
+        columns.append(grid + current)
+        current, i = current + max(gh, gw), i + grid.shape[1]
+    positions = torch.cat(columns, 1) if columns else torch.zeros((3, 0), dtype=torch.long)
+    return positions, current
 
 
 def vision_tensors(out, axis: str) -> dict[str, torch.Tensor]:
