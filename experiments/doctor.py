@@ -4,7 +4,7 @@ Four short DPO + LoRA runs of the embedded SmolLM2-135M-Instruct, each through t
 line as a user runs it (`dpokit train quickstart ...`), then `dpokit doctor --json` on its
 folder:
 
-- healthy: the quickstart's data and settings, one epoch;
+- healthy: the quickstart as shipped (160 pairs, 3 epochs), evaluated every 20 steps;
 - displacement: near-identical pairs (the rejected answer is the chosen one with its last
   word replaced) at a large learning rate;
 - length: length-biased pairs (the chosen answer is two review sentences, the rejected one
@@ -13,7 +13,7 @@ folder:
 
 Doctor must name each run's failure and find nothing in the healthy run. Writes
 ``experiments/results/doctor.{json,md,png}``. ``--replot`` redraws from the JSON; ``--only
-NAME`` runs one of them again.
+NAME`` runs one of them again; ``--recheck`` runs doctor again on the saved run folders.
 
     python experiments/doctor.py
 """
@@ -69,9 +69,10 @@ def runs() -> dict[str, dict]:
     """Each run: what it is built to show, the checks doctor must name, its overrides."""
     train = _rows(TRAIN)
     return {
-        "healthy": {"shows": "nothing wrong (the quickstart, one epoch)", "expect": [],
-                    "args": [f"train_data={TRAIN}", f"eval_data={HELD}", "num_epochs=1",
-                             "eval_every=10", "eval_before=true"]},
+        "healthy": {"shows": "nothing wrong (the quickstart as shipped: 3 epochs)",
+                    "expect": [],
+                    "args": [f"train_data={TRAIN}", f"eval_data={HELD}", "eval_every=20",
+                             "eval_before=true"]},
         "displacement": {
             "shows": "near-identical pairs, learning rate 5e-3",
             "expect": ["likelihood_displacement"],
@@ -103,23 +104,34 @@ def run_one(name: str, spec: dict) -> dict:
     with (OUT / f"{name}.log").open("w") as log:
         subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
     minutes = (time.perf_counter() - started) / 60
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {"shows": spec["shows"], "expect": spec["expect"], "minutes": round(minutes, 2),
+            "findings": doctor(name), "metrics": metrics}
+
+
+def doctor(name: str) -> list[dict]:
+    """`dpokit doctor --json` on the run's folder: its findings."""
+    folder = OUT / name
     report = folder / "doctor.json"
     subprocess.run([sys.executable, "-m", "dpokit.cli", "doctor", str(folder), "--json",
                     str(report)], cwd=ROOT, check=True)
-    findings = json.loads(report.read_text())[str(folder)]["findings"]
-    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return {"shows": spec["shows"], "expect": spec["expect"], "minutes": round(minutes, 2),
-            "findings": findings, "metrics": metrics}
+    return json.loads(report.read_text())[str(folder)]["findings"]
 
 
 def compute() -> dict:
-    """Every run, or with ``--only NAME`` that one again (the others kept from the JSON)."""
+    """Every run, or with ``--only NAME`` that one again (the others kept from the JSON);
+    ``--recheck``: no training, doctor again on the saved runs (after a check changed)."""
     import torch
 
     from dpokit.core.hardware import resolve
 
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     saved = results_dir() / "doctor.json"
+    if "--recheck" in sys.argv:
+        data = json.loads(saved.read_text())
+        for name, result in data["runs"].items():
+            result["findings"] = doctor(name)
+        return data
     results = json.loads(saved.read_text())["runs"] if only else {}
     results.update({name: run_one(name, spec) for name, spec in runs().items()
                     if only in (None, name)})

@@ -23,7 +23,7 @@ from dpokit.cli.train import load
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 REPO_DIRS = ("data/", "configs/", "src/", "experiments/", "bench/", "docs/")
 TOOLS = ("python3 -m venv", ".venv/bin/pip", "pip ", ".venv/bin/ruff", ".venv/bin/mkdocs",
-         "mkdocs ", ".venv/bin/python -m pytest")
+         "mkdocs ", ".venv/bin/python -m pytest", "huggingface-cli ")
 
 
 def shell_commands() -> list[tuple[str, str]]:

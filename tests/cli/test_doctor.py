@@ -75,3 +75,27 @@ def test_doctor_reads_the_data_the_run_names(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[error] data" in out and "3 held-out pairs are training pairs" in out
     assert "[warning] data" in out and "chosen answer is longer in 100% of pairs" in out
+
+
+def test_shared_instructions_are_no_leak_even_in_a_few_training_rows(tmp_path, capsys):
+    """8 training rows with 6 distinct prompts, held-out rows asking the same few
+    instructions as each other: instructions shared by design (the doctor demo's over-fitting
+    run); held-out questions of their own that training asks too: a leak."""
+    from conftest import write_jsonl
+
+    ask = [f"instruction {i % 6}" for i in range(8)]
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"prompt": p, "chosen": f"yes {i}", "rejected": f"no {i}"} for i, p in enumerate(ask)])
+    shared = write_jsonl(tmp_path / "shared.jsonl", [
+        {"prompt": f"instruction {i % 3}", "chosen": f"ok {i}", "rejected": f"bad {i}"}
+        for i in range(12)])
+    own = write_jsonl(tmp_path / "own.jsonl", [
+        {"prompt": f"instruction {i}", "chosen": f"ok {i}", "rejected": f"bad {i}"}
+        for i in range(4)])
+    for held, leak in ((shared, False), (own, True)):
+        run = frozen_run(tmp_path / f"run-{leak}")
+        (run / "run.json").write_text(json.dumps({"objective": "sigmoid", "config": {"data": {
+            "train_data": str(train), "eval_data": str(held)}}}))
+        assert main(["doctor", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert ("ask a prompt that training asks too" in out) == leak, out

@@ -94,6 +94,12 @@ def test_the_findings_quote_what_they_saw():
         over.finding and over.step == 10
     [displaced] = run_checks(sick("likelihood_displacement"))
     assert "dpop" in displaced.remedy and "[sigmoid, sft]" in displaced.remedy
+    bounced = sick("length_drift")  # longer at one evaluation, back near the start later
+    for r, length in zip(bounced.evals, (30.0, 72.0, 37.0), strict=True):
+        r["eval/gen/length_tokens"] = length
+    [drift] = run_checks(bounced)
+    assert "to 72.0 (step 10), +140%" in drift.finding and \
+        "at the last evaluation (step 20) 37.0, +23%" in drift.finding and drift.step == 10
     [hacked] = run_checks(sick("reward_hacking"))
     assert "great great great" in hacked.finding
     [mismatch] = run_checks(sick("reference_mismatch"))

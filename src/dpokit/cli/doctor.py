@@ -29,9 +29,9 @@ def findings_of(folder: str | Path) -> tuple[list, list[str]]:
 def data_findings(data: dict) -> list:
     """What `dpokit data inspect` warns of in a run's pairs, as findings (duplicates, answers
     that are the same, a length bias), and held-out rows that leak from training: a pair in
-    both files, or a shared prompt where prompts are questions of their own (most training
-    rows with a distinct prompt; prompts that are a few instructions shared by design, as the
-    quickstart's, are not a leak)."""
+    both files, or a shared prompt where prompts are questions of their own (most rows of each
+    file with a distinct prompt; prompts that are a few instructions shared by design, as the
+    quickstart's, are not a leak, even when the training file is a handful of rows)."""
     from ..data.io import load_records
     from ..data.split import prompt_key
     from ..data.text.inspect import inspect_data
@@ -55,7 +55,10 @@ def data_findings(data: dict) -> list:
     same_pair = sum((prompt_key(v.get("prompt", "")), str(v.get("chosen")),
                      str(v.get("rejected"))) in pairs for v in evaluation)
     shared = sum(prompt_key(v.get("prompt", "")) in prompts for v in evaluation)
-    if same_pair or (shared and len(prompts) >= len(rows) / 2):
+    held_prompts = {prompt_key(v.get("prompt", "")) for v in evaluation}
+    # questions of their own: most rows of both files ask a prompt no other row asks
+    questions = len(prompts) >= len(rows) / 2 and len(held_prompts) >= len(evaluation) / 2
+    if same_pair or (shared and questions):
         what = (f"{same_pair} held-out pairs are training pairs" if same_pair else
                 f"{shared} held-out rows ask a prompt that training asks too")
         found.append(Finding("data", "error", None, f"{held}: {what}: held-out figures "

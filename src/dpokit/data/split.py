@@ -28,10 +28,13 @@ def prompt_key(prompt: Any) -> str:
 
 
 def row_prompt(values: Mapping[str, Any]) -> Any:
-    """What a row asks: its ``prompt``; for a conversation, every message before the last; for
-    a plain-text row, the row itself (each row its own prompt)."""
+    """What a row asks: its ``prompt`` (an image-preference row's ``caption``); for a
+    conversation, every message before the last; for a plain-text row, the row itself (each
+    row its own prompt)."""
     if "prompt" in values:
         return values["prompt"]
+    if "caption" in values:
+        return values["caption"]
     messages = values.get("messages")
     if isinstance(messages, list) and len(messages) > 1:
         return messages[:-1]

@@ -18,11 +18,19 @@ Builder = Callable[..., Run]
 
 
 def builder_for(cfg: TrainConfig, task: Literal["train", "sft"]) -> Builder:
-    """The function that builds ``cfg``'s run: by the model's modality (a causal LM, or an
-    image-text model when its config has a ``vision_config``) and, for ``train``, by
+    """The function that builds ``cfg``'s run: by the model's modality (a causal LM, an
+    image-text model when its config has a ``vision_config``, a diffusers pipeline folder:
+    Diffusion-DPO) and, for ``train``, by
     ``online.mode`` (offline pairs, or pairs from the policy's own samples). Iterative DPO
     is a sequence of runs: :func:`dpokit.runs.online.run_iterative`."""
     modality = model_modality(cfg.model)
+    if modality == "diffusion":
+        from .diffusion import build_diffusion_run
+
+        if task == "sft" or cfg.online.mode != "off":
+            raise ValueError(f"{cfg.model.name}: a diffusers pipeline; `dpokit train` runs "
+                             f"Diffusion-DPO on offline image pairs (no sft, no online mode)")
+        return build_diffusion_run
     if modality == "vision_language":
         from .vision_language import build_vision_run, build_vision_sft_run
 

@@ -2,9 +2,10 @@
 ``dpokit pairs sample``, the harness and the experiments load a trained model with.
 
 A folder names its modality: a ``dpokit.json`` written next to every final model
-(``{"modality": ...}``), else a ``vision_config`` in the (base) model's config, else a
-causal LM. A LoRA adapter folder loads its base and applies the adapter; its reference is
-the base (adapter off) unless ``reference`` names another model.
+(``{"modality": ...}``), else a diffusers pipeline (``model_index.json``), else a
+``vision_config`` in the (base) model's config, else a causal LM. A LoRA adapter folder
+loads its base and applies the adapter; its reference is the base (adapter off) unless
+``reference`` names another model.
 
     >>> policy = load_policy("outputs/quickstart/final")     # doctest: +SKIP
     >>> policy.describe().modality                           # doctest: +SKIP
@@ -31,6 +32,8 @@ def folder_modality(name: str) -> str:
     marker = Path(name) / "dpokit.json"
     if marker.is_file():
         return json.loads(marker.read_text()).get("modality", "causal_lm")
+    if (Path(name) / "model_index.json").is_file():  # a diffusers pipeline folder
+        return "diffusion"
     base = adapter_base(name) or name
     if base in EMBEDDED_ALIASES:
         return "causal_lm"

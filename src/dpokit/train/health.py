@@ -125,16 +125,21 @@ def likelihood_displacement(trace: RunTrace) -> Finding | None:
 
 @check("length_drift")
 def length_drift(trace: RunTrace) -> Finding | None:
-    """The model's own samples grow longer evaluation after evaluation."""
+    """The model's own samples grew longer than at the first evaluation by more than 30% at
+    some evaluation (the longest is named, and where the last one stands, so a run that the
+    live check warned about is named here too)."""
     lengths = trace.series(EVAL + "gen/length_tokens")
     if len(lengths) < 2 or lengths[0][1] <= 0:
         return None
     (first_step, first), (last_step, last) = lengths[0], lengths[-1]
-    if last > 1.3 * first:
-        return Finding("length_drift", "warning", last_step,
+    peak_step, peak = max(lengths[1:], key=lambda p: p[1])
+    if peak > 1.3 * first:
+        now = "" if peak_step == last_step else (
+            f"; at the last evaluation (step {last_step}) {last:.1f}, {last / first - 1:+.0%}")
+        return Finding("length_drift", "warning", peak_step,
                        f"the mean length of the model's samples grew from {first:.1f} tokens "
-                       f"(step {first_step}) to {last:.1f} (step {last_step}), "
-                       f"{last / first - 1:+.0%}.",
+                       f"(step {first_step}) to {peak:.1f} (step {peak_step}), "
+                       f"{peak / first - 1:+.0%}{now}.",
                        "SamPO (sampo=true), LD-DPO (ld_alpha=0.5) or a length-normalized "
                        "loss (simpo, ipo_norm); check the data's length bias with "
                        "`dpokit data inspect`.",

@@ -56,25 +56,65 @@ def to_tensor(image, size: int) -> torch.Tensor:
     return array.permute(2, 0, 1) / 127.5 - 1.0  # (3, H, W)
 
 
+PICK_A_PIC = ("caption", "jpg_0", "jpg_1", "label_0")
+TIE = "tie (label_0 = 0.5)"
+
+
+def pair_fields(record: Record) -> tuple[str, str, str, str] | None:
+    """The (prompt, chosen, rejected) column names of an image row, as ``(prompt, chosen,
+    rejected, format)``: ``prompt, chosen, rejected`` rows, or Pick-a-Pic's ``caption, jpg_0,
+    jpg_1, label_0`` (label_0 = 1: jpg_0 preferred; 0: jpg_1; 0.5: a tie, None).
+
+        >>> pair_fields(Record("p.jsonl", 1, {"caption": "a cat", "jpg_0": "a.png",
+        ...                                   "jpg_1": "b.png", "label_0": 0}))
+        ('caption', 'jpg_1', 'jpg_0', 'pick-a-pic')
+    """
+    values = record.values
+    if "caption" not in values and "label_0" not in values:
+        return "prompt", "chosen", "rejected", "pairs"
+    check_columns(record, PICK_A_PIC)
+    label = values.get("label_0")
+    if label in (0.5, "0.5"):
+        return None
+    if label not in (0, 1, 0.0, 1.0, "0", "1", True, False):
+        raise DataError(record.source, record.row, "label_0", f"{label!r}: not 1 (jpg_0 "
+                        f"preferred), 0 (jpg_1) or 0.5 (a tie)")
+    first = label in (1, 1.0, "1", True)
+    return ("caption", "jpg_0", "jpg_1", "pick-a-pic") if first else (
+        "caption", "jpg_1", "jpg_0", "pick-a-pic")
+
+
 def build_image_pairs(records: list[Record], size: int, on_bad_rows: OnBadRows = "error",
                       skipped: list[DataError] | None = None) -> ExampleSet:
-    """Read every (prompt, chosen, rejected) image row; bad rows raise or are counted."""
+    """Read every image pair row (``prompt, chosen, rejected``, or Pick-a-Pic's ``caption,
+    jpg_0, jpg_1, label_0``: ties dropped and counted); bad rows raise or are counted."""
+    ties = [r for r in records if pair_fields(r) is None]
+    tied = {id(r) for r in ties}
+    records = [r for r in records if id(r) not in tied]
 
     def make(record: Record, report, index: int) -> ImagePair:
-        check_columns(record, COLUMNS)
-        for name in COLUMNS:
+        prompt_name, chosen_name, rejected_name, kind = pair_fields(record)
+        if kind == "pairs":
+            check_columns(record, COLUMNS)
+        for name in (prompt_name, chosen_name, rejected_name):
             if record.values.get(name) in (None, ""):
                 raise DataError(record.source, record.row, name, f"missing column: {name!r}")
-        prompt = record.values["prompt"]
+        prompt = record.values[prompt_name]
         if not isinstance(prompt, str):
-            raise DataError(record.source, record.row, "prompt", "not a string")
+            raise DataError(record.source, record.row, prompt_name, "not a string")
         chosen, rejected = (to_tensor(open_image(record.values[n], record, n), size)
-                            for n in ("chosen", "rejected"))
+                            for n in (chosen_name, rejected_name))
         if torch.equal(chosen, rejected):
-            raise DataError(record.source, record.row, "chosen", "chosen identical to rejected")
+            raise DataError(record.source, record.row, chosen_name,
+                            "chosen identical to rejected")
         return ImagePair(index, prompt, chosen, rejected)
 
-    return build_examples(records, make, on_bad_rows, skipped=skipped)
+    if not records and ties:
+        raise DataError(ties[0].source, None, None, f"no usable rows: all {len(ties)} are ties")
+    built = build_examples(records, make, on_bad_rows, skipped=skipped)
+    if ties:
+        built.report.skipped[TIE] += len(ties)
+    return built
 
 
 @dataclass

@@ -34,7 +34,7 @@ from ...core.types import SequenceScores
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # LoRA's default targets (diffusers' names)
 
 
-def _is_peft(model: nn.Module) -> bool:
+def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
@@ -78,15 +78,17 @@ class DiffusionPolicy(BasePolicy):
     (``DDPMScheduler``); ``encoder``: prompts -> (E, L, D) conditioning; ``vae``: for latent
     models, images are encoded (the mean latent, times its scaling factor) before noising.
     reference: ``"adapter"`` (LoRA: the base with the adapter off) or ``"copy"``.
-    denoise: how the denoiser is called (:func:`unet_call`; a DiT passes its own)."""
+    denoise: how the denoiser is called (:func:`unet_call`; a DiT passes its own).
+    source: the diffusers pipeline folder it was loaded from; then ``save_pretrained`` writes
+    what diffusers loads onto that pipeline (:func:`.pipeline.save_for_diffusers`)."""
 
     def __init__(self, unet: nn.Module, scheduler, encoder: nn.Module,
                  reference: Literal["adapter", "copy", "none"] = "adapter", vae=None,
-                 denoise: Denoise = unet_call):
-        if reference == "adapter" and not _is_peft(unet):
+                 denoise: Denoise = unet_call, source: str | None = None):
+        if reference == "adapter" and not is_peft(unet):
             raise ValueError("reference='adapter' needs a LoRA (peft) denoiser; use 'copy'")
         self.unet, self.scheduler, self.encoder, self.vae = unet, scheduler, encoder, vae
-        self.reference_mode, self.denoise = reference, denoise
+        self.reference_mode, self.denoise, self.source = reference, denoise, source
         self.scorer: nn.Module = _Denoise(unet, encoder, denoise)
         self.reference_scorer = None
         if reference == "copy":
@@ -152,17 +154,23 @@ class DiffusionPolicy(BasePolicy):
 
     def describe(self) -> PolicyDescription:
         """A LoRA adapter on the denoiser it was loaded from, or the whole denoiser."""
-        base = self.unet.get_base_model() if _is_peft(self.unet) else self.unet
-        name = getattr(getattr(base, "config", None), "_name_or_path", "") or \
+        base = self.unet.get_base_model() if is_peft(self.unet) else self.unet
+        name = self.source or getattr(getattr(base, "config", None), "_name_or_path", "") or \
             type(base).__name__
-        adapter = _is_peft(self.unet)
+        adapter = is_peft(self.unet)
         return PolicyDescription("diffusion", name, "adapter" if adapter else "full",
                                  "peft" if adapter else "diffusers")
 
     def save_pretrained(self, directory: str | Path | None) -> None:
         """The denoiser (or its LoRA adapter) in the diffusers / peft format, and the
-        conditioning encoder's weights."""
+        conditioning encoder's weights; for a pipeline folder's denoiser, what diffusers loads
+        onto that pipeline."""
         if directory is None:
+            return
+        if self.source is not None:  # the pipeline's own encoder is frozen: the UNet only
+            from .pipeline import save_for_diffusers
+
+            save_for_diffusers(self.unet, directory)
             return
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(directory)
@@ -181,12 +189,12 @@ class DiffusionPolicy(BasePolicy):
         sampler = DDIMScheduler.from_config(self.scheduler.config)
         sampler.set_timesteps(steps)
         unet = self.unet
-        config = (unet.get_base_model() if _is_peft(unet) else unet).config
+        config = (unet.get_base_model() if is_peft(unet) else unet).config
         shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
         device = next(unet.parameters()).device
         x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
         condition = self.encoder(prompts)
-        with eval_mode(unet), (unet.disable_adapter() if reference and _is_peft(unet)
+        with eval_mode(unet), (unet.disable_adapter() if reference and is_peft(unet)
                                 else _nothing()):
             model = (self.reference_scorer.unet if reference and self.reference_scorer
                      else unet)
