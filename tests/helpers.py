@@ -113,3 +113,8 @@ def crash_after(trainer, step: int) -> None:
     trainer._train_step = step_or_crash
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
+
+
+def image_redness(images, prompts):
+    """An image reward for the CLI tests: how much redder than green and blue, (N,)."""
+    return (images[:, 0] - images[:, 1:].mean(1)).mean((1, 2))

@@ -28,6 +28,7 @@ from .common import (
     write_figures,
 )
 from .extensions import Extensions
+from .images import add_arguments as add_image_arguments
 
 
 def _sampler(args: argparse.Namespace):
@@ -129,7 +130,7 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
     from ..eval.tdi import load_probes
     from ..policies.causal_lm.samplers import make_sampler
     from ..policies.causal_lm.sampling import SamplingSettings
-    from ..runs import load_policy
+    from ..runs import folder_modality, load_policy
 
     inputs = [getattr(args, m.dest, None) for m in extensions.eval_modes]
     check_outputs([args.pairs, args.prompts, args.probes, args.judge_template, *inputs],
@@ -141,6 +142,10 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
         modes = "".join(f", --{m.dest.replace('_', '-')} ({m.help})" for m in extensions.eval_modes)
         raise ValueError(f"nothing to evaluate: give --pairs (held-out pairs), --prompts "
                          f"(held-out prompts for generation), --probes (style probes){modes}")
+    if folder_modality(args.model) == "diffusion":  # an image generator
+        from .images import cmd_eval_images
+
+        return cmd_eval_images(args)
     # every file and reward is read and checked before the model loads
     probes = load_probes(args.probes) if args.probes else None
     pairs = read([args.pairs]) if args.pairs else None
@@ -236,7 +241,8 @@ def add_parsers(sub, extensions: Extensions) -> None:
     ev.add_argument("--pairs", help="held-out preference pairs")
     ev.add_argument("--prompts", help="held-out prompts to sample answers for")
     ev.add_argument("--reward", help="reward of the samples: module:function, vader, minilm, "
-                    "hf:PATH, guarded:SPEC")
+                    "hf:PATH, guarded:SPEC, openai:URL#MODEL; an image model's: "
+                    "module:function(images, prompts)")
     ev.add_argument("--judge", help="who wins the win-rate comparison: an LLM behind an "
                     "OpenAI-compatible endpoint, openai:URL#MODEL (key from $OPENAI_API_KEY), or "
                     "a reward spec whose higher-scored answer wins (default: --reward)")
@@ -259,6 +265,7 @@ def add_parsers(sub, extensions: Extensions) -> None:
     ev.add_argument("--json", help="write every figure and a few samples here")
     add_sampler(ev)
     add_fields(ev, SamplingSettings)
+    add_image_arguments(ev)
     harness = sub.add_parser("harness", help="lm-evaluation-harness tasks (theirs by name, or "
                              "local YAML files) on a model or LoRA adapter (pip install lm-eval)")
     harness.add_argument("model", help="model folder, hub name, smollm2, or a LoRA adapter")

@@ -241,6 +241,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.online.sampler == "vllm" and cfg.run.device in ("cpu", "mps"):
         raise ConfigError(f"online.sampler=vllm runs a vLLM engine on a CUDA GPU; "
                           f"device={cfg.run.device}: use sampler=hf")
+    if cfg.online.sampler == "vllm" and m.quantization != "none":
+        raise ConfigError("online.sampler=vllm loads the policy's weights into the engine, and "
+                          "a 4-bit (QLoRA) base has none to give it: use sampler=hf")
     if d.streaming and d.eval_fraction > 0:
         raise ConfigError("streaming reads train_data lazily and cannot hold out a fraction "
                           "of it: name an eval_data file")

@@ -297,7 +297,7 @@ class OnlineConfig:
     sampler: Literal[SAMPLERS] = setting(  # type: ignore[valid-type]
         "hf", "hf: Hugging Face generate (KV cache) | vllm: a vLLM engine on the training GPU, "
         "loaded with the policy's current weights (LoRA merged) before each sampling round "
-        "(CUDA only)", computes=False)
+        "(CUDA only)", computes=False, sharded=False)
     vllm_gpu_memory: float = setting(0.3, "vllm: share of the GPU's memory the engine takes",
                                      Domain(0.0, 1.0, high_inclusive=True), computes=False)
     pairing: Literal[PAIRINGS] = setting(  # type: ignore[valid-type]

@@ -37,7 +37,8 @@ class BatchMoments:
         sums = torch.stack([v.new_tensor(v.numel()), v.sum(), v.pow(2).sum()])  # (3,)
         if reduce_sum is not None:
             sums = reduce_sum(sums)
-        count, total, squares = sums.unbind()
+        # the state lives on the CPU; the loss reads 0-dim CPU tensors as scalars on any device
+        count, total, squares = sums.cpu().unbind()
         mean = total / count.clamp(min=1)
         return cls(count, mean, (squares - count * mean * mean).clamp(min=0))
 

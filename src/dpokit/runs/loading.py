@@ -24,7 +24,7 @@ from ..core.protocols import Policy
 from ..policies.causal_lm.lora import adapter_base
 from ..policies.causal_lm.models import EMBEDDED_ALIASES
 
-MODALITIES = ("causal_lm", "vision_language", "recommender")
+MODALITIES = ("causal_lm", "vision_language", "recommender", "diffusion")
 
 
 def folder_modality(name: str) -> str:
@@ -56,6 +56,8 @@ def load_policy(name: str, reference: str | None = None,
     one). ``reference``: the model the reference-based figures compare with (default: an
     adapter's base; a full model has none unless given)."""
     modality = folder_modality(name)
+    if modality == "diffusion":
+        return _diffusion(name, dtype)
     if modality == "recommender":
         from ..policies.recommender import load_session_policy
 
@@ -103,6 +105,18 @@ def _vision_language(name: str, dtype: torch.dtype) -> Policy:
     model.config.use_cache = True
     return VisionLanguagePolicy(model.eval(), load_processor(name),
                                 reference="adapter" if base is not None else "none")
+
+
+def _diffusion(name: str, dtype: torch.dtype) -> Policy:
+    """A pipeline folder, or a trained run's final/ on the pipeline its ``dpokit.json``
+    names."""
+    from ..policies.diffusion.pipeline import load_trained
+
+    marker = Path(name) / "dpokit.json"
+    if not marker.is_file():  # the pipeline folder itself
+        return load_trained(name, name, "full", dtype)
+    described = json.loads(marker.read_text())
+    return load_trained(name, described["model"], described.get("kind", "full"), dtype)
 
 
 def _has_tokenizer(folder: str) -> bool:

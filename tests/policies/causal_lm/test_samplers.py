@@ -111,8 +111,15 @@ def test_the_vllm_sampler_samples_what_the_model_samples_now(tokenizer):
 
 
 def test_vllm_is_refused_off_cuda_with_the_reason(tmp_path, tiny_model_dir, capsys):
+    from dpokit.config import ConfigError, load_config
+
     with pytest.raises(ValueError, match="sampler=vllm runs a vLLM engine on a CUDA GPU"):
         make_sampler("vllm", "cpu")
+    for overrides, reason in ((["sampler=vllm", "device=cpu"], "use sampler=hf"),
+                              (["sampler=vllm", "lora=true", "quantization=4bit"], "QLoRA"),
+                              (["sampler=vllm", "strategy=fsdp"], "online.sampler")):
+        with pytest.raises(ConfigError, match=reason):
+            load_config(None, overrides)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
     code = main(["pairs", "sample", str(prompts), "--model", str(tiny_model_dir),
                  "--sampler", "vllm", "--out", str(tmp_path / "pairs.jsonl")])

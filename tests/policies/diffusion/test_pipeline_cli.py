@@ -142,6 +142,23 @@ def test_diffusion_dpo_of_a_pipeline_folder_through_the_cli(tmp_path, capsys):
         after = pipe.unet(x, t, encoder_hidden_states=c).sample
     assert not torch.allclose(before, after, atol=1e-5)  # the adapter loaded and acts
 
+    # dpokit eval of the trained adapter: held-out pairs and samples (the reference: LoRA off)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "a red circle"},
+                                                      {"prompt": "a blue circle"}])
+    figures_file, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    assert main(["eval", str(final), "--pairs", str(data), "--beta", "500", "--prompts",
+                 str(prompts), "--reward", "helpers:image_redness", "--num-samples", "2",
+                 "--sample-steps", "3", "--grid", str(grid), "--json", str(figures_file)]) == 0
+    figures = json.loads(figures_file.read_text())
+    assert figures["eval/loss"] == pytest.approx(held[-1], abs=1e-4)  # the run's last eval
+    assert 0 <= figures["eval/rewards/accuracies"] <= 1 and figures["eval/img/diversity"] > 0
+    assert {"eval/img/reward", "eval/img/reference_reward"} <= set(figures)
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * 16, 2 * 16)  # 2 prompts x 2 samples of 16 x 16
+    assert main(["eval", str(folder), "--pairs", str(data)]) == 2  # no reference to compare
+    assert "compare with a reference" in capsys.readouterr().err
+
 
 def test_other_pipelines_and_modes_are_refused_in_one_line(tmp_path, capsys):
     folder = tiny_pipeline(tmp_path / "sd")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...core.packages import need
-from .policy import is_peft
+from .policy import image_geometry
 
 SUPPORTED = ("StableDiffusionPipeline",)
 
@@ -48,8 +48,7 @@ class PipelineParts:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the latents of a ``resolution`` image."""
-        side = self.unet.config.sample_size
-        return (self.unet.config.in_channels, side, side)
+        return image_geometry(self.unet, self.vae)[1]
 
 
 def load_pipeline(folder: str, dtype: torch.dtype = torch.float32) -> PipelineParts:
@@ -67,31 +66,32 @@ def load_pipeline(folder: str, dtype: torch.dtype = torch.float32) -> PipelinePa
                          f"far")
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
     return PipelineParts(
         unet, vae.requires_grad_(False).eval(),
         AutoTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
         DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
-        unet.config.sample_size * scale, folder)
+        image_geometry(unet, vae)[0], folder)
 
 
-def save_for_diffusers(unet: nn.Module, directory: str | Path) -> Path:
-    """The trained LoRA adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors``,
-    what ``pipeline.load_lora_weights(directory)`` reads), or a whole trained UNet under
-    ``directory/unet`` (what ``UNet2DConditionModel.from_pretrained(directory,
-    subfolder="unet")`` reads)."""
-    from diffusers import StableDiffusionPipeline
+def load_trained(folder: str, pipeline: str, kind: str, dtype: torch.dtype = torch.float32):
+    """A :class:`~.policy.DiffusionPolicy` to evaluate or sample from: ``folder`` a trained
+    run's ``final/`` (``kind`` ``adapter``: LoRA on ``pipeline``'s UNet, the reference the UNet
+    with it off; ``full``: its ``unet/``, no reference) or a pipeline folder itself (no
+    reference)."""
+    from diffusers import UNet2DConditionModel
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if is_peft(unet):
-        from peft.utils import get_peft_model_state_dict
+    from .conditioning import CLIPPromptEncoder
+    from .policy import DiffusionPolicy
 
-        layers = {name.removeprefix("base_model.model."): value
-                  for name, value in get_peft_model_state_dict(unet).items()}
-        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers,
-                                                  safe_serialization=True)
-    else:
-        unet.save_pretrained(directory / "unet")
-    return directory
+    parts = load_pipeline(pipeline, dtype)
+    unet, reference = parts.unet, "none"
+    if kind == "adapter":
+        from peft import PeftModel
+
+        unet, reference = PeftModel.from_pretrained(parts.unet, folder), "adapter"
+    elif Path(folder).resolve() != Path(pipeline).resolve():
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+    return DiffusionPolicy(unet.eval(), parts.scheduler,
+                           CLIPPromptEncoder(parts.tokenizer, parts.text_encoder),
+                           reference=reference, vae=parts.vae, source=pipeline)

@@ -60,6 +60,15 @@ def unet_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
 Denoise = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def image_geometry(unet: nn.Module, vae=None) -> tuple[int, tuple[int, int, int]]:
+    """(the image side a denoiser was made for, the (C, H, W) shape of what it noises): its
+    sample size, times its VAE's downscaling for a latent model."""
+    config = (unet.get_base_model() if is_peft(unet) else unet).config
+    side = config.sample_size
+    scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    return side * scale, (config.in_channels, side, side)
+
+
 class _Denoise(nn.Module):
     """The forward accelerate wraps: noised images -> predicted noise."""
 
@@ -96,6 +105,16 @@ class DiffusionPolicy(BasePolicy):
                                              encoder, denoise)
         self.capabilities = PolicyCapabilities(reference=reference, deterministic=False,
                                                generation=True)
+
+    @property
+    def resolution(self) -> int:
+        """The side images are resized to."""
+        return image_geometry(self.unet, self.vae)[0]
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) of what is noised (latents for a latent model)."""
+        return image_geometry(self.unet, self.vae)[1]
 
     # --- scores ----------------------------------------------------------------------------
     def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,8 +187,6 @@ class DiffusionPolicy(BasePolicy):
         if directory is None:
             return
         if self.source is not None:  # the pipeline's own encoder is frozen: the UNet only
-            from .pipeline import save_for_diffusers
-
             save_for_diffusers(self.unet, directory)
             return
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -204,6 +221,28 @@ class DiffusionPolicy(BasePolicy):
         if self.vae is not None:
             x = self.vae.decode(x / self.vae.config.scaling_factor).sample
         return x.clamp(-1, 1)
+
+
+def save_for_diffusers(unet: nn.Module, directory: str | Path) -> Path:
+    """The trained LoRA adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors``,
+    what ``pipeline.load_lora_weights(directory)`` reads) and peft's (what
+    :func:`.pipeline.load_trained` reads), or a whole trained UNet under ``directory/unet`` (what
+    ``UNet2DConditionModel.from_pretrained(directory, subfolder="unet")`` reads)."""
+    from diffusers import StableDiffusionPipeline
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_peft(unet):
+        from peft.utils import get_peft_model_state_dict
+
+        layers = {name.removeprefix("base_model.model."): value
+                  for name, value in get_peft_model_state_dict(unet).items()}
+        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers,
+                                                  safe_serialization=True)
+        unet.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
+    else:
+        unet.save_pretrained(directory / "unet")
+    return directory
 
 
 @contextmanager
