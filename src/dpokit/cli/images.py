@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import read, write_figures
+from ..core.types import AT_LEAST_ONE
+from .common import number, read, write_figures
 
 
 def add_arguments(ev) -> None:
     """The image model's options of ``dpokit eval`` (the rest are shared with text)."""
     ev.add_argument("--grid", help="image models: save the samples here as one PNG grid")
-    ev.add_argument("--sample-steps", type=int, default=25,
-                    help="image models: DDIM steps per sample")
+    ev.add_argument("--sample-steps", type=number(int, AT_LEAST_ONE), default=25,
+                    help="image models: DDIM steps per sample, >= 1")
 
 
 def cmd_eval_images(args: argparse.Namespace) -> int:
