@@ -121,3 +121,28 @@ def test_the_pipeline_runs_on_a_small_world(tmp_path):
     assert (tmp_path / "dpo" / "final" / "recommender.pt").is_file()
     first = session_context(log_sessions(Simulator.make(10, 2, 2), [0], 1, 4)[0], 2)
     assert len(first.items) == 2 and len(first.signals) == 2
+
+
+class _FixedWorld:
+    """A world model whose rollout predicts fixed signals per list: list 0 raises arousal
+    (+0.5), list 1 lowers it (-0.5); both listened, no rating, no valence change."""
+
+    def rollout(self, context_items, context_signals, mode, start, lists):
+        arousal = torch.where(lists[:, :1] == 0, 0.5, -0.5).expand(lists.shape)  # (N, K)
+        listened = torch.ones(lists.shape)
+        zero = torch.zeros(lists.shape)
+        return torch.stack([listened, zero, zero, arousal], -1)  # (N, K, 4)
+
+
+def test_the_rollout_scorer_weighs_the_sessions_own_mode_by_hand():
+    """energize weighs arousal +2, sleep -3 (listened 1 and 0.5): the arousing list scores
+    1 + 2·0.5 = 2.0 vs 1 - 2·0.5 = 0.0 when energizing, 0.5 - 3·0.5 = -1.0 vs 0.5 + 1.5 = 2.0
+    for sleep; a scorer with its sign flipped or blind to the mode fails one of them."""
+    from dpokit.apps.amrs.rollouts import world_model_scorer
+    from dpokit.apps.amrs.simulator import MODES
+
+    score = world_model_scorer(_FixedWorld())
+    lists = torch.tensor([[0, 3, 4], [1, 3, 4]])
+    for mode, expected in (("energize", [2.0, 0.0]), ("sleep", [-1.0, 2.0])):
+        context = Context(MODES.index(mode), (0.0, 0.0), (5,), ((1.0, 0.8, 0.0, 0.0),))
+        assert score(context, lists).tolist() == pytest.approx(expected), mode

@@ -377,3 +377,31 @@ def test_latent_model_noises_latents_and_encodes_each_batch_once():
     assert len(encodes) == 1 and encodes[0] == (4, 3, 8, 8)
     assert scores.shape == reference.shape == (4,)
     torch.testing.assert_close(scores, reference)  # a fresh copy: the same numbers
+
+
+def test_drpo_loss_includes_its_reference_drift_term(tmp_path):
+    """Per prompt, loss = spread x preference drift + reference_weight x reference drift: the
+    difference between two reference weights is that weight times the logged reference
+    term, and a prompt whose rewards are all equal (spread 0) carries only that term."""
+    import dataclasses
+
+    from dpokit.policies.diffusion.drpo import DriftBatch
+
+    torch.manual_seed(0)
+    policy = GeneratorPolicy(OneStepGenerator(noise_dim=8, condition_dim=8, size=8, width=16),
+                             WordEncoder(WORDS, dim=8))
+    p, k = 2, 4
+    batch = DriftBatch(torch.arange(p), ["a red circle", "a blue square"],
+                       torch.randn(p, k, 8), torch.randn(p, 2, 12), torch.randn(p, 2, 12),
+                       torch.randn(p, k, 12), torch.randn(p, k), torch.tensor([1.0, 0.0]))
+    settings = tiny_config(tmp_path).drpo
+    outs = {}
+    for weight in (0.0, 0.5):
+        objective = DrPOObjective(pooled, dataclasses.replace(settings, reference_weight=weight))
+        with torch.no_grad():
+            outs[weight] = objective(policy, batch)
+    reference = outs[0.5].metrics.sums["drift/reference"]  # summed over the P prompts
+    gap = float((outs[0.5].losses - outs[0.0].losses).sum())
+    assert reference > 0 and gap == pytest.approx(0.5 * reference, rel=1e-5)
+    # the equal-reward prompt: no preference term
+    assert float(outs[0.0].losses[1]) == pytest.approx(0.0, abs=1e-7)

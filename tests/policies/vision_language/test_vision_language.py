@@ -518,3 +518,17 @@ def test_a_sliding_window_shorter_than_a_row_refuses_the_segment_layouts():
     check_layout_window(model.config, "packed", 64)
     llava, _ = FAMILIES["llava"]()
     check_layout_window(llava.config, "prefix_shared", 4000)  # no sliding layers
+
+
+def test_each_pair_holds_its_own_rows_answers(family):
+    """The chosen ids decode to the row's chosen answer and the rejected ids to its rejected
+    one (a swap would pass the layout and training tests, which only compare layouts)."""
+    _, model, processor = family
+    tok = _tokenizer(model, processor)
+    rows = colour_rows(4)
+    pairs = build_vision_pairs(_records(rows), tok).items
+    for pair, row in zip(pairs, rows, strict=True):
+        chosen = tok.tokenizer.decode(pair.chosen_ids, skip_special_tokens=True)
+        rejected = tok.tokenizer.decode(pair.rejected_ids, skip_special_tokens=True)
+        assert row["chosen"] in chosen and row["rejected"] not in chosen, (chosen, row)
+        assert row["rejected"] in rejected and row["chosen"] not in rejected, (rejected, row)
