@@ -160,11 +160,9 @@ class PreferenceObjective:
         result = self.losses(out, ref_chosen, ref_rejected, batch.extras)
         metrics = pair_metrics(result, out)
         metrics.merge(scores.token_metrics())
-        for key, tracker in self.trackers.items():  # the running values the losses read
-            if tracker.statistic.track != "batch" and tracker.count > 0:
-                metrics.add(f"stat/{key}", tracker.mean.float().reshape(1))
-                if tracker.statistic.track == "ema":
-                    metrics.add(f"stat/{key}_std", tracker.std.float().reshape(1))
+        for tracker in self.trackers.values():  # the running values the losses read
+            for name, value in tracker.figures().items():
+                metrics.add(name, value)
         return ObjectiveOutput(result.losses, metrics)
 
     # --- the math ------------------------------------------------------------------------------

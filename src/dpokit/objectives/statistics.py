@@ -81,6 +81,17 @@ class StatisticTracker:
             return {key: self.mean.float()}
         return {key: self.mean.float(), f"{key}_std": self.std.float()}
 
+    def figures(self) -> dict[str, torch.Tensor]:
+        """What to log: the running or moving values the loss reads now (nothing for a batch
+        statistic, or before the first training step)."""
+        key, track = self.statistic.key, self.statistic.track
+        if track == "batch" or self.count == 0:
+            return {}
+        out = {f"stat/{key}": self.mean.float().reshape(1)}
+        if track == "ema":
+            out[f"stat/{key}_std"] = self.std.float().reshape(1)
+        return out
+
     def _update(self, batch: BatchMoments) -> None:
         if self.statistic.track == "running":
             # Chan et al. 1979: merge (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b)

@@ -209,11 +209,13 @@ class Sources:
     eval: EvalSet | None
 
 
-def sources(o: OptimConfig, d: DataConfig, r: RunConfig, examples: Examples, collate) -> Sources:
-    """The loop's training source (seeded order, resumable by step) and held-out set."""
+def sources(o: OptimConfig, d: DataConfig, r: RunConfig, examples: Examples, collate,
+            kind: type[StaticSource] = StaticSource) -> Sources:
+    """The loop's training source (seeded order, resumable by step; ``kind``: a
+    :class:`StaticSource` subclass, e.g. one drawing noise per step) and held-out set."""
     train, evaluation = examples.train, examples.eval
-    source = StaticSource(train, collate, o.batch_size, o.grad_accum_steps, o.seed, d.shuffle,
-                          train.fingerprint(), collate.key)
+    source = kind(train, collate, o.batch_size, o.grad_accum_steps, o.seed, d.shuffle,
+                  train.fingerprint(), collate.key)
     eval_set = None
     if evaluation is not None:
         eval_set = EvalSet(evaluation, collate, r.eval_batch_size, evaluation.fingerprint(),

@@ -28,8 +28,8 @@ from ..policies.diffusion import (
     build_image_pairs,
 )
 from ..policies.diffusion.pipeline import load_pipeline
-from ..train import EvalSet, Trainer
-from .common import Run, hardware, model_dtype, tokenize_both
+from ..train import Trainer
+from .common import Run, hardware, model_dtype, sources, tokenize_both
 
 
 def build_diffusion_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
@@ -57,10 +57,6 @@ def build_diffusion_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> 
                              source=parts.source)
     collate = DiffusionPairCollator(parts.scheduler.config.num_train_timesteps, o.seed,
                                     noise_shape=parts.latent_shape)
-    train, held = examples.train, examples.eval
-    source = DiffusionSource(train, collate, o.batch_size, o.grad_accum_steps, o.seed,
-                             d.shuffle, train.fingerprint(), collate.key)
-    eval_set = (EvalSet(held, collate, cfg.run.eval_batch_size, held.fingerprint(),
-                        collate.key) if held is not None else None)
-    trainer = Trainer(cfg, policy, objective, source, eval_set, log=log)
-    return Run(cfg, parts.tokenizer, policy, objective, train, held, trainer)
+    both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
+    return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)
