@@ -12,9 +12,12 @@ Diffusion-DPO on a small diffusion model, both improving a programmatic black-bo
 4. Diffusion-DPO (the generic loop, the registered sigmoid loss on denoising errors): pairs
    (best, worst of 8 base samples per prompt and seed group), LoRA on the UNet's attention, the
    base as reference.
-Reports reward before / after and diversity (mean pairwise feature distance among one
-prompt's samples), and draws a grid of samples. Writes experiments/results/image_generators.
-{md,json,png} and image_generators_samples.png.
+Every training stage (the feature CNN, both bases, both preference runs) draws from nine of
+the twelve prompts; three colour-shape combinations (``HELD_OUT``: each colour and shape seen
+with other partners) are checked to be in none of them and evaluated apart. Reports reward
+before / after on the training prompts (new noise) and on the held-out prompts, diversity (mean
+pairwise feature distance among one prompt's samples), and draws a grid of samples. Writes
+experiments/results/image_generators.{md,json,png} and image_generators_samples.png.
 
     python experiments/image_generators.py            # about 10 minutes on 2 CPU cores
     python experiments/image_generators.py --replot
@@ -27,7 +30,15 @@ import json
 import sys
 import time
 
-from common import ROOT, experiment, pyplot, results_dir, save_table  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    check_disjoint,
+    disjointness_line,
+    experiment,
+    pyplot,
+    results_dir,
+    save_table,
+)
 
 OUT = ROOT / "outputs" / "image_generators"
 SIZE = 16  # 16x16 images: a CPU budget (a UNet step at 32x32 costs about 4 times more)
@@ -63,6 +74,14 @@ def evaluate(sample, features, prompts: list[str], seeds: int) -> dict:
             "reward_by_prompt": dict(zip(prompts, rewards, strict=True)), "grid": grids}
 
 
+def evaluate_both(sample, features, stage: str = "before") -> dict:
+    """``{stage: the training prompts at new noise, stage_held_out: the held-out prompts}``."""
+    from dpokit.apps.worlds.image_shapes import HELD_OUT, training_prompts
+
+    return {stage: evaluate(sample, features, training_prompts(), S["eval"]),
+            f"{stage}_held_out": evaluate(sample, features, list(HELD_OUT), S["eval"])}
+
+
 def run_drpo(features, log) -> dict:
     import torch
 
@@ -72,6 +91,7 @@ def run_drpo(features, log) -> dict:
         prompts,
         reward,
         train_one_step_generator,
+        training_prompts,
     )
     from dpokit.policies.diffusion import (
         DrPOObjective,
@@ -92,17 +112,17 @@ def run_drpo(features, log) -> dict:
     policy = GeneratorPolicy(generator, encoder)
     config = _config("drpo_shapes.yaml", max_steps=S["drpo"], output_dir=str(OUT / "drpo"))
     settings = config.drpo
-    before = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
+    before = evaluate_both(lambda p, s: policy.generate(p, seed=s), features)
     drift_space = DriftFeatures(features, SIZE)  # the CNN's features beside pooled pixels
-    source = DrPOSource(prompts(), reward, drift_space, settings, config.optim.batch_size,
-                        seed=config.optim.seed)
+    source = DrPOSource(training_prompts(), reward, drift_space, settings,
+                        config.optim.batch_size, seed=config.optim.seed)
     started = time.perf_counter()
     result = Trainer(config, policy, DrPOObjective(drift_space, settings), source,
                      log=log).train()
     minutes = (time.perf_counter() - started) / 60
-    after = evaluate(lambda p, s: policy.generate(p, seed=s), features, prompts(), S["eval"])
+    after = evaluate_both(lambda p, s: policy.generate(p, seed=s), features, "after")
     return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,
-            "before": before, "after": after,
+            **before, **after, "trained_on": sorted(set(base.seen) | set(source.prompts)),
             "curve": [h.get("samples/reward") for h in result.history]}
 
 
@@ -110,7 +130,13 @@ def run_diffusion_dpo(features, log) -> dict:
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from dpokit.apps.worlds.image_shapes import BaseTraining, prompts, reward, train_diffusion
+    from dpokit.apps.worlds.image_shapes import (
+        BaseTraining,
+        prompts,
+        reward,
+        train_diffusion,
+        training_prompts,
+    )
     from dpokit.objectives import build_objective
     from dpokit.policies.diffusion import (
         DiffusionPairCollator,
@@ -142,16 +168,16 @@ def run_diffusion_dpo(features, log) -> dict:
     def sample(p, seed):
         return policy.generate(p, steps=20, seed=seed)
 
-    before = evaluate(sample, features, prompts(), S["eval"])
-    # pairs: for each prompt and group of 8 seeds, the best and the worst base sample
+    before = evaluate_both(sample, features)
+    # pairs: for each training prompt and group of 8 seeds, the best and the worst base sample
     pairs, gaps = [], []
-    for prompt in prompts():
+    for prompt in training_prompts():
         for group in range(S["groups"]):
             images = policy.generate([prompt] * 8, steps=20, seed=1000 + group,
                                      reference=True)  # 8 samples, one seeded batch
             scores = reward(images, [prompt] * 8)
             best, worst = int(scores.argmax()), int(scores.argmin())
-            if scores[best] - scores[worst] > 0.05:
+            if scores[best] - scores[worst] > (0.0 if SMOKE else 0.05):
                 pairs.append(ImagePair(len(pairs), prompt, images[best], images[worst]))
                 gaps.append(float(scores[best] - scores[worst]))
     if not pairs:
@@ -163,25 +189,31 @@ def run_diffusion_dpo(features, log) -> dict:
     started = time.perf_counter()
     result = Trainer(config, policy, build_objective(config.loss), source, log=log).train()
     minutes = (time.perf_counter() - started) / 60
-    after = evaluate(sample, features, prompts(), S["eval"])
+    after = evaluate_both(sample, features, "after")
     return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,
             "pairs": len(pairs), "mean_gap": sum(gaps) / max(1, len(gaps)),
-            "before": before, "after": after,
+            **before, **after, "trained_on": sorted(set(base.seen) | {p.prompt for p in pairs}),
             "curve": [h.get("rewards/accuracies") for h in result.history]}
 
 
 def run() -> dict:
-    from dpokit.apps.worlds.image_shapes import train_features
+    from dpokit.apps.worlds.image_shapes import HELD_OUT, train_features, training_prompts
 
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
-    features = train_features(SIZE, S["features"])
+    features = train_features(SIZE, S["features"], among=training_prompts())
     log = print
     data = {"drpo": run_drpo(features, log), "diffusion_dpo": run_diffusion_dpo(features, log)}
+    trained = set(training_prompts())  # the feature CNN's
+    for result in data.values():
+        trained |= set(result.pop("trained_on"))
+    data["disjointness"] = [check_disjoint("prompts", HELD_OUT, trained)]
     grids = {}
-    for method, result in data.items():
+    for method in ("drpo", "diffusion_dpo"):
         for stage in ("before", "after"):
-            grids[f"{method}/{stage}"] = result[stage].pop("grid")
+            grids[f"{method}/{stage}"] = {
+                **data[method][stage].pop("grid"),
+                **data[method][f"{stage}_held_out"].pop("grid")}
     save_grid(grids)
     data["minutes"] = (time.perf_counter() - started) / 60
     return data
@@ -193,39 +225,47 @@ def save_grid(grids: dict) -> None:
 
     plt = pyplot()
     rows = list(grids)
-    chosen = ["a red circle", "a green square", "a blue triangle", "a yellow circle"]
+    chosen = ["a red circle", "a yellow square", "a red triangle", "a blue square"]
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 0.95 * len(rows)))
     for ax, row in zip(axes, rows, strict=True):
         tiles = torch.cat([grids[row][p] for p in chosen])  # (16, 3, H, W)
         strip = torch.cat(list(tiles), dim=2)  # (3, H, 16 W)
         ax.imshow(((strip.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
         ax.set_axis_off()
-        ax.set_title(f"{row}: " + ", ".join(chosen), fontsize=8)
+        ax.set_title(f"{row}: " + ", ".join(chosen) + " (the last two held out)",
+                     fontsize=8)
     fig.savefig(results_dir() / "image_generators_samples.png", dpi=120, bbox_inches="tight")
 
 
-def _improved(result: dict) -> int:
-    before, after = result["before"]["reward_by_prompt"], result["after"]["reward_by_prompt"]
-    return sum(after[p] > before[p] for p in before)
+def _improved(result: dict, held_out: bool = False) -> str:
+    suffix = "_held_out" if held_out else ""
+    before = result[f"before{suffix}"]["reward_by_prompt"]
+    after = result[f"after{suffix}"]["reward_by_prompt"]
+    return f"{sum(after[p] > before[p] for p in before)} of {len(before)}"
 
 
 def write(data: dict) -> None:
     d, f = data["drpo"], data["diffusion_dpo"]
+
+    def row(name: str, base: str, training: str, r: dict) -> str:
+        return (f"| {name} | {base} | {training} | {r['before']['reward']:.3f} -> "
+                f"{r['after']['reward']:.3f} ({_improved(r)}) | "
+                f"{r['before_held_out']['reward']:.3f} -> {r['after_held_out']['reward']:.3f} "
+                f"({_improved(r, True)}) | {r['before']['diversity']:.3f} -> "
+                f"{r['after']['diversity']:.3f} |")
+
     lines = ["# Image generators: DrPO and Diffusion-DPO on a programmatic reward (16x16)", "",
              f"{data['minutes']:.0f} minutes in all. Reward in [0, 1] (colour match, shape "
              "match, sharpness); diversity: mean pairwise distance of one prompt's samples in "
-             "the frozen CNN's feature space; 12 prompts, "
-             f"{S['eval']} samples per prompt from fixed seeds; prompts improved: DrPO "
-             f"{_improved(d)} of 12, Diffusion-DPO {_improved(f)} of 12.", "",
-             "| method | base training | preference training | reward before | reward after "
-             "| diversity before | diversity after |", "|---|---|---|---|---|---|---|",
-             f"| DrPO (one-step generator) | IMLE, {d['base_minutes']:.1f} min | "
-             f"{d['minutes']:.1f} min | {d['before']['reward']:.3f} | {d['after']['reward']:.3f} "
-             f"| {d['before']['diversity']:.3f} | {d['after']['diversity']:.3f} |",
-             f"| Diffusion-DPO (UNet, LoRA) | DDPM, {f['base_minutes']:.1f} min | "
-             f"{f['minutes']:.1f} min, {f['pairs']} pairs | {f['before']['reward']:.3f} | "
-             f"{f['after']['reward']:.3f} | {f['before']['diversity']:.3f} | "
-             f"{f['after']['diversity']:.3f} |"]
+             "the frozen CNN's feature space; 9 training prompts at new noise and 3 held-out "
+             f"colour-shape combinations, {S['eval']} samples per prompt from fixed seeds "
+             "(prompts improved in brackets). " + disjointness_line(data["disjointness"]), "",
+             "| method | base training | preference training | reward, training prompts "
+             "| reward, held-out prompts | diversity |", "|---|---|---|---|---|---|",
+             row("DrPO (one-step generator)", f"IMLE, {d['base_minutes']:.1f} min",
+                 f"{d['minutes']:.1f} min", d),
+             row("Diffusion-DPO (UNet, LoRA)", f"DDPM, {f['base_minutes']:.1f} min",
+                 f"{f['minutes']:.1f} min, {f['pairs']} pairs", f)]
     save_table("image_generators", lines)
 
 
@@ -238,13 +278,16 @@ def plot(data: dict) -> None:
     axes[0].set_ylabel("mean reward of the step's samples")
     axes[0].set_title("DrPO: reward of the online samples")
     methods = ["drpo", "diffusion_dpo"]
-    for k, stage in enumerate(("before", "after")):
-        axes[1].bar([i + 0.38 * k for i in range(2)],
-                    [data[m][stage]["reward"] for m in methods], 0.38, label=stage)
-    axes[1].set_xticks([0.19, 1.19], ["DrPO", "Diffusion-DPO"])
+    bars = [("before", "training prompts, before"), ("after", "training prompts, after"),
+            ("before_held_out", "held-out prompts, before"),
+            ("after_held_out", "held-out prompts, after")]
+    for k, (stage, label) in enumerate(bars):
+        axes[1].bar([i + 0.2 * k for i in range(2)],
+                    [data[m][stage]["reward"] for m in methods], 0.2, label=label)
+    axes[1].set_xticks([0.3, 1.3], ["DrPO", "Diffusion-DPO"])
     axes[1].set_ylim(0, 1)
-    axes[1].set_ylabel("held-out mean reward")
-    axes[1].legend()
+    axes[1].set_ylabel("mean reward (fixed evaluation seeds)")
+    axes[1].legend(fontsize=7)
     fig.savefig(results_dir() / "image_generators.png", dpi=120, bbox_inches="tight")
 
 
@@ -252,8 +295,8 @@ if __name__ == "__main__":
     if SMOKE:
         OUT = OUT.parent / "image_generators_smoke"
         result = run()
-        print(json.dumps({m: {k: result[m][s]["reward"] for k, s in (("before", "before"),
-                                                                     ("after", "after"))}
+        print(json.dumps({m: {s: result[m][s]["reward"] for s in
+                              ("before", "after", "before_held_out", "after_held_out")}
                           for m in ("drpo", "diffusion_dpo")}))
     else:
         experiment("image_generators", run, write, plot)

@@ -2,11 +2,13 @@
 does DPO on world-model rollout pairs improve the *true* utility over behaviour cloning while
 keeping diversity, and does a greedy utility maximizer collapse?
 
-Runs src/dpokit/recipes/recommender.yaml (200 items, 300 + 100 held-out users, 3,600 logged
-sessions; a world model; BC; 1,500 contexts x 8 rolled-out lists -> best/worst pairs; DPO)
-and evaluates on 400 contexts of the held-out users: the logging policy's own lists, lists
-sampled from BC and from DPO, and greedy lists; in the world model and in the simulator.
-Writes experiments/results/recommender.{md,json,png}.
+Runs src/dpokit/recipes/recommender.yaml (200 items, 20 of them never logged; 300 + 100
+held-out users, 3,600 logged sessions; a world model; BC; 1,500 contexts x 8 rolled-out lists
+-> best/worst pairs; DPO) and evaluates on 400 contexts of the held-out users (checked
+disjoint from the training users), logged by the same logging policy as the training
+sessions: its own lists, lists sampled from BC and from DPO, and greedy lists; in the world
+model and in the simulator, per signal, and under the stress tests (a mode switch after the
+context, a one-item history). Writes experiments/results/recommender.{md,json,png}.
 
     python experiments/recommender.py            # about 10 minutes on 2 CPU cores
     python experiments/recommender.py --replot   # table and figure from recommender.json
@@ -17,7 +19,15 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    check_disjoint,
+    disjointness_line,
+    pyplot,
+    results_dir,
+    run_or_replot,
+    save_table,
+)
 
 from dpokit.apps.amrs.run import load_recommender_recipe, run_recommender  # noqa: E402
 
@@ -29,7 +39,13 @@ def write(data: dict) -> None:
              f"World model on held-out users: p(listen) expected calibration error "
              f"{data['ece']:.3f}; held-out loss {data['world'][0]['heldout_loss']:.3f} -> "
              f"{data['world'][-1]['heldout_loss']:.3f} over {len(data['world'])} epochs. "
-             f"{data['pairs']} rollout pairs. {data['minutes']:.1f} minutes.", "",
+             f"{data['pairs']} rollout pairs. {data['minutes']:.1f} minutes. "
+             + disjointness_line(data["disjointness"]) + " The logging policy logged the "
+             "training and the held-out sessions alike; it sees each user's true genre taste "
+             "(plus noise of sd 0.3), item popularity and the mode's energy, never the "
+             "session's history; BC and DPO see the session's mode, start state and its first "
+             f"{data['settings']['context_length']} items with their responses, never the "
+             "user.", "",
              "| arm | true utility | world-model utility | " + " | ".join(
                  f"true: {m}" for m in modes) + " | coverage | item entropy | intra-list "
              "distance | lists with a repeat | KL to BC (nats/list) |",
@@ -41,6 +57,24 @@ def write(data: dict) -> None:
                                   for m in modes)
                      + f" | {a['coverage']:.3f} | {a['entropy']:.3f} | "
                      f"{a['intra_list_distance']:.3f} | {a['repeats']:.2f} | {kl} |")
+    signals = list(next(iter(arms.values()))["true_signals"])
+    lines += ["", "Per signal, mean per recommended item: world model's prediction / simulated "
+              "(rating: / 5, 0 when skipped):", "",
+              "| arm | " + " | ".join(signals) + " |", "|---|" + "---|" * len(signals)]
+    for name, a in arms.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{a['world_signals'][k]:+.3f} / {a['true_signals'][k]:+.3f}" for k in signals)
+            + " |")
+    tests = list(data["stress"])
+    lines += ["", "Stress tests, true utility (world model's in brackets); new items: share of "
+              f"recommended items among the {data['settings']['new_items']} never logged:", "",
+              "| arm | held-out contexts | " + " | ".join(tests) + " | new items |",
+              "|---|---|" + "---|" * len(tests) + "---|"]
+    for name, a in arms.items():
+        lines.append(f"| {name} | {a['true_utility']:+.3f} ({a['world_utility']:+.3f}) | "
+                     + " | ".join(f"{data['stress'][t][name]['true_utility']:+.3f} "
+                                  f"({data['stress'][t][name]['world_utility']:+.3f})"
+                                  for t in tests) + f" | {a['new_items']:.3f} |")
     save_table("recommender", lines)
 
 
@@ -79,7 +113,9 @@ def run() -> dict:
     recipe = load_recommender_recipe(str(ROOT / "src/dpokit/recipes/recommender.yaml"))
     recipe.output_dir = ROOT / recipe.output_dir
     result = run_recommender(recipe)
+    checked = [check_disjoint("users", result.users["held_out"], result.users["train"])]
     return {"minutes": (time.perf_counter() - started) / 60, "ece": result.ece,
+            "disjointness": checked, "stress": result.stress,
             "pairs": result.pairs, "world": result.world_history,
             "calibration": result.calibration, "arms": result.arms,
             "settings": dataclasses.asdict(recipe.settings),

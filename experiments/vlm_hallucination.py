@@ -8,7 +8,11 @@ on new scenes whose rejected answers name colours or shapes absent from the imag
 model's own hallucinated answers where it makes one, else the true answer with one attribute
 swapped for an absent one. Evaluated on held-out scenes: the hallucination rate (answers naming
 a colour or shape the image does not have), per question kind, and exact accuracy, for the
-assembled base / SFT / DPO. Writes experiments/results/vlm_hallucination.{md,json,png}.
+assembled base / SFT / DPO. Held out: four colour-shape combinations (``HELD_OUT`` in
+``dpokit.apps.worlds.vision_shapes``) are in no scene the encoder, SFT or DPO trained on, and
+every evaluation scene holds at least one of them; the script checks that no evaluation scene
+and no (scene, question, answer) equals a training one and writes the record. Writes
+experiments/results/vlm_hallucination.{md,json,png}.
 
     python experiments/vlm_hallucination.py            # about 21 minutes on 2 CPU cores
     python experiments/vlm_hallucination.py --replot
@@ -28,7 +32,15 @@ import random
 import sys
 import time
 
-from common import ROOT, experiment, pyplot, results_dir, save_table  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    check_disjoint,
+    disjointness_line,
+    experiment,
+    pyplot,
+    results_dir,
+    save_table,
+)
 
 from dpokit.cli import main as dpokit  # noqa: E402
 
@@ -58,8 +70,9 @@ def _vision_config():
                             num_attention_heads=4, image_size=IMAGE, patch_size=PATCH)
 
 
-def questions(split: str, scenes: int, kinds, seed: int) -> list[dict]:
-    """Scenes rendered to OUT/images/<split>_<i>.png, each with one question of every kind."""
+def questions(split: str, scenes: int, kinds, seed: int, which: str) -> list[dict]:
+    """Scenes of the world's ``which`` split ("train" or "held_out") rendered to
+    OUT/images/<split>_<i>.png, each with one question of every kind."""
     from dpokit.apps.worlds.vision_shapes import ask, random_scene
 
     rng = random.Random(seed)
@@ -67,7 +80,7 @@ def questions(split: str, scenes: int, kinds, seed: int) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(scenes):
-        scene = random_scene(rng)
+        scene = random_scene(rng, split=which)
         path = folder / f"{split}_{i}.png"
         scene.render(IMAGE, rng).save(path)
         for kind in kinds:
@@ -144,17 +157,20 @@ def run() -> dict:
 
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
-    sft = questions("sft", SIZES["sft"], KINDS, seed=1)
+    sft = questions("sft", SIZES["sft"], KINDS, seed=1, which="train")
     if REUSE:  # the encoder, base and SFT model of an earlier run (its minutes and accuracy)
         earlier = json.loads((results_dir() / "vlm_hallucination.json").read_text())
         cell_accuracy = earlier["encoder_cell_accuracy"]
         stamps = {k: 60 * earlier["minutes"][k] for k in ("encoder + assembly", "SFT")}
         started -= sum(stamps.values())
+        encoder_scenes = json.loads((OUT / "encoder_scenes.json").read_text())
     else:
         encoder = pretrain_encoder(_vision_config(), steps=SIZES["encoder_steps"],
-                                   batch_size=64, image_size=IMAGE)
+                                   batch_size=64, image_size=IMAGE, split="train")
         cell_accuracy = encoder.cell_accuracy
-        print(f"encoder: held-out cell accuracy {cell_accuracy:.3f}", flush=True)
+        encoder_scenes = sorted(s.describe() for s in encoder.seen)
+        (OUT / "encoder_scenes.json").write_text(json.dumps(encoder_scenes))
+        print(f"encoder: cell accuracy on held-out scenes {cell_accuracy:.3f}", flush=True)
         model, processor = assemble_llava(_vision_config(), load_causal_lm("smollm2"),
                                           load_tokenizer("smollm2"), IMAGE, PATCH, encoder.tower)
         model.save_pretrained(OUT / "base")
@@ -167,15 +183,25 @@ def run() -> dict:
               "num_epochs=1", f"output_dir={OUT / 'sft'}", *COMMON])
         stamps["SFT"] = time.perf_counter() - started - sum(stamps.values())
 
-    prompts = questions("dpo", SIZES["dpo"], DPO_KINDS, seed=2)
+    prompts = questions("dpo", SIZES["dpo"], DPO_KINDS, seed=2, which="train")
     pairs, sources = dpo_pairs(str(OUT / "sft" / "final"), prompts, seed=3)
     _run(["train", f"model={OUT / 'sft' / 'final'}", f"train_data={_write('dpo.jsonl', pairs)}",
           "loss=[sigmoid,sft]", "loss_weights=[1.0,1.0]", "learning_rate=2e-4", "beta=0.1",
           "num_epochs=1", f"output_dir={OUT / 'dpo'}", *COMMON])
     stamps["DPO pairs + DPO"] = time.perf_counter() - started - sum(stamps.values())
 
-    held = questions("eval", SIZES["eval"], KINDS, seed=4)
+    held = questions("eval", SIZES["eval"], KINDS, seed=4, which="held_out")
+
+    def triples(items):
+        return {(x["scene"].describe(), x["question"].text, x["question"].answer) for x in items}
+
+    trained_scenes = set(encoder_scenes) | {x["scene"].describe() for x in sft + prompts}
+    disjointness = [
+        check_disjoint("scenes", {x["scene"].describe() for x in held}, trained_scenes),
+        check_disjoint("(scene, question, answer) triples", triples(held),
+                       triples(sft) | triples(prompts))]
     data: dict = {"stages": {}, "encoder_cell_accuracy": cell_accuracy,
+                  "disjointness": disjointness,
                   "sft_rows": len(sft), "dpo_pairs": len(pairs), "rejected_from": sources,
                   "held_out_questions": len(held), "examples": []}
     said_by_stage = {}
@@ -200,11 +226,13 @@ def write(data: dict) -> None:
 
     minutes = data["minutes"]
     lines = ["# Vision-language DPO against hallucination (synthetic scenes, SmolLM2-135M)", "",
-             f"Encoder trained from scratch (held-out cell accuracy "
+             f"Encoder trained from scratch (cell accuracy on held-out scenes "
              f"{data['encoder_cell_accuracy']:.3f}); {data['sft_rows']} SFT rows; "
              f"{data['dpo_pairs']} DPO pairs (rejected: "
              + ", ".join(f"{n} {k}" for k, n in data["rejected_from"].items()) + "); "
-             f"{data['held_out_questions']} held-out questions on scenes never trained on. "
+             f"{data['held_out_questions']} held-out questions on scenes that each hold a "
+             "colour-shape combination no training scene has. "
+             + disjointness_line(data["disjointness"]) + " "
              f"{sum(minutes.values()):.0f} minutes (" + ", ".join(
                  f"{k} {v:.1f}" for k, v in minutes.items()) + ").", "",
              "Hallucination: the answer names a colour or shape the image does not have. "

@@ -110,7 +110,7 @@ def test_the_pipeline_runs_on_a_small_world(tmp_path):
         "recommender.heldout_users": 10, "recommender.sessions_per_user": 4,
         "recommender.world_epochs": 2, "recommender.pair_contexts": 40,
         "recommender.eval_contexts": 10, "recommender.dim": 16, "bc.optim.num_epochs": 1,
-        "dpo.optim.num_epochs": 1})
+        "dpo.optim.num_epochs": 1, "recommender.new_items": 5})
     recipe.output_dir = tmp_path
     result = run_recommender(recipe, log=lambda _: None)
     assert set(result.arms) == {"logging policy", "behaviour cloning", "DPO",
@@ -119,6 +119,13 @@ def test_the_pipeline_runs_on_a_small_world(tmp_path):
     assert result.world_history[-1]["heldout_loss"] < result.world_history[0]["heldout_loss"]
     assert result.arms["DPO"]["kl_to_reference"] is not None
     assert (tmp_path / "dpo" / "final" / "recommender.pt").is_file()
+    assert not set(result.users["held_out"]) & set(result.users["train"])
+    assert set(result.stress) == {"mode switch", "one-item history"}
+    for test in result.stress.values():
+        assert set(test) == set(result.arms)
+    assert result.arms["logging policy"]["new_items"] == 0  # it never lists them
+    assert set(result.arms["DPO"]["true_signals"]) == {"listened", "rating", "valence shift",
+                                                       "arousal shift"}
     first = session_context(log_sessions(Simulator.make(10, 2, 2), [0], 1, 4)[0], 2)
     assert len(first.items) == 2 and len(first.signals) == 2
 
@@ -146,3 +153,58 @@ def test_the_rollout_scorer_weighs_the_sessions_own_mode_by_hand():
     for mode, expected in (("energize", [2.0, 0.0]), ("sleep", [-1.0, 2.0])):
         context = Context(MODES.index(mode), (0.0, 0.0), (5,), ((1.0, 0.8, 0.0, 0.0),))
         assert score(context, lists).tolist() == pytest.approx(expected), mode
+
+
+def test_one_logging_policy_logs_training_and_held_out_users_and_never_lists_new_items():
+    """The held-out users' sessions come from the policy that logged the training ones (BC
+    is compared with the policy it cloned): with one logger passed, the held-out sessions'
+    items follow its scores; a logger of another seed (the earlier bug) has other
+    popularities. Unlisted items are never shown."""
+    from dpokit.apps.amrs.simulator import LoggingPolicy
+
+    sim = Simulator.make(num_items=30, num_users=6, seed=0)
+    logger = LoggingPolicy(sim, seed=0, unlisted=range(25, 30))
+    other = LoggingPolicy(sim, seed=1)
+    assert not torch.allclose(logger.popularity, other.popularity)
+    sessions = log_sessions(sim, [0, 1, 2], 20, 6, seed=1, logger=logger)
+    shown = {i for x in sessions for i in x.items}
+    assert not shown & set(range(25, 30))
+    # sessions drawn by the passed logger: its favourite items are shown more than by chance
+    top = logger.scores(0, 0).topk(5).indices.tolist()
+    counts = sum(i in top for x in sessions if x.user == 0 and x.mode == 0 for i in x.items)
+    assert counts > 0
+    exclude = logger.session(0, 0, 20, exclude=top)
+    assert not set(exclude) & set(top) and not set(exclude) & set(range(25, 30))
+
+
+def test_stress_tests_change_the_contexts_as_stated():
+    from dpokit.apps.amrs.run import STRESS_TESTS
+
+    c = Context(0, (0.5, 0.5), (1, 2, 3), ((1.0, 0.8, 0.0, 0.1),) * 3, user=4)
+    switched = STRESS_TESTS["mode switch"](c)
+    assert switched.mode == 2 and switched.items == c.items  # energize -> calm
+    assert STRESS_TESTS["mode switch"](Context(3, c.start, c.items, c.signals)).mode == 1
+    short = STRESS_TESTS["one-item history"](c)
+    assert short.items == (1,) and short.signals == c.signals[:1] and short.mode == 0
+
+
+def test_per_signal_report_and_new_item_share_by_hand():
+    """A world model predicting fixed signals and a simulator whose every response is known
+    (listen probability 1, no rating noise): the report's per-signal means are those signals'
+    means, and the share of new items is counted per recommended item."""
+    from dpokit.apps.amrs.rollouts import evaluate_lists
+    from dpokit.apps.amrs.simulator import MODES
+
+    sim = Simulator.make(num_items=6, num_users=1, seed=0)
+    sim.sharpness, sim.noise = 200.0, 0.0
+    sim.taste[:] = 1.0
+    sim.attributes[:] = torch.tensor([0.85, 0.5, 0.8])  # every item suits energize fully
+    sim.genre[:] = torch.arange(6)  # no genre runs
+    context = Context(0, (0.5, 0.5), (0,), ((1.0, 1.0, 0.0, 0.0),), user=0)
+    lists = torch.tensor([[1, 2], [3, 5]])
+    report = evaluate_lists([context, context], lists, _FixedWorld(), sim, MODES,
+                            new_items=[5])
+    assert report.world_signals == pytest.approx(
+        {"listened": 1.0, "rating": 0.0, "valence shift": 0.0, "arousal shift": -0.5})
+    assert report.true_signals["listened"] == 1.0
+    assert report.new_items == pytest.approx(1 / 4)

@@ -15,18 +15,19 @@ from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
 from dpokit.data.io import DataError
 from dpokit.eval import tdi
+from dpokit.eval.style_regularizer import MatchedNoise, StyleRegularizer
 from dpokit.eval.tdi import (
     Geometry,
     GeometryMonitor,
     GeometrySettings,
     StyleProbes,
-    StyleRegularizer,
     layout_tdi,
     load_probes,
     measure_geometry,
     relative_noise,
     trajectory_tdi,
 )
+from dpokit.policies.causal_lm.hidden import hidden_states, input_embeddings
 
 DATA = REPO / "data"
 
@@ -47,6 +48,18 @@ def test_layout_tdi_by_hand():
                       [0, 0, 1, 1]).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="two or more classes"):
         layout_tdi(x, [0, 0, 0, 0])
+
+
+def test_layout_tdi_within_term_is_the_root_mean_square_distance_on_a_three_point_class():
+    # class a: three points on the unit circle, pairwise distances sqrt2, 2, sqrt2: the
+    # official within term is sqrt((2 + 4 + 2) / 3) = sqrt(8/3) (the mean distance would be
+    # (2 sqrt2 + 2) / 3); class b: one point twice (within 0); centroids (0, 1/3), (0, -1)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.0, -1.0]])
+    labels = ["a", "a", "a", "b", "b"]
+    expected = (8 / 3) ** 0.5 / 2 / (4 / 3)
+    assert layout_tdi(x, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert layout_tdi(x, labels).item() != pytest.approx((2 * 2 ** 0.5 + 2) / 3 / 2 / (4 / 3),
+                                                          rel=1e-3)
 
 
 def test_layout_tdi_of_a_map_that_ignores_style_is_zero_and_grows_with_style():
@@ -139,7 +152,7 @@ def test_finite_difference_regularizer_is_the_squared_style_tdi_of_the_steps_pro
     assert len(set(contents)) == 3 and reg._batch(step=5)[1] == contents  # seeded by step
     assert reg._batch(step=6)[1] != contents
     value = reg(_Holder(model), 5).value
-    states = tdi.hidden_states(model, batch)
+    states = hidden_states(model, batch)
     by_hand = layout_tdi(tdi.mean_pool(states.layers[-1], batch.attention_mask), contents,
                          squared=True)
     assert value.item() == pytest.approx(by_hand.item(), rel=1e-5)
@@ -148,19 +161,90 @@ def test_finite_difference_regularizer_is_the_squared_style_tdi_of_the_steps_pro
     assert any(g is not None and g.abs().sum() > 0 for g in lora_grads)
 
 
-def test_matched_regularizer_noise_has_the_style_covariance(tokenizer):
+def test_input_matched_regularizer_noise_has_the_input_style_covariance(tokenizer):
     probes = StyleProbes(["the cat sat", "THE CAT SAT", "a dog ran", "A DOG RAN!"],
                          ["c", "c", "d", "d"], ["o", "u", "o", "u"])
     model = make_tiny_llama(len(tokenizer))
-    reg = StyleRegularizer(probes, tokenizer, "matched", 1.0, 2, GeometrySettings())
+    reg = StyleRegularizer(probes, tokenizer, "input_matched", 1.0, 2, GeometrySettings())
     factor = reg.style_covariance_factor(model, "cpu")  # (4, H)
     texts = reg.texts
-    pooled = tdi.mean_pool(tdi.input_embeddings(model, texts).float(), texts.attention_mask)
+    pooled = tdi.mean_pool(input_embeddings(model, texts).float(), texts.attention_mask)
     deltas = torch.stack([pooled[0] - pooled[:2].mean(0), pooled[1] - pooled[:2].mean(0),
                           pooled[2] - pooled[2:].mean(0), pooled[3] - pooled[2:].mean(0)])
     torch.testing.assert_close(factor.T @ factor, deltas.T @ deltas / 4)
     value = reg(_Holder(model), 0).value
     assert value.item() > 0 and value.requires_grad
+
+
+def _probes_with_styles():
+    texts = [("c", "the cat sat on the mat"), ("c", "THE CAT SAT ON THE MAT"),
+             ("c", "the cat, it sat on the mat!"), ("d", "a dog ran in the park"),
+             ("d", "A DOG RAN IN THE PARK"), ("d", "a dog, it ran in the park!"),
+             ("e", "rain fell all day"), ("e", "RAIN FELL ALL DAY"), ("e", "rain, it fell!")]
+    return StyleProbes([t for _, t in texts], [c for c, _ in texts],
+                       ["plain", "upper", "spoken"] * 3)
+
+
+def test_matched_regularizer_is_the_papers_form(tokenizer):
+    """Sigma from the hidden-state deltas at the noise layer, truncated to its top components
+    and shrunk toward isotropic at equal trace; the noise enters after that layer (the
+    layers before it do not move), and the penalty is the later layers' response."""
+    model = make_tiny_llama(len(tokenizer))
+    probes = _probes_with_styles()
+    reg = StyleRegularizer(probes, tokenizer, "matched", 0.7, 3, GeometrySettings(),
+                           cap_ratio=0.3, noise=MatchedNoise(layer=1, rank=2, shrinkage=0.1))
+    assert reg.noise_layer(model) == 1
+    factor = reg.style_covariance_factor(model, "cpu", 1)  # (9, H): hidden-state deltas
+    texts = reg.texts
+    pooled = tdi.mean_pool(hidden_states(model, texts).layers[1].float(),
+                           texts.attention_mask)
+    cls = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    means = torch.stack([pooled[cls == k].mean(0) for k in range(3)])
+    deltas = pooled - means[cls]
+    sigma = deltas.T @ deltas / 9
+    torch.testing.assert_close(factor.T @ factor, sigma, atol=1e-6, rtol=1e-4)
+    top = reg.truncated_factor(factor)  # (2, H)
+    values, vectors = torch.linalg.eigh(sigma)
+    best = vectors[:, -2:] @ torch.diag(values[-2:]) @ vectors[:, -2:].T  # rank-2 part
+    torch.testing.assert_close(top.T @ top, best, atol=1e-6, rtol=1e-4)
+    # the noise: covariance 0.9 Sigma_2 + 0.1 tr(Sigma_2) / H I (sampled, many tokens)
+    noise = reg._noise(model, "cpu", torch.Generator().manual_seed(0))
+    z = noise(torch.zeros(400, 50, sigma.shape[0])).flatten(0, 1)  # (20000, H)
+    expected = 0.9 * best + 0.1 * torch.trace(best) / sigma.shape[0] * torch.eye(len(best))
+    torch.testing.assert_close(z.T @ z / len(z), expected, atol=0.05 * float(expected.abs().max()),
+                               rtol=0)
+    # where it enters: after decoder layer 1; the penalty reads the layers after it
+    batch, _ = reg._batch(0)
+    clean = hidden_states(model, batch)
+    noisy = hidden_states(model, batch, noise, at_layer=1)
+    assert torch.equal(clean.layers[0], noisy.layers[0])
+    assert not torch.allclose(clean.layers[-1], noisy.layers[-1])
+    value = reg(_Holder(model), 0).value
+    assert value.item() > 0 and value.requires_grad
+    with pytest.raises(ValueError, match="regularizer_layer must be in"):
+        StyleRegularizer(probes, tokenizer, "matched", 1.0, 2, GeometrySettings(),
+                         noise=MatchedNoise(layer=5)).noise_layer(model)
+
+
+def test_a_capped_regularizer_never_adds_more_than_its_share_of_the_task_loss(tmp_path,
+                                                                            tokenizer):
+    probes = load_probes(str(DATA / "style_probes.train.jsonl"))
+    reg = StyleRegularizer(probes, tokenizer, "finite_difference", 1e6, 3,
+                           GeometrySettings(seed=3), cap_ratio=0.3)
+    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=2, learning_rate=1e-3)
+    trainer.regularizers = [reg]
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_trainable_parameters().items()}
+    history = trainer.train().history
+    assert all(row["reg/style_capped"] == 1.0 for row in history)  # weight 1e6: always capped
+    # capped, the penalty carries no gradient: the update is DPO's alone, as without it
+    plain = tiny_trainer(tmp_path / "plain", tokenizer, max_steps=2, learning_rate=1e-3)
+    plain_before = {n: p.detach().clone()
+                    for n, p in plain.policy.named_trainable_parameters().items()}
+    plain.train()
+    for name, p in trainer.policy.named_trainable_parameters().items():
+        torch.testing.assert_close(p - before[name],
+                                   plain.policy.named_trainable_parameters()[name]
+                                   - plain_before[name])
 
 
 def test_style_regularizer_in_the_loop_lowers_its_penalty_and_is_logged(tmp_path, tokenizer):

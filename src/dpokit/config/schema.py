@@ -323,13 +323,18 @@ class DrPOConfig:
                                        "of the mean feature distance)",
                                        factory=lambda: [0.02, 0.05, 0.2])
     reference_radii: list[float] = setting(None, "kernel radii of the reference drift",
-                                           factory=lambda: [0.05])
+                                           factory=lambda: [0.02, 0.05, 0.2])
     reference_weight: float = setting(0.2, "weight of the reference drift (toward the frozen "
                                       "base generator's samples) in the loss", NON_NEGATIVE)
-    positive_weight: float = setting(1.0, "target weight of each positive in the field",
+    positive_weight: float = setting(3000.0, "target weight of each positive in both fields "
+                                     "(the reference's samples in the reference drift)",
                                      POSITIVE)
-    negative_weight: float = setting(1.0, "target weight of each negative in the field",
+    negative_weight: float = setting(3000.0, "target weight of each negative in both fields "
+                                     "(the generator's own samples in the reference drift)",
                                      POSITIVE)
+    own_samples_negative: bool = setting(True, "the official field: the generator's own "
+                                         "samples (weight 1) count among the negatives, so "
+                                         "they repel each other; false: they are no target")
     drift_kernel: Literal["laplacian", "rbf"] = setting("laplacian", "the drift kernel")
 
 
@@ -347,16 +352,28 @@ class GeometryConfig:
     warn_increase: float = setting(0.2, "warn when Style TDI rises by more than this fraction "
                                    "over its first value", NON_NEGATIVE, computes=False)
     max_probe_length: int = setting(64, "tokens per probe text", AT_LEAST_ONE)
-    regularizer: Literal["off", "finite_difference", "matched"] = setting(
+    regularizer: Literal["off", "finite_difference", "matched", "input_matched"] = setting(
         "off", "penalize hidden-state sensitivity to style during training: finite_difference "
-        "(distances between style variants / between contents) or matched (response to noise "
-        "shaped like style changes)", sharded=False)
+        "(distances between style variants / between contents), matched (the paper's matched "
+        "penalty: the response to noise shaped like the style changes of the hidden states) or "
+        "input_matched (dpokit's: noise shaped like the style changes of the input "
+        "embeddings)", sharded=False)
     regularizer_probes: str | None = setting(
         None, "probe rows the regularizer trains on (keep them apart from `probes`), e.g. "
         "data/style_probes.train.jsonl", path=True)
     regularizer_weight: float = setting(1.0, "weight of the penalty in the loss", NON_NEGATIVE)
     regularizer_contents: int = setting(4, "probe contents per step (all their styles run)",
                                         Domain(2.0, low_inclusive=True))
+    regularizer_cap: float = setting(0.0, "cap the weighted penalty at this fraction of the "
+                                     "step's task loss (the paper: 0.3; 0: no cap)",
+                                     NON_NEGATIVE)
+    regularizer_layer: int | None = setting(None, "matched: the decoder layer after which the "
+                                            "style-shaped noise enters (None: the middle one)")
+    regularizer_rank: int = setting(128, "matched: keep the style covariance's top components",
+                                    AT_LEAST_ONE)
+    regularizer_shrinkage: float = setting(0.1, "matched: shrink the style covariance toward "
+                                           "isotropic by this share (of equal trace)",
+                                           UNIT_INTERVAL)
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,

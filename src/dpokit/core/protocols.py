@@ -322,13 +322,15 @@ class RegularizerOutput:
 
 @runtime_checkable
 class Regularizer(Protocol):
-    """A penalty the loop adds to every step's loss as ``weight * value``: computed once per
-    optimizer step (before the micro-batches, its gradient accumulated with theirs), logged
-    as ``reg/<name>``. It must depend only on ``(policy, step)``, so resume reproduces it, and
-    give every process the same value or a mean of the same size (DDP averages gradients).
-    E.g. ``dpokit.eval.tdi.StyleRegularizer``."""
+    """A penalty the loop adds to every step's loss as ``weight * value``, at most
+    ``cap_ratio`` times the step's mean task loss when ``cap_ratio`` > 0: computed once per
+    optimizer step (after the micro-batches, its gradient added to theirs), logged as
+    ``reg/<name>`` (and ``reg/<name>_capped``). It must depend only on ``(policy, step)``, so
+    resume reproduces it, and give every process the same value (its gradient is not
+    all-reduced). E.g. ``dpokit.eval.style_regularizer.StyleRegularizer``."""
 
     name: str
     weight: float
+    cap_ratio: float
 
     def __call__(self, policy: Policy, step: int) -> RegularizerOutput: ...

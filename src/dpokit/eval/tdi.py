@@ -11,8 +11,14 @@ a regularizer that keeps it.
 - **Regularizers** (optional, during DPO): ``finite_difference`` penalizes the squared distance
   between hidden states of style variants of one content, relative to the squared distance
   between contents (the squared-distance Style TDI of the step's probe batch); ``matched``
-  penalizes the hidden states' response to input noise whose covariance is that of style
-  changes (the paper's matched penalty: noise shaped like the nuisance, not isotropic).
+  (the paper's matched penalty, its settings: the style covariance built from hidden-state
+  deltas, truncated to rank 128, shrunk by 0.1; with ``regularizer_cap=0.3`` and weight 0.7)
+  penalizes the response of the later layers to noise of that covariance added to the hidden
+  states after a middle decoder layer (ours: where the noise enters; the official code applies
+  it to the final representation itself, where the identity map leaves no gradient);
+  ``input_matched`` (dpokit's earlier form) shapes the noise by the style changes of the mean
+  input embeddings, full rank, unshrunk, and adds it to the input embeddings. They live in
+  :mod:`dpokit.eval.style_regularizer`.
 
     >>> x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
     >>> round(float(layout_tdi(x, ["a", "a", "b", "b"])), 6)   # each class one direction
@@ -21,8 +27,6 @@ a regularizer that keeps it.
 
 from __future__ import annotations
 
-import math
-import random
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -32,40 +36,46 @@ import torch
 import torch.nn.functional as F
 
 from ..core.catalogue import Metric, declare
-from ..core.protocols import RegularizerOutput
 from ..data.io import DataError, load_records
-from ..policies.causal_lm.hidden import EncodedTexts, encode_texts, hidden_states, input_embeddings
+from ..policies.causal_lm.hidden import encode_texts, hidden_states
 
 # --- the math ---------------------------------------------------------------------------------
 
 
-def _class_index(labels: Sequence[Hashable]) -> torch.Tensor:
+def class_index(labels: Sequence[Hashable]) -> torch.Tensor:
     ids: dict[Hashable, int] = {}
     return torch.tensor([ids.setdefault(label, len(ids)) for label in labels])  # (N,)
 
 
 def layout_tdi(embeddings: torch.Tensor, labels: Sequence[Hashable],
                squared: bool = False) -> torch.Tensor:
-    """Style TDI of embeddings (N, D) grouped by ``labels``: mean within-class pairwise
-    distance (over classes with two or more members) / mean between-centroid distance, on
-    L2-normalized rows; ``squared`` uses squared distances (smooth at 0: the regularizer's form).
+    """Style TDI of embeddings (N, D) grouped by ``labels``, on L2-normalized rows: the mean
+    over classes with two or more members of sqrt(mean squared within-class pairwise
+    distance) (the official code's within term) / the mean between-centroid distance;
+    ``squared``: mean squared distances over mean squared centroid distances (smooth at 0:
+    the regularizer's form).
 
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     >>> round(float(layout_tdi(x, [0, 0, 1, 1])), 4)   # within sqrt2, centroids sqrt2 apart
     1.0
     """
     x = F.normalize(embeddings.float(), dim=-1)  # (N, D)
-    cls = _class_index(labels).to(x.device)  # (N,)
+    cls = class_index(labels).to(x.device)  # (N,)
     num_classes = int(cls.max()) + 1
     if num_classes < 2:
         raise ValueError("layout TDI needs two or more classes (contents)")
 
-    def distances(points: torch.Tensor) -> torch.Tensor:  # (K, D) -> (K*(K-1)/2,)
+    def squared_distances(points: torch.Tensor) -> torch.Tensor:  # (K, D) -> (K*(K-1)/2,)
         i, j = torch.triu_indices(len(points), len(points), offset=1, device=points.device)
-        d2 = (points[i] - points[j]).pow(2).sum(-1)
+        return (points[i] - points[j]).pow(2).sum(-1)
+
+    def distances(points: torch.Tensor) -> torch.Tensor:  # (K, D) -> (K*(K-1)/2,)
+        d2 = squared_distances(points)
         return d2 if squared else d2.clamp_min(1e-30).sqrt() * (d2 > 0)
 
-    within = [distances(x[cls == c]).mean() for c in range(num_classes) if (cls == c).sum() > 1]
+    within = [distances(x[cls == c]).mean() if squared else  # Rajput's tdi_layout: rms
+              squared_distances(x[cls == c]).mean().clamp_min(1e-30).sqrt()
+              for c in range(num_classes) if (cls == c).sum() > 1]
     if not within:
         raise ValueError("layout TDI needs a class (content) with two or more members")
     centroids = torch.stack([x[cls == c].mean(0) for c in range(num_classes)])  # (C, D)
@@ -83,7 +93,6 @@ declare(
     Metric("geometry/reference_trajectory_tdi", "  reference's", "{:.3g}"),
     Metric("geometry/trajectory_tdi_change", "  relative change vs the first evaluation",
            "{:+.1%}"),
-    Metric("reg/style", "style regularizer penalty", "{:.4g}", "regularizer penalty"),
 )
 
 
@@ -270,76 +279,3 @@ class GeometryMonitor:
             warnings.warn(message, stacklevel=2)
             self.log(f"warning: {message}")
         return figures
-
-
-class StyleRegularizer:
-    """A penalty on the hidden states' sensitivity to style, added to each step's loss with
-    ``weight`` (:class:`~dpokit.core.protocols.Regularizer`).
-
-    Each step draws ``contents_per_step`` contents of the probe set (seeded by the step, the
-    same on every process) and runs all their style variants.
-    form ``finite_difference``: the squared-distance Style TDI of their pooled hidden states at
-    ``settings.layer``. form ``matched``: trajectory TDI over the decoder layers with per-token
-    noise ``N(0, Sigma_style)``, Sigma_style the covariance of the mean input embeddings of
-    style variants around their content's mean (recomputed each step: cheap, and right when the
-    embeddings train).
-    """
-
-    name = "style"
-
-    def __init__(self, probes: StyleProbes, tokenizer, form: str, weight: float,
-                 contents_per_step: int, settings: GeometrySettings):
-        if form not in ("finite_difference", "matched"):
-            raise ValueError(f"style regularizer form must be finite_difference or matched, "
-                             f"got {form!r}")
-        self.probes, self.tokenizer, self.form = probes, tokenizer, form
-        self.weight, self.settings = weight, settings
-        self.contents = probes.content_names()
-        self.per_step = min(contents_per_step, len(self.contents))
-        if self.per_step < 2:
-            raise ValueError("the style regularizer needs two or more probe contents per step")
-        self.texts = encode_texts(tokenizer, probes.texts, settings.max_length)
-
-    def _batch(self, step: int) -> tuple[EncodedTexts, list[str]]:
-        chosen = random.Random(self.settings.seed * 1_000_003 + step).sample(self.contents,
-                                                                              self.per_step)
-        keep = set(chosen)
-        rows = torch.tensor([i for i, c in enumerate(self.probes.contents) if c in keep])
-        return self.texts.select(rows), [self.probes.contents[i] for i in rows.tolist()]
-
-    def style_covariance_factor(self, model, device) -> torch.Tensor:
-        """(M, H) factor F with Sigma_style = F^T F: each style variant's mean input embedding
-        minus its content's mean, over sqrt(M)."""
-        with torch.no_grad():
-            texts = self.texts.to(device)
-            pooled = mean_pool(input_embeddings(model, texts).float(), texts.attention_mask)
-            cls = _class_index(self.probes.contents).to(device)  # (N,)
-            means = torch.zeros(int(cls.max()) + 1, pooled.shape[1], device=device)
-            means = means.index_add(0, cls, pooled) / torch.bincount(cls).unsqueeze(1)
-            deltas = pooled - means[cls]  # (N, H)
-            return deltas / math.sqrt(len(deltas))
-
-    def __call__(self, policy: Any, step: int) -> RegularizerOutput:
-        model = policy.model
-        device = next(model.parameters()).device
-        batch, contents = self._batch(step)
-        batch = batch.to(device)
-        if self.form == "finite_difference":
-            states = hidden_states(model, batch)
-            pooled = mean_pool(states.layers[self.settings.layer].float(), batch.attention_mask)
-            value = layout_tdi(pooled, contents, squared=True)
-            return RegularizerOutput(value)
-        factor = self.style_covariance_factor(model, device)  # (M, H)
-        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
-
-        def matched(embeds: torch.Tensor) -> torch.Tensor:
-            z = torch.randn((*embeds.shape[:2], factor.shape[0]), generator=generator)
-            return (z.to(device) @ factor).to(embeds.dtype)  # (N, T, H) ~ N(0, Sigma_style)
-
-        clean = hidden_states(model, batch)
-        noisy = hidden_states(model, batch, matched)
-        keep = batch.attention_mask.bool()
-        ratios = [(n[keep].float() - c[keep].float()).pow(2).sum()
-                  / c[keep].float().pow(2).sum().clamp_min(1e-12)
-                  for c, n in zip(clean.layers[1:], noisy.layers[1:], strict=True)]
-        return RegularizerOutput(torch.stack(ratios).mean())

@@ -2,17 +2,22 @@
 the best-rewarded and away from the worst-rewarded samples of their prompt, in a frozen
 feature space, with a kernel field summed over several radii and a stop-gradient target.
 
-For generated features x (B, N, D), positives y+ (B, P, D) and negatives y- (B, M, D), at
-each radius r the kernel affinity of x_i to a target y_j is
-``a_ij = sqrt(softmax_j(k_r(x_i, y_j)) * softmax_i(k_r(x_i, y_j)))`` (normalized both ways,
-the x's own entry masked), weighted per target; the field is
+For generated features x (B, N, D), positives y+ (B, P, D) and negatives y- (B, M, D), the
+targets are the generator's own samples, the negatives and the positives (weights 1, w-, w+).
+At each radius r the kernel affinity of x_i to a target y_j is
+``a_ij = sqrt(softmax_j(k_r(x_i, y_j)) * softmax_i(k_r(x_i, y_j)))`` (normalized both ways; a
+point's own entry, and with ``mask_negative_self`` its copy among the negatives, is masked by
+a logit penalty of 100 / r), times the target's weight; the field is
 
-    V(x_i) = sum_{j in +} a_ij m-_i (y_j - x_i) - sum_{j in -} a_ij m+_i (y_j - x_i)
+    V(x_i) = sum_{j in +} a_ij m-_i (y_j - x_i) - sum_{j in own, -} a_ij m+_i (y_j - x_i)
 
-with m+_i, m-_i the positive and negative affinity masses, so it vanishes when the positive
-and negative pulls balance; each radius's field is divided by its RMS and the fields summed.
-The loss is ``|x / s - sg(x / s + V)|^2`` (s: the per-dimension feature scale), whose
-gradient moves x along V. The reference term is the same field with the frozen base
+with m+_i, m-_i the positive and negative affinity masses (the generator's own samples count
+among the negatives: samples repel each other), so it vanishes when the positive and negative
+pulls balance; each radius's field is divided by its RMS and the fields summed. The loss is
+``|x / s - sg(x / s + V)|^2`` (s: the per-dimension feature scale), whose gradient moves x
+along V. This is the official code's ``drift_loss`` (UGVly/DrPO, ``src/drpo/drift.py``);
+``own_samples_negative=False`` is dpokit's earlier variant, in which the generator's own
+samples are no target at all. The reference term is the same field with the frozen base
 generator's samples as positives and the generator's own (self-masked) as negatives.
 
     >>> x = torch.zeros(1, 1, 2)
@@ -58,16 +63,18 @@ def drift_field(x: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
                 radii: Sequence[float] = (0.02, 0.05, 0.2),
                 positive_weight: float | torch.Tensor = 1.0,
                 negative_weight: float | torch.Tensor = 1.0,
-                mask_negative_self: bool = False, kernel: str = "laplacian") -> DriftField:
+                mask_negative_self: bool = False, kernel: str = "laplacian",
+                own_samples_negative: bool = True) -> DriftField:
     """The multi-radius kernel drift at ``x`` (B, N, D) toward ``positive`` (B, P, D) and away
-    from ``negative`` (B, M, D); ``mask_negative_self``: negative j == N's own sample j (the
+    from ``negative`` (B, M, D) and, with ``own_samples_negative`` (the official form), from
+    the other generated samples; ``mask_negative_self``: negative j == N's own sample j (the
     reference term) is not a target of x_j. Distances are in units of the mean weighted
     distance, so the radii are scale-free."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     x, positive, negative = x.float(), positive.float(), negative.float()
     b, n, d = x.shape
-    targets = torch.cat([x, negative, positive], dim=1)  # (B, N + M + P, D): self, -, +
+    targets = torch.cat([x, negative, positive], dim=1)  # (B, N + M + P, D): own, -, +
     m, p = negative.shape[1], positive.shape[1]
     weights = torch.cat([x.new_ones(b, n), _weights(negative_weight, b, m, x),
                          _weights(positive_weight, b, p, x)], dim=1)  # (B, T)
@@ -75,12 +82,13 @@ def drift_field(x: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
     scale = ((distances * weights[:, None, :]).mean() / weights.mean().clamp_min(1e-8)
              ).clamp_min(1e-3)  # mean weighted distance
     scale_per_dim = (scale / math.sqrt(d)).clamp_min(1e-3)
-    masked = torch.zeros(1, n, n + m + p, dtype=torch.bool, device=x.device)
-    masked[0, :, :n] = torch.eye(n, dtype=torch.bool, device=x.device)  # a point is not its target
+    masked = torch.zeros(1, n, n + m + p, device=x.device)
+    masked[0, :, :n] = torch.eye(n, device=x.device)  # a point is not its own target
     if mask_negative_self:
         if m != n:
             raise ValueError("mask_negative_self needs one negative per generated sample")
-        masked[0, :, n:n + m] |= torch.eye(n, dtype=torch.bool, device=x.device)
+        masked[0, :, n:n + m] += torch.eye(n, device=x.device)
+    first_negative = 0 if own_samples_negative else n  # the official form: own samples repel
     x_scaled, targets_scaled = x / scale_per_dim, targets / scale_per_dim
     force = torch.zeros_like(x_scaled)
     for radius in radii:
@@ -88,18 +96,19 @@ def drift_field(x: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
             raise ValueError(f"a kernel radius is > 0, got {radius}")
         normalized = distances / scale / radius  # (B, N, T)
         logits = -normalized if kernel == "laplacian" else -0.5 * normalized.square()
-        logits = logits.masked_fill(masked, -1e4)
-        affinity = (logits.softmax(-1) * logits.softmax(-2)).clamp_min(1e-12).sqrt()
-        affinity = affinity.masked_fill(masked, 0.0) * weights[:, None, :]  # (B, N, T)
-        to_negative, to_positive = affinity[:, :, n:n + m], affinity[:, :, n + m:]
+        logits = logits - (100.0 / radius) * masked
+        affinity = (logits.softmax(-1) * logits.softmax(-2)).clamp_min(1e-6).sqrt()
+        affinity = affinity * weights[:, None, :]  # (B, N, T)
+        to_negative = affinity[:, :, first_negative:n + m]
+        to_positive = affinity[:, :, n + m:]
         positive_mass = to_positive.sum(-1, keepdim=True)  # (B, N, 1)
         negative_mass = to_negative.sum(-1, keepdim=True)
-        coeff = torch.cat([torch.zeros_like(affinity[:, :, :n]), -to_negative * positive_mass,
-                           to_positive * negative_mass], dim=2)  # (B, N, T)
+        coeff = torch.cat([torch.zeros_like(affinity[:, :, :first_negative]),
+                           -to_negative * positive_mass, to_positive * negative_mass],
+                          dim=2)  # (B, N, T)
         field = (torch.einsum("bnt,btd->bnd", coeff, targets_scaled)
                  - coeff.sum(-1, keepdim=True) * x_scaled)  # (B, N, D): sum_j c_ij (y_j - x_i)
-        rms = field.pow(2).mean().clamp_min(1e-12).sqrt()
-        force += field / rms if rms > 1e-6 else field
+        force += field / field.pow(2).mean().clamp_min(1e-8).sqrt()  # unit RMS per radius
     return DriftField(force, scale_per_dim)
 
 

@@ -25,12 +25,12 @@ def builder_for(cfg: TrainConfig, task: Literal["train", "sft"]) -> Builder:
     is a sequence of runs: :func:`dpokit.runs.online.run_iterative`."""
     modality = model_modality(cfg.model)
     if modality == "diffusion":
-        from .diffusion import build_diffusion_run
+        from .diffusion import build_diffusion_run, build_diffusion_sft_run
 
-        if task == "sft" or cfg.online.mode != "off":
+        if task == "train" and cfg.online.mode != "off":
             raise ValueError(f"{cfg.model.name}: a diffusers pipeline; `dpokit train` runs "
-                             f"Diffusion-DPO on offline image pairs (no sft, no online mode)")
-        return build_diffusion_run
+                             f"Diffusion-DPO on offline image pairs (no online mode)")
+        return build_diffusion_sft_run if task == "sft" else build_diffusion_run
     if modality == "vision_language":
         from .vision_language import build_vision_run, build_vision_sft_run
 

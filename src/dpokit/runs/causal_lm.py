@@ -128,15 +128,17 @@ def services(cfg: TrainConfig, tokenizer, log=print) -> dict[str, list]:
 
 
 def _geometry(g: GeometryConfig, seed: int, tokenizer, log) -> dict[str, list]:
-    from ..eval.tdi import GeometryMonitor, GeometrySettings, StyleRegularizer, load_probes
+    from ..eval.style_regularizer import MatchedNoise, StyleRegularizer
+    from ..eval.tdi import GeometryMonitor, GeometrySettings, load_probes
 
     settings = GeometrySettings(layer=g.layer, sigma=g.tdi_sigma, max_length=g.max_probe_length,
                                 seed=seed)
     evaluators = [GeometryMonitor(load_probes(g.probes), tokenizer, settings, g.warn_increase,
                                   log)] if g.probes else []
-    regularizers = [StyleRegularizer(load_probes(g.regularizer_probes), tokenizer,
-                                     g.regularizer, g.regularizer_weight,
-                                     g.regularizer_contents, settings)
+    regularizers = [StyleRegularizer(
+        load_probes(g.regularizer_probes), tokenizer, g.regularizer, g.regularizer_weight,
+        g.regularizer_contents, settings, cap_ratio=g.regularizer_cap,
+        noise=MatchedNoise(g.regularizer_layer, g.regularizer_rank, g.regularizer_shrinkage))
                     ] if g.regularizer != "off" else []
     return {"evaluators": evaluators, "regularizers": regularizers}
 

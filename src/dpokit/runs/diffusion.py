@@ -1,11 +1,13 @@
-"""Diffusion-DPO of a diffusers pipeline folder (``dpokit train model=FOLDER``): image pair
-rows (``prompt, chosen, rejected``, or Pick-a-Pic's ``caption, jpg_0, jpg_1, label_0``), LoRA
-on the UNet's attention (the base, adapter off, as the reference), images encoded by the VAE
-once per batch and noised in its latent space, each pair's noise and timestep drawn with its
-batch (the reference runs beside each step on the same draw), the registered ``sigmoid`` loss
-on ``-1/2 x`` denoising errors (Wallace et al. 2023; ``beta`` is their β·T, e.g. 2500 for
-SD 1.5). ``final/`` holds the adapter in diffusers' LoRA format
-(``pipeline.load_lora_weights(final)``) beside the usual model card.
+"""Diffusion-DPO and SFT of a diffusers pipeline folder (``dpokit train model=FOLDER``,
+``dpokit sft model=FOLDER``; Stable Diffusion 1.x / 2.x or SDXL). DPO: image pair rows
+(``prompt, chosen, rejected``, or Pick-a-Pic's ``caption, jpg_0, jpg_1, label_0``), LoRA on
+the UNet's attention (the base, adapter off, as the reference; without LoRA, a frozen copy),
+images encoded by the VAE once per batch and noised in its latent space, each pair's noise
+and timestep drawn with its batch (the reference runs beside each step on the same draw), the
+registered ``sigmoid`` loss on ``-1/2 x`` denoising errors (Wallace et al. 2023; ``beta`` is
+their β·T, e.g. 2500 for SD 1.5). SFT: ``prompt, image`` rows and the plain diffusion loss.
+``final/`` holds the adapter in diffusers' LoRA format (``pipeline.load_lora_weights(final)``),
+or the whole UNet under ``final/unet``, beside the usual model card.
 
     >>> run = build_diffusion_run(load_config(None, ["model=sd-folder", ...]))  # doctest: +SKIP
 """
@@ -17,23 +19,36 @@ from typing import Any
 
 import torch
 
-from ..config.schema import TrainConfig
+from ..config.schema import ModelConfig, TrainConfig
 from ..objectives import build_objective
 from ..policies.diffusion import (
-    CLIPPromptEncoder,
+    DenoisingObjective,
+    DiffusionImageCollator,
     DiffusionPairCollator,
     DiffusionPolicy,
     DiffusionSource,
     apply_lora,
+    build_image_examples,
     build_image_pairs,
 )
-from ..policies.diffusion.pipeline import load_pipeline
+from ..policies.diffusion.pipeline import PipelineParts, load_pipeline
 from ..train import Trainer
 from .common import Run, hardware, model_dtype, sources, tokenize_both
 
 
+def _policy(m: ModelConfig, parts: PipelineParts, seed: int, reference: bool) -> DiffusionPolicy:
+    """The pipeline's UNet, with LoRA on its attention when ``m.lora``; its reference (when
+    ``reference``): the UNet with the adapter off, or a frozen copy."""
+    unet = parts.unet
+    if m.lora:
+        targets = None if m.lora_target_modules in (None, "all-linear", ["all-linear"]) \
+            else m.lora_target_modules
+        unet = apply_lora(unet, m.lora_r, m.lora_alpha, targets, seed)
+    return parts.policy(unet, ("adapter" if m.lora else "copy") if reference else "none")
+
+
 def build_diffusion_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
-    """The trainer of a Diffusion-DPO run on a Stable Diffusion 1.x / 2.x folder."""
+    """The trainer of a Diffusion-DPO run on a pipeline folder."""
     m, d, o = cfg.model, cfg.data, cfg.optim
     objective = build_objective(cfg.loss)
     if objective.unpaired or not objective.needs_reference:
@@ -46,17 +61,25 @@ def build_diffusion_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> 
     parts = load_pipeline(m.name, model_dtype(m, hardware(cfg).precision))
     examples = tokenize_both(d, o.seed, lambda rows: build_image_pairs(
         rows.records, parts.resolution, d.on_bad_rows, rows.skipped), log)
-    unet = parts.unet
-    if m.lora:
-        targets = None if m.lora_target_modules in (None, "all-linear", ["all-linear"]) \
-            else m.lora_target_modules
-        unet = apply_lora(unet, m.lora_r, m.lora_alpha, targets, o.seed)
-    encoder = CLIPPromptEncoder(parts.tokenizer, parts.text_encoder)
-    policy = DiffusionPolicy(unet, parts.scheduler, encoder,
-                             reference="adapter" if m.lora else "copy", vae=parts.vae,
-                             source=parts.source)
+    policy = _policy(m, parts, o.seed, reference=True)
     collate = DiffusionPairCollator(parts.scheduler.config.num_train_timesteps, o.seed,
                                     noise_shape=parts.latent_shape)
     both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
+    return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)
+
+
+def build_diffusion_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
+    """The trainer of an SFT run (the plain diffusion loss) on a pipeline folder."""
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    torch.manual_seed(o.seed)
+    parts = load_pipeline(m.name, model_dtype(m, hardware(cfg).precision))
+    examples = tokenize_both(d, o.seed, lambda rows: build_image_examples(
+        rows.records, parts.resolution, d.on_bad_rows, rows.skipped), log)
+    policy = _policy(m, parts, o.seed, reference=False)
+    collate = DiffusionImageCollator(parts.scheduler.config.num_train_timesteps, o.seed,
+                                     noise_shape=parts.latent_shape)
+    both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
+    objective = DenoisingObjective()
     trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
     return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)

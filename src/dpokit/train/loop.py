@@ -51,6 +51,7 @@ from .resume import find_resumable, run_signature
 from .sources import EvalSet
 from .strategy import (
     check_launch,
+    check_strategy,
     make_accelerator,
     shard_settings,
     warn_batch_level,
@@ -85,9 +86,8 @@ class Trainer:
         optim, run = cfg.optim, cfg.run
         self.folder = RunFolder(run.output_dir, log=log)
         self.folder.check_usable()  # before any compute
-        # the device and precision from what the hardware does natively (hardware.py); the
-        # loop applies its own autocast around the forwards (accelerate's state is a per-process
-        # singleton that refuses a second mixed_precision)
+        # the device and precision the hardware does natively (hardware.py); the loop applies
+        # its own autocast (accelerate's per-process state refuses a second mixed_precision)
         self.hardware = resolve(optim.mixed_precision, run.device)
         self.precision = self.hardware.precision  # fp32 | bf16 | fp16
         self.accelerator = accelerator or make_accelerator([*run.log_with, *trackers],
@@ -105,13 +105,7 @@ class Trainer:
         torch.manual_seed(optim.seed)
         random.seed(optim.seed)
         self.strategy = strategy = cfg.distributed.strategy
-        if self.precision == "fp16" and strategy != "ddp":
-            raise ValueError(f"mixed_precision=fp16 (chosen: {self.hardware.reason}) with "
-                             f"strategy={strategy}: dpokit's loss scaling runs with ddp only; "
-                             f"set mixed_precision=fp32 (or bf16 on a GPU with bf16 units)")
-        if strategy != "ddp" and not policy.capabilities.sharding:
-            raise ValueError(f"strategy={strategy}: {type(policy).__name__} does not declare "
-                             f"the capability 'sharding'")
+        check_strategy(strategy, self.precision, self.hardware.reason, policy)
         if strategy == "deepspeed":
             self.engine: TorchEngine | ZeroEngine
             self.engine, self.scheduler = zero_engine(policy, self.accelerator, optim,
@@ -170,15 +164,20 @@ class Trainer:
             t = self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu()
         return t.tolist()
 
-    def _regularize(self, sums: MetricSums) -> None:
-        """Each regularizer's ``weight * value``, backpropagated before the micro-batches so
-        that their last backward all-reduces the sum."""
+    def _regularize(self, sums: MetricSums, task_loss: float) -> None:
+        """Each regularizer's ``weight * value`` (capped: at most ``cap_ratio * task_loss``),
+        backpropagated unsynced: every process computes the same penalty and gradient."""
         for reg in self.regularizers:
             with self.engine.paused():
                 with self.autocast():
                     value = reg(self.policy, self.step).value.float()
                 self._check_finite(value, f"the {reg.name} regularizer")
-                self.engine.backward(value * reg.weight)
+                term = value * reg.weight
+                if reg.cap_ratio > 0:
+                    cap = torch.tensor(reg.cap_ratio * task_loss, device=term.device)
+                    sums.add(f"reg/{reg.name}_capped", (term.detach() > cap).float().reshape(1))
+                    term = torch.minimum(term, cap)
+                self.engine.backward(term)
             sums.add(f"reg/{reg.name}", value.reshape(1))
 
     def _train_step(self) -> dict:
@@ -193,7 +192,6 @@ class Trainer:
             return self._empty_step()
         scale = self.world / step_units  # DDP averages over processes; we want the global mean
         sums, tokens = MetricSums(), 0
-        self._regularize(sums)
         for i, batch in enumerate(batches):
             tokens += batch.num_tokens
             with ExitStack() as stack:  # skip the gradient all-reduce until the last
@@ -205,6 +203,8 @@ class Trainer:
                 self.engine.backward(loss_sum * scale)
             sums.add("loss", out.losses.float(), count=units[i])
             sums.merge(out.metrics)
+        if self.regularizers:  # after the micro-batches: a cap reads the step's mean loss
+            self._regularize(sums, self._global_sum(sums.sums["loss"])[0] / step_units)
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         lr = self.scheduler.get_last_lr()[0]
         grad_norm = self.engine.step(self.policy.trainable_parameters(), max_norm,

@@ -70,6 +70,18 @@ def check_launch(accelerator: Any, strategy: str = "ddp") -> None:
                                   f"without the {engine} plugin.")
 
 
+def check_strategy(strategy: str, precision: str, reason: str, policy: Any) -> None:
+    """Refuse a strategy the run cannot train with: fp16's loss scaling off ddp (``reason``:
+    why fp16 was chosen), sharding a policy that does not declare the capability."""
+    if precision == "fp16" and strategy != "ddp":
+        raise ValueError(f"mixed_precision=fp16 (chosen: {reason}) with strategy={strategy}: "
+                         f"dpokit's loss scaling runs with ddp only; set mixed_precision=fp32 "
+                         f"(or bf16 on a GPU with bf16 units)")
+    if strategy != "ddp" and not policy.capabilities.sharding:
+        raise ValueError(f"strategy={strategy}: {type(policy).__name__} does not declare the "
+                         f"capability 'sharding'")
+
+
 def ensure_process_group(device: str) -> None:
     """One process without a launcher: a process group of one (the sharding engines need
     one); gloo on CPU, nccl on GPU."""

@@ -205,6 +205,11 @@ def test_diffusion_dpo_trains_through_the_loop_with_lora(tmp_path):
 
 # --- DrPO: the drift field ---------------------------------------------------------------------
 def _force(x, positive, negative, **options):
+    """The geometry of the pulls toward positives and away from negatives, without the
+    generator's own samples as targets (one point's masked self entry keeps an affinity of
+    1e-3 in the official form, which tilts a field that is zero otherwise, and the per-radius
+    RMS normalization makes the tilt unit size)."""
+    options.setdefault("own_samples_negative", False)
     return drift_field(torch.tensor([x]), torch.tensor([positive]), torch.tensor([negative]),
                        radii=(0.5, 1.0), **options).force[0]
 
@@ -243,17 +248,74 @@ def test_drift_known_direction_scale_free_and_the_loss_gradient_follows_it():
     assert torch.dot(-x.grad[0, 0], force[0]) > 0  # a descent step moves x along V
 
 
+def _field_by_hand(x, positive, negative, radius, w_pos, w_neg, own, mask_self):
+    """The official field at one radius (laplacian), entry by entry in plain Python."""
+    n = len(x)
+    targets = [(t, 1.0, "own") for t in x] + [(t, w_neg, "-") for t in negative] + \
+        [(t, w_pos, "+") for t in positive]
+    dist = [[math.dist(xi, t) for t, _, _ in targets] for xi in x]
+    weights = [w for _, w, _ in targets]
+    weighted = sum(d * w for row in dist for d, w in zip(row, weights, strict=True))
+    scale = weighted / (n * len(targets)) / (sum(weights) / len(targets))
+    s = scale / math.sqrt(len(x[0]))
+    masked = [[j == i or (mask_self and j == n + i) for j in range(len(targets))]
+              for i in range(n)]
+    logit = [[-dist[i][j] / scale / radius - (100 / radius) * masked[i][j]
+              for j in range(len(targets))] for i in range(n)]
+    row = [sum(math.exp(v) for v in logit[i]) for i in range(n)]
+    col = [sum(math.exp(logit[i][j]) for i in range(n)) for j in range(len(targets))]
+    a = [[math.sqrt(max(math.exp(logit[i][j]) / row[i] * math.exp(logit[i][j]) / col[j],
+                        1e-6)) * weights[j] for j in range(len(targets))] for i in range(n)]
+    field = []
+    for i in range(n):
+        side = [kind if (kind != "own" or own) else None for _, _, kind in targets]
+        m_pos = sum(a[i][j] for j in range(len(targets)) if side[j] == "+")
+        m_neg = sum(a[i][j] for j in range(len(targets)) if side[j] in ("own", "-"))
+        v = [0.0] * len(x[0])
+        for j, (t, _, _) in enumerate(targets):
+            c = a[i][j] * m_neg if side[j] == "+" else (
+                -a[i][j] * m_pos if side[j] in ("own", "-") else 0.0)
+            v = [vk + c * (tk - xk) / s for vk, tk, xk in zip(v, t, x[i], strict=True)]
+        field.append(v)
+    rms = math.sqrt(sum(v * v for row_ in field for v in row_) / (n * len(x[0])))
+    return [[v / rms for v in row_] for row_ in field]
+
+
+@pytest.mark.parametrize("weight", [1.0, 3000.0])
+@pytest.mark.parametrize("own", [True, False])
+@pytest.mark.parametrize("mask_self", [False, True])
+def test_drift_field_equals_the_official_form_computed_by_hand(own, mask_self, weight):
+    # three generated points, two positives, three negatives (the generated points themselves
+    # when masked, as the reference drift: there the own block is proportional to the
+    # negatives and changes nothing after the RMS normalization); without the mask the two
+    # forms differ by up to 2.96 at weight 1 and 0.0027 at the official 3000
+    x = [[0.0, 0.0], [1.0, 0.5], [-0.5, 2.0]]
+    positive = [[2.0, 1.0], [1.5, -1.0]]
+    negative = [list(p) for p in x] if mask_self else [[-1.0, -1.0], [0.5, 3.0], [3.0, 0.0]]
+    expected = _field_by_hand(x, positive, negative, 0.2, weight, weight, own, mask_self)
+    got = drift_field(torch.tensor([x]), torch.tensor([positive]), torch.tensor([negative]),
+                      radii=(0.2,), positive_weight=weight, negative_weight=weight,
+                      mask_negative_self=mask_self, own_samples_negative=own).force[0]
+    torch.testing.assert_close(got, torch.tensor(expected), atol=1e-4, rtol=1e-4)
+
+
+def test_the_official_field_makes_samples_repel_each_other():
+    # two samples side by side, a positive above and a negative below them, symmetric: the
+    # variant without own samples moves each only up (no sideways force); the official field
+    # also pushes them apart
+    x = [[-0.1, 0.0], [0.1, 0.0]]
+    official = _force(x, [[0.0, 1.0]], [[0.0, -1.0]], own_samples_negative=True)
+    variant = _force(x, [[0.0, 1.0]], [[0.0, -1.0]])
+    assert abs(variant[0, 0]) < 1e-5 and abs(variant[1, 0]) < 1e-5
+    assert official[0, 0] < -1e-3 and official[1, 0] > 1e-3
+    assert official[0, 1] > 0 and variant[0, 1] > 0
+
+
 def test_reference_drift_masks_each_sample_from_itself():
-    # one sample: its own copy among the negatives is masked, so no negative mass is left to
-    # weigh the pull toward the reference (the field's pulls are weighted by the opposite
-    # side's mass): no force, where an unmasked self-copy would give one
-    one = [drift_field(torch.zeros(1, 1, 2), torch.tensor([[[1.0, 0.0]]]), torch.zeros(1, 1, 2),
-                       radii=(0.5,), mask_negative_self=mask).force[0, 0] for mask in (True, False)]
-    assert one[0].abs().max() < 1e-6 and one[1][0] > 0
     # two samples: each is pulled to the references and pushed from the other sample (not
     # from itself); the picture is symmetric, and the mask changes the field
-    x = torch.tensor([[[0.0, 0.0], [4.0, 0.0]]])
-    reference = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])
+    x = torch.tensor([[[-2.0, 0.0], [2.0, 0.0]]])
+    reference = torch.tensor([[[-1.0, 0.0], [1.0, 0.0]]])
     masked = drift_field(x, reference, x, radii=(0.5,), mask_negative_self=True).force[0]
     torch.testing.assert_close(masked[0], -masked[1])
     unmasked = drift_field(x, reference, x, radii=(0.5,)).force[0]

@@ -108,17 +108,25 @@ def item_features(sim: Simulator) -> torch.Tensor:
 # --- evaluation ------------------------------------------------------------------------------
 
 
+SIGNALS = ("listened", "rating", "valence shift", "arousal shift")  # rating: / 5, 0 if skipped
+
+
 @dataclass
 class ListsReport:
-    """Figures of a set of recommended lists, one per context."""
+    """Figures of a set of recommended lists, one per context; ``world_signals`` and
+    ``true_signals``: each response signal's mean per item (:data:`SIGNALS`), predicted by
+    the world model and drawn from the simulator (the paper's per-signal report)."""
 
     world_utility: float  # mean per-item utility predicted by the world model
     true_utility: float  # the same lists shown to the simulated users
     true_utility_by_mode: dict[str, float]
+    world_signals: dict[str, float]
+    true_signals: dict[str, float]
     coverage: float
     entropy: float
     intra_list_distance: float
     repeats: float  # share of lists that show an item twice
+    new_items: float  # share of recommended items that no logged session showed
     kl_to_reference: float | None = None  # nats per list, from the policy's own samples
 
     def row(self) -> dict[str, float | None]:
@@ -126,15 +134,16 @@ class ListsReport:
 
 
 def evaluate_lists(contexts: Sequence[Context], lists: torch.Tensor, world: WorldModel,
-                   sim: Simulator, modes: Sequence[str]) -> ListsReport:
-    """World-model and true-simulator utility of ``lists`` (N, K) after ``contexts``, and the
-    lists' diversity. The simulator shows each list after its context (the context items as
-    history; each user's own state)."""
+                   sim: Simulator, modes: Sequence[str],
+                   new_items: Sequence[int] = ()) -> ListsReport:
+    """World-model and true-simulator utility of ``lists`` (N, K) after ``contexts``, per
+    signal too, and the lists' diversity. The simulator shows each list after its context
+    (the context items as history; each user's own state)."""
     t = context_tensors(contexts)  # one rollout for every list, not one per context
     signals = world.rollout(t["context_items"], t["context_signals"], t["mode"], t["start"],
                             lists)  # (N, K, 4)
     predicted = [float(utility(c.mode, signals[i]).mean()) for i, c in enumerate(contexts)]
-    true = []
+    true, drawn = [], []
     by_mode: dict[str, list[float]] = {m: [] for m in modes}
     for c, items in zip(contexts, lists.tolist(), strict=True):
         state = c.start
@@ -142,12 +151,19 @@ def evaluate_lists(contexts: Sequence[Context], lists: torch.Tensor, world: Worl
             state = (min(1, max(0, state[0] + dv)), min(1, max(0, state[1] + da)))
         session: Session = sim.run(c.user, c.mode, items, state, history=c.items)
         value = sim.session_utility(session)
+        drawn.append(torch.tensor(session.signals))  # (K, 4)
         true.append(value)
         by_mode[modes[c.mode]].append(value)
     rows = lists.tolist()
+    fresh = set(new_items)
+    world_means = signals.flatten(0, 1).mean(0).tolist()  # (4,)
+    true_means = torch.stack(drawn).flatten(0, 1).mean(0).tolist()  # (4,)
     return ListsReport(
         world_utility=sum(predicted) / len(predicted), true_utility=sum(true) / len(true),
         true_utility_by_mode={m: sum(v) / len(v) for m, v in by_mode.items() if v},
+        world_signals=dict(zip(SIGNALS, world_means, strict=True)),
+        true_signals=dict(zip(SIGNALS, true_means, strict=True)),
+        new_items=sum(i in fresh for r in rows for i in r) / sum(len(r) for r in rows),
         coverage=coverage(rows, sim.num_items), entropy=item_entropy(rows, sim.num_items),
         intra_list_distance=intra_list_distance(rows, item_features(sim)),
         repeats=sum(len(set(r)) < len(r) for r in rows) / len(rows))

@@ -41,7 +41,7 @@ from .rollouts import (
     sample_lists,
     world_model_scorer,
 )
-from .simulator import MODES, Session, Simulator, log_sessions
+from .simulator import MODES, LoggingPolicy, Session, Simulator, log_sessions
 from .world_model import WorldModel
 
 
@@ -67,6 +67,7 @@ class RecommenderSettings:
     pairing: str = "best_worst"
     margin: float = 0.0
     eval_contexts: int = 400
+    new_items: int = 0  # the catalogue's last items, added after the logs: never logged
     seed: int = 0
 
 
@@ -191,13 +192,30 @@ def _trainer(cfg: TrainConfig, policy: SessionPolicy, objective, rows, collate, 
 
 @dataclass
 class RecommenderResult:
+    """``users``: the training and held-out users; ``arms``: each arm's
+    :class:`~dpokit.apps.amrs.rollouts.ListsReport` on the held-out users' contexts;
+    ``stress``: per stress test (:data:`STRESS_TESTS`), each arm's true and world-model
+    utility."""
+
     world_history: list[dict[str, float]]
     calibration: list[dict[str, float]]
     ece: float
     pairs: int
     bc_history: list[dict]
     dpo_history: list[dict]
+    users: dict[str, list[int]]
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stress: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+
+# pre-deployment stress tests: each changes the held-out contexts before every arm recommends
+STRESS_TESTS = {
+    # the listener changes goal after the context: energize <-> calm, focus <-> sleep
+    "mode switch": lambda c: dataclasses.replace(c, mode=(c.mode + 2) % len(MODES)),
+    # a listener with (almost) no history: one shown item, the shortest context the models take
+    "one-item history": lambda c: dataclasses.replace(c, items=c.items[:1],
+                                                      signals=c.signals[:1]),
+}
 
 
 def run_recommender(recipe: RecommenderRecipe, log=print) -> RecommenderResult:
@@ -208,11 +226,13 @@ def run_recommender(recipe: RecommenderRecipe, log=print) -> RecommenderResult:
     random.Random(s.seed).shuffle(users)
     held_users, train_users = users[:s.heldout_users], users[s.heldout_users:]
     length = s.context_length + s.list_length
-    train = log_sessions(sim, train_users, s.sessions_per_user, length, s.seed)
+    new_items = list(range(s.num_items - s.new_items, s.num_items))
+    logger = LoggingPolicy(sim, seed=s.seed, unlisted=new_items)  # one policy logs both
+    train = log_sessions(sim, train_users, s.sessions_per_user, length, s.seed, logger)
     held = log_sessions(sim, held_users, max(1, s.eval_contexts // len(held_users)), length,
-                        s.seed + 1)
-    log(f"simulator: {s.num_items} items, {len(train_users)} + {len(held_users)} held-out "
-        f"users, {len(train)} logged sessions")
+                        s.seed + 1, logger)
+    log(f"simulator: {s.num_items} items ({s.new_items} never logged), {len(train_users)} + "
+        f"{len(held_users)} held-out users, {len(train)} logged sessions")
     world, world_history = fit_world_model(train, held, s, log)
     world.eval()
     rel = calibration(world, held)
@@ -246,17 +266,25 @@ def run_recommender(recipe: RecommenderRecipe, log=print) -> RecommenderResult:
     dpo.close()
     tuned = dpo_policy.model.eval()
 
-    result = RecommenderResult(world_history, rel, ece, len(pairs), bc_history, dpo_history)
+    result = RecommenderResult(world_history, rel, ece, len(pairs), bc_history, dpo_history,
+                               {"train": train_users, "held_out": held_users})
     eval_contexts = [session_context(x, s.context_length) for x in held][:s.eval_contexts]
     logged = torch.tensor([x.items[s.context_length:] for x in held][:s.eval_contexts])
     g = torch.Generator().manual_seed(s.seed + 4)
-    arms = {"logging policy": logged,
-            "behaviour cloning": sample_lists(cloned, eval_contexts, s.list_length, g),
-            "DPO": sample_lists(tuned, eval_contexts, s.list_length, g),
-            "greedy (world model)": greedy_lists(eval_contexts, world, s.list_length,
-                                                 s.num_items)}
-    for name, lists in arms.items():
-        report = evaluate_lists(eval_contexts, lists, world, sim, MODES)
+
+    def recommend(contexts: list[Context], logging_lists: torch.Tensor | None = None):
+        """Every arm's lists after ``contexts``; the logging policy's fresh when not given."""
+        if logging_lists is None:
+            logging_lists = torch.tensor([logger.session(c.user, c.mode, s.list_length, c.items)
+                                          for c in contexts])
+        return {"logging policy": logging_lists,
+                "behaviour cloning": sample_lists(cloned, contexts, s.list_length, g),
+                "DPO": sample_lists(tuned, contexts, s.list_length, g),
+                "greedy (world model)": greedy_lists(contexts, world, s.list_length,
+                                                     s.num_items)}
+
+    for name, lists in recommend(eval_contexts, logged).items():
+        report = evaluate_lists(eval_contexts, lists, world, sim, MODES, new_items)
         if name in ("behaviour cloning", "DPO"):
             report.kl_to_reference = list_kl(tuned if name == "DPO" else cloned, cloned,
                                              eval_contexts, lists)
@@ -264,4 +292,13 @@ def run_recommender(recipe: RecommenderRecipe, log=print) -> RecommenderResult:
         log(f"{name}: true utility {report.true_utility:+.4f}, world model "
             f"{report.world_utility:+.4f}, coverage {report.coverage:.3f}, entropy "
             f"{report.entropy:.3f}, intra-list distance {report.intra_list_distance:.3f}")
+    for test, change in STRESS_TESTS.items():
+        stressed = [change(c) for c in eval_contexts]
+        result.stress[test] = {}
+        for name, lists in recommend(stressed).items():
+            report = evaluate_lists(stressed, lists, world, sim, MODES, new_items)
+            result.stress[test][name] = {"true_utility": report.true_utility,
+                                         "world_utility": report.world_utility}
+            log(f"stress test {test}, {name}: true utility {report.true_utility:+.4f}, "
+                f"world model {report.world_utility:+.4f}")
     return result

@@ -156,33 +156,47 @@ class Simulator:
 
 
 class LoggingPolicy:
-    """The deployed policy whose sessions are logged: a softmax over items of popularity
-    plus a noisy guess of the user's taste and a weak pull to the mode's energy, sampled
-    without repeats within a session."""
+    """The deployed policy whose sessions are logged: a softmax over items of popularity plus
+    a noisy guess of the user's taste (the true genre taste + Gaussian noise of sd 0.3, for
+    every user: it knows its users, which a model of the logged sessions cannot) and a weak
+    pull to the mode's energy, sampled without repeats within a session. It never reads the
+    session's history, and never shows the ``unlisted`` items (added to the catalogue after
+    the logs)."""
 
-    def __init__(self, sim: Simulator, temperature: float = 0.5, seed: int = 0):
+    def __init__(self, sim: Simulator, temperature: float = 0.5, seed: int = 0,
+                 unlisted: Sequence[int] = ()):
         g = torch.Generator().manual_seed(seed + 1)
         self.sim, self.temperature = sim, temperature
         self.popularity = torch.randn(sim.num_items, generator=g) * 0.5
         self.taste_guess = (sim.taste + 0.3 * torch.randn(sim.taste.shape, generator=g))
+        self.unlisted = torch.zeros(sim.num_items, dtype=torch.bool)
+        self.unlisted[list(unlisted)] = True
         self.generator = torch.Generator().manual_seed(seed + 2)
 
     def scores(self, user: int, mode: int) -> torch.Tensor:
         target_energy, _ = MODE_TARGETS[MODES[mode]]
         energy_fit = -2.0 * (self.sim.attributes[:, 0] - target_energy).abs()
-        return (self.popularity + 2.0 * self.taste_guess[user, self.sim.genre] + energy_fit)
+        scores = self.popularity + 2.0 * self.taste_guess[user, self.sim.genre] + energy_fit
+        return scores.masked_fill(self.unlisted, float("-inf"))
 
-    def session(self, user: int, mode: int, length: int) -> list[int]:
-        probs = torch.softmax(self.scores(user, mode) / self.temperature, -1)
+    def session(self, user: int, mode: int, length: int,
+                exclude: Sequence[int] = ()) -> list[int]:
+        """``length`` items for the user in ``mode``, none of ``exclude`` (items already
+        shown)."""
+        scores = self.scores(user, mode)
+        scores[list(exclude)] = float("-inf")
+        probs = torch.softmax(scores / self.temperature, -1)
         return torch.multinomial(probs, length, replacement=False,
                                  generator=self.generator).tolist()
 
 
 def log_sessions(sim: Simulator, users: Sequence[int], per_user: int, length: int,
-                 seed: int = 0) -> list[Session]:
-    """Sessions of the logging policy for ``users``, each in a random mode and start state."""
+                 seed: int = 0, logger: LoggingPolicy | None = None) -> list[Session]:
+    """Sessions of ``logger`` (default: the logging policy of ``seed``) for ``users``, each in
+    a random mode and start state drawn with ``seed`` (pass one logger to log the training and
+    the held-out users' sessions with the same policy)."""
     rng = random.Random(seed)
-    logger = LoggingPolicy(sim, seed=seed)
+    logger = logger or LoggingPolicy(sim, seed=seed)
     sessions = []
     for user in users:
         for _ in range(per_user):

@@ -14,7 +14,7 @@ shape), and brief base training of a one-step generator (IMLE) and of a small di
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,20 @@ FILL = {"circle": 0.785, "square": 1.0, "triangle": 0.5}  # shape area / boundin
 
 def prompts() -> list[str]:
     return [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+
+
+# three colour-shape combinations no training step sees: every colour and every shape still
+# appears in training, with other partners (a compositional hold-out)
+HELD_OUT = ("a red triangle", "a green circle", "a blue square")
+
+
+def training_prompts() -> list[str]:
+    """The nine prompts every training stage (features, bases, preference) draws from.
+
+    >>> len(training_prompts()), "a red triangle" in training_prompts()
+    (9, False)
+    """
+    return [p for p in prompts() if p not in HELD_OUT]
 
 
 def parse(prompt: str) -> tuple[str, str]:
@@ -63,10 +77,13 @@ def to_unit(image) -> torch.Tensor:
     return to_tensor(image, image.size[0])
 
 
-def dataset(n: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` rendered images (n, 3, size, size) in [-1, 1] and their prompts."""
+def dataset(n: int, size: int, seed: int,
+            among: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered images (n, 3, size, size) in [-1, 1] and their prompts, drawn from
+    ``among`` (default: the training prompts)."""
     rng = random.Random(seed)
-    names = [rng.choice(prompts()) for _ in range(n)]
+    among = among or training_prompts()
+    names = [rng.choice(among) for _ in range(n)]
     return torch.stack([to_unit(render(p, size, rng)) for p in names]), names
 
 
@@ -117,10 +134,12 @@ class ShapeFeatures(nn.Module):
         return self.body(images)  # (N, 2 width)
 
 
-def train_features(size: int = 32, steps: int = 300, seed: int = 0) -> ShapeFeatures:
-    """Train the feature CNN to tell colour and shape, then freeze it."""
+def train_features(size: int = 32, steps: int = 300, seed: int = 0,
+                   among: list[str] | None = None) -> ShapeFeatures:
+    """Train the feature CNN to tell colour and shape (on the training prompts' images), then
+    freeze it."""
     torch.manual_seed(seed)
-    images, names = dataset(2000, size, seed)
+    images, names = dataset(2000, size, seed, among)
     colour = torch.tensor([list(COLOURS).index(parse(p)[0]) for p in names])
     shape = torch.tensor([SHAPES.index(parse(p)[1]) for p in names])
     net = ShapeFeatures()
@@ -169,13 +188,17 @@ def diversity(features: torch.Tensor) -> float:
 # --- brief base training ---------------------------------------------------------------------
 @dataclass
 class BaseTraining:
-    """steps, batch size and learning rate of a base generator's training; loss: the last."""
+    """steps, batch size and learning rate of a base generator's training, the prompts it
+    draws from (default: the training prompts); after it, loss: the last, seen: the prompts
+    its images had."""
 
     steps: int
     batch_size: int = 32
     learning_rate: float = 2e-3
     seed: int = 0
+    among: list[str] | None = None
     loss: float = float("nan")
+    seen: list[str] = field(default_factory=list)
 
 
 def train_one_step_generator(generator: nn.Module, encoder: nn.Module, size: int,
@@ -183,7 +206,8 @@ def train_one_step_generator(generator: nn.Module, encoder: nn.Module, size: int
     """Implicit maximum likelihood estimation (Li and Malik 2018): for each real image, the
     closest of ``candidates`` samples of its prompt is pulled toward it; every mode is kept."""
     torch.manual_seed(settings.seed)
-    images, names = dataset(3000, size, settings.seed + 1)
+    images, names = dataset(3000, size, settings.seed + 1, settings.among)
+    settings.seen = sorted(set(names))
     params = list(generator.parameters()) + list(encoder.parameters())
     optimizer = torch.optim.Adam(params, settings.learning_rate)
     g = torch.Generator().manual_seed(settings.seed)
@@ -210,7 +234,8 @@ def train_diffusion(unet: nn.Module, encoder: nn.Module, scheduler, size: int,
                     settings: BaseTraining) -> BaseTraining:
     """DDPM noise prediction on rendered images (the prompt's words as conditioning)."""
     torch.manual_seed(settings.seed)
-    images, names = dataset(3000, size, settings.seed + 2)
+    images, names = dataset(3000, size, settings.seed + 2, settings.among)
+    settings.seen = sorted(set(names))
     params = list(unet.parameters()) + list(encoder.parameters())
     optimizer = torch.optim.AdamW(params, settings.learning_rate)
     g = torch.Generator().manual_seed(settings.seed)

@@ -72,10 +72,36 @@ class Scene:
         return text[0].upper() + text[1:] + "."
 
 
-def random_scene(rng: random.Random, max_items: int = 3) -> Scene:
-    cells = rng.sample(range(4), rng.randint(1, max_items))
-    return Scene(tuple(Item(rng.choice(list(COLOURS)), rng.choice(SHAPES), c)
-                       for c in sorted(cells)))
+# colour-shape combinations no training scene has (each colour and each shape is seen in
+# training with other partners): every evaluation scene holds at least one of them, so none
+# equals a training scene, whatever the scene space's size
+HELD_OUT = (("red", "triangle"), ("green", "circle"), ("blue", "square"),
+            ("orange", "triangle"))
+SPLITS = ("any", "train", "held_out")
+
+
+def random_scene(rng: random.Random, max_items: int = 3, split: str = "any") -> Scene:
+    """A scene of 1..``max_items`` items in distinct cells. ``split="train"``: no item is a
+    held-out colour-shape combination; ``"held_out"``: at least one is.
+
+    >>> scene = random_scene(random.Random(0), split="held_out")
+    >>> any((i.colour, i.shape) in HELD_OUT for i in scene.items)
+    True
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cells = sorted(rng.sample(range(4), rng.randint(1, max_items)))
+    special = rng.choice(cells) if split == "held_out" else None
+    items = []
+    for c in cells:
+        while True:
+            combo = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+            if c == special:
+                combo = rng.choice(HELD_OUT)
+            if split != "train" or combo not in HELD_OUT:
+                break
+        items.append(Item(*combo, c))
+    return Scene(tuple(items))
 
 
 @dataclass(frozen=True)
@@ -147,18 +173,21 @@ def with_absent_attribute(scene: Scene, answer: str, rng: random.Random) -> str 
 @dataclass
 class PretrainedEncoder:
     """tower: the trained ``CLIPVisionModel``; cell_accuracy: on scenes never trained on, the
-    share of grid cells whose colour and shape (or emptiness) are both read right."""
+    share of grid cells whose colour and shape (or emptiness) are both read right, on scenes
+    of the held-out split when it trained on the training split; seen: its training scenes."""
 
     tower: nn.Module
     cell_accuracy: float
+    seen: frozenset = frozenset()
 
 
 def pretrain_encoder(vision_config, steps: int = 600, batch_size: int = 64, image_size: int = 48,
                      scenes: int = 4000, seed: int = 0, lr: float = 1e-3,
-                     log=print) -> PretrainedEncoder:
+                     log=print, split: str = "any") -> PretrainedEncoder:
     """A CLIP vision tower trained from scratch to tell, for each grid cell, the colour and the
     shape of what is there (or that it is empty), from the mean of that cell's patch features,
-    on ``scenes`` rendered scenes (each drawn ``steps * batch_size / scenes`` times)."""
+    on ``scenes`` rendered scenes of ``split`` (each drawn ``steps * batch_size / scenes``
+    times)."""
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     torch.manual_seed(seed)
@@ -175,17 +204,17 @@ def pretrain_encoder(vision_config, steps: int = 600, batch_size: int = 64, imag
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
 
-    def data(n: int):
-        scenes = [random_scene(rng, 4) for _ in range(n)]
+    def data(n: int, which: str):
+        scenes = [random_scene(rng, 4, which) for _ in range(n)]
         pixels = processor([s.render(image_size, rng) for s in scenes],
                            return_tensors="pt")["pixel_values"]  # (n, 3, H, W)
         colour = torch.tensor([[list(COLOURS).index(s.at(k).colour) if s.at(k) else len(COLOURS)
                                 for k in range(4)] for s in scenes])  # (n, 4)
         shape = torch.tensor([[SHAPES.index(s.at(k).shape) if s.at(k) else len(SHAPES)
                                for k in range(4)] for s in scenes])  # (n, 4)
-        return pixels, colour, shape
+        return pixels, colour, shape, scenes
 
-    train = data(scenes)  # rendered once; batches are drawn from it
+    *train, seen = data(scenes, split)  # rendered once; batches are drawn from it
     generator = torch.Generator().manual_seed(seed)
 
     def logits(pixels):
@@ -209,7 +238,7 @@ def pretrain_encoder(vision_config, steps: int = 600, batch_size: int = 64, imag
             log(f"encoder step {step}: loss {loss.item():.3f}")
     tower.eval()
     with torch.no_grad():
-        pixels, colour, shape = data(256)  # scenes never trained on
+        pixels, colour, shape, _ = data(256, "held_out" if split == "train" else split)
         colour_logits, shape_logits = logits(pixels)
         right = (colour_logits.argmax(-1) == colour) & (shape_logits.argmax(-1) == shape)
-    return PretrainedEncoder(tower, float(right.float().mean()))
+    return PretrainedEncoder(tower, float(right.float().mean()), frozenset(seen))

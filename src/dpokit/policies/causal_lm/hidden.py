@@ -65,14 +65,41 @@ def input_embeddings(model: nn.Module, texts: EncodedTexts) -> torch.Tensor:
     return model.get_input_embeddings()(texts.input_ids)
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The body's decoder blocks, in order: the modules of the classes the model declares
+    unsplittable (``_no_split_modules``: LlamaDecoderLayer, GPT2Block, ...)."""
+    inner = unwrap_peft(model)
+    names = set(getattr(inner, "_no_split_modules", None) or ())
+    blocks = [m for m in inner.base_model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(inner).__name__} declares no decoder block class "
+                         f"(_no_split_modules)")
+    return blocks
+
+
 def hidden_states(model: nn.Module, texts: EncodedTexts,
-                  noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HiddenStates:
+                  noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  at_layer: int = 0) -> HiddenStates:
     """Run the transformer body (not the LM head) on the texts' input embeddings, plus
-    ``noise(embeddings)`` when given; gradients flow when the caller enables them."""
+    ``noise(states)`` added where ``at_layer`` says: 0 the input embeddings, k the output of
+    decoder block k (``HiddenStates.layers[k]``, not after the last block's final norm);
+    gradients flow when the caller enables them."""
     body = unwrap_peft(model).base_model  # LlamaModel, GPT2Model, ...: adapters stay active
     embeds = input_embeddings(model, texts)  # (N, T, H)
-    if noise is not None:
+    hook = None
+    if noise is not None and at_layer == 0:
         embeds = embeds + noise(embeds)  # (N, T, H)
-    out = body(inputs_embeds=embeds, attention_mask=texts.attention_mask,
-               output_hidden_states=True, use_cache=False)
+    elif noise is not None:
+        def add_noise(module, args, output):
+            states = output[0] if isinstance(output, tuple) else output  # (N, T, H)
+            noisy = states + noise(states)
+            return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
+
+        hook = decoder_layers(model)[at_layer - 1].register_forward_hook(add_noise)
+    try:
+        out = body(inputs_embeds=embeds, attention_mask=texts.attention_mask,
+                   output_hidden_states=True, use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
     return HiddenStates(tuple(out.hidden_states), texts.attention_mask)

@@ -5,17 +5,22 @@ source ranking samples by a black-box reward, a drift objective in a frozen feat
 from .conditioning import CLIPPromptEncoder, WordEncoder
 from .data import (
     DiffusionBatch,
+    DiffusionImageCollator,
     DiffusionPairCollator,
     DiffusionSource,
+    ImageExample,
     ImagePair,
+    build_image_examples,
     build_image_pairs,
     to_tensor,
 )
 from .drpo import DriftBatch, DrPOObjective, DrPOSource, zscore
 from .generator import GeneratorPolicy, OneStepGenerator
+from .objective import DenoisingObjective
 from .policy import DiffusionPolicy, apply_lora
 
-__all__ = ["CLIPPromptEncoder", "DiffusionBatch", "DiffusionPairCollator", "DiffusionPolicy",
-           "DiffusionSource", "DrPOObjective", "DrPOSource", "DriftBatch",
-           "GeneratorPolicy", "ImagePair", "OneStepGenerator", "WordEncoder", "apply_lora",
-           "build_image_pairs", "to_tensor", "zscore"]
+__all__ = ["CLIPPromptEncoder", "DenoisingObjective", "DiffusionBatch",
+           "DiffusionImageCollator", "DiffusionPairCollator", "DiffusionPolicy",
+           "DiffusionSource", "DrPOObjective", "DrPOSource", "DriftBatch", "GeneratorPolicy",
+           "ImageExample", "ImagePair", "OneStepGenerator", "WordEncoder", "apply_lora",
+           "build_image_examples", "build_image_pairs", "to_tensor", "zscore"]

@@ -1,7 +1,9 @@
 """Prompt conditioning for small image generators: a prompt's words as a sequence of learned
 vectors (the ``encoder_hidden_states`` a diffusers UNet cross-attends to), for a closed
-vocabulary such as "a red circle". Real text-to-image models bring their own text encoder;
-:class:`CLIPPromptEncoder` wraps one (frozen).
+vocabulary such as "a red circle". Real text-to-image models bring their own text encoder:
+:class:`CLIPPromptEncoder` wraps Stable Diffusion 1.x / 2.x's (frozen),
+:class:`SDXLPromptEncoder` SDXL's two, with the pooled embedding and the added time ids its
+UNet also reads (:func:`sdxl_unet_call`).
 
     >>> encoder = WordEncoder(["red", "blue", "circle"], dim=4, length=3)
     >>> encoder(["a red circle", "blue"]).shape
@@ -9,6 +11,8 @@ vocabulary such as "a red circle". Real text-to-image models bring their own tex
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,8 +56,57 @@ class CLIPPromptEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids
-        ids = ids.to(next(self.text_encoder.parameters()).device)
+        ids = _ids(self.tokenizer, prompts, next(self.text_encoder.parameters()).device)
         return self.text_encoder(ids).last_hidden_state  # (E, L, D)
+
+
+def _ids(tokenizer, prompts: list[str], device) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", truncation=True,
+                     max_length=tokenizer.model_max_length,
+                     return_tensors="pt").input_ids.to(device)  # (E, L)
+
+
+@dataclass
+class SDXLCondition:
+    """What an SDXL UNet reads of E prompts. hidden: (E, L, D1 + D2) the two text encoders'
+    penultimate hidden states side by side; pooled: (E, P) the second encoder's projected
+    pooled embedding; time_ids: (E, 6) original size, crop corner and target size."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+
+
+class SDXLPromptEncoder(nn.Module):
+    """SDXL's frozen conditioning (as diffusers' ``StableDiffusionXLPipeline.encode_prompt``
+    without classifier-free guidance): CLIP ViT-L and OpenCLIP ViT-bigG, the penultimate layer
+    of each, the second's pooled projection, and the added time ids of an uncropped
+    ``resolution`` x ``resolution`` image."""
+
+    def __init__(self, tokenizers, text_encoders: list[nn.Module], resolution: int):
+        super().__init__()
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = nn.ModuleList([e.requires_grad_(False).eval()
+                                            for e in text_encoders])
+        self.resolution = resolution
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> SDXLCondition:
+        device = next(self.text_encoders[0].parameters()).device
+        states = []
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            out = encoder(_ids(tokenizer, prompts, device), output_hidden_states=True)
+            states.append(out.hidden_states[-2])  # (E, L, D_k)
+        r = self.resolution
+        time_ids = torch.tensor([r, r, 0, 0, r, r], dtype=states[0].dtype, device=device)
+        return SDXLCondition(torch.cat(states, dim=-1), out.text_embeds,
+                             time_ids.expand(len(prompts), 6))
+
+
+def sdxl_unet_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                   condition: SDXLCondition) -> torch.Tensor:
+    """An SDXL UNet's call: the text states cross-attended to, the pooled embedding and the
+    time ids as its added conditioning -> predicted noise (S, C, H, W)."""
+    return model(noisy, timesteps, encoder_hidden_states=condition.hidden,
+                 added_cond_kwargs={"text_embeds": condition.pooled,
+                                    "time_ids": condition.time_ids}).sample

@@ -118,12 +118,49 @@ def build_image_pairs(records: list[Record], size: int, on_bad_rows: OnBadRows =
 
 
 @dataclass
-class DiffusionBatch:
-    """E image pairs as S = 2E samples (the E chosen, then the E rejected).
+class ImageExample:
+    """An SFT row of an image model: prompt; image: (C, H, W) float in [-1, 1]."""
 
-    prompts: the E prompts. images: (2E, C, H, W) in [-1, 1]. noise: (E, C, H, W) and
+    index: int
+    prompt: str
+    image: torch.Tensor
+
+    def token_lists(self) -> list[list[int]]:  # the dataset fingerprint: prompt and pixels
+        return [list(self.prompt.encode()),
+                (self.image.flatten() * 127.5).round().int().tolist()[::7]]
+
+
+IMAGE_COLUMNS = ("prompt", "image")
+
+
+def build_image_examples(records: list[Record], size: int, on_bad_rows: OnBadRows = "error",
+                         skipped: list[DataError] | None = None) -> ExampleSet:
+    """Read every image SFT row: ``prompt, image`` (or ``caption, image``), the image a path,
+    bytes or a PIL image; bad rows raise or are counted."""
+
+    def make(record: Record, report, index: int) -> ImageExample:
+        prompt_name = "caption" if "caption" in record.values else "prompt"
+        check_columns(record, (prompt_name, "image"))
+        for name in (prompt_name, "image"):
+            if record.values.get(name) in (None, ""):
+                raise DataError(record.source, record.row, name, f"missing column: {name!r}")
+        prompt = record.values[prompt_name]
+        if not isinstance(prompt, str):
+            raise DataError(record.source, record.row, prompt_name, "not a string")
+        image = to_tensor(open_image(record.values["image"], record, "image"), size)
+        return ImageExample(index, prompt, image)
+
+    return build_examples(records, make, on_bad_rows, skipped=skipped)
+
+
+@dataclass
+class DiffusionBatch:
+    """E image pairs as S = 2E samples (the E chosen, then the E rejected), or E single
+    images (an SFT batch: S = E).
+
+    prompts: the E prompts. images: (S, C, H, W) in [-1, 1]. noise: (E, C, H, W) and
     timesteps: (E,) long, one draw per pair, shared by its two samples. extras: per-pair
-    columns for the loss (none here). latents: (2E, ...) the images encoded by a latent
+    columns for the loss (none here). latents: (S, ...) the images encoded by a latent
     model's VAE, filled by the first pass that needs them (the policy's and the reference's
     passes share one encoding).
     """
@@ -167,6 +204,26 @@ class DiffusionPairCollator:
         timesteps = torch.randint(0, self.num_timesteps, (len(pairs),), generator=generator)
         return DiffusionBatch(torch.tensor([p.index for p in pairs]), [p.prompt for p in pairs],
                               torch.cat([chosen, rejected]), noise, timesteps)
+
+
+@dataclass(frozen=True)
+class DiffusionImageCollator(DiffusionPairCollator):
+    """Stacks single images (SFT rows) and draws each one's noise and timestep, as
+    :class:`DiffusionPairCollator` does for a pair."""
+
+    key: str = "diffusion-images"
+
+    def __call__(self, examples: list[ImageExample],  # type: ignore[override]
+                 generator: torch.Generator | None = None) -> DiffusionBatch:
+        if generator is None:
+            indices = tuple(e.index for e in examples)
+            generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**31)
+        images = torch.stack([e.image for e in examples])  # (E, C, H, W)
+        shape = (len(examples), *(self.noise_shape or images.shape[1:]))
+        noise = torch.randn(shape, generator=generator)
+        timesteps = torch.randint(0, self.num_timesteps, (len(examples),), generator=generator)
+        return DiffusionBatch(torch.tensor([e.index for e in examples]),
+                              [e.prompt for e in examples], images, noise, timesteps)
 
 
 @dataclass

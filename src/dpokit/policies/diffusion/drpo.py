@@ -135,7 +135,8 @@ class DrPOSource(StepShares):
 @dataclass
 class DrPOObjective(StatelessObjective):
     """Per prompt: the preference drift of the generator's K features plus
-    ``reference_weight`` times the reference drift (their paper's dual drift loss)."""
+    ``reference_weight`` times the reference drift (their paper's dual drift loss, with the
+    official code's defaults: weights 3000, radii 0.02 / 0.05 / 0.2 for both, 0.2)."""
 
     features: FeatureMap
     settings: DrPOConfig = field(default_factory=DrPOConfig)
@@ -154,14 +155,13 @@ class DrPOObjective(StatelessObjective):
         images = policy.images([q for q in batch.prompts for _ in range(n)],
                                batch.noise.flatten(0, 1))  # (P K, 3, H, W), differentiable
         generated = self.features(images).view(p, n, -1)  # (P, K, D)
+        field = {"kernel": s.drift_kernel, "own_samples_negative": s.own_samples_negative,
+                 "positive_weight": s.positive_weight, "negative_weight": s.negative_weight}
         preference = drift_loss(generated, batch.positive, batch.negative,
-                                radii=s.drift_radii, positive_weight=s.positive_weight,
-                                negative_weight=s.negative_weight,
-                                kernel=s.drift_kernel)  # (P,)
+                                radii=s.drift_radii, **field)  # (P,)
         reference = drift_loss(generated, batch.reference, generated.detach(),
-                               radii=s.reference_radii, positive_weight=1.0,
-                               negative_weight=1.0, mask_negative_self=True,
-                               kernel=s.drift_kernel)  # (P,)
+                               radii=s.reference_radii, mask_negative_self=True,
+                               **field)  # (P,)
         losses = preference * batch.spread + s.reference_weight * reference  # (P,)
         metrics = MetricSums()
         metrics.add("drift/preference", preference.detach())

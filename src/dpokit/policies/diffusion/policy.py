@@ -22,7 +22,7 @@ import copy
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ def unet_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
     return model(noisy, timesteps, encoder_hidden_states=condition).sample
 
 
-Denoise = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Denoise = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]  # condition
 
 
 def image_geometry(unet: nn.Module, vae=None) -> tuple[int, tuple[int, int, int]]:
@@ -86,14 +86,16 @@ class DiffusionPolicy(BasePolicy):
     signature), optionally peft-wrapped; ``scheduler``: its noise schedule
     (``DDPMScheduler``); ``encoder``: prompts -> (E, L, D) conditioning; ``vae``: for latent
     models, images are encoded (the mean latent, times its scaling factor) before noising.
-    reference: ``"adapter"`` (LoRA: the base with the adapter off) or ``"copy"``.
+    reference: ``"adapter"`` (LoRA: the base with the adapter off), ``"copy"`` (a frozen copy of
+    ``reference_model``, by default of ``unet`` as given) or ``"none"``.
     denoise: how the denoiser is called (:func:`unet_call`; a DiT passes its own).
     source: the diffusers pipeline folder it was loaded from; then ``save_pretrained`` writes
     what diffusers loads onto that pipeline (:func:`.pipeline.save_for_diffusers`)."""
 
     def __init__(self, unet: nn.Module, scheduler, encoder: nn.Module,
                  reference: Literal["adapter", "copy", "none"] = "adapter", vae=None,
-                 denoise: Denoise = unet_call, source: str | None = None):
+                 denoise: Denoise = unet_call, source: str | None = None,
+                 reference_model: nn.Module | None = None):
         if reference == "adapter" and not is_peft(unet):
             raise ValueError("reference='adapter' needs a LoRA (peft) denoiser; use 'copy'")
         self.unet, self.scheduler, self.encoder, self.vae = unet, scheduler, encoder, vae
@@ -101,8 +103,9 @@ class DiffusionPolicy(BasePolicy):
         self.scorer: nn.Module = _Denoise(unet, encoder, denoise)
         self.reference_scorer = None
         if reference == "copy":
-            self.reference_scorer = _Denoise(copy.deepcopy(unet).requires_grad_(False).eval(),
-                                             encoder, denoise)
+            frozen = copy.deepcopy(reference_model if reference_model is not None else unet)
+            self.reference_scorer = _Denoise(frozen.requires_grad_(False).eval(), encoder,
+                                             denoise)
         self.capabilities = PolicyCapabilities(reference=reference, deterministic=False,
                                                generation=True)
 
@@ -118,8 +121,8 @@ class DiffusionPolicy(BasePolicy):
 
     # --- scores ----------------------------------------------------------------------------
     def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(2E, ...) clean inputs, noised inputs, the noise and (2E,) timesteps: each pair's
-        draw used for its chosen and its rejected sample."""
+        """(S, ...) clean inputs, noised inputs, the noise and (S,) timesteps: each pair's
+        draw used for its chosen and its rejected sample (S = 2E), or each image's (S = E)."""
         x0 = batch.images
         if self.vae is not None:
             if batch.latents is None:  # once per batch: the reference pass reuses it
@@ -131,20 +134,23 @@ class DiffusionPolicy(BasePolicy):
             raise ValueError(f"the batch's noise {tuple(batch.noise.shape[1:])} does not match "
                              f"what is noised {tuple(x0.shape[1:])}: give DiffusionPairCollator "
                              f"noise_shape={tuple(x0.shape[1:])}")
-        noise = batch.noise.repeat(2, *[1] * (batch.noise.dim() - 1))  # (2E, C, H, W)
-        timesteps = batch.timesteps.repeat(2)  # (2E,)
+        copies = len(x0) // len(batch.noise)  # 2: a pair's two images, 1: single images
+        noise = batch.noise.repeat(copies, *[1] * (batch.noise.dim() - 1))  # (S, C, H, W)
+        timesteps = batch.timesteps.repeat(copies)  # (S,)
         return x0, self.scheduler.add_noise(x0, noise, timesteps), noise, timesteps
 
     def _scores(self, scorer: nn.Module, batch) -> SequenceScores:
         x0, noisy, noise, timesteps = self._targets(batch)
-        predicted = scorer(noisy, timesteps, batch.prompts + batch.prompts)  # (2E, C, H, W)
+        prompts = batch.prompts * (len(x0) // len(batch.prompts))
+        predicted = scorer(noisy, timesteps, prompts)  # (S, C, H, W)
         if self.scheduler.config.prediction_type == "v_prediction":
             noise = self.scheduler.get_velocity(x0, noise, timesteps)
-        error = (predicted.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (2E,)
+        error = (predicted.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (S,)
         return SequenceScores(-0.5 * error, torch.ones_like(error, dtype=torch.long))
 
     def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
-        """(2E,) ``-1/2 * denoising error`` of the chosen then the rejected samples."""
+        """(S,) ``-1/2 * denoising error`` of the chosen then the rejected samples (or of
+        each image of an SFT batch)."""
         return self._scores(self.scorer, batch)
 
     @torch.no_grad()
