@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import sentiment_rows, unpaired_rows, write_jsonl
+from conftest import REPO, sentiment_rows, unpaired_rows, write_jsonl
 
 from dpokit.cli import main
 from dpokit.config import ConfigError, load_config
@@ -131,3 +131,10 @@ def test_cli_trains_kto_on_unpaired_rows(tmp_path, tiny_model_dir, capsys):
     assert "24 unpaired rows kept" in capsys.readouterr().out
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
+
+
+@pytest.mark.parametrize("recipe", sorted(
+    p.name for p in (REPO / "src" / "dpokit" / "recipes").glob("*.yaml")
+    if p.name != "recommender.yaml"))  # (the recommender's recipe has its own loader)
+def test_every_shipped_recipe_loads(recipe):
+    load_config(str(REPO / "src" / "dpokit" / "recipes" / recipe), [])

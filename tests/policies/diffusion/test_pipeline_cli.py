@@ -168,9 +168,9 @@ def test_other_pipelines_and_modes_are_refused_in_one_line(tmp_path, capsys):
     assert main(["train", f"model={folder}", f"train_data={data}", "online.mode=online",
                  "max_steps=2", "precompute_ref_logps=false"]) == 2
     assert "a diffusers pipeline" in capsys.readouterr().err
-    index["_class_name"] = "StableDiffusion3Pipeline"
+    index["_class_name"] = "FluxPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
     assert main(["train", f"model={folder}", f"train_data={data}",
                  "precompute_ref_logps=false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "StableDiffusion3Pipeline; dpokit trains" in err[0]
+    assert len(err) == 1 and "FluxPipeline; dpokit trains" in err[0]

@@ -192,3 +192,96 @@ def test_a_full_fine_tune_is_evaluated_against_its_base_unet(tmp_path):
     assert main(["eval", str(out / "final"), "--pairs", str(data), "--beta", "500",
                  "--json", str(figures)]) == 0
     assert json.loads(figures.read_text())["eval/loss"] == pytest.approx(held[-1], abs=1e-4)
+
+
+def tiny_sd3_pipeline(folder, t5: bool = True):
+    """An SD3-shaped pipeline: a one-layer joint transformer over 4x4x4 latents (patch 1),
+    two CLIP encoders with projections (16 wide each), a tiny T5 (32 wide: the joint width),
+    a flow-matching schedule (shift 3) and a VAE with a shift factor."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizers = [make_tokenizer() for _ in range(3)]
+    for tok in tokenizers:
+        tok.model_max_length = 12
+    config = {"vocab_size": len(tokenizers[0]), "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 16,
+              "projection_dim": 16}
+    clips = [CLIPTextModelWithProjection(CLIPTextConfig(**config)) for _ in range(2)]
+    t5_model = T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=32, d_kv=8,
+                                       d_ff=32, num_layers=1, num_heads=2)) if t5 else None
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(8, 8, 8), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=16,
+                        shift_factor=0.1, scaling_factor=1.5)
+    transformer = SD3Transformer2DModel(
+        sample_size=4, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=8)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=100, shift=3.0),
+        text_encoder=clips[0], tokenizer=tokenizers[0], text_encoder_2=clips[1],
+        tokenizer_2=tokenizers[1], text_encoder_3=t5_model,
+        tokenizer_3=tokenizers[2] if t5 else None)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_sd3_folders_are_noised_by_flow_matching_and_conditioned_on_three_encoders(tmp_path):
+    from dpokit.data.io import load_records
+    from dpokit.policies.diffusion import DiffusionPairCollator, build_image_pairs
+
+    for t5 in (True, False):
+        parts = load_pipeline(str(tiny_sd3_pipeline(tmp_path / f"sd3{t5}", t5)))
+        assert parts.kind == "StableDiffusion3Pipeline"
+        assert len(parts.text_encoders) == (3 if t5 else 2)
+        encoder, _ = parts.conditioning()
+        c = encoder(["a red circle"])
+        assert c.hidden.shape == (1, 12 + 77, 32) and c.pooled.shape == (1, 32)
+        assert (c.hidden[0, 12:].abs().sum() > 0) == t5  # T5's states, or zeros without it
+    policy = parts.policy(parts.unet, "none")
+    data = _pairs_file(tmp_path)
+    pairs = build_image_pairs(list(load_records(str(data))), policy.resolution).items[:2]
+    batch = DiffusionPairCollator(100, noise_shape=parts.latent_shape)(pairs)
+    noisy, target, timesteps = policy._targets(batch)
+    x0 = (parts.vae.encode(batch.images).latent_dist.mean - 0.1) * 1.5  # shift, then scale
+    sigma = parts.scheduler.sigmas[batch.timesteps.repeat(2)].view(-1, 1, 1, 1)
+    noise = batch.noise.repeat(2, 1, 1, 1)
+    torch.testing.assert_close(noisy, (1 - sigma) * x0 + sigma * noise)
+    torch.testing.assert_close(target, noise - x0)
+    torch.testing.assert_close(timesteps, parts.scheduler.timesteps[batch.timesteps.repeat(2)])
+    images = policy.generate(["a red circle"], steps=3, seed=0)  # flow Euler steps
+    assert images.shape == (1, 3, 16, 16) and images.abs().max() <= 1
+
+
+def test_diffusion_dpo_of_an_sd3_folder_loads_back_into_diffusers(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = tiny_sd3_pipeline(tmp_path / "sd3")
+    data = _pairs_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", f"model={folder}", f"train_data={data}", f"eval_data={data}",
+                 "lora=true", "lora_r=4", "lora_alpha=4", "beta=500",
+                 "precompute_ref_logps=false", "max_steps=40", "learning_rate=2e-2",
+                 f"output_dir={out}", *COMMON]) == 0
+    rows = _metrics(out)
+    assert [m["loss"] for m in rows if "loss" in m][0] == pytest.approx(math.log(2), abs=1e-5)
+    held = [m["eval/loss"] for m in rows if "eval/loss" in m]
+    assert held[-1] < held[0] - 0.01, held
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder)
+    x, t = torch.randn(1, 4, 4, 4), torch.tensor([500.0])
+    cond = {"encoder_hidden_states": torch.randn(1, 20, 32), "pooled_projections":
+            torch.randn(1, 32)}
+    with torch.no_grad():
+        before = pipe.transformer(hidden_states=x, timestep=t, **cond).sample
+        pipe.load_lora_weights(out / "final")
+        after = pipe.transformer(hidden_states=x, timestep=t, **cond).sample
+    assert not torch.allclose(before, after, atol=1e-5)  # the adapter loaded and acts

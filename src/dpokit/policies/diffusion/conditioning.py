@@ -45,7 +45,15 @@ class WordEncoder(nn.Module):
         return self.embed(self.ids(prompts)) + self.position  # (E, L, D)
 
 
-class CLIPPromptEncoder(nn.Module):
+class FrozenEncoder(nn.Module):
+    """A frozen text encoder stays in eval mode when its policy trains (T5's dropout would
+    otherwise draw other masks for the policy's and the reference's passes)."""
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        return super().train(False)
+
+
+class CLIPPromptEncoder(FrozenEncoder):
     """A frozen CLIP text encoder and its tokenizer (Stable Diffusion's conditioning):
     prompts -> (E, 77, D) last hidden states."""
 
@@ -77,7 +85,7 @@ class SDXLCondition:
     time_ids: torch.Tensor
 
 
-class SDXLPromptEncoder(nn.Module):
+class SDXLPromptEncoder(FrozenEncoder):
     """SDXL's frozen conditioning (as diffusers' ``StableDiffusionXLPipeline.encode_prompt``
     without classifier-free guidance): CLIP ViT-L and OpenCLIP ViT-bigG, the penultimate layer
     of each, the second's pooled projection, and the added time ids of an uncropped
@@ -110,3 +118,54 @@ def sdxl_unet_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tenso
     return model(noisy, timesteps, encoder_hidden_states=condition.hidden,
                  added_cond_kwargs={"text_embeds": condition.pooled,
                                     "time_ids": condition.time_ids}).sample
+
+
+@dataclass
+class SD3Condition:
+    """What an SD3 transformer reads of E prompts. hidden: (E, L_clip + L_t5, J) the two CLIP
+    encoders' penultimate states side by side, zero-padded to the joint width J, then the T5
+    states (zeros without T5); pooled: (E, P1 + P2) both CLIP pooled projections."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+
+
+class SD3PromptEncoder(FrozenEncoder):
+    """Stable Diffusion 3's frozen conditioning (as diffusers' ``StableDiffusion3Pipeline.
+    encode_prompt`` without guidance): two CLIP encoders with projections and, when the folder
+    has one, a T5 encoder read to ``t5_length`` tokens (diffusers' training scripts: 77)."""
+
+    def __init__(self, tokenizers, text_encoders: list[nn.Module], joint_dim: int,
+                 t5_length: int = 77):
+        super().__init__()
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = nn.ModuleList([e.requires_grad_(False).eval()
+                                            for e in text_encoders])
+        self.joint_dim, self.t5_length = joint_dim, t5_length
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> SD3Condition:
+        device = next(self.text_encoders[0].parameters()).device
+        states, pooled = [], []
+        for tokenizer, encoder in zip(self.tokenizers[:2], self.text_encoders[:2], strict=True):
+            out = encoder(_ids(tokenizer, prompts, device), output_hidden_states=True)
+            states.append(out.hidden_states[-2])  # (E, L, D_k)
+            pooled.append(out.text_embeds)  # (E, P_k)
+        clip = torch.cat(states, dim=-1)  # (E, L, D1 + D2)
+        clip = nn.functional.pad(clip, (0, self.joint_dim - clip.shape[-1]))  # (E, L, J)
+        if len(self.text_encoders) > 2:
+            ids = self.tokenizers[2](prompts, padding="max_length", truncation=True,
+                                     max_length=self.t5_length,
+                                     return_tensors="pt").input_ids.to(device)
+            t5 = self.text_encoders[2](ids).last_hidden_state  # (E, T, J)
+        else:
+            t5 = clip.new_zeros(len(prompts), self.t5_length, self.joint_dim)
+        return SD3Condition(torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1))
+
+
+def sd3_transformer_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                         condition: SD3Condition) -> torch.Tensor:
+    """An SD3 transformer's call: latents, the flow timestep, the joint text states and the
+    pooled projections -> the predicted velocity (S, C, H, W)."""
+    return model(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=condition.hidden,
+                 pooled_projections=condition.pooled).sample

@@ -34,6 +34,11 @@ from ...core.types import SequenceScores
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # LoRA's default targets (diffusers' names)
 
 
+def is_flow(scheduler) -> bool:
+    """Whether a schedule is flow matching (SD3's ``FlowMatchEulerDiscreteScheduler``)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
@@ -95,11 +100,12 @@ class DiffusionPolicy(BasePolicy):
     def __init__(self, unet: nn.Module, scheduler, encoder: nn.Module,
                  reference: Literal["adapter", "copy", "none"] = "adapter", vae=None,
                  denoise: Denoise = unet_call, source: str | None = None,
-                 reference_model: nn.Module | None = None):
+                 reference_model: nn.Module | None = None, pipeline_kind: str | None = None):
         if reference == "adapter" and not is_peft(unet):
             raise ValueError("reference='adapter' needs a LoRA (peft) denoiser; use 'copy'")
         self.unet, self.scheduler, self.encoder, self.vae = unet, scheduler, encoder, vae
         self.reference_mode, self.denoise, self.source = reference, denoise, source
+        self.pipeline_kind = pipeline_kind
         self.scorer: nn.Module = _Denoise(unet, encoder, denoise)
         self.reference_scorer = None
         if reference == "copy":
@@ -120,15 +126,19 @@ class DiffusionPolicy(BasePolicy):
         return image_geometry(self.unet, self.vae)[1]
 
     # --- scores ----------------------------------------------------------------------------
-    def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(S, ...) clean inputs, noised inputs, the noise and (S,) timesteps: each pair's
-        draw used for its chosen and its rejected sample (S = 2E), or each image's (S = E)."""
+    def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, ...) noised inputs, what the denoiser should predict, and (S,) the timesteps it
+        is told: each pair's draw used for its chosen and its rejected sample (S = 2E), or each
+        image's (S = E). DDPM-style schedules: ``x_t = add_noise(x0, eps, t)``, the target the
+        noise (or the velocity, for v-prediction); flow matching (SD3):
+        ``x_t = (1 - sigma) x0 + sigma eps`` at the draw's sigma, the target ``eps - x0``."""
         x0 = batch.images
         if self.vae is not None:
             if batch.latents is None:  # once per batch: the reference pass reuses it
                 with torch.no_grad():
-                    batch.latents = (self.vae.encode(x0).latent_dist.mean
-                                     * self.vae.config.scaling_factor)  # (2E, C', H', W')
+                    shift = self.vae.config.get("shift_factor") or 0.0
+                    batch.latents = ((self.vae.encode(x0).latent_dist.mean - shift)
+                                     * self.vae.config.scaling_factor)  # (S, C', H', W')
             x0 = batch.latents
         if batch.noise.shape[1:] != x0.shape[1:]:
             raise ValueError(f"the batch's noise {tuple(batch.noise.shape[1:])} does not match "
@@ -136,16 +146,20 @@ class DiffusionPolicy(BasePolicy):
                              f"noise_shape={tuple(x0.shape[1:])}")
         copies = len(x0) // len(batch.noise)  # 2: a pair's two images, 1: single images
         noise = batch.noise.repeat(copies, *[1] * (batch.noise.dim() - 1))  # (S, C, H, W)
-        timesteps = batch.timesteps.repeat(copies)  # (S,)
-        return x0, self.scheduler.add_noise(x0, noise, timesteps), noise, timesteps
+        timesteps = batch.timesteps.repeat(copies)  # (S,) indices into the schedule
+        if is_flow(self.scheduler):
+            sigma = self.scheduler.sigmas.to(x0.device)[timesteps].view(-1, 1, 1, 1)  # (S,1,1,1)
+            noisy = (1 - sigma) * x0 + sigma * noise  # (S, C, H, W)
+            return noisy, noise - x0, self.scheduler.timesteps.to(x0.device)[timesteps]
+        target = (self.scheduler.get_velocity(x0, noise, timesteps)
+                  if self.scheduler.config.prediction_type == "v_prediction" else noise)
+        return self.scheduler.add_noise(x0, noise, timesteps), target, timesteps
 
     def _scores(self, scorer: nn.Module, batch) -> SequenceScores:
-        x0, noisy, noise, timesteps = self._targets(batch)
-        prompts = batch.prompts * (len(x0) // len(batch.prompts))
+        noisy, target, timesteps = self._targets(batch)
+        prompts = batch.prompts * (len(noisy) // len(batch.prompts))
         predicted = scorer(noisy, timesteps, prompts)  # (S, C, H, W)
-        if self.scheduler.config.prediction_type == "v_prediction":
-            noise = self.scheduler.get_velocity(x0, noise, timesteps)
-        error = (predicted.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # (S,)
+        error = (predicted.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (S,)
         return SequenceScores(-0.5 * error, torch.ones_like(error, dtype=torch.long))
 
     def logps(self, batch, *, sampling_norm: bool = False) -> SequenceScores:
@@ -193,7 +207,7 @@ class DiffusionPolicy(BasePolicy):
         if directory is None:
             return
         if self.source is not None:  # the pipeline's own encoder is frozen: the UNet only
-            save_for_diffusers(self.unet, directory)
+            save_for_diffusers(self.unet, directory, self.pipeline_kind)
             return
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(directory)
@@ -209,7 +223,8 @@ class DiffusionPolicy(BasePolicy):
         need("diffusers", "diffusion", "image generation with a diffusers denoiser")
         from diffusers import DDIMScheduler
 
-        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        kind = type(self.scheduler) if is_flow(self.scheduler) else DDIMScheduler
+        sampler = kind.from_config(self.scheduler.config)  # flow: Euler steps, else DDIM
         sampler.set_timesteps(steps)
         unet = self.unet
         config = (unet.get_base_model() if is_peft(unet) else unet).config
@@ -225,29 +240,34 @@ class DiffusionPolicy(BasePolicy):
                 eps = self.denoise(model, x, t.expand(x.shape[0]).to(device), condition)
                 x = sampler.step(eps, t, x).prev_sample
         if self.vae is not None:
-            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+            shift = self.vae.config.get("shift_factor") or 0.0
+            x = self.vae.decode(x / self.vae.config.scaling_factor + shift).sample
         return x.clamp(-1, 1)
 
 
-def save_for_diffusers(unet: nn.Module, directory: str | Path) -> Path:
+def save_for_diffusers(unet: nn.Module, directory: str | Path,
+                       pipeline_kind: str | None = None) -> Path:
     """The trained LoRA adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors``,
     what ``pipeline.load_lora_weights(directory)`` reads) and peft's (what
-    :func:`.pipeline.load_trained` reads), or a whole trained UNet under ``directory/unet`` (what
-    ``UNet2DConditionModel.from_pretrained(directory, subfolder="unet")`` reads)."""
-    from diffusers import StableDiffusionPipeline
+    :func:`.pipeline.load_trained` reads), or the whole trained denoiser under
+    ``directory/unet`` (``directory/transformer`` for SD3: what ``from_pretrained(directory,
+    subfolder=...)`` reads)."""
+    import diffusers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    transformer = pipeline_kind == "StableDiffusion3Pipeline"
     if is_peft(unet):
         from peft.utils import get_peft_model_state_dict
 
         layers = {name.removeprefix("base_model.model."): value
                   for name, value in get_peft_model_state_dict(unet).items()}
-        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers,
-                                                  safe_serialization=True)
+        pipeline = getattr(diffusers, pipeline_kind or "StableDiffusionPipeline")
+        part = "transformer_lora_layers" if transformer else "unet_lora_layers"
+        pipeline.save_lora_weights(directory, **{part: layers}, safe_serialization=True)
         unet.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
     else:
-        unet.save_pretrained(directory / "unet")
+        unet.save_pretrained(directory / ("transformer" if transformer else "unet"))
     return directory
 
 
