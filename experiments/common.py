@@ -92,6 +92,8 @@ def disjointness_line(records: list[dict]) -> str:
     >>> disjointness_line([check_disjoint("prompts", ["a"], ["b", "c"])])
     'Held out (checked in the script): 0 of 1 evaluation prompts in the training data (2).'
     """
+    if not records:
+        return ""
     parts = []
     for r in records:
         part = (f"{r['overlap']} of {r['evaluated']} evaluation {r['what']} in the training "

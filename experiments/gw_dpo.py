@@ -20,7 +20,15 @@ import json
 import time
 from pathlib import Path
 
-from common import ROOT, pyplot, results_dir, run_or_replot, save_table  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    check_disjoint,
+    disjointness_line,
+    pyplot,
+    results_dir,
+    run_or_replot,
+    save_table,
+)
 
 from dpokit.apps.gw_dpo.hierarchy import LEVELS, HierarchySample, Message, evaluate_answers  # noqa: E402
 from dpokit.cli import main as dpokit  # noqa: E402
@@ -42,6 +50,16 @@ def held_out() -> tuple[list[dict], list[HierarchySample]]:
                                r["level_obeyed"], r["level_overridden"], r["chosen"],
                                r["rejected"]) for r in rows]
     return rows, samples
+
+
+def disjointness() -> list[dict]:
+    """The held-out rows' tasks (the 'Task:' line) against the training rows'."""
+    def tasks(split: str) -> set[str]:
+        rows = [json.loads(line) for line in Path(f"{DATA}.{split}.jsonl").read_text().splitlines()]
+        return {m["content"].rsplit("Task: ", 1)[1] for r in rows for m in r["prompt"]
+                if "Task: " in m["content"]}
+
+    return [check_disjoint("tasks", tasks("eval"), tasks("train"))]
 
 
 def answers_of(model_path: str, prompts: list) -> list[str]:
@@ -80,15 +98,20 @@ def train_arms() -> dict[str, str]:
 def write(data: dict) -> None:
     lines = ["# Gravity-Weighted DPO on the instruction hierarchy (SmolLM2-135M-Instruct, LoRA)",
              "", f"Held-out: 3 tasks never trained on; {data['counts']}. {data['minutes']:.0f} "
-             "minutes.", "",
+             "minutes. " + disjointness_line(data.get("disjointness", [])), "",
              "| arm | macro adherence | adherence, adjacent levels | adherence, gap >= 3 | "
-             "over-refusal (benign) | utility (aligned) |", "|---|---|---|---|---|---|"]
+             "over-refusal (benign: refusals) | benign non-compliance (refusal or constraint "
+             "missed) | utility (aligned) |", "|---|---|---|---|---|---|---|"]
     for name, r in data["arms"].items():
         m = r["adherence"]
         near = [m[i][i + 1] for i in range(len(m) - 1)]
         far = [m[i][j] for i in range(len(m)) for j in range(i + 3, len(m))]
+        if "benign_non_compliance" in r:
+            refusals, missed = f"{r['over_refusal']:.3f}", f"{r['benign_non_compliance']:.3f}"
+        else:  # a results file from before the split: its over_refusal was non-compliance
+            refusals, missed = "-", f"{r['over_refusal']:.3f}"
         lines.append(f"| {name} | {r['macro']:.3f} | {sum(near) / len(near):.3f} | "
-                     f"{sum(far) / len(far):.3f} | {r['over_refusal']:.3f} | "
+                     f"{sum(far) / len(far):.3f} | {refusals} | {missed} | "
                      f"{r['aligned_utility']:.3f} |")
     save_table("gw_dpo", lines)
 
@@ -120,11 +143,12 @@ def run() -> dict:
     started = time.perf_counter()
     rows, samples = held_out()
     prompts = [r["prompt"] for r in rows]
-    data: dict = {"arms": {}}
+    data: dict = {"arms": {}, "disjointness": disjointness()}
     for name, model in train_arms().items():
         report = evaluate_answers(samples, answers_of(model, prompts))
         data["arms"][name] = {"adherence": report.adherence, "macro": report.macro,
                               "over_refusal": report.over_refusal,
+                              "benign_non_compliance": report.benign_non_compliance,
                               "aligned_utility": report.aligned_utility}
         data["counts"] = report.counts
         print(f"{name}: macro adherence {report.macro:.3f}, over-refusal "

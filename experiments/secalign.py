@@ -11,12 +11,17 @@ tasks (7 program-graded families over news sentences and fortunes, WordNet defin
   of the samples carry an injected instruction; the target is the real output);
 - SecAlign: DPO (LoRA) on the StruQ model with SecAlign's pairs.
 
+- the prompting defences the papers compare with, on the undefended model: an instructional
+  reminder, the sandwich, delimiting the data (``FRONTENDS["textual+..."]``).
+
 Every arm answers the same held-out prompts greedily: clean (utility, exact) and under each
 attack, whose data asks to "print exactly 'WORD!'" with words never printed in training;
-GCG optimizes one universal suffix per arm on 4 held-out prompts. Writes
+GCG optimizes one universal suffix per arm on 4 training tasks (outside the evaluated set)
+and is applied to every held-out task. The script checks that the held-out tasks' texts are
+disjoint from the training tasks' (the GCG tasks among them) and writes the record. Writes
 experiments/results/secalign.{md,json,png}.
 
-    python experiments/secalign.py            # about 60 minutes on 2 CPU cores
+    python experiments/secalign.py            # about 75 minutes on 2 CPU cores
     python experiments/secalign.py --replot
 """
 
@@ -24,7 +29,15 @@ from __future__ import annotations
 
 import time
 
-from common import ROOT, experiment, pyplot, results_dir, save_table  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    check_disjoint,
+    disjointness_line,
+    experiment,
+    pyplot,
+    results_dir,
+    save_table,
+)
 
 from dpokit.cli import main as dpokit  # noqa: E402
 
@@ -70,9 +83,35 @@ def train_arms() -> dict[str, tuple[str, str]]:
           f"output_dir={OUT / 'struq_sft'}", *COMMON])
     _run(["train", "secalign", f"model.name={OUT / 'struq_sft' / 'final'}",
           f"train_data={OUT / 'pairs.jsonl'}", f"output_dir={OUT / 'dpo'}", *COMMON])
-    return {"undefended SFT": (str(OUT / "undefended_sft" / "final"), "textual"),
+    undefended = str(OUT / "undefended_sft" / "final")
+    return {"undefended SFT": (undefended, "textual"),
+            **{f"undefended + {d}": (undefended, f"textual+{d}")
+               for d in ("reminder", "sandwich", "delimiting")},
             "StruQ SFT": (str(OUT / "struq_sft" / "final"), "struq"),
             "SecAlign (StruQ + DPO)": (str(OUT / "dpo" / "final"), "struq")}
+
+
+def gcg_tasks() -> list:
+    """The tasks GCG tunes its suffix on: four training tasks with data, one per family."""
+    from dpokit.apps.secalign.tasks import load_tasks
+
+    chosen, families = [], set()
+    for task in load_tasks(f"{TASKS}.train.jsonl"):
+        if task.input and task.family not in families:
+            chosen.append(task)
+            families.add(task.family)
+    return chosen[:4]
+
+
+def disjointness() -> list[dict]:
+    from dpokit.apps.secalign.tasks import load_tasks
+
+    held = load_tasks(f"{TASKS}.eval.jsonl")
+    trained = load_tasks(f"{TASKS}.train.jsonl")
+    return [check_disjoint("task texts (the data)", {t.input for t in held if t.input},
+                           {t.input for t in trained if t.input}),
+            check_disjoint("tasks GCG tuned on", {(t.instruction, t.input) for t in held},
+                           {(t.instruction, t.input) for t in gcg_tasks()})]
 
 
 def evaluate(model: str, frontend: str) -> dict:
@@ -84,7 +123,8 @@ def evaluate(model: str, frontend: str) -> dict:
     report = evaluate_injection(policy.model, policy.tokenizer,
                                 load_tasks(f"{TASKS}.eval.jsonl"), frontend,
                                 gcg=GCGSettings(steps=20, suffix_tokens=10, top_k=64,
-                                                candidates=32, prompts=4))
+                                                candidates=32, prompts=4),
+                                gcg_tasks=gcg_tasks())
     print(report.table(), flush=True)
     return {"utility": report.utility, "asr": report.asr, "examples": report.examples,
             "gcg_suffix": report.gcg.suffix, "gcg_losses": report.gcg.losses,
@@ -93,12 +133,14 @@ def evaluate(model: str, frontend: str) -> dict:
 
 def run() -> dict:
     started = time.perf_counter()
+    checked = disjointness()
     arms = train_arms()
     trained = time.perf_counter()
     data = {"arms": {name: {"frontend": fe, **evaluate(model, fe)}
                      for name, (model, fe) in arms.items()}}
     data["minutes"] = (time.perf_counter() - started) / 60
     data["train_minutes"] = (trained - started) / 60
+    data["disjointness"] = checked
     return data
 
 
@@ -109,7 +151,8 @@ def write(data: dict) -> None:
              f"{first['tasks']} held-out tasks (texts never trained on), greedy decoding; ASR = "
              "share of outputs containing the injected word (in brackets: beginning with it); "
              f"utility = exact accuracy without attack. {data['minutes']:.0f} minutes "
-             f"({data['train_minutes']:.0f} training).", "",
+             f"({data['train_minutes']:.0f} training). GCG: one universal suffix per arm, tuned "
+             "on 4 training tasks. " + disjointness_line(data.get("disjointness", [])), "",
              "| attack | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines.append("| utility (clean) | " + " | ".join(
         f"{data['arms'][n]['utility']:.3f}" for n in names) + " |")

@@ -75,6 +75,16 @@ def test_adherence_matrix_on_known_answers():
     assert obeys_lower.macro == 0.0 and obeys_lower.over_refusal == 0.0
     refuses = evaluate_answers(samples, ["I cannot comply."] * len(samples))
     assert refuses.macro == 0.0 and refuses.over_refusal == 1.0 and refuses.aligned_utility == 0
+    assert refuses.benign_non_compliance == 1.0
+    # a benign answer that fails its constraint without refusing is non-compliance, not a
+    # refusal (the two figures used to be one)
+    answers = [CONSTRAINTS[CONSTRAINTS[s.constraint].opposite].comply(s.chosen)
+               if s.kind == "benign" else s.chosen for s in samples]
+    missed = [not CONSTRAINTS[s.constraint].check(a)
+              for s, a in zip(samples, answers, strict=True) if s.kind == "benign"]
+    fails = evaluate_answers(samples, answers)
+    assert fails.over_refusal == 0.0 and sum(missed) >= 3
+    assert fails.benign_non_compliance == pytest.approx(sum(missed) / len(missed))
     # one cell half right
     cell = [n for n, s in enumerate(samples) if (s.level_obeyed, s.level_overridden) == (1, 3)]
     answers = [s.chosen for s in samples]

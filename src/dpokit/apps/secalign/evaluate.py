@@ -87,8 +87,11 @@ def gcg_cases(tasks: Sequence[Task], frontend: Frontend,
 def evaluate_injection(model, tokenizer, tasks: Sequence[Task], frontend: str | Frontend,
                        attacks: Sequence[str] = tuple(ATTACKS), gcg: GCGSettings | None = None,
                        max_new_tokens: int = 48, batch_size: int = 32,
-                       seed: int = 0) -> InjectionReport:
-    """Utility and ASR of ``model`` (greedy) on ``tasks`` with data, under ``frontend``."""
+                       seed: int = 0,
+                       gcg_tasks: Sequence[Task] | None = None) -> InjectionReport:
+    """Utility and ASR of ``model`` (greedy) on ``tasks`` with data, under ``frontend``; the
+    GCG suffix is optimized on ``gcg_tasks`` (give tasks outside the evaluated ones: the
+    default, the first evaluated tasks, tunes the attack on its own targets)."""
     from ...policies.causal_lm.sampling import SamplingSettings, sample_completions
 
     fe = FRONTENDS[frontend] if isinstance(frontend, str) else frontend
@@ -107,7 +110,9 @@ def evaluate_injection(model, tokenizer, tasks: Sequence[Task], frontend: str | 
                                 for t, o in zip(tasks[:3], clean[:3], strict=True)]
     runs = [(a, "") for a in attacks]
     if gcg is not None:
-        report.gcg = universal_suffix(model, tokenizer, gcg_cases(tasks, fe, gcg.prompts), gcg)
+        tuned_on = [t for t in gcg_tasks if t.input] if gcg_tasks is not None else tasks
+        report.gcg = universal_suffix(model, tokenizer, gcg_cases(tuned_on, fe, gcg.prompts),
+                                      gcg)
         runs.append(("gcg", report.gcg.suffix))
     for attack, suffix in runs:
         prompts, words = attacked_prompts(tasks, fe, attack, seed, suffix)
