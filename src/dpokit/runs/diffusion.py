@@ -47,9 +47,26 @@ def _policy(m: ModelConfig, parts: PipelineParts, seed: int, reference: bool) ->
     return parts.policy(unet, ("adapter" if m.lora else "copy") if reference else "none")
 
 
+def _trainer(cfg: TrainConfig, build_rows, collator, objective, reference: bool,
+             log: Callable[[str], Any]) -> Run:
+    """Load the pipeline, read the rows with ``build_rows(records, resolution, on_bad_rows,
+    skipped)``, and build the run's trainer (``collator``: the class drawing each batch's
+    noise and timesteps)."""
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    torch.manual_seed(o.seed)
+    parts = load_pipeline(m.name, model_dtype(m, hardware(cfg).precision))
+    examples = tokenize_both(d, o.seed, lambda rows: build_rows(
+        rows.records, parts.resolution, d.on_bad_rows, rows.skipped), log)
+    policy = _policy(m, parts, o.seed, reference)
+    collate = collator(parts.scheduler.config.num_train_timesteps, o.seed,
+                       noise_shape=parts.latent_shape)
+    both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
+    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
+    return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)
+
+
 def build_diffusion_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     """The trainer of a Diffusion-DPO run on a pipeline folder."""
-    m, d, o = cfg.model, cfg.data, cfg.optim
     objective = build_objective(cfg.loss)
     if objective.unpaired or not objective.needs_reference:
         raise ValueError(f"loss {cfg.loss.name!r}: Diffusion-DPO trains a paired loss against "
@@ -57,29 +74,10 @@ def build_diffusion_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> 
     if cfg.loss.precompute_ref_logps:
         raise ValueError("a diffusion run draws new noise every step, so its reference cannot "
                          "be precomputed: set precompute_ref_logps=false")
-    torch.manual_seed(o.seed)
-    parts = load_pipeline(m.name, model_dtype(m, hardware(cfg).precision))
-    examples = tokenize_both(d, o.seed, lambda rows: build_image_pairs(
-        rows.records, parts.resolution, d.on_bad_rows, rows.skipped), log)
-    policy = _policy(m, parts, o.seed, reference=True)
-    collate = DiffusionPairCollator(parts.scheduler.config.num_train_timesteps, o.seed,
-                                    noise_shape=parts.latent_shape)
-    both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
-    return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)
+    return _trainer(cfg, build_image_pairs, DiffusionPairCollator, objective, True, log)
 
 
 def build_diffusion_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     """The trainer of an SFT run (the plain diffusion loss) on a pipeline folder."""
-    m, d, o = cfg.model, cfg.data, cfg.optim
-    torch.manual_seed(o.seed)
-    parts = load_pipeline(m.name, model_dtype(m, hardware(cfg).precision))
-    examples = tokenize_both(d, o.seed, lambda rows: build_image_examples(
-        rows.records, parts.resolution, d.on_bad_rows, rows.skipped), log)
-    policy = _policy(m, parts, o.seed, reference=False)
-    collate = DiffusionImageCollator(parts.scheduler.config.num_train_timesteps, o.seed,
-                                     noise_shape=parts.latent_shape)
-    both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
-    objective = DenoisingObjective()
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
-    return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)
+    return _trainer(cfg, build_image_examples, DiffusionImageCollator, DenoisingObjective(),
+                    False, log)

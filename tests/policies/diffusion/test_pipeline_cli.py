@@ -20,14 +20,19 @@ from dpokit.data.io import DataError, Record  # noqa: E402
 from dpokit.policies.diffusion import build_image_pairs  # noqa: E402
 
 
+def tiny_vae(**options):
+    """A 3-level VAE: 16x16 images, 4x4x4 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                         block_out_channels=(8, 8, 8), norm_num_groups=8,
+                         down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, sample_size=16, **options)
+
+
 def tiny_pipeline(folder):
     """A Stable Diffusion 1.x-shaped pipeline: 16x16 images, 4x4x4 latents."""
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
@@ -36,10 +41,7 @@ def tiny_pipeline(folder):
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16,
                                         intermediate_size=32, num_hidden_layers=1,
                                         num_attention_heads=2, max_position_embeddings=16))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 8, 8), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=16)
+    vae = tiny_vae()
     unet = UNet2DConditionModel(
         sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

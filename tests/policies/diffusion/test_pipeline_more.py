@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 from conftest import make_tokenizer, write_jsonl
-from test_pipeline_cli import pick_a_pic_rows, tiny_pipeline
+from test_pipeline_cli import pick_a_pic_rows, tiny_pipeline, tiny_vae
 from vlm_helpers import shape_image
 
 pytest.importorskip("diffusers")
@@ -29,7 +29,6 @@ def tiny_sdxl_pipeline(folder):
     16-wide projection), a UNet reading their states (32 wide), the pooled embedding and six
     time ids; 16x16 images, 4x4x4 latents."""
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -48,10 +47,7 @@ def tiny_sdxl_pipeline(folder):
               "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 16}
     first = CLIPTextModel(CLIPTextConfig(**config))
     second = CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=16))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 8, 8), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=16)
+    vae = tiny_vae()
     unet = UNet2DConditionModel(
         sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -99,20 +95,27 @@ def test_sdxl_conditioning_reads_both_encoders_pooled_and_time_ids(tmp_path):
     assert out.shape == x.shape and not torch.allclose(out, call(parts.unet, x, t, other))
 
 
-def test_diffusion_dpo_of_an_sdxl_folder_loads_back_into_diffusers(tmp_path):
-    from diffusers import StableDiffusionXLPipeline
-
-    folder = tiny_sdxl_pipeline(tmp_path / "xl")
+def _lora_dpo(folder, tmp_path, learning_rate: str):
+    """Diffusion-DPO with LoRA through the CLI on the colour pairs: the loss starts at ln 2
+    (LoRA B = 0) and the held-out loss at fixed noise falls; returns (final/, pairs, held)."""
     data = _pairs_file(tmp_path)
     out = tmp_path / "run"
     assert main(["train", f"model={folder}", f"train_data={data}", f"eval_data={data}",
                  "lora=true", "lora_r=4", "lora_alpha=4", "beta=500",
-                 "precompute_ref_logps=false", "max_steps=40", "learning_rate=5e-3",
+                 "precompute_ref_logps=false", "max_steps=40", f"learning_rate={learning_rate}",
                  f"output_dir={out}", *COMMON]) == 0
     rows = _metrics(out)
     assert [m["loss"] for m in rows if "loss" in m][0] == pytest.approx(math.log(2), abs=1e-5)
     held = [m["eval/loss"] for m in rows if "eval/loss" in m]
     assert held[-1] < held[0] - 0.01, held
+    return out / "final", data, held
+
+
+def test_diffusion_dpo_of_an_sdxl_folder_loads_back_into_diffusers(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = tiny_sdxl_pipeline(tmp_path / "xl")
+    final, data, held = _lora_dpo(folder, tmp_path, "5e-3")
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     x, t = torch.randn(1, 4, 4, 4), torch.tensor([50])
     cond = {"encoder_hidden_states": torch.randn(1, 12, 32),
@@ -120,11 +123,11 @@ def test_diffusion_dpo_of_an_sdxl_folder_loads_back_into_diffusers(tmp_path):
                                   "time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]])}}
     with torch.no_grad():
         before = pipe.unet(x, t, **cond).sample
-        pipe.load_lora_weights(out / "final")
+        pipe.load_lora_weights(final)
         after = pipe.unet(x, t, **cond).sample
     assert not torch.allclose(before, after, atol=1e-5)  # the adapter loaded and acts
     figures = tmp_path / "eval.json"
-    assert main(["eval", str(out / "final"), "--pairs", str(data), "--beta", "500",
+    assert main(["eval", str(final), "--pairs", str(data), "--beta", "500",
                  "--json", str(figures)]) == 0
     assert json.loads(figures.read_text())["eval/loss"] == pytest.approx(held[-1], abs=1e-4)
 
@@ -199,7 +202,6 @@ def tiny_sd3_pipeline(folder, t5: bool = True):
     two CLIP encoders with projections (16 wide each), a tiny T5 (32 wide: the joint width),
     a flow-matching schedule (shift 3) and a VAE with a shift factor."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -216,11 +218,7 @@ def tiny_sd3_pipeline(folder, t5: bool = True):
     clips = [CLIPTextModelWithProjection(CLIPTextConfig(**config)) for _ in range(2)]
     t5_model = T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=32, d_kv=8,
                                        d_ff=32, num_layers=1, num_heads=2)) if t5 else None
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 8, 8), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=16,
-                        shift_factor=0.1, scaling_factor=1.5)
+    vae = tiny_vae(shift_factor=0.1, scaling_factor=1.5)
     transformer = SD3Transformer2DModel(
         sample_size=4, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
@@ -266,22 +264,13 @@ def test_diffusion_dpo_of_an_sd3_folder_loads_back_into_diffusers(tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
     folder = tiny_sd3_pipeline(tmp_path / "sd3")
-    data = _pairs_file(tmp_path)
-    out = tmp_path / "run"
-    assert main(["train", f"model={folder}", f"train_data={data}", f"eval_data={data}",
-                 "lora=true", "lora_r=4", "lora_alpha=4", "beta=500",
-                 "precompute_ref_logps=false", "max_steps=40", "learning_rate=2e-2",
-                 f"output_dir={out}", *COMMON]) == 0
-    rows = _metrics(out)
-    assert [m["loss"] for m in rows if "loss" in m][0] == pytest.approx(math.log(2), abs=1e-5)
-    held = [m["eval/loss"] for m in rows if "eval/loss" in m]
-    assert held[-1] < held[0] - 0.01, held
+    final, _, _ = _lora_dpo(folder, tmp_path, "2e-2")
     pipe = StableDiffusion3Pipeline.from_pretrained(folder)
     x, t = torch.randn(1, 4, 4, 4), torch.tensor([500.0])
     cond = {"encoder_hidden_states": torch.randn(1, 20, 32), "pooled_projections":
             torch.randn(1, 32)}
     with torch.no_grad():
         before = pipe.transformer(hidden_states=x, timestep=t, **cond).sample
-        pipe.load_lora_weights(out / "final")
+        pipe.load_lora_weights(final)
         after = pipe.transformer(hidden_states=x, timestep=t, **cond).sample
     assert not torch.allclose(before, after, atol=1e-5)  # the adapter loaded and acts
