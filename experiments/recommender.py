@@ -10,7 +10,7 @@ sessions: its own lists, lists sampled from BC and from DPO, and greedy lists; i
 model and in the simulator, per signal, and under the stress tests (a mode switch after the
 context, a one-item history). Writes experiments/results/recommender.{md,json,png}.
 
-    python experiments/recommender.py            # about 10 minutes on 2 CPU cores
+    python experiments/recommender.py            # about a minute on 2 CPU cores
     python experiments/recommender.py --replot   # table and figure from recommender.json
 """
 
