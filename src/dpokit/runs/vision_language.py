@@ -32,8 +32,8 @@ from ..policies.vision_language import (
     model_parts,
 )
 from ..policies.vision_language.models import (
-    bidirectional_images,
     check_layout_window,
+    family_batching,
     image_token_id,
     load_processor,
     load_vision_language_model,
@@ -112,9 +112,9 @@ def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool
     tokenizer = vision_tokenizer(cfg, config)
     examples = tokenize_both(d, cfg.optim.seed, lambda rows: build(
         rows.records, tokenizer, d.on_bad_rows, rows.skipped), log)
+    family = family_batching(config, tokenizer.image_token_id, tokenizer.mrope_merge)
     collate = collate(tokenizer.tokenizer.pad_token_id, tokenizer.image_axis, d.batch_layout,
-                      d.max_row_tokens, tokenizer.mrope_merge is not None,
-                      tokenizer.image_token_id if bidirectional_images(config) else None)
+                      d.max_row_tokens, family.mrope, family.block_images)
     reference = resolve_reference(cfg.model, needs_reference, cfg.loss.name)
     policy = build_vision_policy(cfg.model, hardware(cfg), reference, tokenizer.processor,
                                  ld_alpha=cfg.loss.ld_alpha if pairs else None,

@@ -4,6 +4,7 @@ against its plain twin, trainable parts, a falling loss, SFT then DPO through th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -36,6 +37,7 @@ from dpokit.policies.vision_language import (
 )
 from dpokit.policies.vision_language.models import (
     bidirectional_images,
+    family_batching,
     image_token_id,
     mrope_merge,
 )
@@ -55,9 +57,9 @@ def _tokenizer(model, processor, **settings):
 
 
 def _traits(model, tok) -> dict:
-    """The collators' family options: 3-D positions, images seen whole."""
-    return {"mrope": tok.mrope_merge is not None,
-            "block_images": tok.image_token_id if bidirectional_images(model.config) else None}
+    """The collators' family options (3-D positions, images seen whole), as the run's."""
+    return dataclasses.asdict(family_batching(model.config, tok.image_token_id,
+                                              tok.mrope_merge))
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

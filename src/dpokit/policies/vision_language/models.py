@@ -59,6 +59,22 @@ def bidirectional_images(config) -> bool:
     return getattr(config, "model_type", None) in BIDIRECTIONAL_IMAGES
 
 
+@dataclass(frozen=True)
+class FamilyBatching:
+    """What a family's batches need besides ids and pixels (the collators' options): mrope,
+    3-D positions; block_images, the image token id when an image's tokens see their whole
+    image (None: causal throughout)."""
+
+    mrope: bool
+    block_images: int | None
+
+
+def family_batching(config, image_token_id: int, merge: int | None) -> FamilyBatching:
+    """The collators' options of a family: ``merge`` its :func:`mrope_merge`."""
+    return FamilyBatching(merge is not None,
+                          image_token_id if bidirectional_images(config) else None)
+
+
 def check_layout_window(config, layout: str, max_length: int) -> None:
     """Packed and prefix-shared batches hand every layer one attention mask, so a family with
     sliding-window layers trains in them only when no row of a sequence reaches past the
