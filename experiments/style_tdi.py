@@ -20,11 +20,14 @@ record. Writes experiments/results/style_tdi.{md,json,png}.
 
     python experiments/style_tdi.py            # about 35 minutes on 2 CPU cores
     python experiments/style_tdi.py --replot   # table and figure from style_tdi.json
+    python experiments/style_tdi.py --reuse dpo,dpo+finite_difference  # read those arms'
+                                               # finished runs in outputs/ instead of training
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -60,12 +63,22 @@ KEYS = {"accuracy": "eval/rewards/accuracies", "margin": "eval/rewards/margins",
         "style_tdi": "eval/geometry/style_tdi", "trajectory_tdi": "eval/geometry/trajectory_tdi"}
 
 
+def reused() -> set[str]:
+    """``--reuse A,B``: arms whose finished runs are read back instead of trained again."""
+    if "--reuse" not in sys.argv:
+        return set()
+    return set(sys.argv[sys.argv.index("--reuse") + 1].split(","))
+
+
 def run_arm(name: str, overrides: list[str]) -> dict:
     out = OUT / name.replace("+", "_")
     started = time.perf_counter()
-    code = dpokit(["train", "quickstart", f"output_dir={out}", *COMMON, *overrides])
-    if code != 0:
-        raise SystemExit(f"{name}: dpokit train exited {code}")
+    if name in reused():  # its minutes: from the run folder's first file to its last metrics
+        started -= (out / "metrics.jsonl").stat().st_mtime - (out / "run.json").stat().st_mtime
+    else:
+        code = dpokit(["train", "quickstart", f"output_dir={out}", *COMMON, *overrides])
+        if code != 0:
+            raise SystemExit(f"{name}: dpokit train exited {code}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if KEYS["style_tdi"] in r]
     penalty = [r["reg/style"] for r in rows if "reg/style" in r]

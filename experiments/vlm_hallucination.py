@@ -14,7 +14,7 @@ every evaluation scene holds at least one of them; the script checks that no eva
 and no (scene, question, answer) equals a training one and writes the record. Writes
 experiments/results/vlm_hallucination.{md,json,png}.
 
-    python experiments/vlm_hallucination.py            # about 21 minutes on 2 CPU cores
+    python experiments/vlm_hallucination.py            # about 30 minutes on 2 CPU cores
     python experiments/vlm_hallucination.py --replot
     python experiments/vlm_hallucination.py --smoke     # every step at toy sizes, no results
     python experiments/vlm_hallucination.py --reuse-sft # keep outputs/vlm/{base,sft} of a run

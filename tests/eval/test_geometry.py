@@ -221,6 +221,11 @@ def test_matched_regularizer_is_the_papers_form(tokenizer):
     assert not torch.allclose(clean.layers[-1], noisy.layers[-1])
     value = reg(_Holder(model), 0).value
     assert value.item() > 0 and value.requires_grad
+    estimated = reg._factor.clone()  # once, as the paper's estimate before training
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    reg(_Holder(model), 1)
+    assert torch.equal(reg._factor, estimated)
     with pytest.raises(ValueError, match="regularizer_layer must be in"):
         StyleRegularizer(probes, tokenizer, "matched", 1.0, 2, GeometrySettings(),
                          noise=MatchedNoise(layer=5)).noise_layer(model)

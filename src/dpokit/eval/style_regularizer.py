@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..policies.causal_lm.hidden import (
     hidden_states,
     input_embeddings,
 )
+from ..policies.causal_lm.lora import is_peft
 from .tdi import GeometrySettings, StyleProbes, class_index, layout_tdi, mean_pool
 
 FORMS = ("finite_difference", "matched", "input_matched")
@@ -58,10 +60,13 @@ class StyleRegularizer:
     ``settings.layer``. form ``matched``: the relative response (trajectory TDI) of the layers
     after ``noise.layer`` to per-token noise N(0, Sigma) added to that layer's hidden states,
     Sigma the covariance of the style variants' mean hidden states there around their
-    content's mean, rank-truncated and shrunk (:class:`MatchedNoise`). form ``input_matched``:
-    the same with Sigma from the mean input embeddings, full rank, unshrunk, the noise added to
-    the input embeddings. Sigma is recomputed each step over the whole probe set (cheap, and
-    right when the model trains).
+    content's mean, rank-truncated and shrunk (:class:`MatchedNoise`), estimated once over the
+    whole probe set with the model as it starts (the paper's estimate before training; with
+    LoRA, the adapter off, so a resumed run estimates the same; a resumed full fine-tune
+    estimates it from the model it resumes).
+    form ``input_matched``: the same with Sigma from the mean input embeddings, full rank,
+    unshrunk, the noise added to the input embeddings, recomputed each step (cheap: the
+    embedding layer only, and right when the embeddings train).
     """
 
     name = "style"
@@ -78,6 +83,7 @@ class StyleRegularizer:
         if self.per_step < 2:
             raise ValueError("the style regularizer needs two or more probe contents per step")
         self.texts = encode_texts(tokenizer, probes.texts, settings.max_length)
+        self._factor: torch.Tensor | None = None  # matched: estimated at the first step
 
     def _batch(self, step: int) -> tuple[EncodedTexts, list[str]]:
         chosen = random.Random(self.settings.seed * 1_000_003 + step).sample(self.contents,
@@ -120,10 +126,15 @@ class StyleRegularizer:
 
     def _noise(self, model, device, generator) -> Callable[[torch.Tensor], torch.Tensor]:
         layer = self.noise_layer(model)
-        factor = self.style_covariance_factor(model, device, layer)  # (M, H)
         shrink = 0.0
         if self.form == "matched":
-            factor, shrink = self.truncated_factor(factor), self.noise.shrinkage
+            if self._factor is None:  # once, with the model as it starts (the paper's)
+                with model.disable_adapter() if is_peft(model) else nullcontext():
+                    self._factor = self.truncated_factor(
+                        self.style_covariance_factor(model, device, layer))  # (r, H)
+            factor, shrink = self._factor.to(device), self.noise.shrinkage
+        else:
+            factor = self.style_covariance_factor(model, device, layer)  # (M, H)
         iso = math.sqrt(shrink * float(factor.pow(2).sum()) / factor.shape[1])
 
         def noise(states: torch.Tensor) -> torch.Tensor:  # (N, T, H) ~ N(0, Sigma)
