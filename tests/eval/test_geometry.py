@@ -208,7 +208,7 @@ def test_matched_regularizer_is_the_papers_form(tokenizer):
     best = vectors[:, -2:] @ torch.diag(values[-2:]) @ vectors[:, -2:].T  # rank-2 part
     torch.testing.assert_close(top.T @ top, best, atol=1e-6, rtol=1e-4)
     # the noise: covariance 0.9 Sigma_2 + 0.1 tr(Sigma_2) / H I (sampled, many tokens)
-    noise = reg._noise(model, "cpu", torch.Generator().manual_seed(0))
+    noise = reg._noise(model, "cpu", torch.Generator().manual_seed(0), 1)
     z = noise(torch.zeros(400, 50, sigma.shape[0])).flatten(0, 1)  # (20000, H)
     expected = 0.9 * best + 0.1 * torch.trace(best) / sigma.shape[0] * torch.eye(len(best))
     torch.testing.assert_close(z.T @ z / len(z), expected, atol=0.05 * float(expected.abs().max()),

@@ -124,8 +124,9 @@ class StyleRegularizer:
         r = min(self.noise.rank, len(singular))
         return singular[:r, None] * vh[:r]  # (r, H)
 
-    def _noise(self, model, device, generator) -> Callable[[torch.Tensor], torch.Tensor]:
-        layer = self.noise_layer(model)
+    def _noise(self, model, device, generator,
+               layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Noise of the form's covariance for the states at ``layer`` (:meth:`noise_layer`)."""
         shrink = 0.0
         if self.form == "matched":
             if self._factor is None:  # once, with the model as it starts (the paper's)
@@ -160,7 +161,8 @@ class StyleRegularizer:
         generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
         layer = self.noise_layer(model)
         clean = hidden_states(model, batch)
-        noisy = hidden_states(model, batch, self._noise(model, device, generator), layer)
+        noisy = hidden_states(model, batch, self._noise(model, device, generator, layer),
+                              layer)
         keep = batch.attention_mask.bool()
         ratios = [(n[keep].float() - c[keep].float()).pow(2).sum()
                   / c[keep].float().pow(2).sum().clamp_min(1e-12)

@@ -74,6 +74,18 @@ def _ids(tokenizer, prompts: list[str], device) -> torch.Tensor:
                      return_tensors="pt").input_ids.to(device)  # (E, L)
 
 
+def _clip_states(tokenizers, encoders, prompts: list[str], device):
+    """Each CLIP encoder's penultimate hidden states (E, L, D_k), side by side, and each one's
+    pooled projection (E, P_k) (the ones that have it), in order."""
+    states, pooled = [], []
+    for tokenizer, encoder in zip(tokenizers, encoders, strict=True):
+        out = encoder(_ids(tokenizer, prompts, device), output_hidden_states=True)
+        states.append(out.hidden_states[-2])  # (E, L, D_k)
+        if getattr(out, "text_embeds", None) is not None:
+            pooled.append(out.text_embeds)  # (E, P_k)
+    return torch.cat(states, dim=-1), pooled
+
+
 @dataclass
 class SDXLCondition:
     """What an SDXL UNet reads of E prompts. hidden: (E, L, D1 + D2) the two text encoders'
@@ -101,14 +113,10 @@ class SDXLPromptEncoder(FrozenEncoder):
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> SDXLCondition:
         device = next(self.text_encoders[0].parameters()).device
-        states = []
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
-            out = encoder(_ids(tokenizer, prompts, device), output_hidden_states=True)
-            states.append(out.hidden_states[-2])  # (E, L, D_k)
+        hidden, pooled = _clip_states(self.tokenizers, self.text_encoders, prompts, device)
         r = self.resolution
-        time_ids = torch.tensor([r, r, 0, 0, r, r], dtype=states[0].dtype, device=device)
-        return SDXLCondition(torch.cat(states, dim=-1), out.text_embeds,
-                             time_ids.expand(len(prompts), 6))
+        time_ids = torch.tensor([r, r, 0, 0, r, r], dtype=hidden.dtype, device=device)
+        return SDXLCondition(hidden, pooled[-1], time_ids.expand(len(prompts), 6))
 
 
 def sdxl_unet_call(model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
@@ -146,12 +154,8 @@ class SD3PromptEncoder(FrozenEncoder):
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> SD3Condition:
         device = next(self.text_encoders[0].parameters()).device
-        states, pooled = [], []
-        for tokenizer, encoder in zip(self.tokenizers[:2], self.text_encoders[:2], strict=True):
-            out = encoder(_ids(tokenizer, prompts, device), output_hidden_states=True)
-            states.append(out.hidden_states[-2])  # (E, L, D_k)
-            pooled.append(out.text_embeds)  # (E, P_k)
-        clip = torch.cat(states, dim=-1)  # (E, L, D1 + D2)
+        clip, pooled = _clip_states(self.tokenizers[:2], self.text_encoders[:2], prompts,
+                                    device)  # (E, L, D1 + D2), 2 x (E, P_k)
         clip = nn.functional.pad(clip, (0, self.joint_dim - clip.shape[-1]))  # (E, L, J)
         if len(self.text_encoders) > 2:
             ids = self.tokenizers[2](prompts, padding="max_length", truncation=True,

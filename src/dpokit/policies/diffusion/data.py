@@ -15,6 +15,7 @@ resumed run draws what the uninterrupted one did.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -194,16 +195,22 @@ class DiffusionPairCollator:
 
     def __call__(self, pairs: list[ImagePair],
                  generator: torch.Generator | None = None) -> DiffusionBatch:
-        if generator is None:
-            indices = tuple(p.index for p in pairs)  # a tuple of ints hashes the same every run
-            generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**31)
         chosen = torch.stack([p.chosen for p in pairs])  # (E, C, H, W)
         rejected = torch.stack([p.rejected for p in pairs])
-        shape = (len(pairs), *(self.noise_shape or chosen.shape[1:]))
+        return self._batch(pairs, torch.cat([chosen, rejected]), generator)
+
+    def _batch(self, items: Sequence, images: torch.Tensor,
+               generator: torch.Generator | None) -> DiffusionBatch:
+        """The batch of ``items`` (pairs or images) with ``images`` (S, C, H, W) and one noise
+        and timestep draw per item (from ``generator``, or seeded by the items' indices)."""
+        if generator is None:
+            indices = tuple(x.index for x in items)  # a tuple of ints hashes the same every run
+            generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**31)
+        shape = (len(items), *(self.noise_shape or images.shape[1:]))
         noise = torch.randn(shape, generator=generator)  # (E, C, H, W) of what is noised
-        timesteps = torch.randint(0, self.num_timesteps, (len(pairs),), generator=generator)
-        return DiffusionBatch(torch.tensor([p.index for p in pairs]), [p.prompt for p in pairs],
-                              torch.cat([chosen, rejected]), noise, timesteps)
+        timesteps = torch.randint(0, self.num_timesteps, (len(items),), generator=generator)
+        return DiffusionBatch(torch.tensor([x.index for x in items]),
+                              [x.prompt for x in items], images, noise, timesteps)
 
 
 @dataclass(frozen=True)
@@ -215,15 +222,7 @@ class DiffusionImageCollator(DiffusionPairCollator):
 
     def __call__(self, examples: list[ImageExample],  # type: ignore[override]
                  generator: torch.Generator | None = None) -> DiffusionBatch:
-        if generator is None:
-            indices = tuple(e.index for e in examples)
-            generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**31)
-        images = torch.stack([e.image for e in examples])  # (E, C, H, W)
-        shape = (len(examples), *(self.noise_shape or images.shape[1:]))
-        noise = torch.randn(shape, generator=generator)
-        timesteps = torch.randint(0, self.num_timesteps, (len(examples),), generator=generator)
-        return DiffusionBatch(torch.tensor([e.index for e in examples]),
-                              [e.prompt for e in examples], images, noise, timesteps)
+        return self._batch(examples, torch.stack([e.image for e in examples]), generator)
 
 
 @dataclass
