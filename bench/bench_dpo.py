@@ -535,9 +535,9 @@ def main() -> None:
             }
             for s, rs in runs.items()
         }
+        if args.out:  # after each workload: a time limit that ends the run keeps what finished
+            Path(args.out).write_text(json.dumps(report, indent=1))
     print_report(report)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
     if failed:
         raise SystemExit("failed: " + ", ".join(failed))
 

@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    # compiled FlexAttention recompiles per autocast dtype and grad mode: this script runs all
+    # of them (a training run one or two), past dynamo's default limit of 8, after which flex
+    # falls back to its unfused eager form (still exact; seen on an H200, 2026-12-04)
+    torch._dynamo.config.recompile_limit = 64
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     failures: list[str] = []
