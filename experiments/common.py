@@ -41,20 +41,27 @@ def pyplot():
     return plt
 
 
-def run_or_replot(name: str, compute: Callable[[], Any]) -> Any:
-    """``compute()`` and save it as ``results/NAME.json``; with ``--replot``, load it."""
+def run_or_replot(name: str, compute: Callable[[], Any],
+                  held_out: Callable[[], list[dict]] | None = None) -> Any:
+    """``compute()`` and save it as ``results/NAME.json``; with ``--replot``, load it.
+    ``held_out()`` (the :func:`check_disjoint` records) runs first, so an overlap stops the
+    experiment before it trains; its records go into the JSON as ``disjointness`` (with
+    ``--replot`` too: the check reads only the data files)."""
     path = results_dir() / f"{name}.json"
-    if "--replot" in sys.argv:
-        return json.loads(path.read_text())
-    data = compute()
+    records = held_out() if held_out else None
+    data = json.loads(path.read_text()) if "--replot" in sys.argv else compute()
+    if records is not None:
+        data["disjointness"] = records
     path.write_text(json.dumps(data, indent=1))
     return data
 
 
 def experiment(name: str, compute: Callable[[], Any], write: Callable[[Any], None],
-               plot: Callable[[Any], None]) -> None:
-    """An experiment's main: compute (or ``--replot``), then its table and its figure."""
-    data = run_or_replot(name, compute)
+               plot: Callable[[Any], None],
+               held_out: Callable[[], list[dict]] | None = None) -> None:
+    """An experiment's main: the held-out check, compute (or ``--replot``), then its table
+    and its figure."""
+    data = run_or_replot(name, compute, held_out)
     write(data)
     plot(data)
     print(f"wrote {results_dir() / name}.md, .json and .png")
@@ -84,6 +91,30 @@ def check_disjoint(what: str, evaluated: Iterable[Hashable], trained: Iterable[H
         raise Overlap(f"held-out check failed: {len(shared)} of {len(evaluated)} evaluation "
                       f"{what} are in the training data (e.g. {', '.join(shared[:3])})")
     return record
+
+
+def stamp_disjointness(name: str, records: list[dict]) -> None:
+    """Write the held-out record into a finished experiment's ``results/NAME.md`` (the line
+    :func:`disjointness_line` gives, replacing an older one, else after the first paragraph)
+    and ``NAME.json`` (key ``disjointness``; a list of results becomes ``{"results": ...}``),
+    without training again: for a script run before its check existed. The check reads only
+    the data files the run trained and was evaluated on."""
+    md, js = results_dir() / f"{name}.md", results_dir() / f"{name}.json"
+    line = disjointness_line(records)
+    lines = md.read_text().splitlines()
+    old = [i for i, x in enumerate(lines) if x.startswith("Held out (checked in the script)")]
+    if old:
+        lines[old[0]] = line
+    else:
+        first_break = next((i for i, x in enumerate(lines) if i > 2 and not x.strip()), 0)
+        lines[first_break:first_break] = ["", line]
+    md.write_text("\n".join(lines) + "\n")
+    if js.is_file():
+        data = json.loads(js.read_text())
+        data = data if isinstance(data, dict) else {"results": data}
+        data["disjointness"] = records
+        js.write_text(json.dumps(data, indent=1))
+    print(line)
 
 
 def disjointness_line(records: list[dict]) -> str:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, experiment, pyplot, results_dir
+from common import ROOT, check_disjoint, disjointness_line, experiment, pyplot, results_dir
 
 OUT = ROOT / "outputs" / "doctor"
 TRAIN, HELD = "data/sentiment_pairs.train.jsonl", "data/sentiment_pairs.eval.jsonl"
@@ -96,6 +96,19 @@ def runs() -> dict[str, dict]:
     }
 
 
+def held_out() -> list[dict]:
+    """Every run trains on sentences of the training pairs (reworked: one word swapped, two
+    joined, halved); its held-out pairs are other sentences, the length run's prompts other
+    prompts than the pairs' instructions."""
+    train, held = _rows(TRAIN), _rows(HELD)
+    sentences = {r[k] for r in train for k in ("chosen", "rejected")}
+    return [check_disjoint("pair answers (sentences)",
+                           {r[k] for r in held for k in ("chosen", "rejected")}, sentences),
+            check_disjoint("prompts of own samples", {r["prompt"] for r in
+                                                       _rows("data/review_prompts.eval.jsonl")},
+                           {r["prompt"] for r in train})]
+
+
 def run_one(name: str, spec: dict) -> dict:
     folder = OUT / name
     command = [sys.executable, "-m", "dpokit.cli", "train", "quickstart",
@@ -160,7 +173,8 @@ def write(data: dict) -> None:
         lines.append(f"| {name} | {r['shows']} | {', '.join(named(r)) or 'no findings'} | "
                      f"{', '.join(r['expect']) or 'no findings'} | "
                      f"{'yes' if verdict(r) else 'NO'} | {r['minutes']:.1f} |")
-    lines += ["", f"Hardware: {data['hardware']}.", ""]
+    lines += ["", f"Hardware: {data['hardware']}.", "",
+              disjointness_line(data.get("disjointness", [])), ""]
     for name, r in data["runs"].items():
         for f in r["findings"]:
             lines.append(f"- {name}: **{f['check']}** ({f['severity']}): {f['finding']}")
@@ -191,4 +205,4 @@ def plot(data: dict) -> None:
 
 
 if __name__ == "__main__":
-    experiment("doctor", compute, write, plot)
+    experiment("doctor", compute, write, plot, held_out)

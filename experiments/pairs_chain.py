@@ -9,6 +9,7 @@ samples per prompt, the same seeds at every stage). Writes experiments/results/p
 and .png.
 
     python experiments/pairs_chain.py            # about 15 minutes on 2 CPU cores
+    python experiments/pairs_chain.py --held-out-only   # the held-out check alone, into the results
     python experiments/pairs_chain.py --reward dpokit.eval.rewards:requested_sentiment \
         --name pairs_chain_unguarded              # the lexicon alone: watch it get hacked
 
@@ -28,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import check_disjoint, disjointness_line, stamp_disjointness  # noqa: E402
+
 from dpokit.cli import main as dpokit  # noqa: E402
 from dpokit.eval.rewards import load_reward  # noqa: E402
 from dpokit.policies.causal_lm.sampling import SamplingSettings  # noqa: E402
@@ -39,6 +42,7 @@ RESULTS = ROOT / "experiments" / "results"
 REWARD = "guarded:dpokit.eval.rewards:requested_sentiment"
 TRAIN_PROMPTS = str(ROOT / "data" / "review_prompts.train.jsonl")
 EVAL_PROMPTS = str(ROOT / "data" / "review_prompts.eval.jsonl")
+SFT_ROWS = ROOT / "data" / "sft_reviews.train.jsonl"  # the sft_reviews recipe's train_data
 SAMPLING = dict(num_samples=4, max_new_tokens=48, temperature=0.8, top_p=0.95, seed=10_000,
                 batch_size=16)
 COMMON = ["progress_bar=false", "chat_template_for_strings=true", "max_length=160",
@@ -63,11 +67,26 @@ def run(args: list[str]) -> float:
     return (time.perf_counter() - started) / 60
 
 
+def held_out() -> list[dict]:
+    """The held-out prompts against every prompt the chain trained on: the SFT rows' and the
+    prompts it samples its pairs from (both DPO stages)."""
+    def prompts(path: str | Path) -> set[str]:
+        return {json.loads(x)["prompt"] for x in Path(path).read_text().splitlines() if x}
+
+    return [check_disjoint("prompts", prompts(EVAL_PROMPTS),
+                           prompts(TRAIN_PROMPTS) | prompts(SFT_ROWS))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reward", default=REWARD)
     parser.add_argument("--name", default="pairs_chain", help="results file stem")
+    parser.add_argument("--held-out-only", action="store_true",
+                        help="the held-out check alone, written into the results files")
     args = parser.parse_args()
+    checked = held_out()  # before any training: an overlap stops here
+    if args.held_out_only:
+        return stamp_disjointness(args.name, checked)
     reward, out = args.reward, OUT / args.name
     started = time.perf_counter()
     stages = []
@@ -102,10 +121,11 @@ def main() -> None:
     stage("iterative", "2 rounds of sample -> score -> pair -> DPO, each round's model the "
           "next reference", str(out / "iterative" / "final"), minutes)
     total = (time.perf_counter() - started) / 60
-    write(args.name, reward, stages, rounds, total)
+    write(args.name, reward, stages, rounds, total, checked)
 
 
-def write(name: str, reward: str, stages: list[dict], rounds: list[dict], total: float) -> None:
+def write(name: str, reward: str, stages: list[dict], rounds: list[dict], total: float,
+          checked: list[dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     lines = ["# Pairs from the model's own samples: SFT -> sampled pairs -> DPO -> iterative DPO",
              "", f"Reward `{reward}` (VADER compound signed by the requested polarity, in [-1, "
@@ -114,7 +134,8 @@ def write(name: str, reward: str, stages: list[dict], rounds: list[dict], total:
              "each at temperature 0.8, the same seeds at every stage; ± is the standard error "
              "over prompts. Degenerate: share of those samples flagged as a repetition loop, "
              "cut off at 48 tokens, or empty. Embedded SmolLM2-135M-Instruct, LoRA, 2 CPU "
-             "cores.", "", "| stage | what | held-out reward | degenerate | minutes |",
+             "cores.", "", disjointness_line(checked), "",
+             "| stage | what | held-out reward | degenerate | minutes |",
              "|---|---|---|---|---|"]
     for s in stages:
         lines.append(f"| {s['stage']} | {s['what']} | {s['reward']:+.3f} ± {s['se']:.3f} | "
