@@ -1,9 +1,8 @@
 """The training configuration in sections, the single source of truth.
 
 Each field is declared once, with its default, a one-line meaning and (for numbers) its
-domain; ``dpokit config`` prints them all. The ``loss`` section's hyper-parameters come from
-the losses' own declarations (:func:`dpokit.losses.declared_params`), and allowed choices
-from the modules that act on them.
+domain (``dpokit config`` prints them all); the ``loss`` section's hyper-parameters come from
+the losses' declarations (:func:`dpokit.losses.declared_params`), choices from their modules.
 
     >>> cfg = TrainConfig()
     >>> cfg.loss.beta, cfg.optim.batch_size, cfg.model.lora
@@ -23,15 +22,11 @@ from ..losses import declared_params
 from ..objectives import F_DIVERGENCES, WPO_FORMS
 
 _NO_DOMAIN = Domain()
-# the text policy's attention backends (policies/causal_lm/attention.py, which config may not
-# import; tests/policies/causal_lm/test_attention.py checks the two lists agree)
+# the text policy's attention backends, batch layouts and samplers (policies/causal_lm/
+# attention.py, data/text/collate.py, policies/causal_lm/samplers.py: config may not import
+# them; tests/policies/causal_lm/test_{attention,layouts,samplers}.py check the lists agree)
 ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
-# the text and image-text batch layouts (data/text/collate.py, which config may not import;
-# tests/policies/causal_lm/test_layouts.py checks the two lists agree)
-LAYOUTS = ("padded", "packed", "prefix_shared")
-# the text policy's samplers (policies/causal_lm/samplers.py, which config may not import;
-# tests/policies/causal_lm/test_samplers.py checks the two lists agree)
-SAMPLERS = ("hf", "vllm")
+LAYOUTS, SAMPLERS = ("padded", "packed", "prefix_shared"), ("hf", "vllm")
 
 
 def setting(default: Any, help: str, domain: Domain | None = None, *, factory: Any = None,
@@ -94,6 +89,11 @@ class ModelConfig:
     modules_to_save: list[str] = setting(
         None, "with LoRA: modules trained in full and saved with the adapter (peft's "
         "modules_to_save), e.g. [multi_modal_projector]", factory=list)
+    segment_tokens: list[str] = setting(None, "Instructional Segment Embeddings (Wu et al. "
+        "2025; text LMs): a learned vector per segment, zero at first, added to each input "
+        "embedding; the k-th token begins segment k; empty: off", factory=list, sharded=False)
+    segment_reset_tokens: list[str] = setting(None, "tokens that begin segment 0 again (a "
+        "turn's start, e.g. <|im_start|>)", factory=list, sharded=False)
     vision_tower: Literal["frozen", "trained"] = setting(
         "frozen", "image-text models: the vision encoder frozen, or trained (LoRA on it too "
         "under lora=true)")
@@ -376,10 +376,10 @@ class GeometryConfig:
                                            UNIT_INTERVAL)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,
-                             "optim": OptimConfig, "run": RunConfig,
-                             "distributed": DistributedConfig, "online": OnlineConfig,
-                             "geometry": GeometryConfig, "drpo": DrPOConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig,
+    "run": RunConfig, "distributed": DistributedConfig, "online": OnlineConfig,
+    "geometry": GeometryConfig, "drpo": DrPOConfig}
 
 
 @dataclass

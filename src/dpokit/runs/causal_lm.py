@@ -33,6 +33,8 @@ from ..objectives import PreferenceObjective, SFTObjective, build_objective
 from ..policies.causal_lm import CausalLMPolicy
 from ..policies.causal_lm.lora import quantization_config
 from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
+from ..policies.causal_lm.segments import MODULE as SEGMENTS_MODULE
+from ..policies.causal_lm.segments import SegmentSpec, install_segments, load_full_model_segments
 from ..train import EvalSet, StreamingSource, Trainer
 from .common import (
     Examples,
@@ -44,6 +46,7 @@ from .common import (
     resolve_reference,
     sampo_seed,
     sources,
+    starting_adapter,
     tokenize_both,
     tokenize_settings,
     tokenizer_name,
@@ -94,11 +97,33 @@ def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, toke
         raise ValueError(f"batch_layout={batch_layout!r} needs a 4-D attention mask, which "
                          f"attn_implementation={attention!r} does not take; use "
                          f"batch_layout=padded")
+    segments = segment_spec(m)
+    if segments is not None:  # before LoRA: the table trains in full, saved with the adapter
+        install_segments(model, tokenizer, segments)
+        if starting_adapter(m) is None and SegmentSpec.read(m.name):
+            load_full_model_segments(model, m.name)  # a full model saved with its table
+        m = dataclasses.replace(m, modules_to_save=[*m.modules_to_save, SEGMENTS_MODULE])
     model = finish_model(m, model, reference, choice.precision, seed)
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,
                           chunk_size=m.lm_head_chunk_size, ld_alpha=ld_alpha,
                           attention_impl=m.attention_impl, merge_on_save=m.merge_adapter,
-                          activation_offloading=m.activation_offloading, sampo_seed=sampo_seed)
+                          activation_offloading=m.activation_offloading, sampo_seed=sampo_seed,
+                          segments=segments)
+
+
+def segment_spec(m: ModelConfig) -> SegmentSpec | None:
+    """The segment embeddings the run's model has: the configured ones, or those a model or
+    adapter folder was saved with (``segments.json``); both must agree."""
+    if m.segment_reset_tokens and not m.segment_tokens:
+        raise ValueError("model.segment_reset_tokens goes with model.segment_tokens")
+    configured = SegmentSpec(tuple(m.segment_tokens), tuple(m.segment_reset_tokens)) \
+        if m.segment_tokens else None
+    saved = SegmentSpec.read(starting_adapter(m) or m.name)
+    if configured and saved and configured != saved:
+        raise ValueError(f"model.segment_tokens: {list(configured.markers)} (reset "
+                         f"{list(configured.reset)}), but {starting_adapter(m) or m.name} was "
+                         f"trained with {list(saved.markers)} (reset {list(saved.reset)})")
+    return configured or saved
 
 
 def policy_for(cfg: TrainConfig, tokenizer=None, needs_reference: bool = True,

@@ -75,21 +75,33 @@ def _causal_lm(name: str, reference: str | None, dtype: torch.dtype) -> Policy:
 
     from ..policies.causal_lm import CausalLMPolicy
     from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
+    from ..policies.causal_lm.segments import (
+        SegmentSpec,
+        install_segments,
+        load_full_model_segments,
+    )
 
     base = adapter_base(name)
     tokenizer = load_tokenizer(name if base is None or _has_tokenizer(name) else base)
+    segments = SegmentSpec.read(name)  # Instructional Segment Embeddings, installed again
+    net = load_causal_lm(base or name, dtype)
+    if segments is not None:
+        install_segments(net, tokenizer, segments)
+        if base is None:
+            load_full_model_segments(net, name)
     if base is not None:
-        net = PeftModel.from_pretrained(load_causal_lm(base, dtype), name).eval()
+        net = PeftModel.from_pretrained(net, name).eval()
         if reference is None:
-            return CausalLMPolicy(net, tokenizer, reference="adapter")
+            return CausalLMPolicy(net, tokenizer, reference="adapter", segments=segments)
     else:
-        net = load_causal_lm(name, dtype).eval()
+        net = net.eval()
     if reference is None:
-        return CausalLMPolicy(net, tokenizer, reference="none")
+        return CausalLMPolicy(net, tokenizer, reference="none", segments=segments)
     ref_base = adapter_base(reference)
     ref = (PeftModel.from_pretrained(load_causal_lm(ref_base, dtype), reference).merge_and_unload()
            if ref_base else load_causal_lm(reference, dtype))
-    return CausalLMPolicy(net, tokenizer, reference="external", reference_model=ref.eval())
+    return CausalLMPolicy(net, tokenizer, reference="external", reference_model=ref.eval(),
+                          segments=segments)
 
 
 def _vision_language(name: str, dtype: torch.dtype) -> Policy:

@@ -63,6 +63,7 @@ def _refuse_text_only(cfg: TrainConfig) -> None:
         ("run.eval_prompts", bool(cfg.run.eval_prompts)), ("geometry.probes",
                                                             bool(cfg.geometry.probes)),
         ("geometry.regularizer", cfg.geometry.regularizer != "off"),
+        ("model.segment_tokens", bool(cfg.model.segment_tokens)),
         ("distributed.strategy", cfg.distributed.strategy in ("fsdp", "deepspeed"))) if on]
     if unsupported:
         raise ValueError(f"{', '.join(unsupported)}: not supported for image-text models")

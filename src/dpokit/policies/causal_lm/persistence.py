@@ -54,6 +54,8 @@ class Persistence:
             self.model.save_pretrained(directory, safe_serialization=True, **extra)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
+        if self.segments is not None:  # the loader installs the table again from this
+            self.segments.write(directory)
 
     def describe(self) -> PolicyDescription:
         """A LoRA adapter on the base it was loaded from, that base with the adapter merged in

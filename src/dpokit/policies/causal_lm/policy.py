@@ -24,6 +24,7 @@ from .attention import enable, resolve_impl
 from .lora import REFERENCE_ADAPTER, is_peft, unwrap_peft
 from .persistence import Persistence
 from .scoring import Scorer, Scoring
+from .segments import SegmentSpec
 from .sharding import Sharding
 
 ReferenceMode = Literal["copy", "adapter", "adapter_copy", "external", "none"]
@@ -48,6 +49,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
     merge_on_save: ``save_pretrained`` writes the base with the adapter merged (a full model).
     activation_offloading: the training forward keeps the tensors saved for backward in CPU
     memory (``torch.autograd.graph.save_on_cpu``, pinned on CUDA); the same numbers.
+    segments: the model carries Instructional Segment Embeddings (``segments.py``, installed
+    before): saved next to the model, so the loader installs them again.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
@@ -55,7 +58,7 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
                  ld_alpha: float | None = None, attention_impl: str = "auto",
                  merge_on_save: bool = False, activation_offloading: bool = False,
-                 sampo_seed: int | None = None):
+                 sampo_seed: int | None = None, segments: SegmentSpec | None = None):
         if reference in ("adapter", "adapter_copy") and not is_peft(model):
             raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
         if reference == "adapter_copy" and REFERENCE_ADAPTER not in model.peft_config:
@@ -74,6 +77,7 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
             raise ValueError("merge_on_save merges a LoRA adapter: the model has none")
         self.merge_on_save = merge_on_save
         self.activation_offloading = activation_offloading
+        self.segments = segments
         resolve_impl(attention_impl, "cpu")  # a bad name fails here, not at the first forward
         self.attention_impl = attention_impl
         # a model whose attention cannot take a plan (not sdpa / eager) keeps the dense mask
