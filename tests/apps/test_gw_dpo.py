@@ -119,3 +119,44 @@ def test_level_delimiter_tokens_are_single_tokens_and_resize_the_model(tokenizer
     assert text[0]["content"] == "<|level_0|> Be brief."
     ids = tok(text[1]["content"])["input_ids"]
     assert tok.convert_tokens_to_ids("<|level_2|>") in ids  # one id, not split
+
+
+def test_text_tags_as_level_tokens_equal_rendering_with_tokens():
+    from dpokit.apps.gw_dpo.hierarchy import LEVEL_TOKENS, with_level_tokens
+
+    for s in build_samples(TASKS[:2], seed=3):
+        assert with_level_tokens(render(s.messages, s.task)) == render(
+            s.messages, s.task, labels=LEVEL_TOKENS)
+
+
+def test_every_prompt_token_gets_its_levels_segment(tokenizer):
+    """The ISE arm's wiring: a prompt rendered with level tokens, through the chat template,
+    read by the segment lookup: each level's text in that level's segment (level i: segment
+    i + 1), the task in the user's, the template's turn starts and the answer in segment 0."""
+    import copy
+
+    import torch
+
+    from dpokit.apps.gw_dpo.hierarchy import LEVEL_TOKENS, add_level_tokens
+    from dpokit.policies.causal_lm.segments import SegmentSpec, segment_ids, token_lookup
+
+    tok = copy.deepcopy(tokenizer)
+    add_level_tokens(tok)
+    turns = render([Message(0, "Be brief."), Message(3, "Be long.")], "Go.",
+                   labels=LEVEL_TOKENS)
+    text = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    ids = tok(text + "ok", add_special_tokens=False)["input_ids"]
+    lookup = token_lookup(tok, SegmentSpec(LEVEL_TOKENS, ("<|im_start|>",)), len(tok))
+    seg = segment_ids(torch.tensor([ids]), lookup)[0].tolist()
+    pieces = [tok.decode([i]) for i in ids]
+
+    def segment_of(word: str) -> set[int]:
+        at = "".join(pieces).index(word)
+        ends = [sum(len(p) for p in pieces[:k + 1]) for k in range(len(pieces))]
+        first = next(k for k, e in enumerate(ends) if e > at)
+        last = next(k for k, e in enumerate(ends) if e >= at + len(word))
+        return set(seg[first:last + 1])
+
+    assert segment_of("Be brief.") == {1} and segment_of("Be long.") == {4}
+    assert segment_of("Task: Go.") == {3}
+    assert seg[-1] == 0 and seg[0] == 0  # the answer; the first turn's start

@@ -64,3 +64,17 @@ def test_shipped_data_is_held_out(script):
     records = importlib.import_module(script).held_out()
     assert records and all(r["overlap"] == 0 and r["evaluated"] > 0 and r["trained"] > 0
                            for r in records)
+
+
+def test_gw_dpo_arms_rows_and_their_held_out_check():
+    gw = importlib.import_module("gw_dpo")
+    assert all(r["overlap"] == 0 for r in gw.disjointness())
+    tokens = gw.rows_of("tokens", "eval")
+    assert all("[" not in m["content"].split(" ", 1)[0] for r in tokens for m in r["prompt"])
+    assert "<|level_2|> Task:" in tokens[0]["prompt"][-1]["content"]
+    three = gw.rows_of("3 levels", "eval")
+    assert {r["level_overridden"] for r in three} == {0, 1, 2}
+    conflicts = [r for r in three if r["kind"] == "conflict"]
+    five = [r for r in gw.rows_of("text", "eval") if r["kind"] == "conflict"
+            and r["level_overridden"] < 3]
+    assert conflicts == five  # the ablation's cells: the same conflicts as the 5-level set

@@ -16,20 +16,31 @@ import random
 import sys
 from pathlib import Path
 
-from .hierarchy import TASKS, build_samples, preference_row
+from .hierarchy import LEVELS, TASKS, build_samples, preference_row
+
+
+def split_tasks() -> dict[str, list[tuple[str, str]]]:
+    """The 12 tasks, shuffled with seed 0: 3 held out, 9 to train on."""
+    tasks = list(TASKS)
+    random.Random(0).shuffle(tasks)
+    return {"train": tasks[3:], "eval": tasks[:3]}
+
+
+def rows(split: str, levels: int = len(LEVELS)) -> list[dict]:
+    """The rows of one split over the first ``levels`` levels (the files: all five; the
+    experiment's depth ablation: three)."""
+    held = split == "eval"  # every constraint in every cell: 24 conflicts per cell
+    return [preference_row(s) for s in build_samples(
+        split_tasks()[split], levels=levels, seed=1 if held else 0,
+        benign_per_task=8 if held else 3, aligned_per_task=4 if held else 2,
+        every_constraint=held)]
 
 
 def main(out_dir: str = str(Path(__file__).resolve().parents[4] / "data")) -> None:
-    tasks = list(TASKS)
-    random.Random(0).shuffle(tasks)
-    for split, part, seed in (("train", tasks[3:], 0), ("eval", tasks[:3], 1)):
-        held = split == "eval"  # every constraint in every cell: 24 conflicts per cell
-        rows = [preference_row(s) for s in build_samples(
-            part, seed=seed, benign_per_task=8 if held else 3,
-            aligned_per_task=4 if held else 2, every_constraint=held)]
+    for split in ("train", "eval"):
         path = Path(out_dir) / f"hierarchy_pairs.{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        print(f"{path}: {len(rows)} rows")
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows(split)))
+        print(f"{path}: {len(rows(split))} rows")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 LEVELS = ("platform", "system", "user", "tool output", "retrieved document")
+LEVEL_TOKENS = tuple(f"<|level_{i}|>" for i in range(len(LEVELS)))  # see add_level_tokens
 REFUSAL = re.compile(r"\b(i can(?:no|')t|i cannot|i'?m (?:sorry|unable)|i am (?:sorry|unable)|"
                      r"unable to (?:help|comply)|i won'?t)\b", re.IGNORECASE)
 
@@ -169,26 +170,49 @@ class HierarchySample:
     extras: dict = field(default_factory=dict)
 
 
+USER = 2  # the level the task itself comes from
+
+
 def render(messages: Sequence[Message], task: str,
            labels: Sequence[str] = LEVELS) -> list[dict[str, str]]:
     """Chat messages for the model's template: levels 0-1 in the system turn, the rest in the
     user turn, each block tagged with its level (``[platform] ...``, or a delimiter token from
-    :func:`add_level_tokens` when ``labels`` are tokens), the task last."""
+    :func:`add_level_tokens` when ``labels`` are tokens: then the task, the user's, carries
+    the user's token too, so every prompt token has a level), the task last."""
+    tokens = labels[0].startswith("<|")
 
     def tag(m: Message) -> str:
         label = labels[m.level]
-        return f"{label} {m.text}" if label.startswith("<|") else f"[{label}] {m.text}"
+        return f"{label} {m.text}" if tokens else f"[{label}] {m.text}"
 
     system = [tag(m) for m in messages if m.level <= 1]
     user = [tag(m) for m in messages if m.level >= 2]
     turns = []
     if system:
         turns.append({"role": "system", "content": "\n".join(system)})
-    turns.append({"role": "user", "content": "\n".join([*user, f"Task: {task}"])})
+    task_line = f"{labels[USER]} Task: {task}" if tokens else f"Task: {task}"
+    turns.append({"role": "user", "content": "\n".join([*user, task_line])})
     return turns
 
 
-LEVEL_TOKENS = tuple(f"<|level_{i}|>" for i in range(len(LEVELS)))
+_TEXT_TAG = re.compile(r"^\[(" + "|".join(LEVELS) + r")\] ", re.MULTILINE)
+
+
+def with_level_tokens(prompt: list[dict[str, str]],
+                      tokens: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """A rendered prompt's text tags (``[user] ...``, ``Task: ...``) as level tokens: what
+    :func:`render` gives with ``labels=tokens``, from a row already written.
+
+    >>> with_level_tokens([{"role": "user", "content": "[tool output] Hi.\\nTask: Go."}])
+    [{'role': 'user', 'content': '<|level_3|> Hi.\\n<|level_2|> Task: Go.'}]
+    """
+    tokens = tokens or LEVEL_TOKENS
+    out = []
+    for turn in prompt:
+        text = _TEXT_TAG.sub(lambda m: f"{tokens[LEVELS.index(m.group(1))]} ", turn["content"])
+        text = re.sub(r"^Task: ", f"{tokens[USER]} Task: ", text, flags=re.MULTILINE)
+        out.append({**turn, "content": text})
+    return out
 
 
 def add_level_tokens(tokenizer, model=None, tokens: Sequence[str] = LEVEL_TOKENS) -> list[str]:
