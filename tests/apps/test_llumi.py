@@ -169,3 +169,58 @@ def test_shipped_llumi_recipes_load():
     dpo = load_config("src/dpokit/recipes/llumi_dpo1.yaml", [])
     assert sft.data.train_data.endswith("generation/sft.jsonl") and sft.model.lora
     assert dpo.model.name == "outputs/llumi/generation/sft/final" and dpo.loss.name == "sigmoid"
+
+
+def test_improvement_targets_revise_the_draft():
+    """With the synthetic world's reviser, the target keeps the draft's sentences (a curt
+    line last, a dismissive one dropped) and adds what it lacks; DPO1's rejected: the draft."""
+    from dpokit.apps.llumi import improvement_rows
+    from dpokit.apps.llumi.build_data import HELP, RISK, SITUATIONS, revise
+    from dpokit.apps.llumi.linguistics import key_content_kept
+
+    post = f"{SITUATIONS[2][0]}\n\n{SITUATIONS[2][1]} {RISK[1]} Any advice?"
+    draft = "Good luck. That sounds really hard."
+    target = revise(post, draft)
+    assert target.startswith("That sounds really hard.") and target.endswith("Good luck.")
+    assert SITUATIONS[2][2] in target.lower() and any(h in target for h in HELP)  # risky
+    assert key_content_kept(draft, target) == 1.0
+    assert "get over it" not in revise(post, "Just get over it, honestly.")
+    assert revise(post, draft) == target  # seeded by the texts
+    rows = improvement_rows([{"prompt": post, "chosen": "Another reply.", "rejected": draft}],
+                            revise=revise)
+    assert rows["sft"][0]["completion"] == target and rows["dpo"][0]["rejected"] == draft
+
+
+def test_held_out_drafts_were_never_training_replies():
+    """The held-out threads' replies come from their own phrasings, the training threads
+    are as they were (the same draws), and each held-out phrasing carries its kind's cue."""
+    import csv
+    from pathlib import Path
+
+    from dpokit.apps.llumi.build_data import EVAL_BANKS, TRAIN_BANKS, build
+
+    split = build()
+    train = {r[6] for r in split["train"][1:]}
+    held = {r[6] for r in split["eval"][1:]}
+    assert held and not held & train
+    for name in ("train", "eval"):  # the shipped files are the builder's
+        data = Path(__file__).resolve().parents[2] / "data" / f"support_threads.{name}.csv"
+        with data.open(newline="") as f:
+            assert [r for r in csv.reader(f)] == [[str(x) for x in r] for r in split[name]]
+    assert {k: len(v) for k, v in EVAL_BANKS.items()} == {k: len(v) for k, v in
+                                                          TRAIN_BANKS.items()}
+
+
+def test_linguistic_analyses_on_known_replies():
+    import torch
+
+    from dpokit.apps.llumi.linguistics import analyse, distinct_bigrams, type_token_ratio
+
+    assert type_token_ratio("the cat the cat") == 0.5
+    assert distinct_bigrams(["a b a b", "a b"]) == pytest.approx(2 / 4)
+    vectors = {"draft": [1.0, 0.0], "same": [1.0, 0.0], "other": [0.0, 1.0]}
+    embed = lambda texts: torch.tensor([vectors[t] for t in texts])  # noqa: E731
+    kept = analyse(["post", "post"], ["draft", "draft"], ["same", "other"], embed)
+    assert kept["draft_similarity"] == pytest.approx(0.5)
+    assert set(kept) == {"draft_similarity", "key_content", "ttr", "distinct_2",
+                         "style_matching"}

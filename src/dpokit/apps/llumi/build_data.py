@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import random
+import zlib
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[4] / "data"  # the checkout's data/
@@ -80,23 +81,86 @@ HELP = ["Please reach out to a crisis line like 988 or a counselor today; you de
 CURT = ["Happens to everyone.", "Ok.", "Same here.", "Good luck."]
 DISMISSIVE = ["Just get over it, honestly.", "Stop complaining, others have it worse.",
               "Sounds like attention seeking to me."]
+TRAIN_BANKS = {"empathy": EMPATHY, "specifics": SPECIFIC, "suggestion": SUGGESTION,
+               "help": HELP, "curt": CURT, "dismissive": DISMISSIVE}
+# the held-out threads' replies come from these, the same kinds in other words (as many of
+# each, so the random draws, and with them the training threads, stay as they were; each
+# with a cue of its kind that the rubric reads, as the training phrasings have): a draft the
+# improvement model is evaluated on was never a training reply
+EVAL_BANKS = {
+    "empathy": ["I'm so sorry this is happening to you.", "That must be so heavy.",
+                "Feeling this way is understandable.",
+                "You are not alone; plenty of us have felt this.",
+                "Thank you for sharing this here."],
+    "specifics": ["Going through {s} takes a real toll.", "Nobody is ready for {s}.",
+                  "I lived through {s} myself, and it eased slowly."],
+    "suggestion": ["Maybe start by picking one tiny task for tomorrow morning.",
+                   "You might keep the last hour before bed screen-free.",
+                   "You could send one friend a short message this week.",
+                   "Try getting outside for ten minutes a day; it really helped me.",
+                   "Tell one person you trust how you feel, and take it one step at a time."],
+    "help": ["Please call a crisis line such as 988 or see a counselor today; you matter.",
+             "If it gets worse, please reach a crisis line or a doctor or therapist right "
+             "away."],
+    "curt": ["Been there.", "Yeah.", "Hang in there.", "Tough."],
+    "dismissive": ["You should get over it already.", "Stop whining, it's not a big deal.",
+                   "Man up and move on."],
+}
 
 
-def reply(rng: random.Random, specifics: str, risky: bool) -> tuple[str, dict[str, bool]]:
+def reply(rng: random.Random, specifics: str, risky: bool,
+          banks: dict[str, list[str]] = TRAIN_BANKS) -> tuple[str, dict[str, bool]]:
     kind = rng.random()
     if kind < 0.15:
-        return rng.choice(DISMISSIVE), {"dismissive": True}
+        return rng.choice(banks["dismissive"]), {"dismissive": True}
     if kind < 0.3:
-        return rng.choice(CURT), {}
+        return rng.choice(banks["curt"]), {}
     parts, has = [], {}
-    for name, bank, p in (("empathy", EMPATHY, 0.7), ("specifics", SPECIFIC, 0.5),
-                          ("suggestion", SUGGESTION, 0.6), ("help", HELP, 0.5 if risky
-                                                            else 0.05)):
+    for name, p in (("empathy", 0.7), ("specifics", 0.5), ("suggestion", 0.6),
+                    ("help", 0.5 if risky else 0.05)):
         if rng.random() < p:
-            text = rng.choice(bank).format(s=specifics)
+            text = rng.choice(banks[name]).format(s=specifics)
             parts.append(text[0].upper() + text[1:])
             has[name] = True
-    return (" ".join(parts) or rng.choice(CURT)), has
+    return (" ".join(parts) or rng.choice(banks["curt"])), has
+
+
+def revise(post: str, draft: str) -> str:
+    """The improvement model's training target: ``draft`` revised, not replaced. Its own
+    sentences stay, in its order (a curt line moves to the end; a dismissive one, the only
+    thing dropped, goes); what the community rewards and the draft lacks is added from the
+    training phrasings: an empathic opener, a sentence on the post's specifics, a suggestion,
+    help on a risky post (seeded by the texts: the same draft, the same revision).
+
+    >>> post = "My grandmother died last month and I still set a cup of tea for her."
+    >>> revise(post, "Good luck.")  # doctest: +ELLIPSIS
+    'It makes sense ... losing your grandmother last month ... Good luck.'
+    """
+    situation = next((s for s in SITUATIONS if s[1] in post), None)
+    specifics = situation[2] if situation else "this"
+    risky = any(r in post for r in RISK)
+    rng = random.Random(zlib.crc32(f"{post}\n{draft}".encode()))
+    found: dict[str, list[str]] = {}
+    for kind in TRAIN_BANKS:
+        for text in TRAIN_BANKS[kind] + EVAL_BANKS[kind]:
+            text = text.format(s=specifics)
+            for variant in dict.fromkeys((text, text[0].upper() + text[1:])):
+                if variant in draft:
+                    found.setdefault(kind, []).append(variant)
+    kept = draft
+    for text in found.get("dismissive", []) + found.get("curt", []):
+        kept = kept.replace(text, " ")
+    kept = " ".join(kept.split())
+
+    def added(kind: str) -> list[str]:
+        if kind in found:
+            return []
+        text = rng.choice(TRAIN_BANKS[kind]).format(s=specifics)
+        return [text[0].upper() + text[1:]]
+
+    parts = [*added("empathy"), kept, *added("specifics"), *added("suggestion"),
+             *(added("help") if risky else []), *found.get("curt", [])]
+    return " ".join(p for p in parts if p)
 
 
 def votes(rng: random.Random, has: dict[str, bool], risky: bool) -> tuple[int, int]:
@@ -120,8 +184,9 @@ def build(seed: int = 0) -> dict[str, list[list]]:
                         + [rng.choice(QUESTIONS)])
         name = "eval" if n % len(SITUATIONS) in (3, 9, 14) else "train"  # held-out situations
         score = 20 + rng.randint(0, 40)
+        banks = EVAL_BANKS if name == "eval" else TRAIN_BANKS
         for k in range(rng.randint(4, 6)):
-            body_text, has = reply(rng, specifics, risky)
+            body_text, has = reply(rng, specifics, risky, banks)
             up, down = votes(rng, has, risky)
             split[name].append([f"s{n}", title, text, score, f"s{n}r{k}", "",
                                 body_text, up, down, 1000 * n + 60 * k + rng.randint(0, 59),

@@ -4,8 +4,9 @@ rules; a threads table or Pushshift dumps in).
 - the **generation** model writes a reply to a post: SFT on the community's preferred reply
   of each pair, then DPO1 on the pairs themselves;
 - the **improvement** model rewrites a human draft for the same post, keeping its intent and
-  voice: SFT from the less preferred reply (the draft) to the preferred one, then DPO1 with
-  the draft left as it is as the rejected answer (improving beats copying).
+  voice: SFT from the less preferred reply (the draft) to its revision (given a reviser;
+  else to the preferred reply), then DPO1 with the draft left as it is as the rejected
+  answer (improving beats copying).
 
 DPO2 trains either model further on pairs from rated or ranked outputs (``dpokit pairs scored``
 on rows of prompt, response, score), with the DPO1 model as the reference.
@@ -18,7 +19,7 @@ on rows of prompt, response, score), with the DPO1 model as the reference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 GENERATION = ("Write a supportive reply to this post from an online support community. Be "
               "warm, specific to what they wrote, and practical.\n\nPost: {post}")
@@ -54,10 +55,14 @@ def generation_rows(pairs: Sequence[Mapping]) -> dict[str, list[dict]]:
                      "rejected": r["rejected"]} for r in pairs]}
 
 
-def improvement_rows(pairs: Sequence[Mapping]) -> dict[str, list[dict]]:
-    """``sft``: draft (the less preferred reply) -> the preferred reply; ``dpo``: the same
-    prompt, chosen = the preferred reply, rejected = the draft unchanged."""
-    rows = [{"prompt": improvement_prompt(r["prompt"], r["rejected"]), "chosen": r["chosen"],
+def improvement_rows(pairs: Sequence[Mapping],
+                     revise: Callable[[str, str], str] | None = None) -> dict[str, list[dict]]:
+    """``sft``: draft (the less preferred reply) -> its target; ``dpo``: the same prompt,
+    chosen = the target, rejected = the draft unchanged. The target: ``revise(post, draft)``,
+    the draft revised (its content kept, what it lacks added: the paper's setting, where
+    revisions exist), else the preferred reply, another commenter's (a replacement)."""
+    rows = [{"prompt": improvement_prompt(r["prompt"], r["rejected"]),
+             "chosen": revise(r["prompt"], r["rejected"]) if revise else r["chosen"],
              "rejected": r["rejected"]} for r in pairs]
     return {"sft": [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows],
             "dpo": rows}
