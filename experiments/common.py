@@ -67,6 +67,19 @@ def experiment(name: str, compute: Callable[[], Any], write: Callable[[Any], Non
     print(f"wrote {results_dir() / name}.md, .json and .png")
 
 
+def base_with_tokens(folder: Path, add: Callable[[Any, Any], Any]) -> str:
+    """The embedded SmolLM2 with the tokens ``add(tokenizer, model)`` adds (embeddings
+    resized), saved once as an ordinary model folder; its path."""
+    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
+
+    if not (folder / "config.json").is_file():
+        tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
+        add(tokenizer, model)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 class Overlap(SystemExit):
     """An experiment's evaluation items overlap what it trained on (and it did not say so)."""
 

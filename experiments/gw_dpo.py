@@ -32,6 +32,7 @@ from pathlib import Path
 
 from common import (  # noqa: E402
     ROOT,
+    base_with_tokens,
     check_disjoint,
     disjointness_line,
     pyplot,
@@ -123,17 +124,10 @@ def disjointness() -> list[dict]:
 
 
 def level_base() -> str:
-    """SmolLM2 with the five level tokens added (embeddings resized), an ordinary folder."""
+    """SmolLM2 with the five level tokens added (each starting at its level's name)."""
     from dpokit.apps.gw_dpo.hierarchy import add_level_tokens
-    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
-    path = OUT / "base-levels"
-    if not (path / "config.json").is_file():
-        tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
-        add_level_tokens(tokenizer, model)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return str(path)
+    return base_with_tokens(OUT / "base-levels", add_level_tokens)
 
 
 def train(name: str, arm: Arm) -> str:

@@ -31,6 +31,7 @@ import time
 
 from common import (  # noqa: E402
     ROOT,
+    base_with_tokens,
     check_disjoint,
     disjointness_line,
     experiment,
@@ -57,15 +58,8 @@ def _run(args: list[str]) -> None:
 def prepare_base() -> str:
     """SmolLM2 with the reserved delimiter tokens, saved as an ordinary folder."""
     from dpokit.apps.secalign import add_delimiter_tokens
-    from dpokit.policies.causal_lm.models import load_causal_lm, load_tokenizer
 
-    path = OUT / "base-struq"
-    if not (path / "config.json").is_file():
-        tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
-        add_delimiter_tokens(tokenizer, model)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return str(path)
+    return base_with_tokens(OUT / "base-struq", add_delimiter_tokens)
 
 
 def train_arms() -> dict[str, tuple[str, str]]:

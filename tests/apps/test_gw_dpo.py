@@ -107,6 +107,8 @@ def test_rows_carry_the_levels_the_gravity_losses_read(tokenizer):
 def test_level_delimiter_tokens_are_single_tokens_and_resize_the_model(tokenizer):
     import copy
 
+    import torch
+
     from conftest import make_tiny_llama
 
     from dpokit.apps.gw_dpo.hierarchy import add_level_tokens
@@ -119,6 +121,10 @@ def test_level_delimiter_tokens_are_single_tokens_and_resize_the_model(tokenizer
     assert text[0]["content"] == "<|level_0|> Be brief."
     ids = tok(text[1]["content"])["input_ids"]
     assert tok.convert_tokens_to_ids("<|level_2|>") in ids  # one id, not split
+    weight = model.get_input_embeddings().weight  # each new row where its level's name is
+    name = tok(" tool output", add_special_tokens=False)["input_ids"]
+    assert torch.equal(weight[tok.convert_tokens_to_ids("<|level_3|>")], weight[name].mean(0))
+    assert set(tokenizer.all_special_tokens) <= set(tok.all_special_tokens)  # kept
 
 
 def test_text_tags_as_level_tokens_equal_rendering_with_tokens():

@@ -216,13 +216,14 @@ def with_level_tokens(prompt: list[dict[str, str]],
 
 
 def add_level_tokens(tokenizer, model=None, tokens: Sequence[str] = LEVEL_TOKENS) -> list[str]:
-    """Level-specific delimiter tokens: add ``tokens`` to the tokenizer as special tokens (one
-    id each, never split) and resize the model's embeddings to match; render with
-    ``render(..., labels=tokens)`` then. Returns the tokens, one per level."""
-    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
-    if model is not None:
-        model.resize_token_embeddings(len(tokenizer))
-    return list(tokens)
+    """Level-specific delimiter tokens: ``tokens`` added to the tokenizer as special tokens
+    (one id each, never split; its own special tokens kept) and the model's embeddings
+    resized, each new row starting where its level's name is (``<|level_0|>`` from
+    " platform"); render with ``render(..., labels=tokens)`` then. Returns the tokens."""
+    from ...policies.causal_lm.models import add_tokens_like
+
+    return add_tokens_like(tokenizer, model, {t: f" {name}" for t, name in zip(tokens, LEVELS,
+                                                                              strict=True)})
 
 
 def _refusal(rng: random.Random) -> str:

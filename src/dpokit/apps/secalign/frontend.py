@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+from ...policies.causal_lm.models import add_tokens_like
 
 SPECIAL_TOKENS = ("[MARK]", "[INST]", "[INPT]", "[RESP]", "[COLN]")
 # what each reserved token starts from: the embedding of its textual counterpart
@@ -117,23 +117,8 @@ for _defence in ("reminder", "sandwich", "delimiting"):
         _defence)
 
 
-@torch.no_grad()
 def add_delimiter_tokens(tokenizer, model=None, tokens: Sequence[str] = SPECIAL_TOKENS) -> None:
     """Reserve the delimiters: special tokens of the tokenizer (one id each, never split from
     text), the model's embeddings resized, each new row starting from the mean embedding of
     its textual counterpart (``[INST]`` from " instruction"), input and output side."""
-    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
-                                 replace_extra_special_tokens=False)
-    if model is None:
-        return
-    model.resize_token_embeddings(len(tokenizer))
-    layers = [model.get_input_embeddings()]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight is not layers[0].weight:
-        layers.append(output)
-    for token in tokens:
-        new = tokenizer.convert_tokens_to_ids(token)
-        source = tokenizer(TEXTUAL_COUNTERPART.get(token, token),
-                           add_special_tokens=False)["input_ids"]
-        for layer in layers:
-            layer.weight[new] = layer.weight[source].mean(0)
+    add_tokens_like(tokenizer, model, {t: TEXTUAL_COUNTERPART.get(t, t) for t in tokens})

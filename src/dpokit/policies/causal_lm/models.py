@@ -188,3 +188,28 @@ def disable_dropout(model: torch.nn.Module) -> int:
         if isinstance(rate, float) and rate:
             module.attention_dropout, changed = 0.0, changed + 1
     return changed
+
+
+@torch.no_grad()
+def add_tokens_like(tokenizer, model, counterparts: dict[str, str]) -> list[str]:
+    """New special tokens (one id each, never split from text; the tokenizer's own special
+    tokens kept), the model's embeddings resized (when a model is given), each new row the
+    mean embedding of its counterpart text's tokens, input and (untied) output side:
+    ``{"[INST]": " instruction"}`` starts ``[INST]`` where " instruction" is. Returns the
+    tokens."""
+    tokens = list(counterparts)
+    tokenizer.add_special_tokens({"additional_special_tokens": tokens},
+                                 replace_extra_special_tokens=False)
+    if model is None:
+        return tokens
+    model.resize_token_embeddings(len(tokenizer))
+    layers = [model.get_input_embeddings()]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not layers[0].weight:
+        layers.append(output)
+    for token, text in counterparts.items():
+        new = tokenizer.convert_tokens_to_ids(token)
+        source = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for layer in layers:
+            layer.weight[new] = layer.weight[source].mean(0)
+    return tokens
