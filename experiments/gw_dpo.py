@@ -19,6 +19,7 @@ every arm.
 
     python experiments/gw_dpo.py              # about 90 minutes on 2 CPU cores (9 arms)
     python experiments/gw_dpo.py --reuse      # keep the arms the JSON has, run the others
+    python experiments/gw_dpo.py --reuse --arms "DPO,GW-DPO bilateral"   # only these
     python experiments/gw_dpo.py --replot
 """
 
@@ -232,9 +233,16 @@ def run() -> dict:
     """Every arm not in the saved JSON (all without ``--reuse``), the JSON written after each."""
     path = results_dir() / "gw_dpo.json"
     data = json.loads(path.read_text()) if "--reuse" in sys.argv and path.is_file() else {}
-    data.setdefault("arms", {})
+    # an arm from before this version (no "data": graded with over-refusal and
+    # non-compliance as one figure) is run again
+    data["arms"] = {n: a for n, a in data.get("arms", {}).items() if "data" in a}
     data["disjointness"] = disjointness()  # before any training: an overlap stops here
-    for name, arm in ARMS.items():
+    only = sys.argv[sys.argv.index("--arms") + 1].split(",") if "--arms" in sys.argv else None
+    unknown = set(only or []) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; the arms: {list(ARMS)}")
+    for name in only or ARMS:
+        arm = ARMS[name]
         if name in data["arms"]:
             continue
         started = time.perf_counter()
@@ -251,6 +259,7 @@ def run() -> dict:
               f"{report.over_refusal:.3f}, aligned utility {report.aligned_utility:.3f}",
               flush=True)
         path.write_text(json.dumps(data, indent=1))
+    data["arms"] = {n: data["arms"][n] for n in ARMS if n in data["arms"]}  # table order
     data["minutes"] = sum(a.get("minutes", 0.0) for a in data["arms"].values())
     path.write_text(json.dumps(data, indent=1))
     return data
