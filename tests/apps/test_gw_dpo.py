@@ -108,7 +108,6 @@ def test_level_delimiter_tokens_are_single_tokens_and_resize_the_model(tokenizer
     import copy
 
     import torch
-
     from conftest import make_tiny_llama
 
     from dpokit.apps.gw_dpo.hierarchy import add_level_tokens

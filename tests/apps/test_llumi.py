@@ -186,9 +186,11 @@ def test_improvement_targets_revise_the_draft():
     assert key_content_kept(draft, target) == 1.0
     assert "get over it" not in revise(post, "Just get over it, honestly.")
     assert revise(post, draft) == target  # seeded by the texts
-    rows = improvement_rows([{"prompt": post, "chosen": "Another reply.", "rejected": draft}],
+    rows = improvement_rows([{"prompt": post, "chosen": "Another reply.", "rejected": draft},
+                             {"prompt": post, "chosen": "A third one.", "rejected": draft}],
                             revise=revise)
-    assert rows["sft"][0]["completion"] == target and rows["dpo"][0]["rejected"] == draft
+    assert rows["sft"] == [{"prompt": rows["dpo"][0]["prompt"], "completion": target}]
+    assert rows["dpo"][0]["rejected"] == draft and len(rows["dpo"]) == 1  # one per draft
 
 
 def test_held_out_drafts_were_never_training_replies():

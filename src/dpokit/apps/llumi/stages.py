@@ -60,9 +60,12 @@ def improvement_rows(pairs: Sequence[Mapping],
     """``sft``: draft (the less preferred reply) -> its target; ``dpo``: the same prompt,
     chosen = the target, rejected = the draft unchanged. The target: ``revise(post, draft)``,
     the draft revised (its content kept, what it lacks added: the paper's setting, where
-    revisions exist), else the preferred reply, another commenter's (a replacement)."""
+    revisions exist; one row per post and draft, however many replies beat the draft),
+    else the preferred reply, another commenter's (a replacement)."""
     rows = [{"prompt": improvement_prompt(r["prompt"], r["rejected"]),
              "chosen": revise(r["prompt"], r["rejected"]) if revise else r["chosen"],
              "rejected": r["rejected"]} for r in pairs]
+    if revise:
+        rows = list({(r["prompt"], r["rejected"]): r for r in rows}.values())
     return {"sft": [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows],
             "dpo": rows}
