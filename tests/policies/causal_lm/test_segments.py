@@ -121,11 +121,12 @@ def test_zero_at_the_start_and_the_reference_untouched_under_lora():
     torch.testing.assert_close(reference.chosen, start.chosen, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_trained_saved_and_loaded_again(tmp_path, tokenizer, lora):
+@pytest.mark.parametrize("kind", ["adapter", "full", "merged"])
+def test_trained_saved_and_loaded_again(tmp_path, tokenizer, kind):
     """`dpokit train` with marker tokens as segments: final/ holds the trained table with
     segments.json, and `dpokit eval final/` (the loader installs the table again) gives the
-    run's last evaluation; a full model's reference: the base it started from."""
+    run's last evaluation; a full (or merged) model's reference: the base it started from."""
+    lora = kind != "full"
     from dpokit.cli import main
 
     base = _tiny_with_markers(tmp_path, tokenizer)
@@ -136,6 +137,7 @@ def test_trained_saved_and_loaded_again(tmp_path, tokenizer, lora):
     assert main(["train", f"model={base}", f"train_data={data}", f"eval_data={data}",
                  f"output_dir={out}", "max_steps=4", "batch_size=4", "learning_rate=5e-2",
                  "eval_every=4", "eval_before=true", f"lora={str(lora).lower()}",
+                 f"merge_adapter={str(kind == 'merged').lower()}",
                  "model.segment_tokens=[<m1>,<m2>]", "model.segment_reset_tokens=[<|im_start|>]",
                  "progress_bar=false", "log_with=[]", "max_length=64",
                  "max_prompt_length=48"]) == 0
@@ -148,9 +150,9 @@ def test_trained_saved_and_loaded_again(tmp_path, tokenizer, lora):
     figures = tmp_path / "eval.json"
     assert main(["eval", str(final), "--pairs", str(data), "--max-length", "64",
                  "--max-prompt-length", "48", "--no-chat-template", "--json", str(figures),
-                 *([] if lora else ["--reference", str(base)])]) == 0
+                 *([] if kind == "adapter" else ["--reference", str(base)])]) == 0
     assert json.loads(figures.read_text())["eval/loss"] == pytest.approx(held[-1], abs=1e-5)
-    if not lora:  # the same weights without their table score otherwise: it was trained
+    if kind == "full":  # the same weights without their table score otherwise: it was trained
         (final / "segments.json").unlink()
         assert main(["eval", str(final), "--pairs", str(data), "--max-length", "64",
                      "--max-prompt-length", "48", "--no-chat-template", "--json", str(figures),
