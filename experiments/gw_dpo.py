@@ -209,7 +209,8 @@ def write(data: dict) -> None:
 def plot(data: dict) -> None:
     plt = pyplot()
     names = list(data["arms"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    axes = axes[0]  # (one arm too: --arms)
     for ax, name in zip(axes, names, strict=True):
         m = data["arms"][name]["adherence"]
         grid = [[float("nan") if v is None else v for v in row] for row in m]
