@@ -58,7 +58,8 @@ COMMON = ["lora=true", "mixed_precision=auto", "batch_size=8", "num_epochs=2",
           "lr_scheduler=cosine", "warmup_steps=4", "max_length=320", "max_prompt_length=192",
           "eval_before=false", "progress_bar=false", "log_with=[]", "overwrite_output_dir=true",
           "learning_rate=1e-3"]
-GW = ["loss.name=gw_bilateral", "loss.gw_offset=1.0", "loss.gw_weight=1.0"]
+GRAVITY = ["loss.gw_offset=1.0", "loss.gw_weight=1.0"]
+GW = ["loss.name=gw_bilateral", *GRAVITY]
 ISE = [f"model.segment_tokens=[{','.join(LEVEL_TOKENS)}]",
        "model.segment_reset_tokens=[<|im_start|>]"]
 
@@ -78,7 +79,7 @@ ARMS = {
     "base": Arm(train=None),
     "SFT": Arm(train="sft"),
     "DPO": Arm(overrides=["loss.name=sigmoid"]),
-    "GW-DPO linear": Arm(overrides=["loss.name=gw_linear", *GW[1:]]),
+    "GW-DPO linear": Arm(overrides=["loss.name=gw_linear", *GRAVITY]),
     "GW-DPO bilateral": Arm(overrides=GW),
     "GW-DPO bilateral + level tokens": Arm(overrides=GW, data="tokens", level_base=True),
     "GW-DPO bilateral + ISE": Arm(overrides=[*GW, *ISE], data="tokens", level_base=True),

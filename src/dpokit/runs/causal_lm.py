@@ -34,7 +34,7 @@ from ..policies.causal_lm import CausalLMPolicy
 from ..policies.causal_lm.lora import quantization_config
 from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
 from ..policies.causal_lm.segments import MODULE as SEGMENTS_MODULE
-from ..policies.causal_lm.segments import SegmentSpec, install_segments, load_full_model_segments
+from ..policies.causal_lm.segments import SegmentSpec, install_segments
 from ..train import EvalSet, StreamingSource, Trainer
 from .common import (
     Examples,
@@ -99,9 +99,8 @@ def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, toke
                          f"batch_layout=padded")
     segments = segment_spec(m)
     if segments is not None:  # before LoRA: the table trains in full, saved with the adapter
-        install_segments(model, tokenizer, segments)
-        if starting_adapter(m) is None and SegmentSpec.read(m.name):
-            load_full_model_segments(model, m.name)  # a full model saved with its table
+        saved_full = starting_adapter(m) is None and SegmentSpec.read(m.name) is not None
+        install_segments(model, tokenizer, segments, full_model=m.name if saved_full else None)
         m = dataclasses.replace(m, modules_to_save=[*m.modules_to_save, SEGMENTS_MODULE])
     model = finish_model(m, model, reference, choice.precision, seed)
     return CausalLMPolicy(model, tokenizer, reference=reference, logprob_impl=m.logprob_impl,

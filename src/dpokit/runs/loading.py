@@ -75,20 +75,14 @@ def _causal_lm(name: str, reference: str | None, dtype: torch.dtype) -> Policy:
 
     from ..policies.causal_lm import CausalLMPolicy
     from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
-    from ..policies.causal_lm.segments import (
-        SegmentSpec,
-        install_segments,
-        load_full_model_segments,
-    )
+    from ..policies.causal_lm.segments import SegmentSpec, install_segments
 
     base = adapter_base(name)
     tokenizer = load_tokenizer(name if base is None or _has_tokenizer(name) else base)
     segments = SegmentSpec.read(name)  # Instructional Segment Embeddings, installed again
     net = load_causal_lm(base or name, dtype)
-    if segments is not None:
-        install_segments(net, tokenizer, segments)
-        if base is None:
-            load_full_model_segments(net, name)
+    if segments is not None:  # an adapter holds its table; a full model's is read in here
+        install_segments(net, tokenizer, segments, full_model=name if base is None else None)
     if base is not None:
         net = PeftModel.from_pretrained(net, name).eval()
         if reference is None:

@@ -38,9 +38,9 @@ def rows(split: str, levels: int = len(LEVELS)) -> list[dict]:
 
 def main(out_dir: str = str(Path(__file__).resolve().parents[4] / "data")) -> None:
     for split in ("train", "eval"):
-        path = Path(out_dir) / f"hierarchy_pairs.{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows(split)))
-        print(f"{path}: {len(rows(split))} rows")
+        path, written = Path(out_dir) / f"hierarchy_pairs.{split}.jsonl", rows(split)
+        path.write_text("".join(json.dumps(r) + "\n" for r in written))
+        print(f"{path}: {len(written)} rows")
 
 
 if __name__ == "__main__":

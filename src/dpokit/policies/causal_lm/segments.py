@@ -133,10 +133,13 @@ def token_lookup(tokenizer, spec: SegmentSpec, vocab_size: int) -> torch.Tensor:
     return lookup
 
 
-def install_segments(model: nn.Module, tokenizer, spec: SegmentSpec) -> SegmentEmbedding:
+def install_segments(model: nn.Module, tokenizer, spec: SegmentSpec,
+                     full_model: str | Path | None = None) -> SegmentEmbedding:
     """Add a zero table of ``len(spec.markers) + 1`` segments to ``model``'s body and the hook
     that adds it to the input embeddings. Before LoRA wraps the model (then name
-    :data:`MODULE` in ``modules_to_save``) or before an adapter that holds it is loaded."""
+    :data:`MODULE` in ``modules_to_save``) or before an adapter that holds it is loaded;
+    ``full_model``: the full model folder ``model`` was loaded from, whose saved table is read
+    in (``from_pretrained`` does not know it)."""
     body = unwrap_peft(model).base_model  # the transformer body (LlamaModel, ...)
     if hasattr(body, MODULE):
         raise ValueError("this model has segment embeddings already")
@@ -145,21 +148,21 @@ def install_segments(model: nn.Module, tokenizer, spec: SegmentSpec) -> SegmentE
                              len(spec.markers) + 1, embed.embedding_dim).to(embed.weight.device)
     body.add_module(MODULE, table)
     body.register_forward_pre_hook(_add_segments, with_kwargs=True)
+    if full_model is not None:
+        _load_saved_table(table, full_model)
     return table
 
 
-def load_full_model_segments(model: nn.Module, folder: str | Path) -> None:
-    """A full model saved with its table: ``from_pretrained`` does not know the table, so its
-    weights are read from the folder's safetensors into the installed one."""
+def _load_saved_table(table: SegmentEmbedding, folder: str | Path) -> None:
+    """The table's weights from a full model folder's safetensors."""
     from safetensors import safe_open
 
-    body = unwrap_peft(model).base_model
     for file in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             key = next((k for k in f.keys() if k.endswith(f"{MODULE}.table.weight")), None)
             if key is not None:
                 with torch.no_grad():
-                    getattr(body, MODULE).table.weight.copy_(f.get_tensor(key))
+                    table.table.weight.copy_(f.get_tensor(key))
                 return
     raise ValueError(f"{folder}: {SPEC_FILE} names segment embeddings, but no safetensors file "
                      f"holds {MODULE}.table.weight")
