@@ -101,7 +101,6 @@ def data_file(data: str, split: str) -> str:
     if data == "text":
         return f"{DATA}.{split}.jsonl"
     path = OUT / f"rows-{data.replace(' ', '_')}.{split}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows_of(data, split)))
     return str(path)
 
@@ -239,6 +238,7 @@ def run() -> dict:
     # non-compliance as one figure) is run again
     data["arms"] = {n: a for n, a in data.get("arms", {}).items() if "data" in a}
     data["disjointness"] = disjointness()  # before any training: an overlap stops here
+    OUT.mkdir(parents=True, exist_ok=True)  # a fresh clone has no outputs/
     only = sys.argv[sys.argv.index("--arms") + 1].split(",") if "--arms" in sys.argv else None
     unknown = set(only or []) - set(ARMS)
     if unknown:
