@@ -209,24 +209,30 @@ def write(data: dict) -> None:
 def plot(data: dict) -> None:
     plt = pyplot()
     names = list(data["arms"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
-    axes = axes[0]  # (one arm too: --arms)
-    for ax, name in zip(axes, names, strict=True):
+    cols = min(3, len(names))  # (one arm too: --arms)
+    rows = -(-len(names) // cols)
+    fig, grid_axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.9 * rows), squeeze=False,
+                                 gridspec_kw={"hspace": 0.55})
+    axes = grid_axes.ravel()
+    for ax in axes[len(names):]:
+        ax.axis("off")
+    for k, (ax, name) in enumerate(zip(axes, names, strict=False)):
         m = data["arms"][name]["adherence"]
         grid = [[float("nan") if v is None else v for v in row] for row in m]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{name}\nmacro {data['arms'][name]['macro']:.2f}", fontsize=9)
-        ax.set_xticks(range(len(LEVELS)), [x.split()[0] for x in LEVELS], rotation=45,
-                      fontsize=7)
-        ax.set_yticks(range(len(LEVELS)), [x.split()[0] for x in LEVELS], fontsize=7)
+        names_ = [x.split()[0] for x in LEVELS]  # (3 levels: the first three cells filled)
+        ax.set_xticks(range(len(LEVELS)), names_, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(LEVELS)), names_ if k % cols == 0 else [], fontsize=7)
         ax.set_xlabel("overridden level", fontsize=8)
         for i, row in enumerate(m):
             for j, v in enumerate(row):
                 if v is not None:
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if v < 0.5 else "black")
-    axes[0].set_ylabel("obeyed level", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.7)
+    for ax in grid_axes[:, 0]:
+        ax.set_ylabel("obeyed level", fontsize=8)
+    fig.colorbar(image, ax=axes[:len(names)], shrink=0.7)
     fig.savefig(results_dir() / "gw_dpo.png", dpi=120, bbox_inches="tight")
 
 
