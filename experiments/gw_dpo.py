@@ -216,14 +216,14 @@ def plot(data: dict) -> None:
     axes = grid_axes.ravel()
     for ax in axes[len(names):]:
         ax.axis("off")
+    level_names = [x.split()[0] for x in LEVELS]  # (3 levels: the first three cells filled)
     for k, (ax, name) in enumerate(zip(axes, names, strict=False)):
         m = data["arms"][name]["adherence"]
         grid = [[float("nan") if v is None else v for v in row] for row in m]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{name}\nmacro {data['arms'][name]['macro']:.2f}", fontsize=9)
-        names_ = [x.split()[0] for x in LEVELS]  # (3 levels: the first three cells filled)
-        ax.set_xticks(range(len(LEVELS)), names_, rotation=45, fontsize=7)
-        ax.set_yticks(range(len(LEVELS)), names_ if k % cols == 0 else [], fontsize=7)
+        ax.set_xticks(range(len(LEVELS)), level_names, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(LEVELS)), level_names if k % cols == 0 else [], fontsize=7)
         ax.set_xlabel("overridden level", fontsize=8)
         for i, row in enumerate(m):
             for j, v in enumerate(row):
