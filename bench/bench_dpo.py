@@ -13,9 +13,12 @@ bf16, no gradient checkpointing, precompute_ref_log_probs=True); dpokit runs its
 
 Reported per run: median seconds per step over steps 2..N, pairs/s, tokens/s (real tokens of
 prompt+chosen and prompt+rejected, the same count for both systems), peak memory (RSS on the
-CPU, max allocated on CUDA), and the first losses. ``floor`` is a plain forward+backward of
-the same model over the same unique tokens (the prefix-shared rows dpokit runs) with an
-ordinary next-token loss; dpokit/floor is the overhead of preference training.
+CPU, max allocated on CUDA), the model's estimated TFLOP per step and the GFLOP/s it ran at
+(:func:`step_flops`: TRL's FLOPs over dpokit's bound the speedup at equal efficiency), and the
+first losses. ``trl-heap`` is TRL under dpokit's host-memory policy (``run.host_memory: keep``,
+glibc's freed memory kept in the heap), which the floor uses too. ``floor`` is a plain
+forward+backward of the same model over the same unique tokens (the prefix-shared rows dpokit
+runs) with an ordinary next-token loss; dpokit/floor is the overhead of preference training.
 The same script runs unchanged on a CUDA GPU.
 """
 
@@ -381,6 +384,10 @@ def worker_floor(args, rows, path) -> dict:
 
 def run_worker(args) -> None:
     rows = json.loads(Path(args.data).read_text())
+    if args.keep_heap or args.worker == "floor":  # the floor: dpokit's host-memory policy
+        from dpokit.core.hardware import keep_freed_memory
+
+        keep_freed_memory()
     fn = {"dpokit": worker_dpokit, "trl": worker_trl, "floor": worker_floor}[args.worker]
     result = fn(args, rows, args.model_path)
     result["peak_memory_gb"] = peak_memory_gb()
@@ -388,9 +395,11 @@ def run_worker(args) -> None:
 
 
 # --- the driver ----------------------------------------------------------------------------
-def summarize(result: dict, rows: list[dict], tok, batch: int) -> dict:
+def summarize(result: dict, rows: list[dict], tok, batch: int, system: str,
+              flops: list[dict[str, float]]) -> dict:
     times = result["times"][1:] or result["times"]  # step 1 warms up
     median = statistics.median(times)
+    kind = system.split("-")[0]  # trl-heap: TRL's work
     tokens = [
         sum(
             len(tok(r["prompt"])["input_ids"]) * 2
@@ -407,7 +416,46 @@ def summarize(result: dict, rows: list[dict], tok, batch: int) -> dict:
         "tokens_per_s": tokens_per_step / median,
         "peak_gb": result["peak_memory_gb"],
         "losses": [round(x, 4) for x in result["losses"][:3]],
+        "tflop_per_step": statistics.mean(f[kind] for f in flops[1:] or flops) / 1e12,
+        "gflops": statistics.mean(f[kind] / t for f, t in zip(flops[-len(times):], times,
+                                                               strict=True)) / 1e9,
     }
+
+
+def step_flops(rows: list[dict], tok, config: dict, lora: bool) -> dict[str, float]:
+    """Estimated FLOPs of one step's model work per system, from the token counts of its rows.
+
+    The linear layers cost 2 FLOPs per parameter per token forward, as much again for the
+    input gradient and, with full fine-tuning, once more for the weight gradient (6N per token
+    full, 4N with LoRA, whose adapters are ignored); attention 4 * q * k * width per layer
+    forward, 3x that with its backward. TRL pads the 2B sequences to the longest prompt +
+    completion and scores every position (dense T x T attention); dpokit runs each prompt once
+    (causal over prompt + chosen, rejected against [prompt | itself]) and the LM head on
+    completion tokens; the floor runs dpokit's unique tokens with full logits.
+    """
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or h // heads
+    kv = config.get("num_key_value_heads") or heads
+    body = layers * (2 * h * heads * head_dim + 2 * h * kv * head_dim
+                     + 3 * h * config["intermediate_size"])
+    head, width = h * config["vocab_size"], heads * head_dim
+    mult = 4 if lora else 6
+
+    def attention(q: float, k: float) -> float:
+        return 3 * layers * 4 * q * k * width
+
+    totals = {"trl": 0.0, "dpokit": 0.0, "floor": 0.0}
+    for r in rows:
+        p, c, j = (len(tok(r[k])["input_ids"]) for k in ("prompt", "chosen", "rejected"))
+        unique, shared_attention = p + c + j, attention(p + c, p + c) / 2 + attention(j, p + j / 2)
+        totals["dpokit"] += mult * (body * unique + head * (c + j)) + shared_attention
+        totals["floor"] += mult * (body + head) * unique + shared_attention
+    longest = max(len(tok(r["prompt"])["input_ids"]) + len(tok(r[k])["input_ids"])
+                  for r in rows for k in ("chosen", "rejected"))
+    totals["trl"] = 2 * len(rows) * (mult * (body + head) * longest
+                                     + attention(longest, longest))
+    return totals
 
 
 def run_worker_process(cmd: list[str]) -> dict | None:
@@ -464,6 +512,7 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-heap", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
@@ -484,6 +533,9 @@ def main() -> None:
         path = model_path(model, workdir, args.shape_dir)
         tok = AutoTokenizer.from_pretrained(path)
         rows = make_pairs(tok, batch * args.steps, prompt_range, completion_range)
+        config = json.loads((Path(path) / "config.json").read_text())
+        flops = [step_flops(rows[i * batch : (i + 1) * batch], tok, config, lora)
+                 for i in range(args.steps)]
         data = workdir / f"{name}.json"
         data.write_text(json.dumps(rows))
         runs: dict[str, list[dict]] = {}
@@ -493,7 +545,7 @@ def main() -> None:
                     sys.executable,
                     __file__,
                     "--worker",
-                    system,
+                    system.split("-")[0],
                     "--data",
                     str(data),
                     "--model-path",
@@ -510,7 +562,7 @@ def main() -> None:
                     args.layout,
                     "--lr",
                     str(args.lr),
-                ] + (["--lora"] if lora else [])
+                ] + (["--lora"] if lora else []) + (["--keep-heap"] if system == "trl-heap" else [])
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
                 started = time.perf_counter()
                 result = run_worker_process(cmd)
@@ -520,7 +572,7 @@ def main() -> None:
                     )
                     failed.append(f"{system} on {name}")
                     continue
-                summary = summarize(result, rows, tok, batch)
+                summary = summarize(result, rows, tok, batch, system, flops)
                 runs.setdefault(system, []).append(summary)
                 print(
                     f"[{name} round {round_ + 1}] {system:<6} {summary['s_per_step']:.2f} s/step "
@@ -544,8 +596,8 @@ def main() -> None:
 
 def print_report(report: dict) -> None:
     print(
-        f"\n{'workload':<14} {'system':<7} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} "
-        f"{'peak GB':>8}  first losses"
+        f"\n{'workload':<14} {'system':<8} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} "
+        f"{'peak GB':>8} {'TFLOP':>6} {'GFLOP/s':>8}  first losses"
     )
     for name, systems in report.items():
         if name == "hardware":
@@ -554,15 +606,22 @@ def print_report(report: dict) -> None:
             continue
         for system, r in systems.items():
             print(
-                f"{name:<14} {system:<7} {r['s_per_step']:>7.2f} {r['pairs_per_s']:>8.3f} "
-                f"{r['tokens_per_s']:>9.1f} {r['peak_gb']:>8.2f}  {r['losses']}"
+                f"{name:<14} {system:<8} {r['s_per_step']:>7.2f} {r['pairs_per_s']:>8.3f} "
+                f"{r['tokens_per_s']:>9.1f} {r['peak_gb']:>8.2f} "
+                f"{r.get('tflop_per_step', 0):>6.2f} "
+                f"{r.get('gflops', 0):>8.1f}  {r['losses']}"
             )
-        d, t, f = systems.get("dpokit"), systems.get("trl"), systems.get("floor")
-        if d and t:
-            print(
-                f"{'':<14} dpokit/TRL: throughput x{d['pairs_per_s'] / t['pairs_per_s']:.2f}, "
-                f"peak memory x{d['peak_gb'] / t['peak_gb']:.2f}"
-            )
+        d, f = systems.get("dpokit"), systems.get("floor")
+        for trl in ("trl", "trl-heap"):
+            t = systems.get(trl)
+            if d and t:
+                print(
+                    f"{'':<14} dpokit/{trl}: throughput "
+                    f"x{d['pairs_per_s'] / t['pairs_per_s']:.2f}, "
+                    f"peak memory x{d['peak_gb'] / t['peak_gb']:.2f}"
+                    + (f"; its FLOPs / dpokit's x{t['tflop_per_step'] / d['tflop_per_step']:.2f} "
+                       "(the speedup at equal GFLOP/s)" if "tflop_per_step" in t else "")
+                )
         if d and f:
             print(
                 f"{'':<14} dpokit step / plain floor step: x{d['s_per_step'] / f['s_per_step']:.2f}"

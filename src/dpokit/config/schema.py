@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ..core.hardware import DEVICES, PRECISIONS
+from ..core.hardware import DEVICES, HOST_MEMORY, PRECISIONS
 from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Domain
 from ..data.builders.scored import PAIRINGS
 from ..losses import declared_params
@@ -228,6 +228,11 @@ class RunConfig:
     output_dir: str = setting("outputs/run", "metrics, checkpoints and final/")
     device: Literal[DEVICES] = setting(  # type: ignore[valid-type]
         "auto", "auto (CUDA, then an Apple GPU, then the CPU) | cpu | cuda | mps")
+    host_memory: Literal[HOST_MEMORY] = setting(  # type: ignore[valid-type]
+        "keep", "keep: on a CPU under Linux (glibc), memory a step frees stays in the process "
+        "heap for the next step, not handed back to the OS and faulted in again (14-21% faster "
+        "SmolLM2 steps on a 2-core AVX2 EPYC; the memory does not shrink after its peak) | "
+        "system: glibc's defaults")
     eval_every: int | None = setting(None, "steps; null: only at the end", AT_LEAST_ONE)
     eval_batch_size: int = setting(8, "examples per eval batch", AT_LEAST_ONE)
     eval_before: bool = setting(True, "evaluate once before training too, as a baseline for "
