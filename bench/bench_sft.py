@@ -13,6 +13,7 @@ completion positions only.
     python bench/bench_sft.py                              # both workloads, 2 rounds
     python bench/bench_sft.py --workloads smollm2-lora --steps 4 --rounds 1
 
+``trl-heap`` (``--systems trl,trl-heap,dpokit``) is TRL under dpokit's host-memory policy.
 Reported per run: median seconds per step over steps 2..N, tokens/s (real prompt + completion
 tokens, the same count for both), peak memory (RSS on the CPU, max allocated on CUDA), and
 the first losses (mean NLL per completion token; the two should agree).
@@ -110,6 +111,10 @@ def worker_trl(args, rows, path) -> dict:
 
 def run_worker(args) -> None:
     rows = json.loads(Path(args.data).read_text())
+    if args.keep_heap:  # trl-heap: TRL under dpokit's host-memory policy (see bench_dpo.py)
+        from dpokit.core.hardware import keep_freed_memory
+
+        keep_freed_memory()
     fn = {"dpokit": worker_dpokit, "trl": worker_trl}[args.worker]
     result = fn(args, rows, args.model_path)
     result["peak_memory_gb"] = peak_memory_gb()
@@ -147,6 +152,7 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-heap", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
@@ -170,10 +176,12 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         for _ in range(args.rounds):
             for system in args.systems.split(","):
-                cmd = [sys.executable, __file__, "--worker", system, "--data", str(data),
+                cmd = [sys.executable, __file__, "--worker", system.split("-")[0], "--data",
+                       str(data),
                        "--model-path", path, "--batch", str(batch), "--max-length",
                        str(max_length), "--steps", str(args.steps), "--precision",
                        args.precision, "--lr", str(args.lr)] + (["--lora"] if lora else [])
+                cmd += ["--keep-heap"] if system == "trl-heap" else []
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
                 result = run_worker_process(cmd)
                 if result is None:
@@ -182,16 +190,17 @@ def main() -> None:
                     continue
                 summary = summarize(result, rows, tok, batch)
                 runs.setdefault(system, []).append(summary)
-                print(f"{name:14s} {system:7s} {summary['s_per_step']:7.2f} s/step "
+                print(f"{name:14s} {system:8s} {summary['s_per_step']:7.2f} s/step "
                       f"{summary['tokens_per_s']:8.1f} tok/s {summary['peak_gb']:6.2f} GB "
                       f"losses {summary['losses']}", flush=True)
         best = {s: min(r, key=lambda x: x["s_per_step"]) for s, r in runs.items()}
         report[name] = best
-        if "trl" in best and "dpokit" in best:
-            speed = best["dpokit"]["tokens_per_s"] / best["trl"]["tokens_per_s"]
-            memory = best["dpokit"]["peak_gb"] / best["trl"]["peak_gb"]
-            print(f"{name}: dpokit/TRL tokens/s {speed:.2f}x, peak memory {memory:.2f}x")
-            report[name]["ratios"] = {"throughput": speed, "memory": memory}
+        for trl in ("trl", "trl-heap"):
+            if trl in best and "dpokit" in best:
+                speed = best["dpokit"]["tokens_per_s"] / best[trl]["tokens_per_s"]
+                memory = best["dpokit"]["peak_gb"] / best[trl]["peak_gb"]
+                print(f"{name}: dpokit/{trl} tokens/s {speed:.2f}x, peak memory {memory:.2f}x")
+                report[name][f"ratios_{trl}"] = {"throughput": speed, "memory": memory}
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     if failed:

@@ -67,6 +67,30 @@ def test_resume_gives_the_same_later_losses(tmp_path, tokenizer, loss):
     assert later[0] != pytest.approx(full.history[0]["loss"], rel=1e-3)  # the test can fail
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_adamw_follows_its_per_tensor_twin(tmp_path, tokenizer, lora):
+    """Five steps with torch's fused AdamW (the default) and with the per-tensor loop: the same
+    losses and the same weights; the parameters moved, so the comparison can fail."""
+    runs = {}
+    for fused in (True, False):
+        trainer = tiny_trainer(tmp_path / str(fused), tokenizer, lora=lora, max_steps=5,
+                               batch_size=3, adamw_fused=fused, learning_rate=1e-3)
+        start = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters()
+                 if p.requires_grad}
+        history = trainer.train().history
+        group = trainer.optimizer.param_groups[0]
+        assert group["fused"] is (True if fused else None)
+        runs[fused] = ([m["loss"] for m in history],
+                       {n: p.detach() for n, p in trainer.policy.model.named_parameters()
+                        if p.requires_grad})
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5, abs=1e-6)
+    moved = 0.0
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, atol=1e-6, rtol=1e-5)
+        moved = max(moved, float((value - start[name]).abs().max()))
+    assert moved > 1e-4
+
+
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tokenizer):
     trainer = tiny_trainer(tmp_path, tokenizer, max_steps=5, save_every=1, batch_size=4)
     spec = trainer.objective.specs[0]

@@ -204,6 +204,9 @@ class OptimConfig:
     learning_rate: float = setting(5e-6, "AdamW peak learning rate", POSITIVE)
     weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
     adam_betas: list[float] = setting(None, "AdamW betas", factory=lambda: [0.9, 0.999])
+    adamw_fused: bool = setting(True, "torch's fused AdamW kernel where the parameters allow "
+                                "it (CPU or CUDA, not FSDP2 / DeepSpeed); false: the per-tensor "
+                                "loop, its plain twin", computes=False)
     lr_scheduler: Literal["linear", "cosine", "constant"] = setting("linear", "after warmup")
     warmup_steps: int = setting(0, "linear warmup steps (wins over warmup_ratio)", NON_NEGATIVE)
     warmup_ratio: float = setting(0.0, "warmup as a fraction of the steps", UNIT_INTERVAL)

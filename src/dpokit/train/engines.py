@@ -285,7 +285,8 @@ def zero_engine(policy: Any, accelerator: Any, optim: Any, distributed: Any,
     made: list[tuple[ZeroEngine, Any]] = []
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        optimizer, scheduler = build_optimizer(policy.trainable_parameters(), optim, total_steps)
+        optimizer, scheduler = build_optimizer(policy.trainable_parameters(), optim, total_steps,
+                                               allow_fused=False)
         made.append((ZeroEngine(module, optimizer, config), scheduler))
         return made[-1][0].engine
 
