@@ -410,15 +410,15 @@ def summarize(result: dict, rows: list[dict], tok, batch: int, system: str,
         for i in range(len(result["times"]))
     ]
     tokens_per_step = statistics.mean(tokens[1:] or tokens)
+    tflop = statistics.mean(f[kind] for f in flops[1:] or flops) / 1e12
     return {
         "s_per_step": median,
         "pairs_per_s": batch / median,
         "tokens_per_s": tokens_per_step / median,
         "peak_gb": result["peak_memory_gb"],
         "losses": [round(x, 4) for x in result["losses"][:3]],
-        "tflop_per_step": statistics.mean(f[kind] for f in flops[1:] or flops) / 1e12,
-        "gflops": statistics.mean(f[kind] / t for f, t in zip(flops[-len(times):], times,
-                                                               strict=True)) / 1e9,
+        "tflop_per_step": tflop,
+        "gflops": tflop * 1e3 / median,  # the mean step's FLOPs over the median step's time
     }
 
 
@@ -429,9 +429,10 @@ def step_flops(rows: list[dict], tok, config: dict, lora: bool) -> dict[str, flo
     input gradient and, with full fine-tuning, once more for the weight gradient (6N per token
     full, 4N with LoRA, whose adapters are ignored); attention 4 * q * k * width per layer
     forward, 3x that with its backward. TRL pads the 2B sequences to the longest prompt +
-    completion and scores every position (dense T x T attention); dpokit runs each prompt once
-    (causal over prompt + chosen, rejected against [prompt | itself]) and the LM head on
-    completion tokens; the floor runs dpokit's unique tokens with full logits.
+    completion (dense T x T attention) and, like dpokit, applies the LM head to completion
+    positions only (its fused LM head, TRL >= 1.x); dpokit runs each prompt once (causal over
+    prompt + chosen, rejected against [prompt | itself]); the floor runs dpokit's unique tokens
+    with full logits.
     """
     h, layers = config["hidden_size"], config["num_hidden_layers"]
     heads = config["num_attention_heads"]
@@ -453,8 +454,9 @@ def step_flops(rows: list[dict], tok, config: dict, lora: bool) -> dict[str, flo
         totals["floor"] += mult * (body + head) * unique + shared_attention
     longest = max(len(tok(r["prompt"])["input_ids"]) + len(tok(r[k])["input_ids"])
                   for r in rows for k in ("chosen", "rejected"))
-    totals["trl"] = 2 * len(rows) * (mult * (body + head) * longest
-                                     + attention(longest, longest))
+    completions = sum(len(tok(r[k])["input_ids"]) for r in rows for k in ("chosen", "rejected"))
+    totals["trl"] = (2 * len(rows) * (mult * body * longest + attention(longest, longest))
+                     + mult * head * completions)
     return totals
 
 

@@ -32,10 +32,10 @@ def test_step_flops_by_hand(bench, lora, mult):
     3 x 4 x 8: 160 parameters; the head 4 x 10 = 40. Attention: 3 (forward + backward) x 4 x
     q x k x 4 (width) = 48 q k. dpokit: 6 unique tokens, 4 completion tokens scored; attention
     over prompt + chosen (3 x 3 / 2) and rejected against prompt + its causal half
-    (3 x 3.5): 48 x (4.5 + 10.5) = 720. TRL: 2 sequences padded to 5 tokens, all scored,
-    attention 5 x 5 each. The floor: dpokit's tokens, all scored."""
+    (3 x 3.5): 48 x (4.5 + 10.5) = 720. TRL: 2 sequences padded to 5 tokens, attention 5 x 5
+    each, the same 4 completion tokens scored. The floor: dpokit's tokens, all scored."""
     row = {"prompt": "a b", "chosen": "c", "rejected": "d e f"}
     flops = bench.step_flops([row], words, CONFIG, lora)
     assert flops["dpokit"] == mult * (160 * 6 + 40 * 4) + 720
     assert flops["floor"] == mult * 200 * 6 + 720
-    assert flops["trl"] == 2 * (mult * 200 * 5 + 48 * 25)
+    assert flops["trl"] == 2 * (mult * 160 * 5 + 48 * 25) + mult * 40 * 4
