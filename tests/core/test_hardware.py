@@ -3,7 +3,10 @@ coerces, fp16 with loss scaling (accumulation == one batch, resume == uninterrup
 skipped and counted), ``dpokit env``, and SIGTERM in the reference pass."""
 
 import os
+import platform
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,8 +94,6 @@ def test_a_signal_outside_a_cooperative_loop_stops_at_once():
             stop_point("sampling")
 
 
-
-
 HEAP_PROBE = """
 import resource, sys, torch
 from dpokit.core.hardware import keep_freed_memory
@@ -107,15 +108,11 @@ print(kept, faults[-1] + faults[-2])
 """
 
 
-@pytest.mark.skipif(not (os.uname().sysname == "Linux" and
-                         __import__("platform").libc_ver()[0] == "glibc"), reason="glibc only")
-def test_keeping_freed_memory_stops_the_page_faults_of_later_steps(tmp_path):
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_keeping_freed_memory_stops_the_page_faults_of_later_steps():
     """Under glibc's defaults every 48 MB buffer goes back to the OS on free and faults in again
     (11,700 pages of 4 KiB each, every step); after ``keep_freed_memory`` the heap holds them:
     once the freed space has coalesced (a few steps) the later steps fault nothing."""
-    import subprocess
-    import sys
-
     runs = {}
     for mode in ("system", "keep"):
         out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True,

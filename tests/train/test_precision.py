@@ -4,6 +4,7 @@ evaluation."""
 
 import json
 import os
+import platform
 import signal
 
 import pytest
@@ -30,11 +31,12 @@ def test_a_run_prints_its_choice_and_records_the_hardware(tmp_path, tokenizer):
     record = json.loads((tmp_path / "out/hardware.json").read_text())
     assert record["precision"] == "fp32" and record["device"]["kind"] == "cpu"
     assert "matmul_gflops" in record
-    glibc = __import__("platform").libc_ver()[0] == "glibc"
-    assert trainer.heap_kept is glibc and record["host_memory"] == ("keep" if glibc else "system")
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert trainer.hardware.heap_kept is glibc
+    assert record["host_memory"] == ("keep" if glibc else "system")
     assert any(line.endswith("stays in the heap (run.host_memory)") for line in lines) is glibc
     assert tiny_trainer(tmp_path / "sys", tokenizer, max_steps=1,
-                        host_memory="system").heap_kept is False
+                        host_memory="system").hardware.heap_kept is False
     state = next((tmp_path / "out").glob("checkpoints/*/state.json"), None)
     assert state is None  # (no checkpoint asked for)
 

@@ -204,9 +204,8 @@ class OptimConfig:
     learning_rate: float = setting(5e-6, "AdamW peak learning rate", POSITIVE)
     weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
     adam_betas: list[float] = setting(None, "AdamW betas", factory=lambda: [0.9, 0.999])
-    adamw_fused: bool = setting(True, "torch's fused AdamW kernel where the parameters allow "
-                                "it (CPU or CUDA, not FSDP2 / DeepSpeed); false: the per-tensor "
-                                "loop, its plain twin", computes=False)
+    adamw_fused: bool = setting(True, "torch's fused AdamW where the parameters allow (not "
+                                "FSDP2 / DeepSpeed); false: its per-tensor twin", computes=False)
     lr_scheduler: Literal["linear", "cosine", "constant"] = setting("linear", "after warmup")
     warmup_steps: int = setting(0, "linear warmup steps (wins over warmup_ratio)", NON_NEGATIVE)
     warmup_ratio: float = setting(0.0, "warmup as a fraction of the steps", UNIT_INTERVAL)
@@ -232,10 +231,8 @@ class RunConfig:
     device: Literal[DEVICES] = setting(  # type: ignore[valid-type]
         "auto", "auto (CUDA, then an Apple GPU, then the CPU) | cpu | cuda | mps")
     host_memory: Literal[HOST_MEMORY] = setting(  # type: ignore[valid-type]
-        "keep", "keep: on a CPU under Linux (glibc), memory a step frees stays in the process "
-        "heap for the next step, not handed back to the OS and faulted in again (14-21% faster "
-        "SmolLM2 steps on a 2-core AVX2 EPYC; the memory does not shrink after its peak) | "
-        "system: glibc's defaults")
+        "keep", "keep: on a CPU (glibc) freed memory stays in the heap, not faulted in again "
+        "each step (14-21% faster; memory does not shrink after its peak) | system: glibc's")
     eval_every: int | None = setting(None, "steps; null: only at the end", AT_LEAST_ONE)
     eval_batch_size: int = setting(8, "examples per eval batch", AT_LEAST_ONE)
     eval_before: bool = setting(True, "evaluate once before training too, as a baseline for "
@@ -247,8 +244,7 @@ class RunConfig:
     eval_reward: str | None = setting(None, "reward of those samples; default: online.reward")
     eval_samples: int = setting(4, "answers sampled per eval prompt", AT_LEAST_ONE)
     log_every: int = setting(1, "steps between metric rows", AT_LEAST_ONE)
-    save_every: int | None = setting(None, "steps between checkpoints; null: none",
-                                     AT_LEAST_ONE)
+    save_every: int | None = setting(None, "steps between checkpoints; null: none", AT_LEAST_ONE)
     keep_checkpoints: int = setting(2, "newest checkpoints kept", AT_LEAST_ONE)
     resume: bool = setting(False, "continue from the latest checkpoint in output_dir")
     resume_allow_changes: bool = setting(False, "resume even when the data, the config fields "
@@ -295,8 +291,7 @@ class OnlineConfig:
                                   "for; default: train_data", path=True)
     reward: str = setting("vader", "scores samples: module:function, vader, vader_negative, "
                           "minilm (vs the row's reference) or hf:PATH")
-    num_samples: int = setting(2, "completions sampled per prompt",
-                               Domain(2.0, low_inclusive=True))
+    num_samples: int = setting(2, "completions sampled per prompt", Domain(2.0, low_inclusive=True))
     temperature: float = setting(1.0, "sampling temperature", POSITIVE)
     top_p: float = setting(1.0, "nucleus sampling mass", Domain(0.0, 1.0, high_inclusive=True))
     max_new_tokens: int = setting(48, "tokens per sample at most", AT_LEAST_ONE)
@@ -310,10 +305,8 @@ class OnlineConfig:
                                      Domain(0.0, 1.0, high_inclusive=True), computes=False)
     pairing: Literal[PAIRINGS] = setting(  # type: ignore[valid-type]
         "best_worst", "how scored samples become pairs (best_worst, best_random, all_pairs)")
-    pair_margin: float = setting(0.0, "smallest reward difference that makes a pair",
-                                 NON_NEGATIVE)
-    prompts_per_step: int = setting(4, "online: prompts sampled per step per process",
-                                    AT_LEAST_ONE)
+    pair_margin: float = setting(0.0, "smallest reward difference that makes a pair", NON_NEGATIVE)
+    prompts_per_step: int = setting(4, "online: prompts sampled per step per process", AT_LEAST_ONE)
     iterations: int = setting(2, "iterative: rounds", AT_LEAST_ONE)
 
 
@@ -325,8 +318,7 @@ class DrPOConfig:
                                       Domain(2.0, low_inclusive=True))
     num_positive: int = setting(2, "the top-rewarded samples the generator drifts toward",
                                 AT_LEAST_ONE)
-    num_negative: int = setting(2, "the bottom-rewarded samples it drifts away from",
-                                AT_LEAST_ONE)
+    num_negative: int = setting(2, "the bottom-rewarded samples it drifts away from", AT_LEAST_ONE)
     drift_radii: list[float] = setting(None, "kernel radii of the preference drift (in units "
                                        "of the mean feature distance)",
                                        factory=lambda: [0.02, 0.05, 0.2])

@@ -19,6 +19,7 @@ the slowdown measured on the spot.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import json
 import platform
@@ -52,11 +53,13 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class HardwareChoice:
-    """The device and precision a run uses, and why (one sentence)."""
+    """The device and precision a run uses, and why (one sentence); whether freed host memory
+    stays in the heap (:func:`keep_freed_memory`)."""
 
     device: DeviceInfo
     precision: str  # fp32 | bf16 | fp16
     reason: str
+    heap_kept: bool = False
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -71,7 +74,8 @@ class HardwareChoice:
         'hardware: cpu (AMD EPYC, AVX2), precision fp32: no native bf16'
         """
         return (f"hardware: {self.device.kind} ({self.device.name}, {self.device.capability}), "
-                f"precision {self.precision}: {self.reason}")
+                f"precision {self.precision}: {self.reason}"
+                + ("; freed memory stays in the heap (run.host_memory)" if self.heap_kept else ""))
 
 
 def _cpu_name() -> str:
@@ -163,13 +167,16 @@ def choose_precision(requested: str, info: DeviceInfo) -> HardwareChoice:
     return HardwareChoice(info, "fp32", f"auto: {why}")
 
 
-def resolve(mixed_precision: str, device: str = "auto") -> HardwareChoice:
-    """The device and precision of a run from its settings, on this machine."""
+def resolve(mixed_precision: str, device: str = "auto",
+            host_memory: str = "system") -> HardwareChoice:
+    """The device and precision of a run from its settings, on this machine; with
+    ``host_memory="keep"`` on a CPU, freed memory is kept in the heap from here on."""
     kind = pick_device(device, available_devices())
     choice = choose_precision(mixed_precision, probe(kind))
     if mixed_precision == "bf16" and not choice.device.native_bf16 and kind == "cpu":
         _warn_emulated(choice.device)
-    return choice
+    kept = host_memory == "keep" and kind == "cpu" and keep_freed_memory()
+    return dataclasses.replace(choice, heap_kept=kept)
 
 
 def check_device_supports(device: str, *, strategy: str = "ddp",
@@ -213,7 +220,6 @@ def matmul_gflops(device: str, dtype: torch.dtype, size: int = 512,
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-_heap: dict[str, str] = {"host_memory": "system"}
 
 
 def keep_freed_memory() -> bool:
@@ -233,10 +239,7 @@ def keep_freed_memory() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")
-    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1)):
-        return False
-    _heap["host_memory"] = "keep"
-    return True
+    return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1))
 
 
 QUICK = (256, 0.03)  # matmul size and seconds of a run's record (and the bf16 warning)
@@ -283,7 +286,7 @@ def environment(choice: HardwareChoice | None = None, quick: bool = False) -> di
         "versions": versions, "devices": list(available_devices()),
         "device": asdict(choice.device), "threads": torch.get_num_threads(),
         "precision": choice.precision, "reason": choice.reason,
-        "host_memory": _heap["host_memory"],
+        "host_memory": "keep" if choice.heap_kept else "system",
         "auto_precision": auto.precision, "auto_reason": auto.reason}
     size, seconds = QUICK if quick else (512, 0.3)
     if choice.device.kind == "cuda":  # 512 is launch-bound on a GPU (an H200: 9.9 of ~790 TFLOP/s)
@@ -313,7 +316,8 @@ def describe(record: dict[str, Any]) -> str:
               f"native bf16  {'yes' if d['native_bf16'] else 'no'}",
               f"native fp16  {'yes' if d['native_fp16'] else 'no'}",
               f"auto picks   {record['auto_precision']} ({record['auto_reason']})",
-              f"host memory  {record.get('host_memory', 'system')} (run.host_memory)"]
+              f"host memory  {record.get('host_memory', 'system')} here; a CPU run keeps "
+              "freed memory in the heap (run.host_memory)"]
     size = record.get("matmul_size", 512)
     for name, gflops in record.get("matmul_gflops", {}).items():
         lines.append(f"matmul {name:<6}{gflops:9.1f} GFLOP/s ({size} x {size})")

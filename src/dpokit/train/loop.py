@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..config.schema import TrainConfig
-from ..core.hardware import DTYPES, keep_freed_memory, resolve, write_record
+from ..core.hardware import DTYPES, resolve, write_record
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
 from ..core.signals import Interrupted, StopRequests, cooperative
 from ..core.types import MetricSums
@@ -88,10 +88,8 @@ class Trainer:
         self.folder.check_usable()  # before any compute
         # the device and precision the hardware does natively (hardware.py); the loop applies
         # its own autocast (accelerate's per-process state refuses a second mixed_precision)
-        self.hardware = resolve(optim.mixed_precision, run.device)
+        self.hardware = resolve(optim.mixed_precision, run.device, run.host_memory)
         self.precision = self.hardware.precision  # fp32 | bf16 | fp16
-        self.heap_kept = (run.host_memory == "keep" and self.hardware.device.kind == "cpu"
-                          and keep_freed_memory())  # no page faults re-touching activations
         self.accelerator = accelerator or make_accelerator([*run.log_with, *trackers],
                                                            run.output_dir,
                                                            self.hardware.device.kind)
@@ -305,8 +303,7 @@ class Trainer:
     def _record_hardware(self) -> None:
         """The device and precision (one line); in the run folder, ``hardware.json`` (versions,
         speed) and ``run.json`` (the config and objective ``dpokit doctor`` reads)."""
-        self.log(self.hardware.line() + ("; freed memory stays in the heap (run.host_memory)"
-                                         if self.heap_kept else ""))
+        self.log(self.hardware.line())
         if self.accelerator.is_main_process:
             write_record(self.hardware, self.output_dir)
             record_run(self.output_dir, self.cfg.to_dict(), self.objective.name)
