@@ -447,14 +447,13 @@ def step_flops(rows: list[dict], tok, config: dict, lora: bool) -> dict[str, flo
         return 3 * layers * 4 * q * k * width
 
     totals = {"trl": 0.0, "dpokit": 0.0, "floor": 0.0}
+    longest = completions = 0
     for r in rows:
         p, c, j = (len(tok(r[k])["input_ids"]) for k in ("prompt", "chosen", "rejected"))
         unique, shared_attention = p + c + j, attention(p + c, p + c) / 2 + attention(j, p + j / 2)
         totals["dpokit"] += mult * (body * unique + head * (c + j)) + shared_attention
         totals["floor"] += mult * (body + head) * unique + shared_attention
-    longest = max(len(tok(r["prompt"])["input_ids"]) + len(tok(r[k])["input_ids"])
-                  for r in rows for k in ("chosen", "rejected"))
-    completions = sum(len(tok(r[k])["input_ids"]) for r in rows for k in ("chosen", "rejected"))
+        longest, completions = max(longest, p + c, p + j), completions + c + j
     totals["trl"] = (2 * len(rows) * (mult * body * longest + attention(longest, longest))
                      + mult * head * completions)
     return totals

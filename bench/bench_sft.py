@@ -176,11 +176,11 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         for _ in range(args.rounds):
             for system in args.systems.split(","):
-                cmd = [sys.executable, __file__, "--worker", system.split("-")[0], "--data",
-                       str(data),
-                       "--model-path", path, "--batch", str(batch), "--max-length",
-                       str(max_length), "--steps", str(args.steps), "--precision",
-                       args.precision, "--lr", str(args.lr)] + (["--lora"] if lora else [])
+                cmd = [sys.executable, __file__, "--worker", system.split("-")[0],
+                       "--data", str(data), "--model-path", path, "--batch", str(batch),
+                       "--max-length", str(max_length), "--steps", str(args.steps),
+                       "--precision", args.precision, "--lr", str(args.lr)]
+                cmd += ["--lora"] if lora else []
                 cmd += ["--keep-heap"] if system == "trl-heap" else []
                 cmd += ["--dpokit-set", *args.dpokit_set] if args.dpokit_set else []
                 result = run_worker_process(cmd)
