@@ -14,7 +14,7 @@ from conftest import make_tiny_llama
 
 from dpokit.config.schema import ATTENTION_IMPLS
 from dpokit.data.text import TokenizedPair, collate_pairs
-from dpokit.policies.causal_lm import CausalLMPolicy, attention
+from dpokit.policies.causal_lm import CausalLMPolicy, attention, kernels
 from dpokit.policies.causal_lm.attention import IMPLS, SegmentPlan, resolve_impl
 
 PAIRS = [
@@ -29,10 +29,11 @@ CALLS = {"varlen": 0}
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None,
-                     causal=False):
-    """flash_attn_varlen_func's contract with SDPA: q (total_q, H, D), k / v (total_k, Hkv, D);
-    sequence i is q[cu_q[i]:cu_q[i+1]] against k[cu_k[i]:cu_k[i+1]]; causal is aligned to
-    the bottom-right (query j of Lq sees keys up to j + Lk - Lq)."""
+                     causal=False, window_size=(-1, -1), softcap=0.0):
+    """flash_attn_varlen_func's contract written out: q (total_q, H, D), k / v (total_k, Hkv,
+    D); sequence i is q[cu_q[i]:cu_q[i+1]] against k[cu_k[i]:cu_k[i+1]]; causal is aligned to
+    the bottom-right (query j of Lq sees keys up to j + Lk - Lq), ``window_size=(left, right)``
+    keeps keys from j + Lk - Lq - left on, ``softcap`` > 0 soft-caps the scores."""
     CALLS["varlen"] += 1
     outs = []
     for i in range(len(cu_q) - 1):
@@ -40,17 +41,24 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_s
         ks = k[cu_k[i]:cu_k[i + 1]].transpose(0, 1)[None]  # (1, Hkv, Lk, D)
         vs = v[cu_k[i]:cu_k[i + 1]].transpose(0, 1)[None]
         lq, lk = qs.shape[2], ks.shape[2]
-        visible = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)  # (Lq, Lk)
-        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible if causal else None,
-                                             scale=softmax_scale,
-                                             enable_gqa=ks.shape[1] != qs.shape[1])
+        aligned = torch.arange(lq)[:, None] + (lk - lq)  # (Lq, 1) each query's key position
+        keys = torch.arange(lk)[None, :]  # (1, Lk)
+        visible = keys <= aligned if causal else torch.ones(lq, lk, dtype=torch.bool)
+        if window_size[0] >= 0:
+            visible = visible & (keys >= aligned - window_size[0])  # (Lq, Lk)
+        groups = qs.shape[1] // ks.shape[1]
+        ks, vs = ks.repeat_interleave(groups, 1), vs.repeat_interleave(groups, 1)
+        scores = qs @ ks.transpose(-1, -2) * (softmax_scale or qs.shape[-1] ** -0.5)
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        out = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ vs  # (1, H, Lq, D)
         outs.append(out[0].transpose(0, 1))  # (Lq, H, D)
     return torch.cat(outs)
 
 
 @pytest.fixture()
 def fake_flash(monkeypatch):
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: reference_varlen)
+    monkeypatch.setattr(kernels, "varlen_kernel", lambda: reference_varlen)
     CALLS["varlen"] = 0
 
 
@@ -124,7 +132,7 @@ def count_kernel_calls(monkeypatch, impl, n_pairs):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: counting_varlen)
+    monkeypatch.setattr(kernels, "varlen_kernel", lambda: counting_varlen)
     pairs = [TokenizedPair(i, [5, 6, 7], [8, 9, 2], [10, 2]) for i in range(n_pairs)]
     batch = collate_pairs(pairs, 0, "prefix_shared", max_row_tokens=10_000)
     model = make_tiny_llama(64)
@@ -153,7 +161,7 @@ def test_the_plan_is_built_once_per_batch_and_shared_by_the_layers(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(SegmentPlan, "varlen", counting)
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: reference_varlen)
+    monkeypatch.setattr(kernels, "varlen_kernel", lambda: reference_varlen)
     batch = collate_pairs(PAIRS, 0, "prefix_shared")
     with torch.no_grad():
         CausalLMPolicy(make_tiny_llama(64), attention_impl="flash_varlen").logps(batch)

@@ -3,30 +3,39 @@
 A packed row holds segments back to back; a prefix-shared segment is
 ``[prompt (P) | chosen (C) | rejected (R)]``: prompt + first completion attend causally, the
 second completion attends to the prompt's keys and causally to its own, never to the first.
-The rule is built once per batch (:class:`SegmentPlan`) and every layer reuses it:
+The rule is built once per batch (:class:`SegmentPlan`) and every layer reuses it, with what
+that layer's attention asks for (:class:`LayerAttention`): a sliding window (Mistral, Gemma
+2/3/4, gpt-oss, Qwen2, Phi-3, ...: a key is visible while ``pos_q - pos_k < window``, positions
+being each sequence's own, so a prefix-shared rejected token measures its distance to the
+prompt as if it ran alone), attention-logit soft-capping (Gemma 2) and attention sinks (gpt-oss:
+one extra logit per head in the softmax). The backends (``kernels.py``):
 
-- ``flex``: FlexAttention with a ``BlockMask`` from a document + shared-prefix ``mask_mod``
-  (compiled on CUDA; torch has no FlexAttention backward on the CPU, so there it serves
-  forward-only passes); GQA without copies (``enable_gqa``).
-- ``flash_varlen``: flash-attn's ``flash_attn_varlen_func`` (CUDA): one call over every
-  prompt + first completion (causal), one over every second completion against
-  ``[prompt keys | own keys]`` with bottom-right causal alignment; GQA native.
-- ``sdpa_segments``: one causal SDPA call per segment (``enable_gqa``, no key copies): the
-  CPU's choice under ``auto``. No one-call kernel there skips masked blocks with a backward
-  (FlexAttention has none on the CPU), and measured per layer on an AVX2 EPYC (fp32, forward +
-  backward, SmolLM2's heads) the loop is as fast as the dense mask on short rows (15 vs 18 ms
-  at 200 tokens) and twice as fast on long ones (0.34 vs 0.67 s at 2,850).
-- ``mask``: the plain twin, the dense (R, 1, T, T) mask through the model's own SDPA path: one
-  call per layer, every query-key pair computed and most masked.
+- ``flex``: FlexAttention with a ``BlockMask`` from the rule's ``mask_mod`` (the window in it)
+  and a soft-capping ``score_mod`` (compiled on CUDA; torch has no FlexAttention backward on the
+  CPU, so there it serves forward-only passes); sinks are refused by name.
+- ``flash_varlen``: flash-attn's ``flash_attn_varlen_func`` (CUDA): one call over every prompt
+  + first completion, one over every second completion against ``[prompt keys | own keys]``
+  (bottom-right aligned, so key index = position: ``window_size`` is exact); ``softcap``
+  native; sinks refused by name.
+- ``sdpa_segments``: one SDPA call per segment (the CPU's choice under ``auto``; measured per
+  layer on an AVX2 EPYC as fast as the dense mask on short rows and twice as fast on long ones),
+  banded where a window is shorter than the segment; soft-capping or sinks: the same pieces in
+  plain attention math.
+- ``mask``: the plain twin, the dense (R, 1, T, T) rule of the layer (one per window), one
+  SDPA call per layer (plain math with soft-capping or sinks).
 
-Registered with transformers as the attention implementation ``"dpokit_sdpa"``; the plan
-arrives through the model's keyword arguments (``dpokit_plan``), and without one (generation,
-padded batches) plain SDPA runs. ``tests/policies/causal_lm/test_attention.py`` compares every
-backend with the mask.
+Registered with transformers as ``dpokit_segments`` (the model loaded with SDPA) or
+``dpokit_segments_eager``: the plan arrives through the model's keyword arguments
+(``dpokit_plan``); without one (generation, padded batches) the loaded implementation's math
+runs, soft-caps and sinks included. A keyword this module does not implement is an error
+naming it, never dropped; every call with a plan is counted (:attr:`SegmentPlan.calls`), so the
+scorer proves each attention layer used it (:func:`~.families.check_consumed`).
 
     >>> plan = SegmentPlan([[(0, 2, 1, 1)]], length=4)
     >>> plan.bool_mask()[0, 0].int().tolist()   # rejected (t=3) sees the prompt, not chosen
     [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]
+    >>> plan.bool_mask(window=2)[0, 0, 3].int().tolist()  # position 2 sees positions 1 and 2
+    [0, 1, 0, 1]
 """
 
 from __future__ import annotations
@@ -35,11 +44,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-NAME = "dpokit_sdpa"
+NAMES = {"sdpa": "dpokit_segments", "eager": "dpokit_segments_eager"}  # by the loaded impl
 IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
 Segment = tuple[int, int, int, int]  # (start in row, prompt length, first completion, second)
+# keywords transformers' attention layers pass that change nothing in segment attention
+INERT = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions",
+                   "past_key_values", "past_key_value", "layer_idx", "head_mask",
+                   "position_embeddings", "output_hidden_states", "return_dict"})
+
+
+class UnsupportedAttention(ValueError):
+    """A layer asked attention for something a backend cannot compute exactly."""
 
 
 def flash_attn_available() -> bool:
@@ -67,10 +83,27 @@ def resolve_impl(requested: str, device_type: str) -> str:
     return "sdpa_segments"
 
 
-def visible(doc_q, doc_k, branch_q, branch_k, q, k) -> torch.Tensor:
-    """The attention rule, elementwise: a query sees a key of its own segment at or before it,
-    except a second completion's query a first completion's key (branch 2 vs 1)."""
-    return (doc_q == doc_k) & (q >= k) & ~((branch_q == 2) & (branch_k == 1))
+def visible(doc_q, doc_k, branch_q, branch_k, pos_q, pos_k, window: int | None = None):
+    """The attention rule, elementwise: a query sees a key of its own segment at or before its
+    position, never one of the other completion (branches 1 and 2), and, with a window, only
+    keys fewer than ``window`` positions back (transformers' ``sliding_window_overlay``)."""
+    rule = (doc_q == doc_k) & (pos_q >= pos_k) & ~((branch_q * branch_k) == 2)
+    return rule if window is None else rule & (pos_q - pos_k < window)
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """What one layer's attention call asks for besides the rule: window (None: full), the
+    attention-logit soft-cap (None: off), sinks ((H,) one logit per head, or None)."""
+
+    window: int | None = None
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None
+
+    @property
+    def plain_math(self) -> bool:
+        """Soft-capping and sinks need the scores themselves (no SDPA kernel takes them)."""
+        return self.softcap is not None or self.sinks is not None
 
 
 @dataclass
@@ -98,55 +131,73 @@ class SegmentPlan:
 
     segments: per row, (start, prompt, first completion, second completion) lengths; length:
     T; impl: the resolved backend. Per-token ``doc`` (R, T) (segment number in the batch, -1
-    for padding) and ``branch`` (R, T) (0 prompt, 1 first, 2 second) define the rule:
-    same document, causal, and a second completion never sees a first one."""
+    for padding), ``branch`` (R, T) (0 prompt, 1 first, 2 second) and ``pos`` (R, T) (the
+    token's position in its own sequence) define the rule. ``calls`` counts the attention
+    calls that used the plan, ``windows`` their windows (the scorer checks both)."""
 
     segments: list[list[Segment]]
     length: int
     impl: str = "sdpa_segments"
     device: torch.device | str = "cpu"
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    calls: int = 0
+    windows: list[int | None] = field(default_factory=list)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
-    def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "doc" not in self._cache:
             rows = len(self.segments)
             doc = torch.full((rows, self.length), -1, dtype=torch.long)  # (R, T)
             branch = torch.zeros(rows, self.length, dtype=torch.long)  # (R, T)
+            pos = torch.arange(self.length).repeat(rows, 1)  # (R, T); padding: its index
             number = 0
             for r, segments in enumerate(self.segments):
                 for start, p, c, n in segments:
                     doc[r, start:start + p + c + n] = number
                     branch[r, start + p:start + p + c] = 1
                     branch[r, start + p + c:start + p + c + n] = 2
+                    pos[r, start:start + p + c] = torch.arange(p + c)
+                    pos[r, start + p + c:start + p + c + n] = torch.arange(p, p + n)
                     number += 1
-            self._cache["doc"] = doc.to(self.device)
-            self._cache["branch"] = branch.to(self.device)
-        return self._cache["doc"], self._cache["branch"]
+            for name, value in (("doc", doc), ("branch", branch), ("pos", pos)):
+                self._cache[name] = value.to(self.device)
+        return self._cache["doc"], self._cache["branch"], self._cache["pos"]
 
-    def bool_mask(self) -> torch.Tensor:
+    def bool_mask(self, window: int | None = None) -> torch.Tensor:
         """(R, 1, T, T) bool, True where a query may attend to a key (padding sees itself):
         the rule evaluated densely (the flex mask_mod evaluates it per block)."""
-        if "mask" not in self._cache:
-            doc, branch = self._tokens()
-            t = torch.arange(self.length, device=doc.device)
-            self._cache["mask"] = visible(doc[:, :, None], doc[:, None, :], branch[:, :, None],
-                                          branch[:, None, :], t[:, None], t[None, :])[:, None]
-        return self._cache["mask"]  # (R, 1, T, T)
+        if ("mask", window) not in self._cache:
+            doc, branch, pos = self._tokens()
+            self._cache["mask", window] = visible(
+                doc[:, :, None], doc[:, None, :], branch[:, :, None], branch[:, None, :],
+                pos[:, :, None], pos[:, None, :], window)[:, None]
+        return self._cache["mask", window]  # (R, 1, T, T)
 
-    def block_mask(self):
-        """FlexAttention's BlockMask of the rule (built once per batch)."""
-        if "block" not in self._cache:
+    def additive_mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`bool_mask` as 0 / the dtype's minimum, made once per batch and window: a
+        bool mask would be converted (and, under autocast, kept for backward) once per layer,
+        30 copies of T x T on SmolLM2, 0.5 GB at T = 2,800."""
+        if ("additive", window, dtype) not in self._cache:
+            mask = self.bool_mask(window)
+            self._cache["additive", window, dtype] = torch.zeros(
+                mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(dtype).min)
+        return self._cache["additive", window, dtype]
+
+    def block_mask(self, window: int | None = None):
+        """FlexAttention's BlockMask of the rule (built once per batch and window)."""
+        if ("block", window) not in self._cache:
             from torch.nn.attention.flex_attention import create_block_mask
 
-            doc, branch = self._tokens()
+            doc, branch, pos = self._tokens()
 
             def mask_mod(b, h, q, k):
-                return visible(doc[b, q], doc[b, k], branch[b, q], branch[b, k], q, k)
+                return visible(doc[b, q], doc[b, k], branch[b, q], branch[b, k], pos[b, q],
+                               pos[b, k], window)
 
-            self._cache["block"] = create_block_mask(mask_mod, len(self.segments), None,
-                                                     self.length, self.length,
-                                                     device=str(doc.device))
-        return self._cache["block"]
+            self._cache["block", window] = create_block_mask(
+                mask_mod, len(self.segments), None, self.length, self.length,
+                device=str(doc.device))
+        return self._cache["block", window]
 
     def varlen(self) -> VarlenIndex:
         """The two varlen calls' token indices (built once per batch)."""
@@ -179,124 +230,14 @@ class SegmentPlan:
         return index
 
 
-# --- the backends: query (R, H, T, D), key / value (R, Hkv, T, D) -> (R, H, T, D) ---------
-
-def _sdpa_segments(plan: SegmentPlan, query, key, value, dropout: float, scaling):
-    """One causal SDPA call per segment (the plain twin); padding positions get zeros."""
-    gqa = key.shape[1] != query.shape[1]
-    rows = []
-    for r, segments in enumerate(plan.segments):
-        pieces, used = [], 0
-        for start, p, c, n in segments:
-            head = slice(start, start + p + c)
-            pieces.append(F.scaled_dot_product_attention(
-                query[r:r + 1, :, head], key[r:r + 1, :, head], value[r:r + 1, :, head],
-                dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa))  # (1,H,P+C,D)
-            if n:
-                tail = slice(start + p + c, start + p + c + n)
-                k2 = torch.cat([key[r:r + 1, :, start:start + p], key[r:r + 1, :, tail]], dim=2)
-                v2 = torch.cat([value[r:r + 1, :, start:start + p], value[r:r + 1, :, tail]],
-                               dim=2)  # (1, Hkv, P+n, D)
-                visible = torch.ones(n, p + n, dtype=torch.bool, device=query.device)  # (n, P+n)
-                visible[:, p:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-                pieces.append(F.scaled_dot_product_attention(
-                    query[r:r + 1, :, tail], k2, v2, attn_mask=visible, dropout_p=dropout,
-                    scale=scaling, enable_gqa=gqa))  # (1, H, n, D)
-            used = start + p + c + n
-        if used < query.shape[2]:
-            pieces.append(query.new_zeros(1, query.shape[1], query.shape[2] - used,
-                                          value.shape[-1]))
-        rows.append(torch.cat(pieces, dim=2))  # (1, H, T, D)
-    return torch.cat(rows, dim=0)  # (R, H, T, D)
-
-
-_compiled_flex: dict[str, Any] = {}
-
-
-def flex_kernel(device_type: str):
-    """FlexAttention, compiled where torch.compile builds it (CUDA); eager elsewhere."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if device_type != "cuda":
-        return flex_attention
-    if "cuda" not in _compiled_flex:
-        _compiled_flex["cuda"] = torch.compile(flex_attention, dynamic=True)
-    return _compiled_flex["cuda"]
-
-
-def _flex(plan: SegmentPlan, query, key, value, dropout: float, scaling):
-    if dropout:
-        raise ValueError("attention_impl=flex has no attention dropout; use sdpa_segments")
-    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
-        raise ValueError("attention_impl=flex: torch has no FlexAttention backward on the CPU; "
-                         "use attention_impl=auto (mask) or sdpa_segments")
-    kernel = flex_kernel(query.device.type)
-    return kernel(query, key, value, block_mask=plan.block_mask(), scale=scaling,
-                  enable_gqa=key.shape[1] != query.shape[1])  # (R, H, T, D)
-
-
-def varlen_kernel():
-    """flash-attn's varlen function (a test substitutes a reference implementation)."""
-    from flash_attn import flash_attn_varlen_func
-
-    return flash_attn_varlen_func
-
-
-def _flash_varlen(plan: SegmentPlan, query, key, value, dropout: float, scaling):
-    index, kernel = plan.varlen(), varlen_kernel()
-    rows, heads, length, dim = query.shape
-    q = query.transpose(1, 2).reshape(rows * length, heads, dim)  # (R·T, H, D)
-    k = key.transpose(1, 2).reshape(rows * length, key.shape[1], dim)  # (R·T, Hkv, D)
-    v = value.transpose(1, 2).reshape(rows * length, value.shape[1], value.shape[-1])
-    out = q.new_zeros(rows * length, heads, value.shape[-1])  # (R·T, H, D); padding stays 0
-    first = kernel(q[index.first], k[index.first], v[index.first], index.cu_first,
-                   index.cu_first, index.max_first, index.max_first, dropout_p=dropout,
-                   softmax_scale=scaling, causal=True)  # (sum P+C, H, D)
-    out = out.index_copy(0, index.first, first)
-    if index.second_q.numel():
-        second = kernel(q[index.second_q], k[index.second_k], v[index.second_k],
-                        index.cu_second_q, index.cu_second_k, index.max_second_q,
-                        index.max_second_k, dropout_p=dropout, softmax_scale=scaling,
-                        causal=True)  # (sum n, H, D): bottom-right aligned, sees its prompt
-        out = out.index_copy(0, index.second_q, second)
-    return out.view(rows, length, heads, -1).transpose(1, 2)  # (R, H, T, D)
-
-
-BACKENDS = {"sdpa_segments": _sdpa_segments, "flex": _flex, "flash_varlen": _flash_varlen}
-
-
-def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                      scaling: float | None = None, **kwargs):
-    """query (R, H, T, D), key/value (R, Hkv, T, D) -> ((R, T, H, D), None), as transformers'
-    attention functions return."""
-    plan = kwargs.pop("dpokit_plan", None)
-    if plan is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    dropout = dropout if module.training else 0.0
-    out = BACKENDS[plan.impl](plan, query, key, value, dropout, scaling)  # (R, H, T, D)
-    return out.transpose(1, 2).contiguous(), None
-
-
-_registered = False
-
-
-def enable(model) -> bool:
-    """Let ``model`` (a transformers model) take a segment plan; False if it cannot (an
-    attention implementation other than sdpa/eager, or no attention interface)."""
-    global _registered
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    except ImportError:
-        return False
-    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", "eager", NAME):
-        return False
-    if not _registered:
-        AttentionInterface.register(NAME, segment_attention)
-        AttentionMaskInterface.register(NAME, sdpa_mask)
-        _registered = True
-    model.set_attn_implementation(NAME)
-    return True
+def layer_attention(module, sliding_window=None, softcap=None, s_aux=None,
+                    **kwargs) -> LayerAttention:
+    """What a layer's call asks for; an unknown keyword is refused by name (never dropped)."""
+    unknown = sorted(k for k, v in kwargs.items() if k not in INERT and v is not None
+                     and not (k == "is_causal" and v is True))
+    if unknown:
+        raise UnsupportedAttention(
+            f"{type(module).__name__} asks attention for {', '.join(unknown)}, which dpokit's "
+            f"segment attention does not implement; use batch_layout=padded")
+    return LayerAttention(int(sliding_window) if sliding_window else None,
+                          float(softcap) if softcap else None, s_aux)

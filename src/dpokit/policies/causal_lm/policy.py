@@ -20,7 +20,8 @@ from torch import nn
 from ...core.modules import eval_mode
 from ...core.protocols import BasePolicy, PolicyCapabilities
 from ...core.types import SequenceScores
-from .attention import enable, resolve_impl
+from .attention import resolve_impl
+from .kernels import enable
 from .lora import REFERENCE_ADAPTER, is_peft, unwrap_peft
 from .persistence import Persistence
 from .scoring import Scorer, Scoring
@@ -51,6 +52,9 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
     memory (``torch.autograd.graph.save_on_cpu``, pinned on CUDA); the same numbers.
     segments: the model carries Instructional Segment Embeddings (``segments.py``, installed
     before): saved next to the model, so the loader installs them again.
+    segment_plans: packed / prefix-shared rows attend through a segment plan (False: through
+    the batch's dense 4-D mask and the model's own attention, as the vision-language room).
+    A layout that cannot be exact for the family is refused by name (``families.py``).
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
@@ -58,7 +62,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
                  logprob_impl: Literal["chunked", "plain"] = "chunked", chunk_size: int = 256,
                  ld_alpha: float | None = None, attention_impl: str = "auto",
                  merge_on_save: bool = False, activation_offloading: bool = False,
-                 sampo_seed: int | None = None, segments: SegmentSpec | None = None):
+                 sampo_seed: int | None = None, segments: SegmentSpec | None = None,
+                 segment_plans: bool = True):
         if reference in ("adapter", "adapter_copy") and not is_peft(model):
             raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
         if reference == "adapter_copy" and REFERENCE_ADAPTER not in model.peft_config:
@@ -80,8 +85,12 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
         self.segments = segments
         resolve_impl(attention_impl, "cpu")  # a bad name fails here, not at the first forward
         self.attention_impl = attention_impl
-        # a model whose attention cannot take a plan (not sdpa / eager) keeps the dense mask
-        self.plans_enabled = attention_impl != "mask" and enable(unwrap_peft(model))
+        # packed rows attend through the segment plan where the family takes one; a family
+        # that cannot is refused those layouts (families.layout_support); segment_plans=False:
+        # the batch's dense 4-D mask through the model's own attention (vision-language)
+        self.plans_enabled = segment_plans and enable(unwrap_peft(model))
+        self.dense_layouts = not segment_plans
+        self._layout_support = {}
         self.scorer: nn.Module = Scorer(self, model)
         self.reference_scorer: nn.Module | None = None  # made once, when first needed
         self.sharded = False

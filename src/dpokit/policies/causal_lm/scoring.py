@@ -15,6 +15,7 @@ from torch import nn
 
 from ...core.types import SequenceScores
 from .attention import SegmentPlan, resolve_impl
+from .families import LayoutRefused, check_consumed, family, layout_support
 from .logprobs import (
     log_sum_sq_from_logits,
     sum_per_sequence,
@@ -24,6 +25,43 @@ from .logprobs import (
     token_stats,
 )
 from .lora import unwrap_peft
+
+# logit transforms families apply after their LM head, by config attribute, in this order:
+# (attribute, what it does); e.g. Granite divides by logits_scaling, Cohere multiplies by
+# logit_scale, Gemma 2/3/4 soft-cap at final_logit_softcapping
+HEAD_TRANSFORMS = (("final_logit_softcapping", "softcap"), ("logits_soft_cap", "softcap"),
+                   ("logits_scaling", "divide"), ("logit_scale", "multiply"),
+                   ("lm_head_multiplier", "multiply"))
+
+
+def head_transforms(config) -> list[tuple[str, float]]:
+    """The (kind, value) transforms ``config``'s family applies to its logits (Gemma's soft-cap,
+    Granite's logits_scaling, Cohere's logit_scale, Falcon-H1's lm_head_multiplier,
+    RecurrentGemma's logits_soft_cap); identities left out.
+
+    >>> from types import SimpleNamespace
+    >>> head_transforms(SimpleNamespace(logits_scaling=8.0, logit_scale=None))
+    [('divide', 8.0)]
+    """
+    found = []
+    for name, kind in HEAD_TRANSFORMS:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value and (
+                kind == "softcap" or value != 1):
+            found.append((kind, float(value)))
+    return found
+
+
+def apply_head_transforms(logits: torch.Tensor, transforms) -> torch.Tensor:
+    """(c, V) fp32 logits through the family's transforms."""
+    for kind, value in transforms:
+        if kind == "softcap":
+            logits = torch.tanh(logits / value) * value
+        elif kind == "divide":
+            logits = logits / value
+        else:
+            logits = logits * value
+    return logits
 
 
 def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
@@ -96,7 +134,10 @@ def _compute_dtype(device_type: str, weights_dtype: torch.dtype) -> torch.dtype:
 class Scoring:
     """The scoring half of :class:`~dpokit.policies.causal_lm.CausalLMPolicy` (its
     ``logprob_impl``, ``chunk_size``, ``ld_alpha``, ``sampo_seed``, ``attention_impl``,
-    ``plans_enabled``, ``scorer`` and reference scorer)."""
+    ``plans_enabled``, ``dense_layouts`` (packed rows carried by the batch's 4-D mask through
+    the model's own attention: the vision-language room), ``scorer`` and reference scorer)."""
+
+    _layout_support: dict[str, dict[str, str | None]]
 
     def _scores(self, model: nn.Module, batch, sampling_norm: bool = False,
                 token_stats: bool = False) -> SequenceScores:
@@ -154,9 +195,14 @@ class Scoring:
         """
         base = unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
-        extra = {}
+        if decoder is base:  # a family whose prefix names no attribute (Llama 4's text model)
+            decoder = base.get_decoder()
+            decoder = base.model if decoder is base else decoder
+        extra, plan = {}, None
         impl = resolve_impl(self.attention_impl, input_ids.device.type)
-        if segments is not None and self.plans_enabled and impl != "mask":
+        if segments is not None:
+            self._check_layout(base, segments, impl)
+        if segments is not None and self.plans_enabled:
             plan = SegmentPlan(segments, input_ids.shape[1], impl, input_ids.device)
             attention_mask, extra = None, {"dpokit_plan": plan}  # built once, every layer reads
         elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
@@ -172,6 +218,8 @@ class Scoring:
             **extra,
             **(model_inputs or {}),
         ).last_hidden_state
+        if plan is not None:
+            check_consumed(base, plan)  # every attention layer used it: proved, not assumed
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
         stats = h.new_zeros((h.shape[0], 2), dtype=torch.float32) if token_stats else None
         token_logps = self._head_logps(base, h, score_target, stats)  # (N,) fp32
@@ -188,27 +236,29 @@ class Scoring:
                 0, score_sequence, stats)  # (S, 2)
         return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats
 
+    def _check_layout(self, base: nn.Module, segments, impl: str) -> None:
+        """A packed or prefix-shared batch on a family where it cannot be exact is refused by
+        name, before the model runs (:func:`~.families.layout_support`, once per backend)."""
+        if impl not in self._layout_support:
+            self._layout_support[impl] = layout_support(
+                base, impl, plans=self.plans_enabled or self.dense_layouts)
+        layout = "prefix_shared" if any(n for row in segments for *_, n in row) else "packed"
+        reason = self._layout_support[impl][layout]
+        if reason is not None:
+            raise LayoutRefused(f"batch_layout={layout} cannot be exact for {family(base)}: "
+                                f"{reason}; use batch_layout=padded (or auto)")
+
     @staticmethod
     def _simple_head(base: nn.Module) -> bool:
-        """A bias-free linear head with no soft-capping or scaling (the fast path applies)."""
+        """A bias-free linear head with no logit transform (the fast path applies)."""
         head = base.get_output_embeddings()
-        return (
-            type(head) is nn.Linear
-            and head.bias is None
-            and getattr(base.config, "final_logit_softcapping", None) is None
-            and getattr(base.config, "logit_scale", None) is None
-        )
+        return type(head) is nn.Linear and head.bias is None and not head_transforms(base.config)
 
     def _logits(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        """Any head (bias, LoRA on lm_head, soft-capping, scaling) on (c, H) -> (c, V) fp32."""
-        logits = base.get_output_embeddings()(h).float()  # (c, V)
-        softcap = getattr(base.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        scale = getattr(base.config, "logit_scale", None)
-        if scale:
-            logits = logits * scale
-        return logits
+        """Any head (bias, LoRA on lm_head, the family's logit transforms) on (c, H) -> (c, V)
+        fp32."""
+        return apply_head_transforms(base.get_output_embeddings()(h).float(),
+                                     head_transforms(base.config))  # (c, V)
 
     @torch.no_grad()
     def _head_log_sum_sq(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:

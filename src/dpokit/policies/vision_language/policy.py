@@ -35,7 +35,8 @@ class VisionLanguagePolicy(CausalLMPolicy):
                  merge_on_save: bool = False, sampo_seed: int | None = None):
         super().__init__(model, processor.tokenizer, reference, reference_model, logprob_impl,
                          chunk_size, ld_alpha, attention_impl="mask",
-                         merge_on_save=merge_on_save, sampo_seed=sampo_seed)
+                         merge_on_save=merge_on_save, sampo_seed=sampo_seed,
+                         segment_plans=False)
         self.processor = processor
         self.capabilities = dataclasses.replace(self.capabilities, sharding=False)
 
