@@ -18,8 +18,10 @@ from dpokit.objectives import SFTObjective, build_objective
 from dpokit.policies.causal_lm import CausalLMPolicy
 from dpokit.train import EvalSet, StaticSource, Trainer
 
+# fp32 on every host (auto would pick bf16 where the CPU computes it natively): the tolerances of
+# the exact comparisons are fp32's; a test of bf16 sets mixed_precision=bf16 and derives its own
 TEST_DEFAULTS = dict(lora=False, progress_bar=False, log_with=[], precompute_ref_logps=False,
-                     eval_before=False,
+                     eval_before=False, mixed_precision="no",
                      learning_rate=1e-3, batch_size=4, max_grad_norm=None)
 
 
@@ -35,6 +37,13 @@ def tiny_pairs(tokenizer, rows=None, unpaired=False, extra_columns=()):
 
 def tiny_config(tmp_path, **cfg):
     return load_config(None, **{**TEST_DEFAULTS, "output_dir": str(tmp_path / "out"), **cfg})
+
+
+def layout_of(config, model, pairs: bool = True) -> str:
+    """The config's batch layout, ``auto`` resolved for ``model`` as a run builder does."""
+    from dpokit.policies.causal_lm.families import choose_layout, layout_support
+
+    return choose_layout(config.data.batch_layout, layout_support(model), pairs)
 
 
 def sources(config, train, evaluation, collate):
@@ -72,7 +81,7 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
     kind = dict(unpaired=objective.unpaired, extra_columns=objective.extra_columns)
     train = tiny_pairs(tokenizer, rows, **kind)
     evaluation = tiny_pairs(tokenizer, eval_rows, **kind) if eval_rows is not None else None
-    collate = PairCollator(tokenizer.pad_token_id, config.data.batch_layout,
+    collate = PairCollator(tokenizer.pad_token_id, layout_of(config, model),
                            config.data.max_row_tokens)
     source, eval_set = sources(config, train, evaluation, collate)
     return Trainer(config, policy, objective, source, eval_set, log=lambda _: None)
@@ -88,7 +97,7 @@ def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora
     evaluation = build_sequences(records(eval_rows), tokenizer, settings) if eval_rows else None
     policy = CausalLMPolicy(model, tokenizer, chunk_size=8,
                             attention_impl="sdpa_segments")
-    collate = SequenceCollator(tokenizer.pad_token_id, config.data.batch_layout)
+    collate = SequenceCollator(tokenizer.pad_token_id, layout_of(config, model, pairs=False))
     source, eval_set = sources(config, train, evaluation, collate)
     return Trainer(config, policy, SFTObjective(), source, eval_set, log=lambda _: None)
 

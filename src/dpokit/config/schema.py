@@ -20,36 +20,17 @@ from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Do
 from ..data.builders.scored import PAIRINGS
 from ..losses import declared_params
 from ..objectives import F_DIVERGENCES, WPO_FORMS
+from .fields import computes, setting  # noqa: F401 (computes: read from here by others)
 
 _NO_DOMAIN = Domain()
 # the text policy's attention backends, batch layouts and samplers (policies/causal_lm/
 # attention.py, data/text/collate.py, policies/causal_lm/samplers.py: config may not import
 # them; tests/policies/causal_lm/test_{attention,layouts,samplers}.py check the lists agree)
 ATTENTION_IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
-LAYOUTS, SAMPLERS = ("padded", "packed", "prefix_shared"), ("hf", "vllm")
-
-
-def setting(default: Any, help: str, domain: Domain | None = None, *, factory: Any = None,
-            computes: bool | None = None, path: bool = False, sharded: bool = True) -> Any:
-    """A config field with its meaning, (for numbers) its domain, and what it is:
-
-    - ``computes``: whether a change changes what training computes (a resumed run refuses
-      one); None: the section's ``COMPUTES``. Paths, plain twins of fast paths and the
-      evaluation's settings do not.
-    - ``path``: a file or folder a packaged recipe names relative to the repository root.
-    - ``sharded=False``: set to anything but its default, refused with FSDP2 / DeepSpeed.
-    """
-    metadata = {"help": help, "domain": domain, "computes": computes, "path": path,
-                "sharded": sharded}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def computes(section: type, f: dataclasses.Field) -> bool:
-    """Whether field ``f`` of ``section`` changes what training computes."""
-    declared = f.metadata.get("computes")
-    return getattr(section, "COMPUTES", True) if declared is None else declared
+LAYOUTS, SAMPLERS = ("auto", "padded", "packed", "prefix_shared"), ("hf", "vllm")
+# what the loader asks transformers for (auto: what the family supports: sdpa, else eager)
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                        "flex_attention")
 
 
 def fields_where(flag: str) -> list[tuple[str, str]]:
@@ -121,6 +102,9 @@ class ModelConfig:
         "plain: its twin", computes=False)
     lm_head_chunk_size: int = setting(256, "rows of (chunk x vocab) fp32 logits live at once",
                                       AT_LEAST_ONE, computes=False)
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = setting(  # type: ignore[valid-type]
+        "auto", "what transformers computes attention with (auto: sdpa where the family "
+        "supports it, else eager)", computes=False)
     attention_impl: Literal[ATTENTION_IMPLS] = setting(  # type: ignore[valid-type]
         "auto", "packed / prefix-shared rows: auto (CUDA: flash_varlen with flash-attn, else "
         "flex; CPU / MPS: sdpa_segments), flex (FlexAttention BlockMask), flash_varlen "
@@ -149,8 +133,13 @@ class DataConfig:
         "error", "error: stop at the first bad row; skip: skip, count and report by reason",
         computes=False)
     batch_layout: Literal[LAYOUTS] = setting(  # type: ignore[valid-type]
-        "prefix_shared", "prefix_shared (prompt once per pair) | packed | padded (plain twin); "
+        "auto", "auto (the fastest layout exact for the model: prefix_shared, else packed, "
+        "else padded) | prefix_shared (prompt once per pair) | packed | padded (plain twin); "
         "SFT packs for prefix_shared")
+    prove_layout: bool = setting(True, "before training, score a few rows in the layout and "
+                                 "alone through the model's own forward; a gap beyond the "
+                                 "precision's tolerance stops the run (auto: falls back)",
+                                 computes=False)
     max_row_tokens: int | None = setting(None, "packed row cap; default: the longest segment",
                                          AT_LEAST_ONE, computes=False)
     shuffle: bool = setting(True, "seeded order per epoch (false: file order)")

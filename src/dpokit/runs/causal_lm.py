@@ -51,6 +51,7 @@ from .common import (
     tokenize_settings,
     tokenizer_name,
 )
+from .layouts import LayoutDecision, decide_layout, proved
 
 
 def load_pairs(d: DataConfig, loss: LossConfig, seed: int, tokenizer, log=print,
@@ -75,7 +76,7 @@ def load_sequences(d: DataConfig, seed: int, tokenizer, log=print) -> Examples:
 
 def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, tokenizer=None,
                  ld_alpha: float | None = None, sampo_seed: int | None = None,
-                 batch_layout: str = "padded", strategy: str = "none",
+                 strategy: str = "none",
                  seed: int = 0) -> CausalLMPolicy:
     """The model section's causal LM, ready to train on ``choice``'s device and precision:
     weights (4-bit for QLoRA), the adapter or LoRA, the ``reference`` kind."""
@@ -86,17 +87,13 @@ def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, toke
     half = torch.float16 if choice.precision == "fp16" else torch.bfloat16
     model = load_causal_lm(base_model_name(m),
                            dtype=half if quantized else model_dtype(m, choice.precision),
+                           attn_implementation=m.attn_implementation,
                            quantization_config=quantization_config(half) if quantized else None)
     if quantized:  # QLoRA: norms in fp32, input gradients for checkpointing through 4-bit
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=m.gradient_checkpointing)
-    attention = getattr(model.config, "_attn_implementation", "sdpa")
-    if batch_layout != "padded" and attention not in ("sdpa", "eager"):
-        raise ValueError(f"batch_layout={batch_layout!r} needs a 4-D attention mask, which "
-                         f"attn_implementation={attention!r} does not take; use "
-                         f"batch_layout=padded")
     segments = segment_spec(m)
     if segments is not None:  # before LoRA: the table trains in full, saved with the adapter
         saved_full = starting_adapter(m) is None and SegmentSpec.read(m.name) is not None
@@ -133,7 +130,7 @@ def policy_for(cfg: TrainConfig, tokenizer=None, needs_reference: bool = True,
                         resolve_reference(cfg.model, needs_reference, cfg.loss.name),
                         tokenizer=tokenizer, ld_alpha=cfg.loss.ld_alpha if pairs else None,
                         sampo_seed=sampo_seed(cfg.loss, cfg.optim.seed) if pairs else None,
-                        batch_layout=cfg.data.batch_layout, strategy=cfg.distributed.strategy,
+                        strategy=cfg.distributed.strategy,
                         seed=cfg.optim.seed)
 
 
@@ -191,15 +188,13 @@ def streaming_source(d: DataConfig, o: OptimConfig, loss: LossConfig, tokenizer,
                            digest.hexdigest(), collate.key, d.on_bad_rows == "skip")
 
 
-def _eval_set(d: DataConfig, loss: LossConfig, eval_batch_size: int, tokenizer,
-              objective: PreferenceObjective, collate) -> tuple[ExampleSet, EvalSet] | None:
+def _eval_pairs(d: DataConfig, loss: LossConfig, tokenizer,
+                objective: PreferenceObjective) -> ExampleSet | None:
     """Held-out pairs read and tokenized up front (a streamed run's are few)."""
     if not d.eval_data:
         return None
-    evaluation = build_pairs(load_records(d.eval_data, d.eval_split), tokenizer,
-                             tokenize_settings(d, loss, objective.extra_columns), d.on_bad_rows)
-    return evaluation, EvalSet(evaluation, collate, eval_batch_size, evaluation.fingerprint(),
-                               collate.key)
+    return build_pairs(load_records(d.eval_data, d.eval_split), tokenizer,
+                       tokenize_settings(d, loss, objective.extra_columns), d.on_bad_rows)
 
 
 def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
@@ -207,24 +202,44 @@ def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     torch.manual_seed(cfg.optim.seed)
     objective = build_objective(cfg.loss)
     tokenizer = load_tokenizer(tokenizer_name(cfg.model))
-    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     if cfg.data.streaming:
-        held = _eval_set(cfg.data, cfg.loss, cfg.run.eval_batch_size, tokenizer, objective,
-                         collate)
+        extra = services(cfg, tokenizer, log)  # its files read before the model loads
+        decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
+                                 hardware(cfg).device.kind, pairs=not objective.unpaired)
+        held = _eval_pairs(cfg.data, cfg.loss, tokenizer, objective)
+        policy = policy_for(cfg, tokenizer, objective.needs_reference)
+        decision = proved(decision, policy, held or [], tokenizer.pad_token_id, cfg.data, log)
+        cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
         source = streaming_source(cfg.data, cfg.optim, cfg.loss, tokenizer, objective, collate)
         log(f"train data {cfg.data.train_data}: {source.num_rows} rows, streamed")
-        extra = services(cfg, tokenizer, log)  # its files read before the model loads
-        policy = policy_for(cfg, tokenizer, objective.needs_reference)
-        trainer = Trainer(cfg, policy, objective, source, held[1] if held else None, log=log,
-                          **extra)
+        evaluation = None if held is None else EvalSet(
+            held, collate, cfg.run.eval_batch_size, held.fingerprint(), collate.key)
+        trainer = Trainer(cfg, policy, objective, source, evaluation, log=log, **extra)
+        decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
         train = ExampleSet([], DataReport())  # nothing held: rows come per step
-        return Run(cfg, tokenizer, policy, objective, train, held[0] if held else None, trainer)
+        return Run(cfg, tokenizer, policy, objective, train, held, trainer)
     examples = load_pairs(cfg.data, cfg.loss, cfg.optim.seed, tokenizer, log, objective)
     extra = services(cfg, tokenizer, log)  # prompts, probes, rewards: read before the model
+    decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
+                             hardware(cfg).device.kind, pairs=not objective.unpaired)
     policy = policy_for(cfg, tokenizer, objective.needs_reference)
+    decision = proved(decision, policy, examples.train, tokenizer.pad_token_id, cfg.data, log)
+    cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
     both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
     trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log, **extra)
+    decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
     return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)
+
+
+def laid_out(cfg: TrainConfig, decision: LayoutDecision, log, pad_token_id: int,
+             sequences: bool = False):
+    """The run's config with the decided layout (``run.json`` records it) and its collator;
+    the decision's line logged."""
+    log(decision.line())
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                            batch_layout=decision.layout))
+    kind = SequenceCollator if sequences else PairCollator
+    return cfg, kind(pad_token_id, decision.layout, cfg.data.max_row_tokens)
 
 
 def build_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
@@ -234,9 +249,12 @@ def build_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     tokenizer = load_tokenizer(tokenizer_name(cfg.model))
     examples = load_sequences(cfg.data, cfg.optim.seed, tokenizer, log)
     extra = services(cfg, tokenizer, log)  # read before the model loads
+    decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
+                             hardware(cfg).device.kind, pairs=False)
     policy = policy_for(cfg, tokenizer, needs_reference=False, pairs=False)
-    collate = SequenceCollator(tokenizer.pad_token_id, cfg.data.batch_layout,
-                               cfg.data.max_row_tokens)
+    decision = proved(decision, policy, examples.train, tokenizer.pad_token_id, cfg.data, log)
+    cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id, sequences=True)
     both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
     trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log, **extra)
+    decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
     return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)

@@ -41,7 +41,6 @@ from ..data.builders import (
 )
 from ..data.io import Record, load_records
 from ..data.split import prompt_key
-from ..data.text.collate import PairCollator
 from ..data.text.pairs import build_pairs
 from ..eval.metrics import Estimate
 from ..eval.rewards import Reward, load_reward
@@ -52,8 +51,9 @@ from ..policies.causal_lm.sampling import SamplingSettings
 from ..train import EvalSet, Trainer
 from ..train.folder import OutputDirError
 from ..train.online import MadePairs, OnlineSource
-from .causal_lm import policy_for, services
-from .common import Examples, Run, hardware, sources, tokenize_settings
+from .causal_lm import laid_out, policy_for, services
+from .common import Examples, Run, base_model_name, hardware, sources, tokenize_settings
+from .layouts import decide_layout, proved
 
 
 def prompt_pool(path: str, what: str = "prompts") -> list[PromptRow]:
@@ -132,12 +132,18 @@ def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward, sampler: Sample
     return make
 
 
-def _eval_pairs(cfg: TrainConfig, tokenizer, collate) -> EvalSet | None:
+def _held_rows(cfg: TrainConfig, tokenizer):
+    """The held-out pairs (``data.eval_data``), tokenized, or None."""
     if not cfg.data.eval_data:
         return None
     records = load_records(cfg.data.eval_data, cfg.data.eval_split)
-    evaluation = build_pairs(records, tokenizer, tokenize_settings(cfg.data, cfg.loss),
-                             cfg.data.on_bad_rows)
+    return build_pairs(records, tokenizer, tokenize_settings(cfg.data, cfg.loss),
+                       cfg.data.on_bad_rows)
+
+
+def _eval_pairs(evaluation, cfg: TrainConfig, collate) -> EvalSet | None:
+    if evaluation is None:
+        return None
     return EvalSet(evaluation, collate, cfg.run.eval_batch_size, evaluation.fingerprint(),
                    collate.key)
 
@@ -153,15 +159,21 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
     # every file and the reward before the model loads
     pool = prompt_pool(cfg.online.prompts or cfg.data.train_data or "")
     reward = load_reward(cfg.online.reward)
-    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
-    held, extra = _eval_pairs(cfg, tokenizer, collate), services(cfg, tokenizer, log)
+    extra = services(cfg, tokenizer, log)
+    decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
+                             hardware(cfg).device.kind)
+    held_rows = _held_rows(cfg, tokenizer)
     policy = policy_for(cfg, tokenizer, objective.needs_reference)
+    decision = proved(decision, policy, held_rows or [], tokenizer.pad_token_id, cfg.data, log)
+    cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
+    held = _eval_pairs(held_rows, cfg, collate)
     sampler = run_sampler(cfg)
     source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, reward, sampler), collate,
                           cfg.optim.batch_size, cfg.online.prompts_per_step, cfg.optim.seed)
     log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each "
         f"({sampler.name}), reward {cfg.online.reward}")
     trainer = Trainer(cfg, policy, objective, source, held, log=log, **extra)
+    decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
     return Run(cfg, tokenizer, policy, objective, None, None, trainer)  # type: ignore[arg-type]
 
 
@@ -192,10 +204,14 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     reward = load_reward(o.reward)  # every file and the reward before the model loads
     pool = prompt_pool(o.prompts or cfg.data.train_data or "")
     held = prompt_pool(cfg.run.eval_prompts, "eval_prompts") if cfg.run.eval_prompts else None
-    collate = PairCollator(tokenizer.pad_token_id, cfg.data.batch_layout, cfg.data.max_row_tokens)
     round_services = services(cfg, tokenizer, log)  # one geometry monitor across rounds
-    held_pairs = _eval_pairs(cfg, tokenizer, collate)
+    decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
+                             hardware(cfg).device.kind)
+    held_rows = _held_rows(cfg, tokenizer)
     policy = policy_for(cfg, tokenizer, True)
+    decision = proved(decision, policy, held_rows or [], tokenizer.pad_token_id, cfg.data, log)
+    cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
+    held_pairs = _eval_pairs(held_rows, cfg, collate)
     sampler = run_sampler(cfg)
     eval_settings = sampling_settings(cfg, seed=10_000 + cfg.optim.seed)
     result = IterativeResult()

@@ -12,6 +12,7 @@ the model (``AutoModelForImageTextToText``), LoRA on the language part unless
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,10 @@ def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool
     _refuse_text_only(cfg)
     torch.manual_seed(cfg.optim.seed)
     d, config = cfg.data, model_config(cfg)
-    check_layout_window(config, d.batch_layout, d.max_length)
+    d = dataclasses.replace(d, batch_layout=check_layout_window(config, d.batch_layout,
+                                                                d.max_length))
+    cfg = dataclasses.replace(cfg, data=d)
+    log(f"layout: {d.batch_layout} (through {config.model_type}'s own attention and masks)")
     tokenizer = vision_tokenizer(cfg, config)
     examples = tokenize_both(d, cfg.optim.seed, lambda rows: build(
         rows.records, tokenizer, d.on_bad_rows, rows.skipped), log)

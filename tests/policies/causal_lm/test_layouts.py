@@ -177,8 +177,9 @@ def test_layouts_match_padded_on_absolute_position_embeddings():
 
 def test_the_config_offers_exactly_the_layouts_the_collators_build():
     """config/schema.py declares the batch_layout choices (config may not import the text
-    modality): they must be the collators' own list."""
+    modality): the collators' own list, and auto (resolved per model by the run builder)."""
     from dpokit.config.schema import LAYOUTS as OFFERED
     from dpokit.data.text.collate import LAYOUTS
+    from dpokit.policies.causal_lm.families import LAYOUTS as JUDGED
 
-    assert OFFERED == LAYOUTS
+    assert OFFERED == ("auto", *LAYOUTS) and JUDGED == LAYOUTS

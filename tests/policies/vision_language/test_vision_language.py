@@ -513,13 +513,15 @@ def test_a_sliding_window_shorter_than_a_row_refuses_the_segment_layouts():
     from dpokit.policies.vision_language.models import check_layout_window
 
     model, _ = tiny_gemma3(sliding_window=64)
-    with pytest.raises(ValueError, match=r"batch_layout=prefix_shared: gemma3's sliding-window "
-                                         r"layers attend 64 tokens back, and max_length=400"):
+    with pytest.raises(ValueError, match=r"batch_layout=prefix_shared: gemma3: its "
+                       r"sliding-window layers attend 64 tokens back, and max_length=400"):
         check_layout_window(model.config, "prefix_shared", 400)
-    check_layout_window(model.config, "padded", 400)
-    check_layout_window(model.config, "packed", 64)
+    assert check_layout_window(model.config, "padded", 400) == "padded"
+    assert check_layout_window(model.config, "packed", 64) == "packed"
+    assert check_layout_window(model.config, "auto", 400) == "padded"  # auto: the exact one
+    assert check_layout_window(model.config, "auto", 64) == "prefix_shared"
     llava, _ = FAMILIES["llava"]()
-    check_layout_window(llava.config, "prefix_shared", 4000)  # no sliding layers
+    assert check_layout_window(llava.config, "prefix_shared", 4000) == "prefix_shared"
 
 
 def test_each_pair_holds_its_own_rows_answers(family):

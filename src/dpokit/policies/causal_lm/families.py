@@ -131,23 +131,21 @@ def choose_layout(requested: str, support: dict[str, str | None], pairs: bool = 
     return "padded"
 
 
-def check_dense_layout(model, layout: str, max_length: int) -> None:
-    """The rule for layouts carried by a dense 4-D mask through the model's own attention (the
-    vision-language room): one mask for every layer, so sliding-window layers are exact only
-    while no sequence reaches past the window; token mixers with state never."""
-    if layout == "padded":
-        return
-    text = text_config(model.config)
+def dense_layout_reason(config, max_length: int) -> str | None:
+    """Why layouts carried by a dense 4-D mask through the model's own attention (the
+    vision-language room) cannot be exact, or None: one mask serves every layer, so
+    sliding-window layers are exact only while no sequence reaches past the window, and layers
+    with state never are (the config's ``layer_types``)."""
+    text = text_config(config)
+    types = getattr(text, "layer_types", None) or ()
+    stateful = sorted({t for t in types if t not in ATTENTION_LAYER_TYPES})
+    if stateful:
+        return f"its {'/'.join(stateful)} layers carry state across tokens"
     window = getattr(text, "sliding_window", None)
-    sliding = attention_layers(model.config)[1]
-    if (reason := stateful_mixer(model)) is not None:
-        raise LayoutRefused(f"batch_layout={layout} cannot be exact for {family(model)}: "
-                            f"{reason} carry state across tokens; use batch_layout=padded")
-    if sliding and window and max_length > window:
-        raise LayoutRefused(f"batch_layout={layout}: {family(model)}'s sliding-window layers "
-                            f"attend {window} tokens back, and max_length={max_length} is "
-                            f"longer; use batch_layout=padded (the model's own masks) or "
-                            f"max_length <= {window}")
+    if attention_layers(config)[1] and window and max_length > window:
+        return (f"its sliding-window layers attend {window} tokens back, and "
+                f"max_length={max_length} is longer (or max_length <= {window})")
+    return None
 
 
 def check_consumed(model, plan) -> None:

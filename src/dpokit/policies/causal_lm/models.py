@@ -157,7 +157,10 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
-                   attn_implementation: str = "sdpa", quantization_config=None):
+                   attn_implementation: str = "auto", quantization_config=None):
+    """The model with the attention ``attn_implementation`` names (``auto``: what the family
+    supports, SDPA where it can, else its eager attention: Gemma 2, gpt-oss, Bloom, MPT, the
+    Mamba family)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
@@ -165,10 +168,26 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32,
                                                     "device_map": {"": 0}}
     try:
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation, **extra
-        )
+            path, dtype=dtype, **extra,
+            attn_implementation=None if attn_implementation == "auto" else attn_implementation)
     except (OSError, ValueError) as err:
         raise _explain(name_or_path, "model", err) from err
+
+
+def meta_causal_lm(name_or_path: str, attn_implementation: str = "auto"):
+    """The model's modules without weights (on the meta device, from its config alone): what
+    the layout rules read before anything is loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _explain(name_or_path, "model config", err) from err
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(
+            config, attn_implementation=None if attn_implementation == "auto"
+            else attn_implementation)
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..causal_lm.families import LayoutRefused, dense_layout_reason
 from ..causal_lm.models import resolve_model_path
 
 # model_type -> the processor's image axis: "first": (I, C, H, W) pixel values (I images of
@@ -75,18 +76,19 @@ def family_batching(config, image_token_id: int, merge: int | None) -> FamilyBat
                           image_token_id if bidirectional_images(config) else None)
 
 
-def check_layout_window(config, layout: str, max_length: int) -> None:
-    """Packed and prefix-shared batches hand every layer one attention mask, so a family with
-    sliding-window layers trains in them only when no row of a sequence reaches past the
-    window; otherwise the layout is refused with the reason."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    window = getattr(text, "sliding_window", None)
-    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or ())
-    if layout != "padded" and sliding and window and max_length > window:
-        raise ValueError(f"batch_layout={layout}: {config.model_type}'s sliding-window layers "
-                         f"attend {window} tokens back, and max_length={max_length} is longer; "
-                         f"use batch_layout=padded (the model's own masks) or max_length <= "
-                         f"{window}")
+def check_layout_window(config, layout: str, max_length: int) -> str:
+    """The layout a vision-language run uses: packed and prefix-shared batches hand every
+    layer one dense mask, so they are exact only where :func:`~dpokit.policies.causal_lm.
+    families.dense_layout_reason` finds nothing (no sliding window shorter than max_length,
+    no stateful layers); ``auto`` takes prefix_shared there, else padded; an explicit layout
+    that cannot be exact is refused with the reason."""
+    reason = dense_layout_reason(config, max_length)
+    if layout == "auto":
+        return "padded" if reason else "prefix_shared"
+    if layout != "padded" and reason:
+        raise LayoutRefused(f"batch_layout={layout}: {config.model_type}: {reason}; use "
+                            f"batch_layout=padded (the model's own masks)")
+    return layout
 
 
 def uses_mrope(config) -> bool:

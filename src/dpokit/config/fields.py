@@ -1,0 +1,41 @@
+"""How a config field is declared: :func:`setting` (default, meaning, domain, what it is) and
+:func:`computes` (whether a change changes what training computes).
+
+    >>> from dataclasses import dataclass, fields
+    >>> @dataclass
+    ... class Section:
+    ...     beta: float = setting(0.1, "the KL weight", computes=True)
+    >>> fields(Section)[0].metadata["help"]
+    'the KL weight'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from ..core.types import Domain
+
+
+def setting(default: Any, help: str, domain: Domain | None = None, *, factory: Any = None,
+            computes: bool | None = None, path: bool = False, sharded: bool = True) -> Any:
+    """A config field with its meaning, (for numbers) its domain, and what it is:
+
+    - ``computes``: whether a change changes what training computes (a resumed run refuses
+      one); None: the section's ``COMPUTES``. Paths, plain twins of fast paths and the
+      evaluation's settings do not.
+    - ``path``: a file or folder a packaged recipe names relative to the repository root.
+    - ``sharded=False``: set to anything but its default, refused with FSDP2 / DeepSpeed.
+    """
+    metadata = {"help": help, "domain": domain, "computes": computes, "path": path,
+                "sharded": sharded}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def computes(section: type, f: dataclasses.Field) -> bool:
+    """Whether field ``f`` of ``section`` changes what training computes."""
+    declared = f.metadata.get("computes")
+    return getattr(section, "COMPUTES", True) if declared is None else declared
