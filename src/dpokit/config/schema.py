@@ -102,6 +102,9 @@ class ModelConfig:
         "plain: its twin", computes=False)
     lm_head_chunk_size: int = setting(256, "rows of (chunk x vocab) fp32 logits live at once",
                                       AT_LEAST_ONE, computes=False)
+    router_aux_loss_coef: float | None = setting(
+        None, "mixture-of-experts: the routers' load-balancing loss weight in the training "
+        "loss (default: the model's own; 0: off)", NON_NEGATIVE)
     attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = setting(  # type: ignore[valid-type]
         "auto", "what transformers computes attention with (auto: sdpa where the family "
         "supports it, else eager)", computes=False)

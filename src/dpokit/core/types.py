@@ -28,6 +28,8 @@ class SequenceScores:
         filled when asked for and the policy declares ``token_distribution``.
     entropy / correct: (S,) or None, detached: the sums over a sequence's scored tokens of
         the next-token entropy (nats) and of argmax == target (token accuracy).
+    aux_loss: () or None: a term the training loss adds for the whole batch, with gradients
+        (a mixture-of-experts model's weighted router load-balancing loss).
 
     Preference batches order their sequences as the B chosen, then the B rejected completions.
     """
@@ -37,6 +39,7 @@ class SequenceScores:
     sampling_norm: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     correct: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
 
     def token_metrics(self) -> MetricSums:
         """Token entropy and accuracy as (sum, count) metrics over the scored tokens."""
@@ -45,7 +48,17 @@ class SequenceScores:
             count = float(self.tokens.sum())
             metrics.add("entropy", self.entropy.sum().reshape(1), count=count)
             metrics.add("mean_token_accuracy", self.correct.sum().reshape(1), count=count)
+        if self.aux_loss is not None:
+            metrics.add("router_aux", self.aux_loss.detach().float().reshape(1))
         return metrics
+
+    def with_aux(self, losses: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """(E,) per-example losses with the batch's ``aux_loss`` added once per unit (``units``
+        (E,) per example, default 1), so the loop's normalization by global units averages it
+        over the step like the losses."""
+        if self.aux_loss is None:
+            return losses
+        return losses + self.aux_loss * (1.0 if units is None else units)
 
     def pairs(self) -> PairLogps:
         """Split S = 2B sequences into B (chosen, rejected) pairs."""
@@ -184,4 +197,5 @@ UNIT_INTERVAL = Domain(0.0, 1.0, low_inclusive=True, high_inclusive=True)
 
 
 declare(Metric("entropy", "mean token entropy (nats)", "{:.3f}", "tokens"),
-        Metric("mean_token_accuracy", "argmax token accuracy", "{:.3f}", "tokens"))
+        Metric("mean_token_accuracy", "argmax token accuracy", "{:.3f}", "tokens"),
+        Metric("router_aux", "MoE router load-balancing loss (weighted)", "{:.4f}", "tokens"))

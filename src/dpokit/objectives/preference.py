@@ -163,7 +163,7 @@ class PreferenceObjective:
         for tracker in self.trackers.values():  # the running values the losses read
             for name, value in tracker.figures().items():
                 metrics.add(name, value)
-        return ObjectiveOutput(result.losses, metrics)
+        return ObjectiveOutput(scores.with_aux(result.losses), metrics)
 
     # --- the math ------------------------------------------------------------------------------
     def losses(

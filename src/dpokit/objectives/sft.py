@@ -43,4 +43,4 @@ class SFTObjective(StatelessObjective):
         metrics = MetricSums()  # the loop's "loss" is the NLL per scored token
         metrics.add("tokens_per_sequence", scores.tokens.float())
         metrics.merge(scores.token_metrics())
-        return ObjectiveOutput(nll, metrics)
+        return ObjectiveOutput(scores.with_aux(nll, scores.tokens.float()), metrics)

@@ -104,7 +104,7 @@ def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, toke
                           chunk_size=m.lm_head_chunk_size, ld_alpha=ld_alpha,
                           attention_impl=m.attention_impl, merge_on_save=m.merge_adapter,
                           activation_offloading=m.activation_offloading, sampo_seed=sampo_seed,
-                          segments=segments)
+                          segments=segments, router_aux_coef=m.router_aux_loss_coef)
 
 
 def segment_spec(m: ModelConfig) -> SegmentSpec | None:

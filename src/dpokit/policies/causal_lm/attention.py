@@ -51,7 +51,8 @@ Segment = tuple[int, int, int, int]  # (start in row, prompt length, first compl
 # keywords transformers' attention layers pass that change nothing in segment attention
 INERT = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions",
                    "past_key_values", "past_key_value", "layer_idx", "head_mask",
-                   "position_embeddings", "output_hidden_states", "return_dict"})
+                   "position_embeddings", "output_hidden_states", "return_dict",
+                   "output_router_logits"})
 
 
 class UnsupportedAttention(ValueError):

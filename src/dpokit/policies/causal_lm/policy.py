@@ -55,6 +55,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
     segment_plans: packed / prefix-shared rows attend through a segment plan (False: through
     the batch's dense 4-D mask and the model's own attention, as the vision-language room).
     A layout that cannot be exact for the family is refused by name (``families.py``).
+    router_aux_coef: a mixture-of-experts family's router load-balancing loss weight in the
+    training loss (``router.py``); None: the model's own ``router_aux_loss_coef``; 0: off.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, reference: ReferenceMode = "none",
@@ -63,7 +65,7 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
                  ld_alpha: float | None = None, attention_impl: str = "auto",
                  merge_on_save: bool = False, activation_offloading: bool = False,
                  sampo_seed: int | None = None, segments: SegmentSpec | None = None,
-                 segment_plans: bool = True):
+                 segment_plans: bool = True, router_aux_coef: float | None = None):
         if reference in ("adapter", "adapter_copy") and not is_peft(model):
             raise ValueError(f"reference={reference!r} needs a peft model (use LoRA) or 'copy'")
         if reference == "adapter_copy" and REFERENCE_ADAPTER not in model.peft_config:
@@ -90,6 +92,7 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
         # the batch's dense 4-D mask through the model's own attention (vision-language)
         self.plans_enabled = segment_plans and enable(unwrap_peft(model))
         self.dense_layouts = not segment_plans
+        self.router_aux_coef = router_aux_coef
         self._layout_support = {}
         self.scorer: nn.Module = Scorer(self, model)
         self.reference_scorer: nn.Module | None = None  # made once, when first needed

@@ -25,6 +25,7 @@ from .logprobs import (
     token_stats,
 )
 from .lora import unwrap_peft
+from .router import load_balancing_loss, router_of
 
 # logit transforms families apply after their LM head, by config attribute, in this order:
 # (attribute, what it does); e.g. Granite divides by logits_scaling, Cohere multiplies by
@@ -153,7 +154,7 @@ class Scoring:
             kept = sampo_token_weights(batch.score_sequence, batch.score_position, pairs,
                                        batch.example_index, self.sampo_seed)
             weights = kept if weights is None else weights * kept
-        seq, counts, norm, stats = scorer(
+        seq, counts, norm, stats, aux = scorer(
             batch.input_ids,
             batch.attention_mask,
             batch.position_ids,
@@ -168,7 +169,7 @@ class Scoring:
             batch.model_inputs,
         )
         entropy, correct = (None, None) if stats is None else (stats[:, 0], stats[:, 1])
-        return SequenceScores(seq, counts, norm, entropy, correct)
+        return SequenceScores(seq, counts, norm, entropy, correct, aux)
 
     def sequence_logps(
         self,
@@ -191,7 +192,8 @@ class Scoring:
         input_ids (R, T); score_* (N,) as in :class:`~dpokit.data.TextBatch`; ``model_inputs``
         go to the body as they are (a vision-language model's pixel values); returns
         ((S,) summed log-probs, (S,) token counts, (S,) summed log sum p^2 or None, (S, 2)
-        summed token entropy and argmax-correct counts or None).
+        summed token entropy and argmax-correct counts or None, () the routers' weighted
+        load-balancing loss or None: with gradients, on a family with MoE routers).
         """
         base = unwrap_peft(model)
         decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
@@ -202,22 +204,34 @@ class Scoring:
         impl = resolve_impl(self.attention_impl, input_ids.device.type)
         if segments is not None:
             self._check_layout(base, segments, impl)
+        router = router_of(base.config, self.router_aux_coef) \
+            if model is self.model and torch.is_grad_enabled() else None
+        if router is not None:
+            extra["output_router_logits"] = True
         if segments is not None and self.plans_enabled:
             plan = SegmentPlan(segments, input_ids.shape[1], impl, input_ids.device)
-            attention_mask, extra = None, {"dpokit_plan": plan}  # built once, every layer reads
+            attention_mask, extra["dpokit_plan"] = None, plan  # built once, every layer reads
         elif attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
             attention_mask = additive_mask(
                 attention_mask, _compute_dtype(input_ids.device.type, next(base.parameters()).dtype)
             )
-        hidden = decoder(
+        body_mask = attention_mask
+        outputs = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            # (R, T, H)
             position_ids=position_ids,
             use_cache=False,
             **extra,
             **(model_inputs or {}),
-        ).last_hidden_state
+        )
+        hidden = outputs.last_hidden_state  # (R, T, H)
+        aux = None
+        if router is not None and getattr(outputs, "router_logits", None):
+            real = body_mask.bool() if body_mask is not None and body_mask.dim() == 2 else \
+                torch.ones_like(input_ids, dtype=torch.bool) if plan is None else \
+                plan._tokens()[0] >= 0  # (R, T) not padding
+            aux = router.coef * load_balancing_loss(outputs.router_logits, router.experts,
+                                                    router.top_k, real)  # ()
         if plan is not None:
             check_consumed(base, plan)  # every attention layer used it: proved, not assumed
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
@@ -234,7 +248,7 @@ class Scoring:
         if stats is not None:
             stats = torch.zeros(num_sequences, 2, device=h.device).index_add(
                 0, score_sequence, stats)  # (S, 2)
-        return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats
+        return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats, aux
 
     def _check_layout(self, base: nn.Module, segments, impl: str) -> None:
         """A packed or prefix-shared batch on a family where it cannot be exact is refused by
