@@ -42,6 +42,8 @@ WORKLOADS = {
     "smollm2-full": ("smollm2", False, 4, (20, 400), (20, 300), 1024),
     "smollm2-lora": ("smollm2", True, 4, (20, 400), (20, 300), 1024),
     "tiny-llama": ("tiny", False, 8, (20, 400), (20, 300), 1024),
+    # tiny-llama's shape as a Mistral with a 128-token sliding window (rows reach past it)
+    "tiny-mistral": ("tiny-mistral", False, 8, (20, 400), (20, 300), 1024),
     "smollm2-long": ("smollm2", True, 1, (900, 1000), (900, 1000), 2048),
     # a ~1B Llama (TinyLlama-1.1B's shape, SmolLM2's vocabulary), random weights: GPU only
     "llama-1b-lora": ("llama-1b", True, 4, (20, 400), (20, 300), 1024),
@@ -127,15 +129,16 @@ def export_shape(target: Path) -> None:
 
 
 def _random_init(config, tokenizer_dir: Path, target: Path) -> str:
-    """Save a Llama with ``config`` and seed-0 random weights, plus the tokenizer, to ``target``."""
+    """Save a model of ``config`` (a Llama or a Mistral) with seed-0 random weights, plus the
+    tokenizer, to ``target``."""
     import shutil
 
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if not (target / "config.json").exists():
         torch.manual_seed(0)
-        LlamaForCausalLM(config).save_pretrained(target)
+        AutoModelForCausalLM.from_config(config).save_pretrained(target)
         for name in SHAPE_FILES[2:]:
             if (tokenizer_dir / name).is_file():
                 shutil.copy2(tokenizer_dir / name, target / name)
@@ -146,7 +149,7 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
     """A local HF folder: the embedded SmolLM2 (or, with ``shape_dir``, its architecture with
     random weights: the same shapes, tokens and FLOPs), or a tiny Llama with SmolLM2's 49k
     vocabulary."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, MistralConfig
 
     from dpokit.policies.causal_lm.models import embedded_smollm2_dir
 
@@ -160,17 +163,13 @@ def model_path(name: str, workdir: Path, shape_dir: Path | None = None) -> str:
                              num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                              max_position_embeddings=2048, tie_word_embeddings=False)
         return _random_init(config, smol, workdir / "llama-1b")
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
-    return _random_init(config, smol, workdir / "tiny-llama")
+    shape = dict(vocab_size=49152, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                 tie_word_embeddings=True)
+    if name == "tiny-mistral":
+        return _random_init(MistralConfig(**shape, sliding_window=128), smol,
+                            workdir / "tiny-mistral")
+    return _random_init(LlamaConfig(**shape), smol, workdir / "tiny-llama")
 
 
 # --- pieces both benchmarks share ---------------------------------------------------------
