@@ -71,11 +71,32 @@ def fully_shard_model(root: nn.Module, model: nn.Module, settings: ShardSettings
         raise ValueError(f"{type(model).__name__} names no decoder layer class "
                          f"(_no_split_modules): cannot shard it layer by layer")
     options: dict = {"mesh": settings.mesh}
-    if settings.bf16:
+    if settings.bf16:  # weights gathered in bf16, gradients reduced in and kept at fp32;
+        # the loop's autocast casts what each op reads. FSDP2's own cast of the forward's inputs
+        # would rebuild every dataclass among them (dataclasses.replace in torch.distributed.
+        # utils._apply_to_tensors): the layers would count their calls on a copy of the
+        # attention plan, and the batch's float fields would reach the scorer in bf16
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
-                                                    reduce_dtype=torch.float32)
+                                                    reduce_dtype=torch.float32,
+                                                    cast_forward_inputs=False)
     if settings.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
     for layer in layers:
         fully_shard(layer, reshard_after_forward=settings.reshard_after_forward, **options)
     fully_shard(root, reshard_after_forward=False, **options)
+    settle_gradient_dtypes(root)
+
+
+def settle_gradient_dtypes(root: nn.Module) -> None:
+    """Run FSDP2's lazy initialization now, while the weights that train require grad.
+
+    FSDP2 fixes each group's gradient dtypes at the root's first forward, from the parameters
+    that require grad then: the dtype gradients are reduced in (``reduce_dtype``, fp32) and
+    cast back to (the parameters' own, fp32). A LoRA policy's first forward is its reference
+    pass, under peft's ``disable_adapter``, which sets ``requires_grad=False`` on every
+    adapter weight: each layer's group would find nothing trainable and keep no dtypes, so
+    under bf16 its gradients would be reduced in bf16 and refused by the fp32 parameters
+    (torch 2.13: "attempting to assign a gradient with dtype BFloat16 to a tensor with
+    grad_dtype Float"). Initialized here, the groups keep fp32 whatever the first forward is.
+    """
+    root._get_fsdp_state()._lazy_init()  # (what the root's first forward would run; no-op after)
