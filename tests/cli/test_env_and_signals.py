@@ -39,7 +39,9 @@ def test_mps_refuses_what_does_not_run_there_before_loading_the_model(monkeypatc
         pipeline.policy_for(cfg)
 
 
-def test_dpokit_env_names_the_device_the_choice_and_the_speed(capsys):
+def test_dpokit_env_names_the_device_the_choice_and_the_speed(capsys, monkeypatch):
+    cpu = DeviceInfo("cpu", "AMD EPYC", "AVX2", native_bf16=False, native_fp16=False)
+    monkeypatch.setattr(hardware, "probe", lambda kind: cpu)  # (a CPU without bf16)
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "auto picks   fp32" in out and "matmul fp32" in out and "torch " in out

@@ -52,6 +52,7 @@ def test_a_device_that_is_not_there_is_named():
 
 def test_the_probe_reads_torchs_capability_checks(monkeypatch):
     probe = REAL_PROBE.__wrapped__  # (uncached; the suite's fixture stubs hardware.probe)
+    monkeypatch.delenv(hardware.NATIVE_BF16, raising=False)  # (the suite may run with it set)
     for amx, avx512_bf16, native in ((False, False, False), (True, False, True),
                                      (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
@@ -60,8 +61,32 @@ def test_the_probe_reads_torchs_capability_checks(monkeypatch):
         assert probe("cpu").capability == torch.backends.cpu.get_cpu_capability()
 
 
+@pytest.mark.parametrize("value,native", [("0", False), ("1", True)])
+def test_DPOKIT_NATIVE_BF16_sets_what_the_probe_says_and_auto_picks(monkeypatch, value, native):
+    """Whatever torch says of the CPU (both ways), the variable decides; the run's line and
+    ``dpokit env`` say it was set."""
+    probe = REAL_PROBE.__wrapped__
+    monkeypatch.setenv(hardware.NATIVE_BF16, value)
+    for asked in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=asked: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert probe("cpu").native_bf16 is native
+    monkeypatch.setattr(hardware, "probe", probe)
+    choice = hardware.resolve("auto", "cpu")
+    assert choice.precision == ("bf16" if native else "fp32")
+    assert choice.reason.endswith(f"(DPOKIT_NATIVE_BF16={value})")
+    record = hardware.environment(choice, quick=True)
+    assert record["device"]["native_bf16"] is native and record["native_bf16_set"] == value
+    assert f"(set by DPOKIT_NATIVE_BF16={value}, not asked of the device)" in hardware.describe(
+        record)
+    monkeypatch.setenv(hardware.NATIVE_BF16, "yes")
+    with pytest.raises(HardwareError, match="DPOKIT_NATIVE_BF16='yes': must be 0 or 1"):
+        probe("cpu")
+
+
 def test_explicit_bf16_on_an_emulating_cpu_warns_once_with_the_measured_slowdown(monkeypatch):
     monkeypatch.setattr(hardware, "_warned", set())
+    monkeypatch.setattr(hardware, "probe", lambda kind: CPU_AVX2)
     with pytest.warns(UserWarning, match=r"emulates it; a matmul measured here runs \d+x slower"):
         assert hardware.resolve("bf16", "cpu").precision == "bf16"
     import warnings

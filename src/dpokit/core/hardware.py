@@ -6,7 +6,8 @@ GPU with bf16 units; a CPU with AMX or AVX512-BF16), fp16 autocast with dynamic 
 a CUDA GPU without bf16 (T4, V100), and fp32 elsewhere (a CPU that only emulates bf16, where it
 runs 25-150x slower than fp32; Apple GPUs). ``device: auto`` picks CUDA, then MPS, then the
 CPU. Explicit choices are kept; an explicit bf16 on a device that emulates it warns once, with
-the slowdown measured on the spot.
+the slowdown measured on the spot. ``DPOKIT_NATIVE_BF16=0`` or ``1`` says what the device does
+instead of asking it (what ``auto`` picks on another machine; the tests run both ways).
 
     >>> cpu = DeviceInfo("cpu", "AMD EPYC", "AVX2", native_bf16=False, native_fp16=False)
     >>> choose_precision("auto", cpu).precision
@@ -22,6 +23,7 @@ import ctypes
 import dataclasses
 import functools
 import json
+import os
 import platform
 import time
 import warnings
@@ -95,9 +97,38 @@ def _cpu_native_bf16() -> bool:
                 or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
+NATIVE_BF16 = "DPOKIT_NATIVE_BF16"  # 0 | 1: native bf16 as set, not asked of the device
+
+
+class HardwareError(ValueError):
+    """A device asked for that is not there, or a setting that cannot run on the device."""
+
+
+def native_bf16_override() -> bool | None:
+    """``DPOKIT_NATIVE_BF16``: 1 or 0 says the device computes bf16 natively or not, in place
+    of what the probe finds (so ``auto`` picks as it would on another machine); None: unset.
+
+    >>> os.environ[NATIVE_BF16] = "0"; native_bf16_override()
+    False
+    >>> del os.environ[NATIVE_BF16]; native_bf16_override() is None
+    True
+    """
+    value = os.environ.get(NATIVE_BF16, "").strip()
+    if value not in ("", "0", "1"):
+        raise HardwareError(f"{NATIVE_BF16}={value!r}: must be 0 or 1 (or unset)")
+    return None if value == "" else value == "1"
+
+
 @functools.cache
 def probe(kind: str) -> DeviceInfo:
-    """Ask torch what ``kind`` (cpu, cuda, mps) computes natively (cached per process)."""
+    """What ``kind`` (cpu, cuda, mps) computes natively: torch's answer, native bf16 as
+    ``DPOKIT_NATIVE_BF16`` sets it (cached per process)."""
+    info = _ask_torch(kind)
+    override = native_bf16_override()
+    return info if override is None else dataclasses.replace(info, native_bf16=override)
+
+
+def _ask_torch(kind: str) -> DeviceInfo:
     if kind == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         try:  # torch >= 2.3 can tell emulated bf16 (pre-Ampere) from native
@@ -123,10 +154,6 @@ def available_devices() -> tuple[str, ...]:
     if mps is not None and mps.is_available():
         found.append("mps")
     return (*found, "cpu")
-
-
-class HardwareError(ValueError):
-    """A device asked for that is not there, or a setting that cannot run on the device."""
 
 
 def pick_device(requested: str, available: tuple[str, ...]) -> str:
@@ -173,6 +200,10 @@ def resolve(mixed_precision: str, device: str = "auto",
     ``host_memory="keep"`` on a CPU, freed memory is kept in the heap from here on."""
     kind = pick_device(device, available_devices())
     choice = choose_precision(mixed_precision, probe(kind))
+    override = native_bf16_override()
+    if override is not None and mixed_precision == "auto":
+        choice = dataclasses.replace(choice, reason=f"{choice.reason} ({NATIVE_BF16}="
+                                                    f"{int(override)})")
     if mixed_precision == "bf16" and not choice.device.native_bf16 and kind == "cpu":
         _warn_emulated(choice.device)
     kept = host_memory == "keep" and kind == "cpu" and keep_freed_memory()
@@ -287,7 +318,9 @@ def environment(choice: HardwareChoice | None = None, quick: bool = False) -> di
         "device": asdict(choice.device), "threads": torch.get_num_threads(),
         "precision": choice.precision, "reason": choice.reason,
         "host_memory": "keep" if choice.heap_kept else "system",
-        "auto_precision": auto.precision, "auto_reason": auto.reason}
+        "auto_precision": auto.precision, "auto_reason": auto.reason,
+        "native_bf16_set": os.environ.get(NATIVE_BF16) if native_bf16_override() is not None
+        else None}
     size, seconds = QUICK if quick else (512, 0.3)
     if choice.device.kind == "cuda":  # 512 is launch-bound on a GPU (an H200: 9.9 of ~790 TFLOP/s)
         size = 2048 if quick else 8192
@@ -313,7 +346,9 @@ def describe(record: dict[str, Any]) -> str:
     lines += [f"devices      {', '.join(record['devices'])} (threads: {record['threads']})",
               f"device       {d['kind']}: {d['name']} ({d['capability']}"
               + (f", {d['memory_gb']} GiB" if d.get("memory_gb") else "") + ")",
-              f"native bf16  {'yes' if d['native_bf16'] else 'no'}",
+              f"native bf16  {'yes' if d['native_bf16'] else 'no'}"
+              + (f" (set by {NATIVE_BF16}={record['native_bf16_set']}, not asked of the "
+                 "device)" if record.get("native_bf16_set") is not None else ""),
               f"native fp16  {'yes' if d['native_fp16'] else 'no'}",
               f"auto picks   {record['auto_precision']} ({record['auto_reason']})",
               f"host memory  {record.get('host_memory', 'system')} here; a CPU run keeps "
