@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpokit.core.hardware import probe as REAL_PROBE  # (the auto_precision fixture stubs it)
+
 TESTS = Path(__file__).resolve().parent  # the shared helpers live here (tests mirror src/)
 REPO = TESTS.parent
 
@@ -147,12 +149,50 @@ def completion_mask(batch):
     return mask.view(batch.input_ids.shape)
 
 
-@pytest.fixture(autouse=True)
-def _auto_precision_is_fp32_in_tests(monkeypatch):
-    """``mixed_precision: auto`` resolves to fp32 in every test, whatever CPU runs the suite
-    (a CPU with AMX would pick bf16 and move the tolerances); tests of auto's choice stub
-    their own device (tests/test_hardware.py)."""
-    from dpokit.core import hardware
+class AutoRuns:
+    """The runs (trainers) a test builds with ``mixed_precision`` left at ``auto``."""
 
-    cpu = hardware.DeviceInfo("cpu", "test CPU", "AVX2", native_bf16=False, native_fp16=False)
+    def __init__(self):
+        self.count = 0
+
+    def check(self, test: str) -> None:
+        """Two runs or more at auto: a comparison of them would hold on one class of CPU
+        only (auto picks bf16 where the host computes it natively, fp32 elsewhere)."""
+        if self.count > 1:
+            raise AssertionError(
+                f"{test} builds {self.count} runs with mixed_precision=auto, which picks bf16 "
+                f"or fp32 by the host: pin it (mixed_precision=no for an exact comparison, bf16 "
+                f"with a tolerance derived from bf16's rounding), or mark the test "
+                f"any_precision if what it checks of the runs holds in every precision")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "any_precision: builds several runs at "
+                                       "mixed_precision=auto; what it checks of them holds in "
+                                       "every precision")
+
+
+@pytest.fixture(autouse=True)
+def auto_precision(monkeypatch, request):
+    """``mixed_precision: auto`` picks in a test what it picks in the test's subprocesses: bf16
+    where the host computes it natively, fp32 elsewhere, or as ``DPOKIT_NATIVE_BF16=0/1``
+    says (``DPOKIT_NATIVE_BF16=0 pytest`` runs the suite as a CPU without bf16 would). A test
+    that builds two runs at auto fails (:class:`AutoRuns`); tests of auto's choice stub their
+    own device (tests/core/test_hardware.py)."""
+    from dpokit.core import hardware
+    from dpokit.train import loop
+
+    native = REAL_PROBE("cpu").native_bf16  # (DPOKIT_NATIVE_BF16 if set, else the host's)
+    cpu = hardware.DeviceInfo("cpu", "test CPU", "AVX512" if native else "AVX2",
+                              native_bf16=native, native_fp16=False)
     monkeypatch.setattr(hardware, "probe", lambda kind: cpu)
+    runs, resolve = AutoRuns(), loop.resolve
+
+    def counted(mixed_precision, *args, **kwargs):
+        runs.count += mixed_precision == "auto"
+        return resolve(mixed_precision, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "resolve", counted)
+    yield runs
+    if request.node.get_closest_marker("any_precision") is None:
+        runs.check(request.node.nodeid)

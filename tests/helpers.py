@@ -19,10 +19,21 @@ from dpokit.policies.causal_lm import CausalLMPolicy
 from dpokit.train import EvalSet, StaticSource, Trainer
 
 # fp32 on every host (auto would pick bf16 where the CPU computes it natively): the tolerances of
-# the exact comparisons are fp32's; a test of bf16 sets mixed_precision=bf16 and derives its own
+# the exact comparisons are fp32's; a test of bf16 sets mixed_precision=bf16, with BF16's
 TEST_DEFAULTS = dict(lora=False, progress_bar=False, log_with=[], precompute_ref_logps=False,
                      eval_before=False, mixed_precision="no",
                      learning_rate=1e-3, batch_size=4, max_grad_norm=None)
+
+
+# bf16 keeps 8 significand bits (7 stored): unit roundoff u = 2^-8 = 3.9e-3. Under autocast each
+# matmul rounds what it reads and writes to bf16 (relative error <= u each time), the loss math
+# and the weights stay fp32. Two computations of one step that group the roundings differently
+# (micro-batches, processes: each rounds its own partial weight gradient X^T dY) differ by up to
+# 2u per side, so BF16 = 4u = 1.6e-2, relative to a value, or to a gradient's largest element.
+# A computation repeated as it was (resume == uninterrupted in one process) rounds the same
+# numbers the same way: it equals bit for bit, in bf16 too.
+U_BF16 = 2.0**-8
+BF16 = 4 * U_BF16
 
 
 def records(rows) -> list[Record]:

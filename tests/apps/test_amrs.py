@@ -104,6 +104,7 @@ def test_recipe_keys_are_checked():
         load_recommender_recipe(None, {"dpo.optim.learning_rat": 5})
 
 
+@pytest.mark.any_precision  # (the pipeline's shape and directions: in any)
 def test_the_pipeline_runs_on_a_small_world(tmp_path):
     recipe = load_recommender_recipe("src/dpokit/recipes/recommender.yaml", {
         "recommender.num_items": 40, "recommender.num_users": 40,

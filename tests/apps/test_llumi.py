@@ -111,6 +111,7 @@ def test_stage_rows_from_vote_pairs():
         ("good", "bad"), ("best", "bad"), ("fine", "meh")]
 
 
+@pytest.mark.any_precision  # (the stages' files and rows: in any)
 def test_stages_chain_sft_dpo1_dpo2_through_the_cli(tmp_path, tiny_model_dir):
     """threads table -> vote pairs -> generation rows -> SFT -> DPO1 (reference: the SFT
     adapter) -> rated outputs -> pairs -> DPO2 (reference: the DPO1 adapter): each DPO round

@@ -92,6 +92,7 @@ def _cfg(tmp_path, tiny_model_dir, data, name, **kw):
                                 "output_dir": str(tmp_path / name), "batch_size": 2,
                                 "learning_rate": 1e-2, "log_with": [], "progress_bar": False,
                                 "max_length": 64, "max_prompt_length": 32, "lora": False,
+                                "mixed_precision": "no",  # (exact comparisons: fp32's)
                                 "ref_cache_dir": str(tmp_path / "cache"), **kw})
 
 

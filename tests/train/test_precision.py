@@ -21,12 +21,13 @@ from dpokit.train import Interrupted, NonFiniteError
 CPU_AVX2 = DeviceInfo("cpu", "AMD EPYC", "AVX2", False, False)
 
 
-def test_a_run_prints_its_choice_and_records_the_hardware(tmp_path, tokenizer):
+def test_a_run_prints_its_choice_and_records_the_hardware(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setattr(hardware, "probe", lambda kind: CPU_AVX2)
     lines = []
-    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=1)
+    trainer = tiny_trainer(tmp_path, tokenizer, max_steps=1, mixed_precision="auto")
     trainer.log = lines.append
     trainer.train()
-    assert any(line.startswith("hardware: cpu (test CPU, AVX2), precision fp32: auto:")
+    assert any(line.startswith("hardware: cpu (AMD EPYC, AVX2), precision fp32: auto:")
                for line in lines)
     record = json.loads((tmp_path / "out/hardware.json").read_text())
     assert record["precision"] == "fp32" and record["device"]["kind"] == "cpu"
@@ -39,6 +40,25 @@ def test_a_run_prints_its_choice_and_records_the_hardware(tmp_path, tokenizer):
                         host_memory="system").hardware.heap_kept is False
     state = next((tmp_path / "out").glob("checkpoints/*/state.json"), None)
     assert state is None  # (no checkpoint asked for)
+
+
+@pytest.mark.any_precision
+@pytest.mark.parametrize("native", [False, True])
+def test_a_test_that_compares_runs_at_auto_fails_on_every_host(tmp_path, tokenizer, native,
+                                                             monkeypatch, auto_precision):
+    """The suite's guard (conftest.AutoRuns): a test building two runs at auto fails whatever
+    auto picks; runs with their precision named (tests/helpers.py: fp32) are not counted, and
+    pick the same on every host."""
+    cpu = DeviceInfo("cpu", "test CPU", "AVX512" if native else "AVX2", native, False)
+    monkeypatch.setattr(hardware, "probe", lambda kind: cpu)
+    pinned = [tiny_trainer(tmp_path / f"p{i}", tokenizer) for i in range(2)]
+    assert [t.precision for t in pinned] == ["fp32", "fp32"] and auto_precision.count == 0
+    picked = tiny_trainer(tmp_path / "a", tokenizer, mixed_precision="auto").precision
+    assert picked == ("bf16" if native else "fp32")
+    auto_precision.check("one run")  # one run at auto compares nothing with another
+    tiny_trainer(tmp_path / "b", tokenizer, mixed_precision="auto")
+    with pytest.raises(AssertionError, match="builds 2 runs with mixed_precision=auto"):
+        auto_precision.check("this test")
 
 
 FP16 = dict(mixed_precision="fp16")

@@ -21,7 +21,9 @@ from dpokit.data.io import DataError, Record  # noqa: E402
 from dpokit.policies.diffusion import build_image_examples  # noqa: E402
 from dpokit.policies.diffusion.pipeline import load_pipeline  # noqa: E402
 
-COMMON = ["progress_bar=false", "log_with=[]", "batch_size=8", "eval_before=true"]
+# fp32 on every host: the thresholds below are fp32's, and `dpokit eval` computes in fp32
+COMMON = ["progress_bar=false", "log_with=[]", "batch_size=8", "eval_before=true",
+          "mixed_precision=no"]
 
 
 def tiny_sdxl_pipeline(folder):

@@ -308,6 +308,7 @@ def _common(tmp_path):
             "eval_fraction=0", "eval_before=false"]
 
 
+@pytest.mark.any_precision  # (it learns the colours: in any)
 def test_sft_then_dpo_through_the_cli(model_dir, tmp_path, capsys):
     from dpokit.cli import main
 
