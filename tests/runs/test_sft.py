@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from conftest import CORPUS, make_tiny_llama, sentiment_rows, write_jsonl
-from helpers import records, tiny_sft_trainer
+from helpers import BF16, records, tiny_sft_trainer
 
 from dpokit.cli import main
 from dpokit.data import DataError
@@ -99,14 +99,19 @@ def _rows(n=16):
             for c in (CORPUS * 3)[:n]]
 
 
-def test_accumulation_and_packing_normalize_by_tokens(tmp_path, tokenizer):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_accumulation_and_packing_normalize_by_tokens(tmp_path, tokenizer, precision):
     """8 sequences of different lengths as 1x8, 2x4 and 8x1, packed or padded: one gradient.
-    A per-sequence or per-micro-batch mean would not match."""
+    A per-sequence or per-micro-batch mean would not match. In bf16 to BF16 of a value or of
+    a gradient's largest element (tests/helpers.py: each micro-batch, each layout, rounds its
+    own partial gradients)."""
     grads = []
     for i, (batch_size, accum, layout) in enumerate(
             [(8, 1, "packed"), (4, 2, "packed"), (1, 8, "padded")]):
         trainer = tiny_sft_trainer(tmp_path / str(i), tokenizer, _rows(8), batch_size=batch_size,
-                                   grad_accum_steps=accum, batch_layout=layout, max_steps=1)
+                                   grad_accum_steps=accum, batch_layout=layout, max_steps=1,
+                                   mixed_precision=precision)
+        assert trainer.precision == {"no": "fp32", "bf16": "bf16"}[precision]
         trainer.policy.model.zero_grad()
         seen = {}
 
@@ -120,9 +125,11 @@ def test_accumulation_and_packing_normalize_by_tokens(tmp_path, tokenizer):
         grads.append(({names[k]: v for k, v in seen.items()}, metrics["loss"]))
     (g0, loss0), *others = grads
     for g, loss in others:
-        assert loss == pytest.approx(loss0, rel=1e-5)
+        assert loss == pytest.approx(loss0, rel=1e-5 if precision == "no" else BF16)
         for name in g0:
-            torch.testing.assert_close(g[name], g0[name], atol=1e-6, rtol=1e-4)
+            atol = 1e-6 if precision == "no" else BF16 * float(g0[name].abs().max())
+            torch.testing.assert_close(g[name], g0[name], atol=atol,
+                                       rtol=1e-4 if precision == "no" else BF16)
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -142,6 +149,7 @@ def test_sft_lowers_held_out_completion_nll(tmp_path, tokenizer, lora):
     assert keys <= result.history[0].keys()
 
 
+@pytest.mark.any_precision  # (the policy and its reference compute the same: log 2 in any)
 def test_sft_then_dpo_through_the_cli(tmp_path, tiny_model_dir, capsys):
     """`dpokit sft` with LoRA writes an adapter; `dpokit train model=<that adapter>` trains
     that adapter further against a frozen copy of it (reference adapter_copy)."""

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from conftest import held_out_rows, sentiment_rows
-from helpers import crash_after, tiny_trainer
+from helpers import BF16, crash_after, tiny_trainer
 
 from dpokit.train import NonFiniteError
 
@@ -28,39 +28,50 @@ def _grads_at_first_step(trainer):
     return {names[k]: v for k, v in seen.items()}, metrics
 
 
+@pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora):
+def test_accumulation_equals_one_big_batch(tmp_path, tokenizer, lora, precision):
     """8 pairs as 1x8, 2x4 and 8x1 micro-batches give the same gradient and metrics.
-    The pairs have different lengths, so a per-micro-batch mean would not match."""
+    The pairs have different lengths, so a per-micro-batch mean would not match. In fp32 to
+    fp32's rounding; in bf16 to BF16 (tests/helpers.py: each micro-batch rounds its own partial
+    gradient), of a value or of a gradient's largest element (measured: 6e-3 of it, on the
+    AMD EPYC with AVX512-BF16)."""
     results = []
     for batch_size, accum in ((8, 1), (4, 2), (1, 8)):
         trainer = tiny_trainer(tmp_path / f"{batch_size}", tokenizer, lora=lora,
-                               batch_size=batch_size, grad_accum_steps=accum, max_steps=1)
+                               batch_size=batch_size, grad_accum_steps=accum, max_steps=1,
+                               mixed_precision=precision)
+        assert trainer.precision == {"no": "fp32", "bf16": "bf16"}[precision]
         results.append(_grads_at_first_step(trainer))
     (g0, m0), *others = results
     assert g0 and sum(float(v.abs().sum()) for v in g0.values()) > 0  # (LoRA A: 0 at step 1)
+    rel = 1e-4 if precision == "no" else BF16
     for grads, metrics in others:
         assert grads.keys() == g0.keys()
         for name in g0:
-            torch.testing.assert_close(grads[name], g0[name], atol=1e-6, rtol=1e-4)
+            atol = 1e-6 if precision == "no" else BF16 * float(g0[name].abs().max())
+            torch.testing.assert_close(grads[name], g0[name], atol=atol, rtol=rel)
         for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
-            assert metrics[key] == pytest.approx(m0[key], rel=1e-4, abs=1e-6), key
+            assert metrics[key] == pytest.approx(m0[key], rel=rel, abs=1e-6), key
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "bco_pair", "beta_dpo"])
-def test_resume_gives_the_same_later_losses(tmp_path, tokenizer, loss):
+@pytest.mark.parametrize("loss,precision", [("sigmoid", "no"), ("bco_pair", "no"),
+                                            ("beta_dpo", "no"), ("sigmoid", "bf16"),
+                                            ("beta_dpo", "bf16")])
+def test_resume_gives_the_same_later_losses(tmp_path, tokenizer, loss, precision):
     """Also for the losses whose statistics run across steps (BCO's δ, β-DPO's M0 and σ,
-    saved in objective.pt) and draw random numbers (β-DPO's filter)."""
-    full = tiny_trainer(tmp_path / "a", tokenizer, max_steps=6, batch_size=3, loss=loss).train()
-    crash_after(tiny_trainer(tmp_path / "b", tokenizer, max_steps=6, batch_size=3,
-                             save_every=3, loss=loss), 4)
+    saved in objective.pt) and draw random numbers (β-DPO's filter). In bf16 to fp32's
+    tolerance: the resumed steps round the same numbers the same way (tests/helpers.py)."""
+    common = dict(max_steps=6, batch_size=3, loss=loss, mixed_precision=precision)
+    uninterrupted = tiny_trainer(tmp_path / "a", tokenizer, **common)
+    assert uninterrupted.precision == {"no": "fp32", "bf16": "bf16"}[precision]
+    full = uninterrupted.train()
+    crash_after(tiny_trainer(tmp_path / "b", tokenizer, save_every=3, **common), 4)
     assert [p.name for p in (tmp_path / "b/out/checkpoints").iterdir()] == ["step-0000003"]
     saved = torch.load(tmp_path / "b/out/checkpoints/step-0000003/objective.pt")
     assert set(saved) == {"sigmoid": set(), "bco_pair": {"bco_delta"},
                           "beta_dpo": {"beta_dpo_gap"}}[loss]
-    resumed = tiny_trainer(
-        tmp_path / "b", tokenizer, max_steps=6, batch_size=3, resume=True, loss=loss
-    ).train()
+    resumed = tiny_trainer(tmp_path / "b", tokenizer, resume=True, **common).train()
     assert [m["step"] for m in resumed.history] == [4, 5, 6]
     later = [m["loss"] for m in full.history[3:]]
     assert [m["loss"] for m in resumed.history] == pytest.approx(later, rel=1e-6, abs=1e-7)
