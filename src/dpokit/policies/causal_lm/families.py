@@ -99,7 +99,9 @@ def layout_support(model: nn.Module, attention_impl: str = "sdpa_segments",
     """Per layout, None (exact) or why it cannot be; ``attention_impl`` is the resolved backend,
     ``plans`` whether the model takes segment plans (default: whether its family can)."""
     from .kernels import enable
+    from .lora import unwrap_peft
 
+    model = unwrap_peft(model)
     plans = enable(model) if plans is None else plans
     reason = stateful_mixer(model)
     reason = f"{reason} carry state across tokens, so one sequence would leak into the next" \

@@ -13,6 +13,7 @@ the mask, ``test_zoo.py`` every family with its own eager forward.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -178,22 +179,23 @@ BACKENDS = {"sdpa_segments": sdpa_segments, "flex": flex, "flash_varlen": flash_
 
 
 def unplanned(module, query, key, value, attention_mask, dropout: float, scaling, **kwargs):
-    """A call without a plan (padded batches, generation): the loaded implementation's math
-    on transformers' own mask (its windows in it), soft-caps and sinks included."""
-    layer = layer_attention(module, **kwargs)
-    eager = getattr(module.config, "_attn_implementation", None) == NAMES["eager"]
-    if eager or layer.plain_math:
-        if attention_mask is not None and attention_mask.shape[-1] != key.shape[-2]:
-            attention_mask = attention_mask[..., :key.shape[-2]]
+    """A call without a plan (padded batches, generation): exactly the function the model was
+    loaded with would run, with every keyword it was given: transformers' SDPA, or the family's
+    own ``eager_attention_forward`` (soft-caps, sinks, whatever else it computes); a family
+    without one gets :func:`plain_attention`, which refuses keywords it does not implement."""
+    if getattr(module.config, "_attn_implementation", None) == NAMES["eager"]:
+        own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if own is not None:
+            return own(module, query, key, value, attention_mask, dropout=dropout,
+                       scaling=scaling, **kwargs)
         out = plain_attention(query, key, value, attention_mask, scaling,
-                              dropout if module.training else 0.0, layer)
+                              dropout if module.training else 0.0,
+                              layer_attention(module, **kwargs))
         return out.transpose(1, 2).contiguous(), None  # (B, T, H, D)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                  scaling=scaling, sliding_window=layer.window, **{
-                                      k: v for k, v in kwargs.items()
-                                      if k not in ("sliding_window", "softcap", "s_aux")})
+                                  scaling=scaling, **kwargs)
 
 
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0,

@@ -93,7 +93,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
         self.plans_enabled = segment_plans and enable(unwrap_peft(model))
         self.dense_layouts = not segment_plans
         self.router_aux_coef = router_aux_coef
-        self._layout_support = {}
+        self._layout_support, self._heads = {}, {}
+        self._head_spec(unwrap_peft(model))  # the head proved now, on the model as it came
         self.scorer: nn.Module = Scorer(self, model)
         self.reference_scorer: nn.Module | None = None  # made once, when first needed
         self.sharded = False
@@ -104,6 +105,8 @@ class CausalLMPolicy(Scoring, Sharding, Persistence, BasePolicy):
             raise ValueError("reference='external' goes with a reference_model, and only it")
         if reference_model is not None:
             self.reference_model = reference_model.eval().requires_grad_(False)
+        if self.reference_model is not None:
+            self._head_spec(unwrap_peft(self.reference_model))
         self.capabilities = PolicyCapabilities(
             reference=reference, deterministic=True, fingerprint=True,
             generation=tokenizer is not None,

@@ -16,6 +16,7 @@ from torch import nn
 from ...core.types import SequenceScores
 from .attention import SegmentPlan, resolve_impl
 from .families import LayoutRefused, check_consumed, family, layout_support
+from .heads import apply_head_transforms, head_transforms, own_token_logps, resolve_head
 from .logprobs import (
     log_sum_sq_from_logits,
     sum_per_sequence,
@@ -26,43 +27,6 @@ from .logprobs import (
 )
 from .lora import unwrap_peft
 from .router import load_balancing_loss, router_of
-
-# logit transforms families apply after their LM head, by config attribute, in this order:
-# (attribute, what it does); e.g. Granite divides by logits_scaling, Cohere multiplies by
-# logit_scale, Gemma 2/3/4 soft-cap at final_logit_softcapping
-HEAD_TRANSFORMS = (("final_logit_softcapping", "softcap"), ("logits_soft_cap", "softcap"),
-                   ("logits_scaling", "divide"), ("logit_scale", "multiply"),
-                   ("lm_head_multiplier", "multiply"))
-
-
-def head_transforms(config) -> list[tuple[str, float]]:
-    """The (kind, value) transforms ``config``'s family applies to its logits (Gemma's soft-cap,
-    Granite's logits_scaling, Cohere's logit_scale, Falcon-H1's lm_head_multiplier,
-    RecurrentGemma's logits_soft_cap); identities left out.
-
-    >>> from types import SimpleNamespace
-    >>> head_transforms(SimpleNamespace(logits_scaling=8.0, logit_scale=None))
-    [('divide', 8.0)]
-    """
-    found = []
-    for name, kind in HEAD_TRANSFORMS:
-        value = getattr(config, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value and (
-                kind == "softcap" or value != 1):
-            found.append((kind, float(value)))
-    return found
-
-
-def apply_head_transforms(logits: torch.Tensor, transforms) -> torch.Tensor:
-    """(c, V) fp32 logits through the family's transforms."""
-    for kind, value in transforms:
-        if kind == "softcap":
-            logits = torch.tanh(logits / value) * value
-        elif kind == "divide":
-            logits = logits / value
-        else:
-            logits = logits * value
-    return logits
 
 
 def ld_token_weights(score_sequence: torch.Tensor, score_position: torch.Tensor,
@@ -139,6 +103,7 @@ class Scoring:
     the model's own attention: the vision-language room), ``scorer`` and reference scorer)."""
 
     _layout_support: dict[str, dict[str, str | None]]
+    _heads: dict[int, tuple | None]
 
     def _scores(self, model: nn.Module, batch, sampling_norm: bool = False,
                 token_stats: bool = False) -> SequenceScores:
@@ -196,10 +161,19 @@ class Scoring:
         load-balancing loss or None: with gradients, on a family with MoE routers).
         """
         base = unwrap_peft(model)
-        decoder = base.base_model  # the transformer body (LlamaModel, GPT2Model, ...)
-        if decoder is base:  # a family whose prefix names no attribute (Llama 4's text model)
-            decoder = base.get_decoder()
-            decoder = base.model if decoder is base else decoder
+        decoder = self._body(base)
+        if self._head_spec(base, decoder) is None:  # a head only its own forward computes
+            if segments is not None:
+                raise LayoutRefused(
+                    f"batch_layout=packed / prefix_shared cannot be exact for {family(base)}: "
+                    f"its head does more than its output embeddings and the known logit "
+                    f"transforms, so only its own forward scores it; use batch_layout=padded")
+            stats = torch.zeros(score_source.shape[0], 2, device=input_ids.device) \
+                if token_stats else None
+            token_logps, log_sum_sq = own_token_logps(
+                model, input_ids, attention_mask, score_source, score_target, stats, model_inputs)
+            return self._sums(token_logps, log_sum_sq if sampling_norm else None, stats,
+                              token_weights, score_sequence, num_sequences, None)
         extra, plan = {}, None
         impl = resolve_impl(self.attention_impl, input_ids.device.type)
         if segments is not None:
@@ -237,18 +211,44 @@ class Scoring:
         h = hidden.reshape(-1, hidden.shape[-1])[score_source]  # (N, H), predicting positions only
         stats = h.new_zeros((h.shape[0], 2), dtype=torch.float32) if token_stats else None
         token_logps = self._head_logps(base, h, score_target, stats)  # (N,) fp32
+        log_sum_sq = self._head_log_sum_sq(base, h.detach()) if sampling_norm else None
+        return self._sums(token_logps, log_sum_sq, stats, token_weights, score_sequence,
+                          num_sequences, aux)
+
+    @staticmethod
+    def _sums(token_logps, log_sum_sq, stats, token_weights, score_sequence,
+              num_sequences: int, aux):
+        """Per-token figures (N,) summed per sequence: sequence_logps' return value."""
         if token_weights is not None:
             token_logps = token_logps * token_weights  # (N,)
         seq = sum_per_sequence(token_logps, score_sequence, num_sequences)  # (S,)
-        norm = None
-        if sampling_norm:
-            norm = sum_per_sequence(
-                self._head_log_sum_sq(base, h.detach()), score_sequence, num_sequences
-            )  # (S,)
+        norm = None if log_sum_sq is None else sum_per_sequence(
+            log_sum_sq, score_sequence, num_sequences)  # (S,)
         if stats is not None:
-            stats = torch.zeros(num_sequences, 2, device=h.device).index_add(
-                0, score_sequence, stats)  # (S, 2)
+            stats = torch.zeros(num_sequences, 2, device=stats.device).index_add(
+                0, score_sequence.to(stats.device), stats)  # (S, 2)
         return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats, aux
+
+    @staticmethod
+    def _body(base: nn.Module) -> nn.Module:
+        """The transformer body (LlamaModel, GPT2Model, ...); found with ``get_decoder()`` where
+        the model's prefix names no attribute (Llama 4's text model)."""
+        decoder = base.base_model
+        if decoder is base:
+            decoder = base.get_decoder()
+            decoder = base.model if decoder is base else decoder
+        return decoder
+
+    def _head_spec(self, base: nn.Module, decoder: nn.Module | None = None):
+        """The logit transforms after ``base``'s output embeddings (:func:`~.heads.
+        resolve_head`, proved once per model on its own forward), or None (its own forward
+        scores it). The vision-language room reads them off the text config."""
+        if id(base) not in self._heads:
+            text = base.config.get_text_config() if hasattr(base.config, "get_text_config") \
+                else base.config
+            self._heads[id(base)] = head_transforms(text) if self.dense_layouts else \
+                resolve_head(base, decoder if decoder is not None else self._body(base))
+        return self._heads[id(base)]
 
     def _check_layout(self, base: nn.Module, segments, impl: str) -> None:
         """A packed or prefix-shared batch on a family where it cannot be exact is refused by
@@ -262,17 +262,16 @@ class Scoring:
             raise LayoutRefused(f"batch_layout={layout} cannot be exact for {family(base)}: "
                                 f"{reason}; use batch_layout=padded (or auto)")
 
-    @staticmethod
-    def _simple_head(base: nn.Module) -> bool:
+    def _simple_head(self, base: nn.Module) -> bool:
         """A bias-free linear head with no logit transform (the fast path applies)."""
         head = base.get_output_embeddings()
-        return type(head) is nn.Linear and head.bias is None and not head_transforms(base.config)
+        return type(head) is nn.Linear and head.bias is None and not self._head_spec(base)
 
     def _logits(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
         """Any head (bias, LoRA on lm_head, the family's logit transforms) on (c, H) -> (c, V)
         fp32."""
         return apply_head_transforms(base.get_output_embeddings()(h).float(),
-                                     head_transforms(base.config))  # (c, V)
+                                     self._head_spec(base))  # (c, V)
 
     @torch.no_grad()
     def _head_log_sum_sq(self, base: nn.Module, h: torch.Tensor) -> torch.Tensor:
