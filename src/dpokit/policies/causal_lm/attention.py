@@ -24,12 +24,13 @@ one extra logit per head in the softmax). The backends (``kernels.py``):
 - ``mask``: the plain twin, the dense (R, 1, T, T) rule of the layer (one per window), one
   SDPA call per layer (plain math with soft-capping or sinks).
 
-Registered with transformers as ``dpokit_segments`` (the model loaded with SDPA) or
-``dpokit_segments_eager``: the plan arrives through the model's keyword arguments
-(``dpokit_plan``); without one (generation, padded batches) the loaded implementation's math
-runs, soft-caps and sinks included. A keyword this module does not implement is an error
-naming it, never dropped; every call with a plan is counted (:attr:`SegmentPlan.calls`), so the
-scorer proves each attention layer used it (:func:`~.families.check_consumed`).
+Reached through transformers' ``sdpa`` and ``eager`` entries, wrapped (``kernels.enable``): the
+plan arrives through the model's keyword arguments (``dpokit_plan``); without one (generation,
+padded batches) the loaded implementation runs as it would without dpokit, soft-caps and sinks
+included, and the model keeps its implementation's name (families branch on it). A keyword
+this module does not implement is an error naming it, never dropped; every call with a plan is
+counted (:attr:`SegmentPlan.calls`), so the scorer proves each attention layer used it
+(:func:`~.families.check_consumed`).
 
     >>> plan = SegmentPlan([[(0, 2, 1, 1)]], length=4)
     >>> plan.bool_mask()[0, 0].int().tolist()   # rejected (t=3) sees the prompt, not chosen
@@ -45,7 +46,6 @@ from typing import Any
 
 import torch
 
-NAMES = {"sdpa": "dpokit_segments", "eager": "dpokit_segments_eager"}  # by the loaded impl
 IMPLS = ("auto", "flex", "flash_varlen", "sdpa_segments", "mask")
 Segment = tuple[int, int, int, int]  # (start in row, prompt length, first completion, second)
 # keywords transformers' attention layers pass that change nothing in segment attention

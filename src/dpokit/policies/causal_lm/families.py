@@ -33,8 +33,6 @@ import re
 from torch import nn
 
 LAYOUTS = ("padded", "packed", "prefix_shared")
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "attention", "global_attention",
-                         "local_attention")
 # token mixers that carry state from one token to the next, by class name
 _STATEFUL = re.compile(r"Mamba|Recurrent|Rglru|RgLru|ShortConv|DeltaNet|LinearAttention|Rwkv|"
                        r"Mlstm|Slstm|Ssm|SSM|Lightning|Hyena")
@@ -53,15 +51,31 @@ def family(model) -> str:
     return getattr(text_config(model.config), "model_type", None) or type(model).__name__
 
 
+def is_attention_type(layer_type) -> bool:
+    """A ``layer_types`` entry that attends (full, sliding, chunked, indexed, ...), not one
+    that carries state (linear attention, mamba, convolution, recurrence)."""
+    return isinstance(layer_type, str) and "attention" in layer_type and \
+        "linear" not in layer_type
+
+
 def stateful_mixer(model: nn.Module) -> str | None:
     """The first token mixer that carries state across tokens (a name), or None."""
     types = getattr(text_config(model.config), "layer_types", None) or ()
-    other = sorted({t for t in types if isinstance(t, str) and t not in ATTENTION_LAYER_TYPES
-                    and t != "chunked_attention"})
+    other = sorted({t for t in types if isinstance(t, str) and not is_attention_type(t)})
     if other:
         return f"its {'/'.join(other)} layers"
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv1d) or _STATEFUL.search(type(module).__name__):
+            return f"its {type(module).__name__} ({name})"
+    return None
+
+
+def padding_sensitive(model: nn.Module) -> str | None:
+    """A token mixer whose values change with padding in the row, mask or not (a sparse
+    indexer picks its top-k keys among the padding too: DeepSeek-V3.2, GLM-DSA, ...): such a
+    family's padded rows run one at a time, unpadded."""
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("Indexer"):
             return f"its {type(module).__name__} ({name})"
     return None
 
@@ -88,7 +102,7 @@ def attention_layers(config) -> tuple[int, int]:
     layers = text.num_hidden_layers
     types = getattr(text, "layer_types", None)
     if types:
-        attending = [t for t in types if t in ATTENTION_LAYER_TYPES or t == "chunked_attention"]
+        attending = [t for t in types if is_attention_type(t)]
         return len(attending), sum(t in ("sliding_attention", "local_attention") for t in types)
     sliding = getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True)
     return layers, layers if sliding else 0
@@ -109,6 +123,8 @@ def layout_support(model: nn.Module, attention_impl: str = "sdpa_segments",
     if reason is None and not plans:
         reason = "its attention is outside transformers' attention interface (it never sees " \
                  "the segment plan)"
+    if reason is None and (indexer := padding_sensitive(model)):
+        reason = f"{indexer} picks its keys by position in the row and builds its own mask"
     if reason is None and (position := reads_row_positions(model.config)):
         reason = f"{position} reads positions in the row, not in the sequence"
     if reason is None and has_sinks(model) and attention_impl in ("flex", "flash_varlen"):
@@ -140,7 +156,7 @@ def dense_layout_reason(config, max_length: int) -> str | None:
     with state never are (the config's ``layer_types``)."""
     text = text_config(config)
     types = getattr(text, "layer_types", None) or ()
-    stateful = sorted({t for t in types if t not in ATTENTION_LAYER_TYPES})
+    stateful = sorted({t for t in types if not is_attention_type(t)})
     if stateful:
         return f"its {'/'.join(stateful)} layers carry state across tokens"
     window = getattr(text, "sliding_window", None)

@@ -98,14 +98,46 @@ def _resolve(base: nn.Module, decoder: nn.Module) -> Transforms | None:
     return None
 
 
+_PADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> pads exactly
+
+
+@torch.no_grad()
+def pads_exactly(base: nn.Module, decoder: nn.Module) -> bool:
+    """Whether a right-padded row (with its 2-D mask) gives the body's states of the same row
+    alone: checked once per model on six tokens; False where padding leaks (a sparse indexer
+    picking padded keys) or a padded batch does not run (XLNet)."""
+    if base not in _PADS:
+        weight = next(base.parameters())
+        ids = (torch.arange(1, 7, device=weight.device) % 2 + 3)[None]  # (1, 6)
+        ids = torch.cat([ids, ids.roll(1, 1)])  # (2, 6), the second row's last 3 padding
+        mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3], device=weight.device)
+        try:
+            with eval_mode(base):
+                both = _forward(decoder, ids, attention_mask=mask).last_hidden_state
+                alone = _forward(decoder, ids[1:, :3]).last_hidden_state
+            tolerance = 1e-4 if weight.dtype == torch.float32 else 3e-2
+            _PADS[base] = bool((both[1, :3] - alone[0]).abs().max() <= tolerance * (
+                1 + alone.abs().max()))
+        except Exception:  # noqa: BLE001 (a body that cannot take a padded batch)
+            _PADS[base] = False
+    return _PADS[base]
+
+
 def own_token_logps(model, input_ids, attention_mask, score_source, score_target,
-                    stats: torch.Tensor | None = None, model_inputs=None):
+                    stats: torch.Tensor | None = None, model_inputs=None, by_row: bool = False):
     """(N,) fp32 log-probs of a padded batch's scored tokens from ``model``'s own forward (all
     its logits: the plain way, for heads :func:`resolve_head` cannot reproduce), and (N,)
-    log sum p^2 (WPO's norm, detached)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   **(model_inputs or {})).logits  # (R, T, V)
-    picked = logits.reshape(-1, logits.shape[-1])[score_source].float()  # (N, V)
+    log sum p^2 (WPO's norm, detached); ``by_row``: each row alone, unpadded."""
+    if by_row:
+        length = input_ids.shape[1]
+        rows = [model(input_ids=input_ids[r:r + 1, :int(n)]).logits[0]
+                for r, n in enumerate(attention_mask.sum(1).tolist())]  # (n_r, V) each
+        picked = torch.stack([rows[int(s) // length][int(s) % length]
+                              for s in score_source]).float()  # (N, V)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       **(model_inputs or {})).logits  # (R, T, V)
+        picked = logits.reshape(-1, logits.shape[-1])[score_source].float()  # (N, V)
     logps = torch.log_softmax(picked, -1).gather(1, score_target[:, None]).squeeze(1)  # (N,)
     detached = picked.detach()
     if stats is not None:

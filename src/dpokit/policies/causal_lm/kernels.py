@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .attention import NAMES, LayerAttention, SegmentPlan, UnsupportedAttention, layer_attention
+from .attention import LayerAttention, SegmentPlan, UnsupportedAttention, layer_attention
 
 
 def plain_attention(query, key, value, mask, scaling, dropout: float,
@@ -178,34 +178,26 @@ BACKENDS = {"sdpa_segments": sdpa_segments, "flex": flex, "flash_varlen": flash_
             "mask": dense_mask}
 
 
-def unplanned(module, query, key, value, attention_mask, dropout: float, scaling, **kwargs):
-    """A call without a plan (padded batches, generation): exactly the function the model was
-    loaded with would run, with every keyword it was given: transformers' SDPA, or the family's
-    own ``eager_attention_forward`` (soft-caps, sinks, whatever else it computes); a family
-    without one gets :func:`plain_attention`, which refuses keywords it does not implement."""
-    if getattr(module.config, "_attn_implementation", None) == NAMES["eager"]:
-        own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-        if own is not None:
-            return own(module, query, key, value, attention_mask, dropout=dropout,
-                       scaling=scaling, **kwargs)
-        out = plain_attention(query, key, value, attention_mask, scaling,
-                              dropout if module.training else 0.0,
-                              layer_attention(module, **kwargs))
-        return out.transpose(1, 2).contiguous(), None  # (B, T, H, D)
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                  scaling=scaling, **kwargs)
+def unplanned(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+              **kwargs):
+    """A call without a plan on an eager-loaded family (padded batches, generation): its own
+    ``eager_attention_forward`` (soft-caps, sinks, whatever else it computes) with every
+    keyword; a family without one gets :func:`plain_attention`, which refuses keywords it does
+    not implement."""
+    own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if own is not None:
+        return own(module, query, key, value, attention_mask, dropout=dropout,
+                   scaling=scaling, **kwargs)
+    out = plain_attention(query, key, value, attention_mask, scaling,
+                          dropout if module.training else 0.0, layer_attention(module, **kwargs))
+    return out.transpose(1, 2).contiguous(), None  # (B, T, H, D)
 
 
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                       scaling: float | None = None, **kwargs):
     """query (R, H, T, D), key/value (R, Hkv, T, D) -> ((R, T, H, D), None), as transformers'
     attention functions return."""
-    plan = kwargs.pop("dpokit_plan", None)
-    if plan is None:
-        return unplanned(module, query, key, value, attention_mask, dropout, scaling,
-                                 **kwargs)
+    plan = kwargs.pop("dpokit_plan")
     layer = layer_attention(module, **kwargs)
     plan.calls += 1
     plan.windows.append(layer.window)
@@ -214,32 +206,49 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     return out.transpose(1, 2).contiguous(), None  # (R, T, H, D)
 
 
-_registered: set[str] = set()
+_own: dict[str, Any] = {}  # transformers' own entries, wrapped once
+
+
+def _sdpa_or_plan(module, query, key, value, attention_mask, **kwargs):
+    """transformers' ``sdpa`` entry, dpokit-aware: a call with a plan is segment attention,
+    any other is transformers' own SDPA, untouched (every keyword, the same function)."""
+    if kwargs.get("dpokit_plan") is not None:
+        return segment_attention(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("dpokit_plan", None)
+    return _own["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def _eager_or_plan(module, query, key, value, attention_mask, **kwargs):
+    """The ``eager`` entry: with a plan, segment attention; else the family's own eager
+    function (:func:`unplanned`)."""
+    if kwargs.get("dpokit_plan") is not None:
+        return segment_attention(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("dpokit_plan", None)
+    return unplanned(module, query, key, value, attention_mask, **kwargs)
 
 
 def enable(model) -> bool:
     """Let ``model`` (a transformers model) take a segment plan; False if it cannot: a family
     outside transformers' attention interface (Bloom, MPT, Falcon, StableLM, the state-space
-    models), an implementation other than sdpa / eager, or one that did not take."""
+    models) or an implementation other than sdpa / eager.
+
+    The model keeps its implementation and its name (families branch on it: DeepSeek-V3.2's
+    and HY-V4's sparse indexers build their masks only under "eager" / "sdpa"): transformers'
+    ``sdpa`` and ``eager`` entries are wrapped once, so that a call with a plan is segment
+    attention and any other what it was (SDPA; the family's own eager function). A family that
+    calls its eager function without looking it up never sees the plan: the scorer's count of
+    calls refuses it (:func:`~.families.check_consumed`)."""
     try:
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
     except ImportError:
         return False
     if not getattr(type(model), "_supports_attention_backend", False):
         return False
-    current = getattr(model.config, "_attn_implementation", None)
-    if current in NAMES.values():
-        return True
-    if current not in NAMES:
+    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False
-    name = NAMES[current]
-    if name not in _registered:
-        AttentionInterface.register(name, segment_attention)
-        AttentionMaskInterface.register(name, sdpa_mask if current == "sdpa" else eager_mask)
-        _registered.add(name)
-    try:
-        model.set_attn_implementation(name)
-    except (ValueError, ImportError):
-        return False
-    return getattr(model.config, "_attn_implementation", None) == name
+    if not _own:
+        _own["sdpa"] = sdpa_attention_forward
+        AttentionInterface.register("sdpa", _sdpa_or_plan)
+        AttentionInterface.register("eager", _eager_or_plan)
+    return True

@@ -10,13 +10,27 @@ per sequence; LD-DPO's and SamPO's token weights and WPO's sampling norm on the 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
 from ...core.types import SequenceScores
 from .attention import SegmentPlan, resolve_impl
-from .families import LayoutRefused, check_consumed, family, layout_support
-from .heads import apply_head_transforms, head_transforms, own_token_logps, resolve_head
+from .families import (
+    LayoutRefused,
+    check_consumed,
+    family,
+    layout_support,
+    padding_sensitive,
+)
+from .heads import (
+    apply_head_transforms,
+    head_transforms,
+    own_token_logps,
+    pads_exactly,
+    resolve_head,
+)
 from .logprobs import (
     log_sum_sq_from_logits,
     sum_per_sequence,
@@ -170,8 +184,10 @@ class Scoring:
                     f"transforms, so only its own forward scores it; use batch_layout=padded")
             stats = torch.zeros(score_source.shape[0], 2, device=input_ids.device) \
                 if token_stats else None
+            by_row = not bool(attention_mask.all()) and self._padding_sensitive(base)
             token_logps, log_sum_sq = own_token_logps(
-                model, input_ids, attention_mask, score_source, score_target, stats, model_inputs)
+                model, input_ids, attention_mask, score_source, score_target, stats, model_inputs,
+                by_row)
             return self._sums(token_logps, log_sum_sq if sampling_norm else None, stats,
                               token_weights, score_sequence, num_sequences, None)
         extra, plan = {}, None
@@ -190,18 +206,13 @@ class Scoring:
                 attention_mask, _compute_dtype(input_ids.device.type, next(base.parameters()).dtype)
             )
         body_mask = attention_mask
-        outputs = decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            **extra,
-            **(model_inputs or {}),
-        )
+        outputs = self._body_forward(base, decoder, input_ids, attention_mask, position_ids,
+                                     {**extra, **(model_inputs or {})})
         hidden = outputs.last_hidden_state  # (R, T, H)
         aux = None
         if router is not None and getattr(outputs, "router_logits", None):
-            real = body_mask.bool() if body_mask is not None and body_mask.dim() == 2 else \
+            real = outputs.real if getattr(outputs, "one_row_at_a_time", False) else \
+                body_mask.bool() if body_mask is not None and body_mask.dim() == 2 else \
                 torch.ones_like(input_ids, dtype=torch.bool) if plan is None else \
                 plan._tokens()[0] >= 0  # (R, T) not padding
             aux = router.coef * load_balancing_loss(outputs.router_logits, router.experts,
@@ -228,6 +239,33 @@ class Scoring:
             stats = torch.zeros(num_sequences, 2, device=stats.device).index_add(
                 0, score_sequence.to(stats.device), stats)  # (S, 2)
         return seq, torch.bincount(score_sequence, minlength=num_sequences), norm, stats, aux
+
+    def _body_forward(self, base, decoder, input_ids, attention_mask, position_ids, extra):
+        """The body over the batch; a padding-sensitive family's padded rows one at a time,
+        unpadded (:func:`~.families.padding_sensitive`), their states put back in place."""
+        padded = attention_mask is not None and attention_mask.dim() == 2 and \
+            not bool(attention_mask.all())
+        if not (padded and self._padding_sensitive(base)) or "dpokit_plan" in extra:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids, use_cache=False, **extra)
+        rows = [decoder(input_ids=input_ids[r:r + 1, :int(n)], use_cache=False, **extra)
+                for r, n in enumerate(attention_mask.sum(1).tolist())]
+        first = rows[0].last_hidden_state
+        hidden = first.new_zeros(*input_ids.shape, first.shape[-1])  # (R, T, H)
+        for r, row in enumerate(rows):
+            hidden[r, :row.last_hidden_state.shape[1]] = row.last_hidden_state[0]
+        routers = [getattr(row, "router_logits", None) for row in rows]
+        router_logits = None if not all(routers) else tuple(
+            torch.cat(layer, 0) for layer in zip(*routers, strict=True))  # per layer (ΣL, N)
+        return SimpleNamespace(last_hidden_state=hidden, router_logits=router_logits,
+                               one_row_at_a_time=True,
+                               real=torch.ones(sum(r.last_hidden_state.shape[1] for r in rows),
+                                               dtype=torch.bool, device=input_ids.device))
+
+    def _padding_sensitive(self, base) -> bool:
+        """Padded rows would not give each sequence's own states (:func:`~.heads.
+        pads_exactly`, or a sparse indexer)."""
+        return padding_sensitive(base) is not None or not pads_exactly(base, self._body(base))
 
     @staticmethod
     def _body(base: nn.Module) -> nn.Module:
