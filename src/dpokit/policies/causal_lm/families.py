@@ -66,7 +66,7 @@ def stateful_mixer(model: nn.Module) -> str | None:
         return f"its {'/'.join(other)} layers"
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv1d) or _STATEFUL.search(type(module).__name__):
-            return f"its {type(module).__name__} ({name})"
+            return f"its {type(module).__name__}" + (f" ({name})" if name else "")
     return None
 
 
