@@ -95,7 +95,7 @@ class DiffusionPolicy(BasePolicy):
     ``reference_model``, by default of ``unet`` as given) or ``"none"``.
     denoise: how the denoiser is called (:func:`unet_call`; a DiT passes its own).
     source: the diffusers pipeline folder it was loaded from; then ``save_pretrained`` writes
-    what diffusers loads onto that pipeline (:func:`.pipeline.save_for_diffusers`)."""
+    what diffusers loads onto that pipeline (:func:`save_for_diffusers`)."""
 
     def __init__(self, unet: nn.Module, scheduler, encoder: nn.Module,
                  reference: Literal["adapter", "copy", "none"] = "adapter", vae=None,
@@ -245,13 +245,40 @@ class DiffusionPolicy(BasePolicy):
         return x.clamp(-1, 1)
 
 
+def _takes_metadata(pipeline, part: str) -> bool:
+    """Whether this diffusers' ``save_lora_weights`` writes adapter metadata (0.34 on)."""
+    import inspect
+
+    return part.replace("_layers", "_adapter_metadata") in \
+        inspect.signature(pipeline.save_lora_weights).parameters
+
+
+def _folded(unet: nn.Module, layers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``layers`` with each module's scale (alpha / r, rsLoRA's and patterns' included) folded
+    into its lora_B: what a diffusers without adapter metadata applies at scale 1."""
+    adapter = unet.active_adapter
+    folded = dict(layers)
+    for name, module in unet.named_modules():
+        scaling = getattr(module, "scaling", None)
+        if not isinstance(scaling, dict) or adapter not in scaling:
+            continue
+        for suffix in ("weight", "bias"):
+            key = f"{name.removeprefix('base_model.model.')}.lora_B.{suffix}"
+            if key in folded:
+                folded[key] = folded[key] * scaling[adapter]
+    return folded
+
+
 def save_for_diffusers(unet: nn.Module, directory: str | Path,
                        pipeline_kind: str | None = None) -> Path:
     """The trained LoRA adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors``,
     what ``pipeline.load_lora_weights(directory)`` reads) and peft's (what
     :func:`.pipeline.load_trained` reads), or the whole trained denoiser under
     ``directory/unet`` (``directory/transformer`` for SD3: what ``from_pretrained(directory,
-    subfolder=...)`` reads)."""
+    subfolder=...)`` reads). The diffusers file carries the adapter's config (its alpha) as
+    diffusers' ``lora_adapter_metadata``, so diffusers applies it at alpha / r as peft does,
+    not at 1 (issue 44); a diffusers too old to read metadata gets alpha / r folded into
+    lora_B instead. The peft files keep the adapter as trained."""
     import diffusers
 
     directory = Path(directory)
@@ -264,7 +291,12 @@ def save_for_diffusers(unet: nn.Module, directory: str | Path,
                   for name, value in get_peft_model_state_dict(unet).items()}
         pipeline = getattr(diffusers, pipeline_kind or "StableDiffusionPipeline")
         part = "transformer_lora_layers" if transformer else "unet_lora_layers"
-        pipeline.save_lora_weights(directory, **{part: layers}, safe_serialization=True)
+        if _takes_metadata(pipeline, part):
+            config = unet.peft_config[unet.active_adapter].to_dict()
+            extra = {part.replace("_layers", "_adapter_metadata"): config}
+        else:
+            layers, extra = _folded(unet, layers), {}
+        pipeline.save_lora_weights(directory, **{part: layers}, **extra, safe_serialization=True)
         unet.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
     else:
         unet.save_pretrained(directory / ("transformer" if transformer else "unet"))
