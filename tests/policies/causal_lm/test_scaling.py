@@ -23,7 +23,7 @@ def _cfg(tmp_path, tiny_model_dir, **kw):
                                 "output_dir": str(tmp_path / "out"), "max_steps": 2,
                                 "batch_size": 2, "learning_rate": 1e-2, "log_with": [],
                                 "progress_bar": False, "max_length": 64,
-                                "max_prompt_length": 32, **kw})
+                                "max_prompt_length": 32, "mixed_precision": "no", **kw})
 
 
 @pytest.mark.parametrize("options", [{"use_dora": True}, {"use_rslora": True},

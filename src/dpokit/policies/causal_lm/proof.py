@@ -40,7 +40,9 @@ class LayoutProof:
         return self.error <= self.tolerance
 
     def line(self) -> str:
-        """>>> LayoutProof("packed", 2e-7, 1e-4, 8).line()
+        """The proof in one line.
+
+        >>> LayoutProof("packed", 2e-7, 1e-4, 8).line()
         'packed proved on 8 sequences: largest gap 2.0e-07 nats/token (tolerance 1e-04)'
         """
         return (f"{self.layout} proved on {self.sequences} sequences: largest gap "
