@@ -187,3 +187,21 @@ def test_the_balance_loss_by_hand():
     f, big_p = (2 / 3, 1 / 3), ((2 * p + (1 - p)) / 3, (2 * (1 - p) + p) / 3)
     expected = 2 * (f[0] * big_p[0] + f[1] * big_p[1])
     assert load_balancing_loss(logits, 2, 1, real).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+@pytest.mark.parametrize("model_type,options", [
+    ("gemma2", {"sliding_window": 4, "attn_logit_softcapping": 2.0, "head_dim": 8}),
+    ("mistral", {"sliding_window": 4}),
+])
+def test_flex_computes_windows_and_soft_caps_as_the_mask(model_type, options):
+    """FlexAttention's mask_mod (the window by sequence position) and score_mod (the soft-cap),
+    forward only (no FlexAttention backward on the CPU), against the dense mask."""
+    model = tiny(model_type, attn="eager", **options)
+    batch = collate_pairs(LONG, 0, "prefix_shared")
+    with torch.no_grad():
+        mask = CausalLMPolicy(model, attention_impl="mask").logps(batch).logps
+        flex = CausalLMPolicy(model, attention_impl="flex").logps(batch).logps
+        padded = CausalLMPolicy(model).logps(collate_pairs(LONG, 0, "padded")).logps
+    torch.testing.assert_close(flex, mask, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mask, padded, atol=1e-4, rtol=0)
