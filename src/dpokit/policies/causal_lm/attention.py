@@ -84,6 +84,21 @@ def resolve_impl(requested: str, device_type: str) -> str:
     return "sdpa_segments"
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, T, T) bool -> additive mask in the attention's dtype (0 or the dtype's minimum).
+
+    >>> mask = torch.tensor([[True, False], [True, True]]).view(1, 1, 2, 2)
+    >>> additive_mask(mask, torch.float32)[0, 0, 0, 1].item() == torch.finfo(torch.float32).min
+    True
+
+    Made once per forward in the dtype attention runs in, every layer shares it: a bool mask
+    would be converted (and, under autocast, kept for backward) once per layer, 30 copies of
+    T x T on SmolLM2, 0.5 GB at T = 2,800.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(dtype).min)
+
+
 def visible(doc_q, doc_k, branch_q, branch_k, pos_q, pos_k, window: int | None = None):
     """The attention rule, elementwise: a query sees a key of its own segment at or before its
     position, never one of the other completion (branches 1 and 2), and, with a window, only
@@ -174,14 +189,9 @@ class SegmentPlan:
         return self._cache["mask", window]  # (R, 1, T, T)
 
     def additive_mask(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """:meth:`bool_mask` as 0 / the dtype's minimum, made once per batch and window: a
-        bool mask would be converted (and, under autocast, kept for backward) once per layer,
-        30 copies of T x T on SmolLM2, 0.5 GB at T = 2,800."""
+        """:meth:`bool_mask` as :func:`additive_mask`, made once per batch and window."""
         if ("additive", window, dtype) not in self._cache:
-            mask = self.bool_mask(window)
-            self._cache["additive", window, dtype] = torch.zeros(
-                mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-                ~mask, torch.finfo(dtype).min)
+            self._cache["additive", window, dtype] = additive_mask(self.bool_mask(window), dtype)
         return self._cache["additive", window, dtype]
 
     def block_mask(self, window: int | None = None):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ...core.modules import eval_mode
+from .families import padding_sensitive
 from .logprobs import log_sum_sq_from_logits, token_stats
 
 # (config attribute, what it does), in the order a family applies them
@@ -105,7 +106,9 @@ _PADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> pads 
 def pads_exactly(base: nn.Module, decoder: nn.Module) -> bool:
     """Whether a right-padded row (with its 2-D mask) gives the body's states of the same row
     alone: checked once per model on six tokens; False where padding leaks (a sparse indexer
-    picking padded keys) or a padded batch does not run (XLNet)."""
+    picking padded keys: refused without a forward) or a padded batch does not run (XLNet)."""
+    if base not in _PADS and padding_sensitive(base) is not None:
+        _PADS[base] = False
     if base not in _PADS:
         weight = next(base.parameters())
         ids = (torch.arange(1, 7, device=weight.device) % 2 + 3)[None]  # (1, 6)

@@ -206,25 +206,20 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     return out.transpose(1, 2).contiguous(), None  # (R, T, H, D)
 
 
-_own: dict[str, Any] = {}  # transformers' own entries, wrapped once
+_own: dict[str, Any] = {}  # transformers' own SDPA, once its entry is wrapped
 
 
-def _sdpa_or_plan(module, query, key, value, attention_mask, **kwargs):
-    """transformers' ``sdpa`` entry, dpokit-aware: a call with a plan is segment attention,
-    any other is transformers' own SDPA, untouched (every keyword, the same function)."""
-    if kwargs.get("dpokit_plan") is not None:
-        return segment_attention(module, query, key, value, attention_mask, **kwargs)
-    kwargs.pop("dpokit_plan", None)
-    return _own["sdpa"](module, query, key, value, attention_mask, **kwargs)
+def _or_plan(without_plan):
+    """An attention entry, dpokit-aware: a call with a plan is segment attention, any other is
+    ``without_plan`` (transformers' own SDPA; the family's own eager function, :func:`unplanned`)
+    with every keyword, untouched."""
+    def attend(module, query, key, value, attention_mask, **kwargs):
+        if kwargs.get("dpokit_plan") is not None:
+            return segment_attention(module, query, key, value, attention_mask, **kwargs)
+        kwargs.pop("dpokit_plan", None)
+        return without_plan(module, query, key, value, attention_mask, **kwargs)
 
-
-def _eager_or_plan(module, query, key, value, attention_mask, **kwargs):
-    """The ``eager`` entry: with a plan, segment attention; else the family's own eager
-    function (:func:`unplanned`)."""
-    if kwargs.get("dpokit_plan") is not None:
-        return segment_attention(module, query, key, value, attention_mask, **kwargs)
-    kwargs.pop("dpokit_plan", None)
-    return unplanned(module, query, key, value, attention_mask, **kwargs)
+    return attend
 
 
 def enable(model) -> bool:
@@ -249,6 +244,6 @@ def enable(model) -> bool:
         return False
     if not _own:
         _own["sdpa"] = sdpa_attention_forward
-        AttentionInterface.register("sdpa", _sdpa_or_plan)
-        AttentionInterface.register("eager", _eager_or_plan)
+        AttentionInterface.register("sdpa", _or_plan(sdpa_attention_forward))
+        AttentionInterface.register("eager", _or_plan(unplanned))
     return True

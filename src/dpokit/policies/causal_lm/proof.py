@@ -17,6 +17,8 @@ import torch
 
 from ...core.modules import eval_mode
 from ...data.text.collate import collate_pairs, collate_sequences
+from .heads import own_token_logps
+from .logprobs import sum_per_sequence
 
 # per-token tolerance (nats) by the dtype the weights compute in: fp32 sums of a few thousand
 # products keep ~1e-6 relative; bf16 / fp16 round every product to 2^-8 / 2^-11 (unit roundoff
@@ -58,25 +60,6 @@ def proof_rows(examples: Sequence, count: int = 4, among: int = 256) -> list:
     return sorted(list(examples[:among]), key=length, reverse=True)[:count]
 
 
-def own_forward_logps(model, batch) -> torch.Tensor:
-    """(S,) per-sequence log-probs of a padded batch's scored tokens, each row run alone
-    (no padding) through ``model``'s own forward (``model(input_ids).logits``)."""
-    device = next(model.parameters()).device
-    length = batch.input_ids.shape[1]
-    out = torch.zeros(batch.num_sequences, dtype=torch.float64)
-    rows = batch.score_source // length  # (N,)
-    for r in range(batch.input_ids.shape[0]):
-        keep = rows == r
-        if not keep.any():
-            continue
-        n = int(batch.attention_mask[r].sum())
-        logits = model(input_ids=batch.input_ids[r:r + 1, :n].to(device)).logits[0]  # (n, V)
-        logps = torch.log_softmax(logits.float(), -1).cpu()  # (n, V)
-        picked = logps[batch.score_source[keep] % length, batch.score_target[keep]]  # (N_r,)
-        out.index_add_(0, batch.score_sequence[keep], picked.double())
-    return out
-
-
 @torch.no_grad()
 def prove_layout(policy, examples: Sequence, layout: str, pad_token_id: int,
                  max_row_tokens: int | None = None) -> LayoutProof:
@@ -92,10 +75,13 @@ def prove_layout(policy, examples: Sequence, layout: str, pad_token_id: int,
             model, batch.input_ids, batch.attention_mask, batch.position_ids,
             batch.score_source, batch.score_target, batch.score_sequence, batch.num_sequences,
             None, batch.segments)[0]  # (S,)
-        padded = collate(examples, pad_token_id, "padded")
-        own = own_forward_logps(model, padded)  # (S,)
+        padded = collate(examples, pad_token_id, "padded").to(batch.input_ids.device)
+        own = sum_per_sequence(own_token_logps(  # each row alone: (N,) -> (S,)
+            model, padded.input_ids, padded.attention_mask, padded.score_source,
+            padded.score_target, by_row=True)[0].double(), padded.score_sequence,
+            padded.num_sequences)
     tokens = torch.bincount(padded.score_sequence, minlength=padded.num_sequences).clamp(min=1)
-    error = ((fast.double().cpu() - own).abs() / tokens).max().item()
+    error = ((fast.double() - own).abs() / tokens).max().item()
     dtype = next(model.parameters()).dtype
     return LayoutProof(layout, error, TOLERANCE.get(dtype, 5e-2), padded.num_sequences)
 

@@ -3,9 +3,8 @@ model, whatever the layout: the body run once (attention from the batch's segmen
 N scored hidden states gathered, the LM head run on them in chunks (or its plain twin), summed
 per sequence; LD-DPO's and SamPO's token weights and WPO's sampling norm on the way.
 
-    >>> mask = torch.tensor([[True, False], [True, True]]).view(1, 1, 2, 2)
-    >>> additive_mask(mask, torch.float32)[0, 0, 0, 1].item() == torch.finfo(torch.float32).min
-    True
+    >>> ld_token_weights(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]), 1, 0.5).tolist()
+    [1.0, 0.5, 1.0]
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ import torch
 from torch import nn
 
 from ...core.types import SequenceScores
-from .attention import SegmentPlan, resolve_impl
+from .attention import SegmentPlan, additive_mask, resolve_impl
 from .families import (
     LayoutRefused,
     check_consumed,
     family,
     layout_support,
-    padding_sensitive,
 )
 from .heads import (
     apply_head_transforms,
@@ -90,17 +88,6 @@ def sampo_token_weights(score_sequence: torch.Tensor, score_position: torch.Tens
     rank[order] = torch.arange(order.numel(), device=order.device)  # (N,)
     start = torch.cumsum(counts, 0) - counts  # (2B,) each sequence's first rank
     return (rank - start[score_sequence] < shared[pair]).float()  # (N,) the kept tokens
-
-
-def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(R, 1, T, T) bool -> additive mask in the attention's dtype (0 or the dtype's minimum).
-
-    Made once per forward in the dtype attention runs in, every layer shares it: a bool mask
-    would be converted (and, under autocast, kept for backward) once per layer, 30 copies of
-    T x T on SmolLM2, 0.5 GB at T = 2,800.
-    """
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, torch.finfo(dtype).min)
 
 
 def _compute_dtype(device_type: str, weights_dtype: torch.dtype) -> torch.dtype:
@@ -264,8 +251,8 @@ class Scoring:
 
     def _padding_sensitive(self, base) -> bool:
         """Padded rows would not give each sequence's own states (:func:`~.heads.
-        pads_exactly`, or a sparse indexer)."""
-        return padding_sensitive(base) is not None or not pads_exactly(base, self._body(base))
+        pads_exactly`, once per model)."""
+        return not pads_exactly(base, self._body(base))
 
     @staticmethod
     def _body(base: nn.Module) -> nn.Module:
