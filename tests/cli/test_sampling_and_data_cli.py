@@ -280,3 +280,18 @@ def test_threads_table_adapter_and_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["pairs", "votes", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "bad.csv, row 1, field 'reply_text': missing column" in capsys.readouterr().err
+
+
+def test_pairs_votes_counts_suffixed_and_unreadable_scores(tmp_path, capsys):
+    """The issue's case: comment rows with ``"1.2k"`` scores (as forum exports write them)
+    build pairs; a score that is not a number is a counted drop, not a traceback."""
+    comments = [
+        {"post_id": "p", "post": "Q?", "post_score": "1.1k", "comment_id": c, "parent_id": "",
+         "text": c, "score": s, "created": ts}
+        for c, s, ts in [("a", "400", 10), ("b", "1.2k", 20), ("c", "n/a", 30)]]
+    src = write_jsonl(tmp_path / "comments.jsonl", comments)
+    assert main(["pairs", "votes", str(src), "--out", str(tmp_path / "v.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert [(r["chosen_id"], r["rejected_id"], r["score_chosen"]) for r in rows] == [
+        ("b", "a", 1200.0)]
+    assert "1  comment: score is not a number" in capsys.readouterr().out

@@ -211,3 +211,64 @@ def test_failure_pairs_reference_beats_failing_outputs():
     assert [r["failure"] for r in only.rows] == ["repetition"]
     with pytest.raises(ValueError, match="unknown detectors"):
         FailureSettings(detectors=("loops",))
+
+
+# --- one number parser for every reader -------------------------------------------------------
+# Forum exports write "1.2k"; a score that is there but is not a number is counted, never an
+# exception, in every reader (comment rows, Reddit JSON, the threads table, scored rows).
+
+def test_comment_rows_take_suffixed_scores_and_count_what_is_not_a_number():
+    rows = [comment("a", "1.2k", 500, post_score="2k"), comment("b", "500", 100, post_score="2k"),
+            comment("c", "lots", 100, post_score="2k"), comment("d", True, 100, post_score="2k")]
+    built = vote_pairs(rows)
+    assert pairs_of(built) == [("a", "b")] and built.rows[0]["score_chosen"] == 1200.0
+    assert built.rows[0]["score_ratio"] == pytest.approx(2.4)
+    assert built.report.dropped["comment: score is not a number"] == 2
+
+
+def test_post_score_not_a_number_is_counted():
+    built = vote_pairs([comment("a", 30, 500, post_score="n/a"), comment("b", 3, 100,
+                                                                       post_score="n/a")])
+    assert built.rows == [] and built.report.dropped["post: post score is not a number"] == 1
+
+
+def test_reddit_json_takes_suffixed_scores():
+    stream = [{"id": "abc", "title": "Seasoning?", "selftext": "", "score": "1.5k",
+               "created_utc": 50},
+              {"id": "c1", "link_id": "t3_abc", "parent_id": "t3_abc", "body": "Use oil.",
+               "score": "2.5k", "created_utc": 300},
+              {"id": "c2", "link_id": "t3_abc", "parent_id": "t3_abc", "body": "Hm.",
+               "score": "1,000", "created_utc": 100},
+              {"id": "c3", "link_id": "t3_abc", "parent_id": "t3_abc", "body": "?",
+               "score": "[hidden]", "created_utc": 100}]
+    built = vote_pairs(reddit_rows(stream))
+    assert [(r["chosen"], r["rejected"], r["score_chosen"]) for r in built.rows] == [
+        ("Use oil.", "Hm.", 2500.0)]
+    assert built.report.dropped["comment: score is not a number"] == 1
+
+
+def test_threads_table_takes_suffixed_scores_and_votes():
+    from dpokit.data.builders import threads_rows
+
+    base = {"thread_id": "t", "thread_text": "Q?", "thread_score": "1k", "parent_id": ""}
+    rows = threads_rows([{**base, "reply_id": "r1", "reply_text": "A.", "score": "3.1k",
+                          "created": "9"},
+                         {**base, "reply_id": "r2", "reply_text": "B.", "upvotes": "1.1k",
+                          "downvotes": "100", "created": "5"},
+                         {**base, "reply_id": "r3", "reply_text": "C.", "upvotes": "many",
+                          "created": "5"}])
+    assert [r.values["score"] for r in rows[:2]] == [3100.0, 1000.0]
+    built = vote_pairs(rows)
+    assert pairs_of(built) == [("r1", "r2")]
+    assert built.report.dropped["comment: score is not a number"] == 1
+
+
+def test_scored_rows_take_suffixed_scores_and_count_what_is_not_a_number():
+    built = pair_scored(scored_groups([
+        {"prompt": "Q", "responses": ["x", "y", "z"], "scores": ["1.5k", "900", "high"]}]))
+    assert [(r["chosen"], r["rejected"], r["score_chosen"]) for r in built.rows] == [
+        ("x", "y", 1500.0)]
+    assert built.report.dropped["response: score is not a number"] == 1
+    long = pair_scored(scored_groups([{"prompt": "Q", "response": "a", "score": "2k"},
+                                      {"prompt": "Q", "response": "b", "score": 7}]))
+    assert [(r["chosen"], r["rejected"]) for r in long.rows] == [("a", "b")]

@@ -228,8 +228,20 @@ def test_extra_columns_are_validated_and_collated(tokenizer):
     pairs = build_pairs(rows, tokenizer, settings)
     batch = collate_pairs(pairs.pairs, pad_token_id=0)
     assert batch.extras["offset"].tolist() == [1.5, 2.0]
-    with pytest.raises(DataError, match="row 1, field 'offset'"):
+    with pytest.raises(DataError, match="row 1, field 'offset': missing column"):
         build_pairs([rec({"prompt": "x", "chosen": "a", "rejected": "b"})], tokenizer, settings)
+    # a CSV cell is a string: read by the same parser as every score, or refused by name
+    csv_row = rec({"prompt": "x", "chosen": "a", "rejected": "b", "offset": " 0.25 "})
+    assert build_pairs([csv_row], tokenizer, settings).pairs[0].extras["offset"] == 0.25
+    for bad in ("abc", True, "inf"):
+        with pytest.raises(DataError, match="row 1, field 'offset': not a finite number"):
+            build_pairs([rec({"prompt": "x", "chosen": "a", "rejected": "b", "offset": bad})],
+                        tokenizer, settings)
+    scores = {"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": "1.5k"}
+    with pytest.raises(DataError, match="field 'score_rejected': not a finite number"):
+        build_pairs([rec({**scores, "score_rejected": "?"})], tokenizer, settings)
+    assert build_pairs([rec({**scores, "score_rejected": "500"})], tokenizer,
+                       settings).pairs[0].extras["offset"] > 0
 
 
 def test_shipped_dataset_is_valid_and_balanced(tokenizer):

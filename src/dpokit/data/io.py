@@ -15,6 +15,7 @@ import difflib
 import glob
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,51 @@ class Record:
     source: str
     row: int  # 1-based: the line of a JSONL file, the data row of a CSV, the index + 1 otherwise
     values: dict[str, Any]
+
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9}  # what forum exports write: 1.2k, 3M
+
+
+def as_number(value: Any) -> float | None:
+    """A number read from a data file, as a float: the one parser of every reader (vote and
+    post scores, scored responses, the threads table, a pair's numeric columns). ``1.2k`` and
+    ``3M``, as forum exports write them, and ``"1,024"`` are numbers; None for a missing or empty
+    value; NaN for one that is there but not a finite number (a boolean, ``n/a``, ``inf``), so
+    that a reader can say which (:func:`score_problem`).
+
+    >>> as_number("1.2k"), as_number(" 3M "), as_number(""), as_number("lots"), as_number(2)
+    (1200.0, 3000000.0, None, nan, 2.0)
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        return math.nan
+    if isinstance(value, str):
+        text = value.strip().replace(",", "")
+        scale = _SUFFIXES.get(text[-1:].lower(), 1.0)
+        text = text[:-1] if scale != 1.0 else text
+        try:
+            number = float(text) * scale
+        except ValueError:
+            return math.nan
+        return number if math.isfinite(number) else math.nan
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    if math.isnan(number):
+        return None  # a NaN cell is how pandas and parquet write a missing value
+    return number if math.isfinite(number) else math.nan
+
+
+def score_problem(score: float | None, what: str = "score") -> str | None:
+    """Why a parsed score is unusable (``missing score``, ``score is not a number``), or None.
+    """
+    if score is None:
+        return f"missing {what}"
+    if math.isnan(score):
+        return f"{what} is not a number"
+    return None
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:

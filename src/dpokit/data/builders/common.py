@@ -9,7 +9,6 @@ rows are written.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,46 +82,6 @@ def option(default: Any, help: str, domain: Domain | None = None) -> Any:
     """A settings field with its one-line meaning and, for a number, its domain (``dpokit
     pairs ... --help`` shows both; the command line refuses a value outside the domain)."""
     return field(default=default, metadata={"help": help, "domain": domain})
-
-
-_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9}  # what forum exports write: 1.2k, 3M
-
-
-def as_number(value: Any) -> float | None:
-    """A score as a float (``1.2k`` and ``3M``, as forum exports write them, too); None for a
-    missing or empty value; NaN for one that is there but not a number (a boolean, ``n/a``),
-    so that a builder can say which (:func:`score_problem`).
-
-    >>> as_number("1.2k"), as_number(" 3M "), as_number(""), as_number("lots")
-    (1200.0, 3000000.0, None, nan)
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        return math.nan
-    if isinstance(value, str):
-        text = value.strip().replace(",", "")
-        scale = _SUFFIXES.get(text[-1:].lower(), 1.0)
-        text = text[:-1] if scale != 1.0 else text
-        try:
-            return float(text) * scale
-        except ValueError:
-            return math.nan
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return None if math.isnan(number) else number
-
-
-def score_problem(score: float | None, what: str = "score") -> str | None:
-    """Why a parsed score is unusable (``missing score``, ``score is not a number``), or None.
-    """
-    if score is None:
-        return f"missing {what}"
-    if math.isnan(score):
-        return f"{what} is not a number"
-    return None
 
 
 def as_record(row: Record | Mapping[str, Any], i: int) -> Record:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ...core.types import NON_NEGATIVE
-from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, as_number, as_record, option, score_problem
+from ..io import DataError, Record, as_number, score_problem
+from .common import BuildReport, BuiltPairs, as_record, option
 
 Pairing = Literal["best_worst", "best_random", "all_pairs"]
 PAIRINGS: tuple[str, ...] = ("best_worst", "best_random", "all_pairs")

@@ -35,14 +35,15 @@ no ratio and is dropped ("pair: non-positive score"). Ties never make a pair.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from ...core.types import AT_LEAST_ONE, Domain
-from ..io import DataError, Record
-from .common import BuildReport, BuiltPairs, as_number, as_record, option, score_problem
+from ..io import DataError, Record, as_number, score_problem
+from .common import BuildReport, BuiltPairs, as_record, option
 
 DELETED_AUTHORS = ("[deleted]", "[removed]", "")
 DELETED_TEXTS = ("[deleted]", "[removed]")
@@ -122,8 +123,9 @@ def _post_text(v: Mapping[str, Any]) -> str:
     return f"{title}\n\n{body}" if title and body else title or body
 
 
-def _comment_reason(v: Mapping[str, Any], post_id: str, rules: VoteRules) -> str | None:
-    """Why a comment is not used, or None."""
+def _comment_reason(v: Mapping[str, Any], score: float | None, post_id: str,
+                    rules: VoteRules) -> str | None:
+    """Why a comment (its ``score`` parsed by :func:`as_number`) is not used, or None."""
     parent = str(v.get("parent_id") or "")
     if parent not in ("", post_id, f"t3_{post_id}"):
         return "reply to a comment"
@@ -141,7 +143,6 @@ def _comment_reason(v: Mapping[str, Any], post_id: str, rules: VoteRules) -> str
         return "post author's comment"
     if rules.drop_edited and _flag(v.get("edited")):
         return "edited"
-    score = as_number(v.get("score"))
     problem = score_problem(score)
     if problem:
         return problem
@@ -169,12 +170,13 @@ def _group(records: list[Record], rules: VoteRules, report: BuildReport) -> list
             continue
         seen.add((post_id, comment_id))
         created = parse_time(v["created"], rec)
-        reason = _comment_reason(v, post_id, rules)
+        score = as_number(v.get("score"))
+        reason = _comment_reason(v, score, post_id, rules)
         if reason:
             report.drop(f"comment: {reason}")
             continue
         post.comments.append(_Comment(comment_id, str(v["text"]).strip(),
-                                      float(v["score"]), created))
+                                      score, created))
     return list(posts.values())
 
 
@@ -290,6 +292,22 @@ def reddit_rows(records: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
     return out
 
 
+def _net_votes(up: Any, down: Any) -> Any:
+    """Up minus down votes; None without upvotes; an unreadable count kept as read, so that the
+    comment's own check counts it as "score is not a number".
+
+    >>> _net_votes("1.1k", "100"), _net_votes(None, "3"), _net_votes("7", "few")
+    (1000.0, None, 'few')
+    """
+    n_up, n_down = as_number(up), as_number(down)
+    if n_up is None:
+        return None
+    for raw, n in ((up, n_up), (down, n_down)):
+        if n is not None and math.isnan(n):
+            return raw
+    return n_up - (n_down or 0.0)
+
+
 THREAD_COLUMNS = ("thread_id", "reply_id", "reply_text")
 
 
@@ -318,8 +336,7 @@ def threads_rows(records: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
         if "score" in v and v["score"] not in (None, ""):
             score = as_number(v["score"])
         else:
-            up, down = as_number(v.get("upvotes")), as_number(v.get("downvotes"))
-            score = None if up is None else up - (down or 0.0)
+            score = _net_votes(v.get("upvotes"), v.get("downvotes"))
         title, text = str(v.get("thread_title") or ""), str(v.get("thread_text") or "")
         out.append(Record(rec.source, rec.row, {
             "post_id": str(v["thread_id"]), "post": f"{title}\n\n{text}".strip(),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...losses.paired import odpo_offset_from_scores
-from ..io import DataError, Record
+from ..io import DataError, Record, as_number
 from ..report import DataReport, ExampleSet, OnBadRows, build_examples
 from .format import TEMPLATE_COLUMNS, check_columns, check_text, is_messages, tokenize_completions
 
@@ -96,30 +96,30 @@ def _extras(record: Record, settings: TokenizeSettings) -> dict[str, float]:
             and {"score_chosen", "score_rejected"} <= record.values.keys()
         ):
             value = _offset_from_scores(record, settings.offset_alpha)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise DataError(
-                record.source, record.row, name, f"missing column or not a finite number: {value!r}"
-            )
-        extras[name] = float(value)
+        extras[name] = _finite(record, name, value)
     return extras
+
+
+def _finite(record: Record, name: str, value: object) -> float:
+    """A numeric column through the one parser (:func:`~dpokit.data.io.as_number`), or an error
+    naming the row and field."""
+    number = as_number(value)
+    if number is None or math.isnan(number):
+        what = "missing column" if number is None else "not a finite number"
+        raise DataError(record.source, record.row, name, f"{what}: {value!r}")
+    return number
 
 
 def _offset_from_scores(record: Record, alpha: float) -> float:
     """ODPO offset from ``score_chosen`` / ``score_rejected`` columns (the loss's formula)."""
-    s_w, s_l = record.values["score_chosen"], record.values["score_rejected"]
-    for name, v in (("score_chosen", s_w), ("score_rejected", s_l)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise DataError(record.source, record.row, name, f"not a finite number: {v!r}")
+    s_w, s_l = (_finite(record, name, record.values[name])
+                for name in ("score_chosen", "score_rejected"))
     if s_w < s_l:
         raise DataError(
             record.source,
             record.row,
             "score_chosen",
-            f"score_chosen {s_w} is below score_rejected {s_l}",
+            f"score_chosen {s_w:g} is below score_rejected {s_l:g}",
         )
     return odpo_offset_from_scores(s_w, s_l, alpha)
 
