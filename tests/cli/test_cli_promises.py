@@ -177,25 +177,57 @@ def test_a_failing_report_leaves_no_folder_behind(tmp_path, monkeypatch, capsys)
     assert not (run / "report_files").exists() and not (run / "report.html").exists()
 
 
-def test_files_are_checked_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch,
-                                                  capsys):
-    """A missing prompts or probes file is reported, not a model load: here loading the
-    model would fail loudly, so reaching it means the check came too late."""
-    from dpokit.runs import causal_lm
+@pytest.fixture
+def corrupt_model_dir(tmp_path, tiny_model_dir):
+    """A model folder whose weights file is corrupt: any command that touches the weights
+    (the header check or the loader) before naming a missing file fails the promise."""
+    folder = tmp_path / "corrupt-model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").write_bytes(b"not a weights file" * 8)
+    return folder
 
-    def no_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the files were checked")
 
-    monkeypatch.setattr(causal_lm, "load_causal_lm", no_model)
-    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(4))
+def _named_first(argv, capsys, missing="missing.jsonl"):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert missing in err and "safetensors" not in err, (argv, err)
+
+
+FILE_SETTINGS = [["train_data={missing}"], ["eval_data={missing}"], ["eval_prompts={missing}"],
+                 ["geometry.probes={missing}"]]
+RUN_KINDS = [*(("train", e) for e in FILE_SETTINGS), *(("sft", e) for e in FILE_SETTINGS),
+             ("train", ["streaming=true", "train_data={missing}"]),
+             ("train", ["online.mode=online", "online.prompts={missing}", "max_steps=1"]),
+             ("train", ["online.mode=iterative", "online.prompts={missing}"])]
+
+
+@pytest.mark.parametrize(("command", "extra"), RUN_KINDS)
+def test_every_named_file_is_checked_before_any_weights(tmp_path, corrupt_model_dir, capsys,
+                                                        command, extra):
+    """The issue's case and every run kind: a missing file is named before the corrupt
+    weights are (the weights file is checked when the tokenizer loads, so a file read after
+    that would be reported second)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
     missing = tmp_path / "missing.jsonl"
-    common = ["train", f"model={tiny_model_dir}", f"train_data={data}", "lora=false",
-              f"output_dir={tmp_path / 'out'}", "progress_bar=false", "log_with=[]"]
-    for extra in ([f"eval_prompts={missing}"], [f"geometry.probes={missing}"],
-                  ["online.mode=online", f"online.prompts={missing}", "max_steps=1"]):
-        assert main([*common, *extra]) == 2
-        err = capsys.readouterr().err
-        assert "missing.jsonl" in err and "model was loaded" not in err, err
+    _named_first([command, f"model={corrupt_model_dir}", f"train_data={data}", "lora=false",
+                  f"output_dir={tmp_path / 'out'}", "progress_bar=false", "log_with=[]",
+                  *(e.format(missing=missing) for e in extra)], capsys)
+
+
+def test_eval_and_pairs_sample_name_their_files_before_any_weights(tmp_path, corrupt_model_dir,
+                                                                  capsys):
+    missing = str(tmp_path / "missing.jsonl")
+    for flag in ("--pairs", "--prompts", "--probes"):
+        _named_first(["eval", str(corrupt_model_dir), flag, missing], capsys)
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "p"}])
+    _named_first(["eval", str(corrupt_model_dir), "--prompts", str(data), "--judge",
+                  "openai:http://localhost:9/v1#m", "--judge-template", "missing.txt"],
+                 capsys, "missing.txt")
+    assert main(["eval", str(corrupt_model_dir), "--prompts", str(data), "--judge-template",
+                 "t.txt"]) == 2  # a template without an LLM judge would be silently unused
+    assert "only an LLM judge reads a template" in capsys.readouterr().err
+    _named_first(["pairs", "sample", missing, "--out", str(tmp_path / "o.jsonl"), "--model",
+                  str(corrupt_model_dir), "--reward", "vader"], capsys)
 
 
 def test_streaming_names_json_lines_before_anything_loads(tmp_path, capsys):
@@ -235,3 +267,28 @@ def test_a_reader_that_leaves_early_is_not_an_error():
                           capture_output=True, text=True, executable="/bin/bash",
                           env=dict(os.environ, PYTHONUNBUFFERED="0"))
     assert proc.stdout.count("\n") == 1 and "error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("builder", ["diffusion", "vision_language"])
+def test_image_runs_name_their_files_before_the_model(tmp_path, monkeypatch, builder):
+    """The image builders check the named files before the pipeline or the image-text model
+    (its config included) is read."""
+    import importlib
+
+    from dpokit.config import load_config
+    from dpokit.data.io import DataError
+
+    module = importlib.import_module(f"dpokit.runs.{builder}")
+    loader = "load_pipeline" if builder == "diffusion" else "model_config"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was read before the files were checked")
+
+    monkeypatch.setattr(module, loader, no_model)
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
+    cfg = load_config(None, [f"train_data={data}", f"eval_data={tmp_path / 'missing.jsonl'}",
+                             "lora=false", "precompute_ref_logps=false",
+                             f"output_dir={tmp_path / 'out'}"])
+    build = module.build_diffusion_run if builder == "diffusion" else module.build_vision_run
+    with pytest.raises(DataError, match="missing.jsonl: file not found"):
+        build(cfg)

@@ -142,6 +142,9 @@ def cmd_eval(args: argparse.Namespace, extensions: Extensions) -> int:
         modes = "".join(f", --{m.dest.replace('_', '-')} ({m.help})" for m in extensions.eval_modes)
         raise ValueError(f"nothing to evaluate: give --pairs (held-out pairs), --prompts "
                          f"(held-out prompts for generation), --probes (style probes){modes}")
+    if args.judge_template and not (args.judge or "").startswith(judges.PREFIX):
+        raise ValueError(f"--judge-template {args.judge_template}: only an LLM judge reads a "
+                         f"template (--judge {judges.PREFIX}URL#MODEL)")
     if folder_modality(args.model) == "diffusion":  # an image generator
         from .images import cmd_eval_images
 

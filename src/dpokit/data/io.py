@@ -249,6 +249,42 @@ def load_records(source: str, split: str = "train",
     return records
 
 
+def peek_records(source: str, split: str = "train") -> Record | None:
+    """The first readable row of ``source``, read as cheaply as its format allows (JSON Lines
+    and CSV: up to that row; JSON, Parquet, a saved dataset: the whole source), so that a run
+    can name a missing or unreadable file before anything expensive. None for a hub dataset
+    name (only its loader can tell, and it does before any weights load).
+
+    >>> peek_records("missing.jsonl")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpokit.data.io.DataError: missing.jsonl: file not found
+    """
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        if suffix not in _READERS and not path.exists() and not _looks_like_a_path(source):
+            return None
+        return load_records(source, split)[0]
+    if not path.is_file():
+        raise DataError(source, None, None, "a folder, not a file" if path.is_dir()
+                        else "file not found")
+    if suffix == ".csv":
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                row = next(csv.DictReader(handle), None)
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DataError(source, None, None, f"unreadable file: {err}") from err
+        if row is None:
+            raise DataError(source, None, None, "empty file: no rows")
+        return Record(source, 1, dict(row))
+    first_error = None
+    for item in stream_jsonl([path]):
+        if isinstance(item, Record):
+            return item
+        first_error = first_error or item
+    raise first_error or DataError(source, None, None, "empty file: no rows")
+
+
 def check_jsonl_spec(spec: str) -> None:
     """A streaming source's ``train_data`` names JSON Lines: a ``.jsonl`` file, a folder or a
     glob; another format is refused before anything loads.

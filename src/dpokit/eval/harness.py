@@ -64,6 +64,8 @@ def local_task_configs(paths: Sequence[str | Path]) -> list[dict]:
     name its folder with ``include_path`` instead (its paths then resolve from the cwd)."""
     configs = []
     for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such task file or folder")
         files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
         if not files:
             raise FileNotFoundError(f"{path}: no task YAML files")

@@ -40,6 +40,7 @@ from .common import (
     Examples,
     Run,
     base_model_name,
+    check_named_files,
     finish_model,
     hardware,
     model_dtype,
@@ -199,6 +200,7 @@ def _eval_pairs(d: DataConfig, loss: LossConfig, tokenizer,
 
 def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     """A preference run (DPO and its family, KTO on unpaired rows)."""
+    check_named_files(cfg)
     torch.manual_seed(cfg.optim.seed)
     objective = build_objective(cfg.loss)
     tokenizer = load_tokenizer(tokenizer_name(cfg.model))
@@ -244,6 +246,7 @@ def laid_out(cfg: TrainConfig, decision: LayoutDecision, log, pad_token_id: int,
 
 def build_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     """A supervised fine-tuning run (completion-only NLL, packed without padding)."""
+    check_named_files(cfg)
     torch.manual_seed(cfg.optim.seed)
     objective = SFTObjective()
     tokenizer = load_tokenizer(tokenizer_name(cfg.model))

@@ -21,7 +21,7 @@ from ..config.schema import DataConfig, LossConfig, ModelConfig, OptimConfig, Ru
 from ..core.hardware import DTYPES, HardwareChoice
 from ..core.hardware import resolve as resolve_hardware
 from ..core.protocols import Objective, Policy
-from ..data.io import DataError, Record, load_records
+from ..data.io import DataError, Record, jsonl_shards, load_records, peek_records
 from ..data.report import ExampleSet
 from ..data.split import split_by_prompt
 from ..data.text.pairs import TokenizeSettings
@@ -50,6 +50,31 @@ class Run:
     @property
     def eval_pairs(self) -> ExampleSet | None:
         return self.eval_data
+
+
+def check_named_files(cfg: TrainConfig) -> None:
+    """Every file the run's config names (its ``path=True`` fields: train and held-out data,
+    held-out prompts, online prompts, geometry probes) opened and its first row parsed,
+    before any tokenizer or weights load: a typo is named in seconds, not after minutes of
+    loading. Each reader checks the rows' content later, still before the model.
+
+    >>> from dpokit.config import load_config
+    >>> check_named_files(load_config(None, ["eval_prompts=nowhere.jsonl"]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpokit.data.io.DataError: nowhere.jsonl: file not found
+    """
+    from ..config.schema import fields_where
+
+    for section, name in fields_where("path"):
+        source = getattr(getattr(cfg, section), name)
+        if not source:
+            continue
+        if (section, name) == ("data", "train_data") and cfg.data.streaming:
+            peek_records(str(jsonl_shards(source)[0]))
+            continue
+        split = cfg.data.eval_split if (section, name) == ("data", "eval_data") \
+            else cfg.data.train_split
+        peek_records(source, split)
 
 
 def hardware(cfg: TrainConfig) -> HardwareChoice:

@@ -33,7 +33,7 @@ from ..policies.diffusion import (
 )
 from ..policies.diffusion.pipeline import PipelineParts, load_pipeline
 from ..train import Trainer
-from .common import Run, hardware, model_dtype, sources, tokenize_both
+from .common import Run, check_named_files, hardware, model_dtype, sources, tokenize_both
 
 
 def _policy(m: ModelConfig, parts: PipelineParts, seed: int, reference: bool) -> DiffusionPolicy:
@@ -52,6 +52,7 @@ def _trainer(cfg: TrainConfig, build_rows, collator, objective, reference: bool,
     """Load the pipeline, read the rows with ``build_rows(records, resolution, on_bad_rows,
     skipped)``, and build the run's trainer (``collator``: the class drawing each batch's
     noise and timesteps)."""
+    check_named_files(cfg)
     m, d, o = cfg.model, cfg.data, cfg.optim
     torch.manual_seed(o.seed)
     parts = load_pipeline(m.name, model_dtype(m, hardware(cfg).precision))

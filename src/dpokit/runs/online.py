@@ -52,7 +52,15 @@ from ..train import EvalSet, Trainer
 from ..train.folder import OutputDirError
 from ..train.online import MadePairs, OnlineSource
 from .causal_lm import laid_out, policy_for, services
-from .common import Examples, Run, base_model_name, hardware, sources, tokenize_settings
+from .common import (
+    Examples,
+    Run,
+    base_model_name,
+    check_named_files,
+    hardware,
+    sources,
+    tokenize_settings,
+)
 from .layouts import decide_layout, proved
 
 
@@ -150,6 +158,7 @@ def _eval_pairs(evaluation, cfg: TrainConfig, collate) -> EvalSet | None:
 
 def build_online_run(cfg: TrainConfig, log=print) -> Run:
     """An online DPO run: an :class:`OnlineSource` on the generic loop."""
+    check_named_files(cfg)
     torch.manual_seed(cfg.optim.seed)
     objective = build_objective(cfg.loss)
     if objective.unpaired:
@@ -188,6 +197,7 @@ ROUND_STATE = "round_state.safetensors"
 
 def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     """Rounds of sample -> score -> pair -> train; round N's model is round N+1's reference."""
+    check_named_files(cfg)
     torch.manual_seed(cfg.optim.seed)
     o, out = cfg.online, Path(cfg.run.output_dir)
     history = out / "iterations.jsonl"

@@ -44,6 +44,7 @@ from ..train import Trainer
 from .common import (
     Run,
     base_model_name,
+    check_named_files,
     finish_model,
     hardware,
     model_dtype,
@@ -108,6 +109,7 @@ def build_vision_policy(m: ModelConfig, choice: HardwareChoice, reference: str, 
 def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool,
          pairs: bool) -> Run:
     _refuse_text_only(cfg)
+    check_named_files(cfg)
     torch.manual_seed(cfg.optim.seed)
     d, config = cfg.data, model_config(cfg)
     d = dataclasses.replace(d, batch_layout=check_layout_window(config, d.batch_layout,

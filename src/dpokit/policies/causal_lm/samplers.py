@@ -61,8 +61,9 @@ def engine_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a serving engine loads to compute what ``model`` computes now, by their
     names in the base model's checkpoint: a peft model's ``base_model.model.`` prefix and
     ``.base_layer`` dropped, each LoRA layer's base weight plus its active adapters' deltas,
-    ``modules_to_save`` copies under the module's own name, no adapter tensor. Tied weights
-    come once. The model is not modified.
+    the ``modules_to_save`` copy the model runs now (the original when the adapter is off) under
+    the module's own name, no adapter tensor. Tied weights come once. The model is not
+    modified.
 
         >>> engine_weights(nn.Linear(2, 1, bias=False))["weight"].shape
         torch.Size([1, 2])
@@ -70,10 +71,17 @@ def engine_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     if not is_peft(model):
         return {name: p.detach() for name, p in model.named_parameters()}
     from peft.tuners.lora import LoraLayer
+    from peft.utils.other import ModulesToSaveWrapper
 
     deltas: dict[str, torch.Tensor] = {}
+    in_use: dict[str, str] = {}  # a modules_to_save wrapper -> the prefix of the copy it runs
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
+        if isinstance(module, ModulesToSaveWrapper):
+            off = module.disable_adapters or any(
+                a not in module.modules_to_save for a in module.active_adapters)
+            in_use[name + "."] = name + (".original_module." if off else
+                                         f".modules_to_save.{module.active_adapters[0]}.")
+        elif isinstance(module, LoraLayer):
             active = [a for a in module.active_adapters if a != REFERENCE_ADAPTER
                       and a in module.lora_A] if not module.disable_adapters else []
             for adapter in active:
@@ -82,14 +90,17 @@ def engine_weights(model: nn.Module) -> dict[str, torch.Tensor]:
                 deltas[key] = deltas[key] + delta if key in deltas else delta
     out = {}
     for name, p in model.named_parameters():
-        if ".lora_" in name or "original_module" in name:
-            continue  # adapter tensors (their deltas are added below) and replaced modules
+        if ".lora_" in name:
+            continue  # adapter tensors (their deltas are added below)
+        wrapper = next((w for w in in_use if name.startswith(w)), None)
+        if wrapper is not None:  # the copy the wrapper runs now, under the module's own name
+            if not name.startswith(in_use[wrapper]):
+                continue  # the copy it does not run (the original, another adapter's)
+            name = wrapper + name.removeprefix(in_use[wrapper])
         weight = p.detach()
         if name in deltas:
             weight = weight + deltas[name].to(weight.dtype)
-        clean = (name.removeprefix("base_model.model.").replace(".base_layer", "")
-                 .replace(".modules_to_save.default", ""))
-        out[clean] = weight
+        out[name.removeprefix("base_model.model.").replace(".base_layer", "")] = weight
     return out
 
 
