@@ -292,3 +292,25 @@ def test_image_runs_name_their_files_before_the_model(tmp_path, monkeypatch, bui
     build = module.build_diffusion_run if builder == "diffusion" else module.build_vision_run
     with pytest.raises(DataError, match="missing.jsonl: file not found"):
         build(cfg)
+
+
+def test_quickstart_records_its_baseline_at_step_0_and_report_draws_both(tmp_path,
+                                                                        tiny_model_dir, capsys):
+    """The quickstart's "before" column is the step-0 row of metrics.jsonl (it was printed and
+    never recorded), so the report and doctor see a first and a last evaluation."""
+    out = tmp_path / "qs"
+    assert main(["quickstart", f"model={tiny_model_dir}", "lora=false", "max_steps=2",
+                 "mixed_precision=no", f"output_dir={out}", "progress_bar=false",
+                 "log_with=[]"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert f"{evals[0]['eval/loss']:.4f}" in printed
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "2 evaluations" in page
+    assert main(["quickstart", f"model={tiny_model_dir}", "eval_before=false",
+                 f"output_dir={out}"]) == 2
+    assert "keep eval_before=true" in capsys.readouterr().err

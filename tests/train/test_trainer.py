@@ -277,3 +277,28 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tokenizer, lo
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+def test_the_baseline_evaluation_is_a_row_at_step_0_and_a_resume_keeps_it_once(tmp_path,
+                                                                              tokenizer):
+    """eval_before writes its evaluation to metrics.jsonl at step 0 (what report and doctor
+    compare the end with); a resumed run neither repeats nor loses it."""
+    import json
+
+    from conftest import held_out_rows
+    from helpers import crash_after
+
+    def eval_steps(folder):
+        rows = [json.loads(x) for x in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if "eval/loss" in r]
+
+    kw = dict(eval_rows=held_out_rows(), eval_before=True, max_steps=4, eval_every=None)
+    full = tiny_trainer(tmp_path / "a", tokenizer, **kw).train()
+    assert [e["step"] for e in full.eval_history] == [0, 4]
+    assert eval_steps(tmp_path / "a") == [0, 4]
+    assert full.eval_history[0]["eval/rewards/margins"] == 0.0  # the policy is its reference
+    crash_after(tiny_trainer(tmp_path / "b", tokenizer, save_every=2, **kw), 3)
+    assert eval_steps(tmp_path / "b") == [0]
+    resumed = tiny_trainer(tmp_path / "b", tokenizer, resume=True, **kw).train()
+    assert [e["step"] for e in resumed.eval_history] == [4]
+    assert eval_steps(tmp_path / "b") == [0, 4]

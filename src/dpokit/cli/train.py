@@ -89,13 +89,13 @@ def cmd_quickstart(overrides: list[str]) -> int:
         f"dpokit quickstart: DPO + LoRA on {cfg.model.name}, loss={cfg.loss.name}, "
         f"beta={cfg.loss.beta}"
     )
+    if not (cfg.run.eval_before and cfg.data.eval_data):
+        raise ValueError("the quickstart compares the held-out figures before and after "
+                         "training: keep eval_before=true and an eval_data file")
     run = build_run(cfg)
-    print("evaluating the model before training ...")
-    run.trainer.reference.prepare("eval", run.trainer.eval_set)  # cached: training reuses it
-    before = run.trainer.evaluate()
     before_text = generate(run.policy, QUICKSTART_PROMPTS)
-    result = run.trainer.train()
-    after = result.eval_history[-1]  # the trainer evaluates at the end of training
+    result = run.trainer.train()  # evaluates at step 0 (eval_before, in metrics.jsonl) and last
+    before, after = result.eval_history[0], result.eval_history[-1]
     after_text = generate(run.policy, QUICKSTART_PROMPTS)
     final = run.trainer.save_final()
     print("\n" + comparison_table(before, after))

@@ -272,8 +272,10 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
                 f"{scored.mean_reward():+.4f}")
         train = build_pairs(load_records(str(pairs_file)), tokenizer,
                             tokenize_settings(cfg.data, cfg.loss), cfg.data.on_bad_rows)
+        # each round's metrics.jsonl opens with its baseline (step 0, eval_before) against the
+        # round's own reference, the previous round's model
         round_cfg = dataclasses.replace(cfg, run=dataclasses.replace(
-            cfg.run, output_dir=str(round_dir), eval_before=False))
+            cfg.run, output_dir=str(round_dir)))
         source = sources(round_cfg.optim, round_cfg.data, round_cfg.run, Examples(train, None),
                          collate).train
         trainer = Trainer(round_cfg, policy, objective, source, held_pairs, log=log,
