@@ -308,6 +308,12 @@ def test_quickstart_records_its_baseline_at_step_0_and_report_draws_both(tmp_pat
     assert [r["step"] for r in evals] == [0, 2]
     assert evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert f"{evals[0]['eval/loss']:.4f}" in printed
+    # at step 0 every margin is 0: ties, counted half (the no-skill level the page names);
+    # TRL's strict count (0) is shown beside it because it differs there
+    assert evals[0]["eval/rewards/accuracies"] == 0.5
+    accuracy = next(x for x in printed.splitlines() if x.startswith("implicit-reward accuracy"))
+    strict = next(x for x in printed.splitlines() if "TRL's count" in x)
+    assert accuracy.split()[-2] == "0.500" and strict.split()[-2] == "0.000", printed
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "2 evaluations" in page

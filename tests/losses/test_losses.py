@@ -597,3 +597,18 @@ def test_gravity_losses_read_the_reference_of_each_answer(name):
     swapped = get_loss(name).fn(chosen, rejected, ref_rejected, ref_chosen, params, extras)
     assert not torch.allclose(out.losses, no_reference.losses)
     assert not torch.allclose(out.losses, swapped.losses)
+
+
+def test_accuracies_count_a_tie_as_half_and_keep_trls_strict_count():
+    """Hand-derived: rewards (chosen, rejected) = (1, 0) right, (0, 0) tie, (0, 2) wrong,
+    (3, 3) tie: accuracy (1 + 1/2 + 0 + 1/2) / 4 = 1/2; TRL's strict count 1/4."""
+    from dpokit.core import PairLogps
+    from dpokit.losses import LossOutput
+    from dpokit.objectives.preference import pair_metrics
+
+    c, r = torch.tensor([1.0, 0.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, 2.0, 3.0])
+    logps = PairLogps(torch.tensor([-1.0, -2.0, -3.0, -4.0]),
+                      torch.tensor([-1.0, -3.0, -1.0, -5.0]), torch.ones(4), torch.ones(4))
+    means = pair_metrics(LossOutput(torch.zeros(4), c, r), logps).means()
+    assert means["rewards/accuracies"] == 0.5 and means["rewards/accuracies_strict"] == 0.25
+    assert means["logp_accuracy"] == (0.5 + 1 + 0 + 1) / 4

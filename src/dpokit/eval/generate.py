@@ -20,10 +20,15 @@ def generate(policy: Policy, prompts: list[Any], **options: Any) -> list[Any]:
 
 # the quickstart's before / after table (labels and formats: the metric catalogue)
 PREFERENCE_KEYS = ("eval/logp_accuracy", "eval/logp_accuracy_per_token",
-                   "eval/rewards/accuracies", "eval/rewards/margins", "eval/loss",
-                   "eval/logps/chosen", "eval/logps/rejected")
+                   "eval/rewards/accuracies", "eval/rewards/accuracies_strict",
+                   "eval/rewards/margins", "eval/loss", "eval/logps/chosen", "eval/logps/rejected")
+STRICT = {"eval/rewards/accuracies_strict": "eval/rewards/accuracies"}  # shown where it differs
 
 
 def comparison_table(before: dict, after: dict, keys=PREFERENCE_KEYS) -> str:
-    """A small text table of held-out figures before and after training."""
-    return table(after, {"before": before, "after": after}, keys)
+    """A small text table of held-out figures before and after training; TRL's strict
+    accuracy (ties counted wrong) only where a tie makes it differ from ours (ties: half)."""
+    columns = {"before": before, "after": after}
+    keys = [k for k in keys if k not in STRICT or any(
+        c.get(k) is not None and c.get(k) != c.get(STRICT[k]) for c in columns.values())]
+    return table(after, columns, keys)

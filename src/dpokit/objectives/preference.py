@@ -238,6 +238,7 @@ declare(
     Metric("rewards/rejected", "implicit reward, rejected", "{:+.4f}"),
     Metric("rewards/accuracies", "implicit-reward accuracy", "{:.3f}", "preference accuracy",
            headline=True),
+    Metric("rewards/accuracies_strict", "  same, ties counted wrong (TRL's count)", "{:.3f}"),
     Metric("rewards/margins", "implicit-reward margin", "{:+.4f}", "implicit-reward margin",
            headline=True),
     Metric("logps/chosen", "mean log-prob, chosen", "{:.2f}", "log-probs"),
@@ -251,18 +252,31 @@ declare(
 SATURATED = 5.0  # |reward margin| past which -log σ is below 0.007: no gradient left
 
 
+def ranked(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Per pair, 1 when the chosen answer scores higher, 0 when lower, 1/2 on a tie: so that a
+    model that cannot tell the answers apart (every margin 0, as a policy equal to its
+    reference) scores the no-skill 1/2, not 0 (TRL counts a tie as wrong).
+
+    >>> ranked(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()  # (B,)
+
+
 def pair_metrics(result: LossOutput, out: PairLogps) -> MetricSums:
-    """Reward and log-prob metrics of a micro-batch of B pairs, as (sum, count)."""
+    """Reward and log-prob metrics of a micro-batch of B pairs, as (sum, count); accuracies
+    count a tie as half (:func:`ranked`)."""
     m = MetricSums()
     c, r = result.chosen_rewards.float(), result.rejected_rewards.float()  # (B,)
     m.add("rewards/chosen", c)
     m.add("rewards/rejected", r)
-    m.add("rewards/accuracies", (c > r).float())
+    m.add("rewards/accuracies", ranked(c, r))
+    m.add("rewards/accuracies_strict", (c > r).float())
     m.add("rewards/margins", c - r)
     m.add("rewards/saturated", ((c - r).abs() > SATURATED).float())
     m.add("logps/chosen", out.chosen.float())
     m.add("logps/rejected", out.rejected.float())
-    m.add("logp_accuracy", (out.chosen > out.rejected).float())
+    m.add("logp_accuracy", ranked(out.chosen.float(), out.rejected.float()))
     mean = out.per_token()
-    m.add("logp_accuracy_per_token", (mean.chosen > mean.rejected).float())
+    m.add("logp_accuracy_per_token", ranked(mean.chosen.float(), mean.rejected.float()))
     return m
