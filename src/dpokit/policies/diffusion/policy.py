@@ -135,10 +135,7 @@ class DiffusionPolicy(BasePolicy):
         x0 = batch.images
         if self.vae is not None:
             if batch.latents is None:  # once per batch: the reference pass reuses it
-                with torch.no_grad():
-                    shift = self.vae.config.get("shift_factor") or 0.0
-                    batch.latents = ((self.vae.encode(x0).latent_dist.mean - shift)
-                                     * self.vae.config.scaling_factor)  # (S, C', H', W')
+                batch.latents = self.to_latents(x0)  # (S, C', H', W')
             x0 = batch.latents
         if batch.noise.shape[1:] != x0.shape[1:]:
             raise ValueError(f"the batch's noise {tuple(batch.noise.shape[1:])} does not match "
@@ -239,10 +236,26 @@ class DiffusionPolicy(BasePolicy):
             for t in sampler.timesteps:
                 eps = self.denoise(model, x, t.expand(x.shape[0]).to(device), condition)
                 x = sampler.step(eps, t, x).prev_sample
-        if self.vae is not None:
-            shift = self.vae.config.get("shift_factor") or 0.0
-            x = self.vae.decode(x / self.vae.config.scaling_factor + shift).sample
-        return x.clamp(-1, 1)
+        return self.to_images(x).clamp(-1, 1)
+
+    @torch.no_grad()
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """(S, 3, H, W) images in [-1, 1] -> what the denoiser noises: the VAE's latent mean,
+        shifted then scaled, ``(z - shift_factor) * scaling_factor`` (diffusers' training
+        scripts); the images themselves without a VAE."""
+        if self.vae is None:
+            return images
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (self.vae.encode(images).latent_dist.mean - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_latents` (diffusers' pipelines' decode):
+        ``vae.decode(latents / scaling_factor + shift_factor)``."""
+        if self.vae is None:
+            return latents
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample
 
 
 def _takes_metadata(pipeline, part: str) -> bool:
