@@ -320,3 +320,15 @@ def test_quickstart_records_its_baseline_at_step_0_and_report_draws_both(tmp_pat
     assert main(["quickstart", f"model={tiny_model_dir}", "eval_before=false",
                  f"output_dir={out}"]) == 2
     assert "keep eval_before=true" in capsys.readouterr().err
+
+
+def test_dpokit_sft_with_only_max_length_runs_and_says_what_followed(tmp_path, tiny_model_dir,
+                                                                     capsys):
+    """The issue's case: `dpokit sft max_length=64` was refused over a default it never set."""
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]}
+                                                for r in sentiment_rows(1)])
+    assert main(["sft", f"model={tiny_model_dir}", f"train_data={data}", "max_length=64",
+                 "lora=false", "max_steps=1", "mixed_precision=no", "progress_bar=false",
+                 "log_with=[]", f"output_dir={tmp_path / 'out'}"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "config: max_prompt_length=32 (half of max_length=64)"

@@ -21,7 +21,10 @@ def load(recipe: str | None, overrides: list[str]):
     path fields (declared ``path=True``) found from anywhere for shipped recipes."""
     from ..config import load_config
 
-    return with_repo_paths(load_config(shipped_recipe(recipe), overrides))
+    cfg = with_repo_paths(load_config(shipped_recipe(recipe), overrides))
+    if cfg.derived:  # the run's first line: defaults that followed what was set
+        main_process_print(f"config: {'; '.join(cfg.derived)}")
+    return cfg
 
 
 def with_repo_paths(cfg):

@@ -158,8 +158,35 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     for key, value in kwargs.items():
         _set(values, key, value, "keyword argument")
     cfg = TrainConfig(**{s: cls(**values[s]) for s, cls in SECTIONS.items()})
+    cfg = follow_settings(cfg, values)
     validate(cfg)
     return cfg
+
+
+def follow_settings(cfg: TrainConfig, given: dict[str, dict[str, Any]]) -> TrainConfig:
+    """Each unset field declared with ``follows`` (:class:`~dpokit.config.fields.Follows`)
+    derived from the field it follows, so that a default the user never set follows what the
+    user did set; ``cfg.derived`` says what changed (printed on the run's first line).
+
+    >>> load_config(None, ["max_length=64"]).derived
+    ('max_prompt_length=32 (half of max_length=64)',)
+    """
+    notes = []
+    for section in SECTIONS:
+        part = getattr(cfg, section)
+        changes = {}
+        for f in dataclasses.fields(part):
+            follows = f.metadata.get("follows")
+            if follows is None or f.name in given[section]:
+                continue
+            source = getattr(part, follows.source)
+            value = follows.rule(source)
+            if value != getattr(part, f.name):
+                changes[f.name] = value
+                notes.append(f"{f.name}={value} ({follows.says}={source})")
+        if changes:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(part, **changes)})
+    return dataclasses.replace(cfg, derived=tuple(notes)) if notes else cfg
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -20,7 +20,7 @@ from ..core.types import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Do
 from ..data.builders.scored import PAIRINGS
 from ..losses import declared_params
 from ..objectives import F_DIVERGENCES, WPO_FORMS
-from .fields import computes, setting  # noqa: F401 (computes: read from here by others)
+from .fields import Follows, computes, setting  # noqa: F401 (computes: read from here by others)
 
 _NO_DOMAIN = Domain()
 # the text policy's attention backends, batch layouts and samplers (policies/causal_lm/
@@ -61,7 +61,8 @@ class ModelConfig:
         "bf16 under bf16, fp16 under fp16; else fp32)")
     lora: bool = setting(True, "train a LoRA adapter (false: full fine-tuning)")
     lora_r: int = setting(16, "LoRA rank", AT_LEAST_ONE)
-    lora_alpha: int = setting(32, "LoRA scaling numerator", POSITIVE)
+    lora_alpha: int = setting(32, "LoRA scaling numerator", POSITIVE,
+                              follows=Follows("lora_r", lambda r: 2 * r, "2 x lora_r"))
     lora_dropout: float = setting(0.0, "LoRA dropout (off when disable_dropout)",
                                   Domain(0.0, 1.0, low_inclusive=True))
     lora_target_modules: list[str] | str | None = setting(
@@ -128,7 +129,9 @@ class DataConfig:
                                    "both splits)", Domain(0.0, 1.0, low_inclusive=True),
                                    computes=False)
     max_length: int = setting(512, "prompt + completion tokens per sequence", AT_LEAST_ONE)
-    max_prompt_length: int = setting(256, "a longer prompt is a bad row", AT_LEAST_ONE)
+    max_prompt_length: int = setting(256, "a longer prompt is a bad row", AT_LEAST_ONE,
+                                     follows=Follows("max_length", lambda n: max(1, n // 2),
+                                                     "half of max_length"))
     chat_template_for_strings: bool = setting(False, "render string rows as a chat turn")
     completion_only_loss: bool = setting(True, "SFT: score completion tokens only (false: the "
                                          "prompt too)")
@@ -387,6 +390,7 @@ class TrainConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     drpo: DrPOConfig = field(default_factory=DrPOConfig)
+    derived: tuple[str, ...] = field(default=(), compare=False, repr=False)  # what followed
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
