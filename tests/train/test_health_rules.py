@@ -252,3 +252,161 @@ def test_style_geometry_is_a_rise_past_warn_increase(change, limit, fires):
     t = RunTrace([], eval_rows([0, 5], geometry__style_tdi_change=[0.0, change]),
                  warn_increase=limit)
     assert (style_geometry(t) is not None) is fires
+
+
+# --- the edges the mutator found unpinned (tools/mutate.py on health.py) ---------------------
+
+
+def test_each_rule_is_strict_at_its_exact_threshold():
+    """Each threshold exactly (numbers exact in binary): not past it, no finding."""
+    assert reward_hacking(hacking([0.05, 0.5], [0.1, 0.1])) is None  # KL exactly 0.5
+    assert reward_hacking(hacking([0.375, 0.75], [0.1, 0.1])) is None  # exactly twice the first
+    assert reward_hacking(hacking([0.05, 1.0], [0.0, 0.01])) is None  # gained exactly 0.01
+    assert reward_hacking(hacking([0.05, 1.0], [0.0, 0.0078125])) is not None
+    assert reward_hacking(hacking([0.04, 0.125], [0.0, 0.0])) is None  # 0.125 < 0.5
+    t = RunTrace([], eval_rows([0, 5, 10], gen__length_tokens=[20.0, 25.0, 1.3 * 20.0]))
+    assert length_drift(t) is None  # exactly +30%
+    t = RunTrace(train_rows(rewards__accuracies=[0.95] * 5),
+                 eval_rows([2, 4, 6], loss=[-4.0, -5.0, -4.5]))
+    assert overfitting(t) is None  # rose exactly 10% of 5
+    t.train = train_rows(rewards__accuracies=[0.97] * 5)
+    t.evals[-1]["eval/loss"] = -4.25
+    assert overfitting(t) is not None
+    t.train = train_rows(rewards__accuracies=[0.95] * 5)
+    assert overfitting(t) is not None  # accuracy exactly 0.95 is near 1
+    t = RunTrace([{"step": 1, "rewards/chosen": 0.05, "rewards/rejected": 0.0}], loss="sigmoid")
+    assert reference_mismatch(t) is None  # exactly 0.05
+    base = dict(loss=[0.7 - 0.01 * s for s in range(5)], learning_rate=[1e-4] * 5)
+    assert frozen(RunTrace(train_rows(**base, grad_norm=[1e-10] * 3))) is None
+    assert frozen(RunTrace(train_rows(loss=[0.0, 2**-30, 0.0, 0.0, 0.0]))) is not None
+    assert frozen(RunTrace(train_rows(loss=[0.0, 1e-9, 0.0, 0.0, 0.0]))) is None
+    t = RunTrace([], eval_rows([0, 5], geometry__style_tdi_change=[0.0, 0.25]),
+                 warn_increase=0.25)
+    assert style_geometry(t) is None
+
+
+def test_each_rule_needs_only_its_fewest_points():
+    """The fewest points each rule reads: exactly that many fire, one fewer does not."""
+    assert reward_scale(scale(saturated=[0.9, 0.9, 0.9])) is not None  # three rows: the ends
+    assert reward_scale(scale(saturated=[0.0, 0.9, 0.9])) is not None  # 1 of 3 is the end
+    assert reward_scale(scale(saturated=[0.9, 0.0, 0.0, 0.6])) is not None  # the last of 4
+    lr = dict(learning_rate=[0.0] * 3)
+    assert frozen(RunTrace(train_rows(**lr))).step == 3
+    assert frozen(RunTrace(train_rows(grad_norm=[0.0] * 3))).step == 3
+    assert frozen(RunTrace(train_rows(loss=[0.5] * 5))).step == 5
+    assert frozen(RunTrace(train_rows(loss=[0.5] * 4))) is None
+    assert length_drift(RunTrace([], eval_rows([0, 5], gen__length_tokens=[20.0, 30.0])))
+    assert length_drift(RunTrace([], eval_rows([0], gen__length_tokens=[20.0]))) is None
+    accurate = train_rows(rewards__accuracies=[0.97] * 5)
+    assert overfitting(RunTrace(accurate, eval_rows([2, 4, 6, 8],
+                                                    loss=[0.5, 0.4, 0.41, 0.5]))).step == 4
+    assert overfitting(RunTrace(accurate, eval_rows([2, 4], loss=[0.4, 0.9]))) is None
+    assert overfitting(RunTrace(accurate, eval_rows([2, 4, 6], loss=[0.5, 0.4, 0.5]))).finding
+    displaced = RunTrace(train_rows(rewards__chosen=[0.0, -0.3, -0.6],
+                                    rewards__margins=[0.0, 0.2, 0.5]))
+    assert likelihood_displacement(displaced).step == 3
+    assert likelihood_displacement(RunTrace(train_rows(rewards__chosen=[0.0, -0.6],
+                                                       rewards__margins=[0.0, 0.5]))) is None
+
+
+def test_a_missing_figure_skips_the_rule():
+    assert likelihood_displacement(RunTrace(train_rows(rewards__margins=[0.0, 0.2, 0.5]))) \
+        is None
+    assert likelihood_displacement(RunTrace(train_rows(rewards__chosen=[0.0, -0.3, -0.6]))) \
+        is None
+    assert reward_hacking(RunTrace([], eval_rows([0, 5], gen__kl=[0.05, 1.8]))) is None
+    assert reward_hacking(RunTrace([], eval_rows([0, 5], gen__reward=[0.1, 0.1]))) is None
+    assert reward_scale(scale(chosen=[30.0] * 3)) is None  # no rejected
+    half = RunTrace([{"step": 1, "rewards/chosen": 0.4, "rewards/rejected": None}],
+                    loss="sigmoid")
+    assert reference_mismatch(half) is None
+    assert RunTrace([{"loss": 2}]).series("loss") == [(0, 2.0)]
+    assert isinstance(RunTrace([{"loss": 2}]).series("loss")[0][1], float)
+
+
+def test_the_findings_point_at_the_right_step_and_quote_the_right_values():
+    t = RunTrace(train_rows(rewards__chosen=[0.0, -0.3, -0.6, -0.6],
+                            rewards__margins=[0.0, 0.2, 0.5, 0.5]))
+    t.train[-1]["step"] = 40
+    found = likelihood_displacement(t)
+    assert found.step == 40 and "fell to -0.600 (from +0.000)" in found.finding
+    assert "(+0.000 -> +0.500)" in found.finding
+    t = RunTrace(train_rows(grad_norm=[0.0] * 3, loss=[0.5] * 5))
+    t.train[2]["step"], t.train[4]["step"] = 30, 50
+    assert frozen(t).step == 30
+    t = RunTrace(train_rows(loss=[0.5] * 5))
+    t.train[-1]["step"] = 50
+    assert frozen(t).step == 50
+    t = RunTrace([], eval_rows([0, 7], geometry__style_tdi_change=[0.0, 0.5]))
+    assert style_geometry(t).step == 7 and "+50.0%" in style_geometry(t).finding
+    assert RunTrace().warn_increase == 0.2
+    t = RunTrace([], eval_rows([0, 7], geometry__style_tdi_change=[0.0, 0.21]))
+    assert style_geometry(t) is not None  # the default limit, 20%
+    long = "x" * 200
+    t = hacking([0.05, 1.8], [0.1, 0.1])
+    t.evals[-1]["eval/gen/samples"] = [{"sample": long}]
+    assert repr(long)[:80] + "." in reward_hacking(t).finding
+    assert repr(long)[:81] not in reward_hacking(t).finding
+    t = RunTrace(train_rows(rewards__accuracies=[0.97] * 5),
+                 eval_rows([2, 4, 6], loss=[0.5, 0.4, 0.5]))
+    assert "nearest" not in overfitting(t).finding  # no checkpoints kept: none named
+
+
+def test_reference_mismatch_reads_the_loss_by_its_parts():
+    first = {"step": 1, "rewards/chosen": 0.4, "rewards/rejected": 0.0}
+    assert reference_mismatch(RunTrace([dict(first)], loss="sigmoid+sft")) is not None
+    assert reference_mismatch(RunTrace([dict(first)], loss="sft+sigmoid")) is not None
+    assert reference_mismatch(RunTrace([dict(first)], loss="not_a_loss")) is None
+    found = reference_mismatch(RunTrace([dict(first)], loss="sigmoid"))  # no loss logged
+    assert "not ln 2" not in found.finding
+    found = reference_mismatch(RunTrace([dict(first, loss=0.5)], loss="ipo"))
+    assert "not ln 2" not in found.finding  # ln 2 is the sigmoid loss's start only
+    assert "0.5000, not ln 2" in reference_mismatch(
+        RunTrace([dict(first, loss=0.5)], loss="sigmoid")).finding
+
+
+def test_the_non_finite_finding_says_what_the_replay_found():
+    from dpokit.train.health import non_finite
+
+    assert non_finite(RunTrace()) is None
+    found = non_finite(RunTrace(nonfinite={"step": 3, "what": "the loss"}))
+    assert "not found by the replay" in found.finding and "the batch is in" not in \
+        found.finding and found.step == 3
+    found = non_finite(RunTrace(nonfinite={"step": 3, "first_nonfinite": "layer 1",
+                                           "batch": "b.pt"}))
+    assert "first non-finite tensor: layer 1; the batch is in b.pt." in found.finding
+
+
+def test_which_checks_run_live():
+    from dpokit.train.health import CHECKS, LIVE, Finding
+
+    assert LIVE == set(CHECKS) - {"reference_mismatch", "non_finite", "style_geometry"}
+    finding = Finding("x", "warning", 1, "f", "r")
+    with pytest.raises(AttributeError):
+        finding.step = 2  # a finding is a record, frozen
+
+
+def test_a_run_folder_is_read_into_a_trace(tmp_path):
+    import json
+
+    from dpokit.train.health import HealthMonitor, load_trace
+
+    rows = [{"step": 1, "loss": 0.7}, {"step": 2, "eval/loss": 0.6}, {"step": 2, "loss": 0.6}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "run.json").write_text(json.dumps({
+        "objective": "sigmoid", "config": {"geometry": {"warn_increase": 0.35}}}))
+    (tmp_path / "nonfinite.json").write_text(json.dumps({"step": 2}))
+    for step in ("10", "2", "x"):
+        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+    trace, skipped = load_trace(tmp_path)
+    assert [r["step"] for r in trace.train] == [1, 2] and len(trace.evals) == 1
+    assert trace.loss == "sigmoid" and trace.warn_increase == 0.35
+    assert trace.config == {"geometry": {"warn_increase": 0.35}}
+    assert trace.nonfinite == {"step": 2} and trace.checkpoints == [2, 10] and skipped == []
+    (tmp_path / "run.json").write_text(json.dumps({"objective": "ipo", "config": None}))
+    assert load_trace(tmp_path)[0].config == {}
+    empty, _ = load_trace(tmp_path / "absent")
+    assert empty.train == [] and empty.loss is None and empty.checkpoints == []
+    monitor = HealthMonitor(lambda _: None, loss="ipo", warn_increase=0.4)
+    assert monitor.trace.loss == "ipo" and monitor.trace.warn_increase == 0.4
+    assert HealthMonitor(lambda _: None).trace.warn_increase == 0.2
