@@ -182,3 +182,57 @@ def test_the_request_asks_for_a_deterministic_short_reply(server, tmp_path):
     assert body["model"] == "judge-z" and body["temperature"] == 0 and body["max_tokens"] == 7
     [message] = body["messages"]
     assert message["role"] == "user" and "# Output (a)\n\na\n" in message["content"]
+
+
+# --- what tools/mutate.py found unpinned in judges.py ---------------------------------------
+
+
+def test_the_documented_defaults():
+    s = JudgeSettings("http://h/v1", "m")
+    assert (s.concurrency, s.retries, s.backoff_s, s.timeout_s, s.max_tokens) == (
+        4, 4, 1.0, 60.0, 16)
+    assert s.key_env == "OPENAI_API_KEY" and s.template is None and s.cache_dir is None
+    with pytest.raises(AttributeError):
+        s.retries = 0  # settings are a frozen record
+
+
+def test_llm_judge_passes_its_template_and_concurrency(server, tmp_path, monkeypatch):
+    from dpokit.eval.judges import llm_judge
+
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path))
+    spec = f"openai:{server.root}/v1#m"
+    assert llm_judge(spec).settings.concurrency == 4
+    path = template(tmp_path, "t.txt")
+    judge_ = llm_judge(spec, template=path, concurrency=2)
+    assert judge_.settings.concurrency == 2 and str(judge_.template_path) == path
+
+
+@pytest.mark.parametrize("spec", ["openai:ftp://h/v1#m", "openai:http://h/v1", "openai:http://h/v1#",
+                                  "http://h/v1#m", "openai:#m"])
+def test_a_spec_without_a_url_or_a_model_is_refused(spec):
+    with pytest.raises(JudgeError, match="expected openai:URL#MODEL"):
+        JudgeSettings.parse(spec)
+    assert JudgeSettings.parse("openai:https://h/v1/#m").url == "https://h/v1"
+
+
+@pytest.mark.parametrize("reply, verdict", [("Output (a)", 1.0), ("(b) is better", 0.0),
+                                            ("a", 1.0), ("output b", 0.0), ("Tie", 0.5),
+                                            ("tie, but (a)", 1.0), ("(a) and (b) tie", None),
+                                            ("(a) (b)", None), ("nothing", None)])
+def test_verdicts_are_read_from_the_reply(reply, verdict):
+    from dpokit.eval.judges import parse_verdict
+
+    assert parse_verdict(reply) == verdict
+
+
+def test_unreadable_scores_are_counted(server, tmp_path):
+    server.reply = "no number here"
+    scorer = LLMJudge(JudgeSettings(server.root + "/v1", "m", cache_dir=str(tmp_path)), "score")
+    assert all(s != s for s in scorer.scores(["q", "q2"], ["a", "b"]))  # NaN
+    assert scorer.unreadable == 2
+
+
+def test_the_cache_folder_is_made_with_its_parents(server, tmp_path):
+    deep = tmp_path / "not" / "yet" / "there"
+    judge(server, deep)("q", "a", "b")
+    assert len(list(deep.glob("*.jsonl"))) == 1
