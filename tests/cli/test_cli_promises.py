@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import sentiment_rows, write_jsonl
@@ -332,3 +333,41 @@ def test_dpokit_sft_with_only_max_length_runs_and_says_what_followed(tmp_path, t
                  "log_with=[]", f"output_dir={tmp_path / 'out'}"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == "config: max_prompt_length=32 (half of max_length=64)"
+
+
+class _Payload:
+    """What a hostile checkpoint could hold: unpickling it would run code (here: write a
+    file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng.pt", "objective.pt"])
+def test_a_pickle_planted_in_a_checkpoint_is_refused_without_running(tmp_path, tiny_model_dir,
+                                                                     capsys, name):
+    """Everything dpokit saves loads with weights_only=True: a checkpoint from someone else,
+    its checksums rewritten to match, is refused with one line, and its code never runs."""
+    import hashlib
+
+    import torch
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", sentiment_rows(1))
+    common = ["train", f"model={tiny_model_dir}", f"train_data={data}", "lora=false",
+              f"output_dir={tmp_path / 'out'}", "progress_bar=false", "log_with=[]",
+              "mixed_precision=no", "batch_size=2", "save_every=1", "max_steps=2"]
+    assert main(common) == 0
+    checkpoint = sorted((tmp_path / "out" / "checkpoints").glob("step-*"))[-1]
+    marker = tmp_path / "pwned.txt"
+    torch.save({"state": _Payload(marker)}, checkpoint / name)
+    state = json.loads((checkpoint / "state.json").read_text())
+    state["files"][name] = hashlib.sha256((checkpoint / name).read_bytes()).hexdigest()
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main([*common, "resume=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name}: refused" in err, err
+    assert not marker.exists()

@@ -140,7 +140,7 @@ def train_embedding_classifier(texts: Sequence[str], labels: Sequence[int], path
 
 
 def embedding_classifier_reward(path: str, embedder: SentenceEmbedder | None = None) -> Reward:
-    head = torch.load(path)
+    head = torch.load(path, map_location="cpu", weights_only=True)  # tensors, never code
     embed = embedder or SentenceEmbedder()
 
     def score(ps, cs, rs):

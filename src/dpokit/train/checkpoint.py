@@ -149,7 +149,7 @@ class CheckpointStore:
             save_file(state, staging / "trainable.safetensors")
             torch.save(optim_state, staging / "optimizer.pt")
             torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            rng = {"torch": torch.get_rng_state(), **python_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, staging / "rng.pt")
@@ -186,19 +186,51 @@ class CheckpointStore:
         self.state(path)
         policy.load_trainable_state_dict(load_file(path / "trainable.safetensors"))
         engine.load_optimizer_state(policy.named_trainable_parameters(),
-                                    torch.load(path / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        rng = torch.load(path / "rng.pt", weights_only=False)
+                                    load_tensors(path / "optimizer.pt"))
+        scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
+        rng = load_tensors(path / "rng.pt")
         torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        random.setstate(python_rng(rng))
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
         def saved(name: str) -> dict[str, Any]:  # (older checkpoints lack objective.pt)
             file = path / name
-            return torch.load(file, weights_only=False) if file.is_file() else {}
+            return load_tensors(file) if file.is_file() else {}
 
         return Restored(json.loads((path / "state.json").read_text())["step"],
                         saved("source.pt"), saved("objective.pt"))
+
+
+def load_tensors(file: Path) -> Any:
+    """A ``.pt`` file dpokit wrote, read with ``weights_only=True``: tensors, numbers, strings
+    and containers of them, never code. A file holding anything else (a pickled object, as a
+    checkpoint folder from someone else could) is refused with one line, before it runs.
+    """
+    import pickle
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CorruptCheckpoint(f"{file}: refused: it holds objects other than tensors and "
+                                f"numbers, and loading them would run code from the file "
+                                f"({first[:160]})") from None
+
+
+def python_rng_state() -> dict[str, Any]:
+    """Python's ``random`` state in a tensor-only form (what ``weights_only`` reads)."""
+    version, state, gauss = random.getstate()
+    return {"python_version": version, "python_state": torch.tensor(state, dtype=torch.int64),
+            "python_gauss": gauss}
+
+
+def python_rng(rng: dict[str, Any]) -> tuple:
+    """The ``random.setstate`` argument of :func:`python_rng_state`'s form (or an older
+    checkpoint's plain tuple)."""
+    if "python" in rng:
+        return rng["python"]
+    return (rng["python_version"], tuple(rng["python_state"].tolist()), rng["python_gauss"])
 
 
 def save_final(policy: Policy, target: str | Path, card: str | None = None,
