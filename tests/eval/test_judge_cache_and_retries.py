@@ -236,3 +236,10 @@ def test_the_cache_folder_is_made_with_its_parents(server, tmp_path):
     deep = tmp_path / "not" / "yet" / "there"
     judge(server, deep)("q", "a", "b")
     assert len(list(deep.glob("*.jsonl"))) == 1
+
+
+def test_scores_refuse_prompts_and_completions_of_different_lengths(server, tmp_path):
+    scorer = LLMJudge(JudgeSettings(server.root + "/v1", "m", cache_dir=str(tmp_path)), "score")
+    with pytest.raises(ValueError):
+        scorer.scores(["q"], ["a", "b"])
+    assert server.seen == []
