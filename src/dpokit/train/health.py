@@ -37,6 +37,7 @@ class Finding:
     finding: str
     remedy: str
     panel: str | None = None
+    series: str | None = None  # which series fired: "held-out pairs" or "training batches"
 
     def line(self) -> str:
         return f"{self.check}: {self.finding} Try: {self.remedy}"
@@ -79,6 +80,41 @@ def _ends(points: list[tuple[int, float]], share: float = 0.2) -> tuple[float, f
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
+@dataclass(frozen=True)
+class Course:
+    """Where a figure started and ended in one series: on held-out pairs, the first and the
+    last evaluation (the first is the baseline at step 0 when ``eval_before``); on training
+    batches, the means of the first and last fifth of the logged steps. ``panel``: the
+    report's plot of that series (``held out: ...`` / ``training: ...``)."""
+
+    series: str
+    start: float
+    end: float
+    step: int
+    panel: str
+
+
+HELD_OUT, TRAINING = "held-out pairs", "training batches"
+SERIES = ((HELD_OUT, EVAL, "held out"), (TRAINING, "", "training"))  # name, key prefix, panel
+
+
+def courses(trace: RunTrace, *keys: str, panel: str) -> list[tuple[Course, ...]]:
+    """The courses of ``keys`` (training names, ``rewards/chosen``) in each series that has
+    all of them: held-out pairs first (two evaluations suffice), then training batches
+    (three logged steps)."""
+    found = []
+    held = [trace.series(EVAL + k) for k in keys]
+    if all(len(s) >= 2 for s in held):
+        found.append(tuple(Course(HELD_OUT, s[0][1], s[-1][1], s[-1][0], f"held out: {panel}")
+                           for s in held))
+    ends = [_ends(trace.series(k)) for k in keys]
+    if all(e is not None for e in ends):
+        step = trace.train[-1].get("step")
+        found.append(tuple(Course(TRAINING, e[0], e[1], step, f"training: {panel}")
+                           for e in ends))
+    return found
+
+
 Check = Callable[[RunTrace], "Finding | None"]
 CHECKS: dict[str, Check] = {}
 LIVE: set[str] = set()  # the checks the loop runs at each evaluation
@@ -107,19 +143,19 @@ def likelihood_displacement(trace: RunTrace) -> Finding | None:
     (Pal et al. 2024; Razin et al. 2025). Read from the implicit rewards (β · log-ratios),
     which compare each answer with itself under the reference, so batches of different
     lengths do not move them; a chosen reward that falls by less than the margin is the
-    usual, tolerated, course of DPO."""
-    chosen, margin = _ends(trace.series("rewards/chosen")), _ends(trace.series("rewards/margins"))
-    if chosen is None or margin is None:
-        return None
-    if chosen[1] < 0 and -chosen[1] > max(margin[1], 0.0) and margin[1] > margin[0]:
-        return Finding("likelihood_displacement", "warning", trace.train[-1].get("step"),
-                       f"the chosen answers' implicit reward fell to {chosen[1]:+.3f} (from "
-                       f"{chosen[0]:+.3f}), more than the reward margin it bought "
-                       f"({margin[0]:+.3f} -> {margin[1]:+.3f}): the chosen answers are now "
-                       f"less likely than under the reference.",
-                       "loss: dpop (a penalty when the chosen log-prob falls below the "
-                       "reference's), or RPO's NLL term: loss: [sigmoid, sft].",
-                       "training: implicit-reward margin")
+    usual, tolerated, course of DPO. Read on held-out pairs (first and last evaluation) and on
+    training batches; the finding names the series that fired."""
+    for chosen, margin in courses(trace, "rewards/chosen", "rewards/margins",
+                                  panel="implicit-reward margin"):
+        if chosen.end < 0 and -chosen.end > max(margin.end, 0.0) and margin.end > margin.start:
+            return Finding("likelihood_displacement", "warning", chosen.step,
+                           f"on {chosen.series}, the chosen answers' implicit reward fell to "
+                           f"{chosen.end:+.3f} (from {chosen.start:+.3f}), more than the reward "
+                           f"margin it bought ({margin.start:+.3f} -> {margin.end:+.3f}): the "
+                           f"chosen answers are now less likely than under the reference.",
+                           "loss: dpop (a penalty when the chosen log-prob falls below the "
+                           "reference's), or RPO's NLL term: loss: [sigmoid, sft].",
+                           chosen.panel, chosen.series)
     return None
 
 
@@ -171,48 +207,52 @@ def overfitting(trace: RunTrace) -> Finding | None:
 @check("reward_scale")
 def reward_scale(trace: RunTrace) -> Finding | None:
     """Most pairs saturate the sigmoid (no gradient left), or the implicit rewards grow
-    without bound (beta too small for the data)."""
-    saturated = _ends(trace.series("rewards/saturated"))
-    if saturated is not None and saturated[1] > 0.5:
-        return Finding("reward_scale", "warning", trace.train[-1].get("step"),
-                       f"{saturated[1]:.0%} of the pairs have a reward margin past "
-                       f"{SATURATED:g}, where the sigmoid loss gives no gradient.",
-                       "a smaller beta, fewer steps, beta_dpo (β set from each batch's "
-                       "margins), or ipo (whose loss does not saturate).",
-                       "training: implicit-reward margin")
-    chosen = trace.series("rewards/chosen")
-    rejected = trace.series("rewards/rejected")
-    if chosen and rejected and max(abs(chosen[-1][1]), abs(rejected[-1][1])) > 20:
-        return Finding("reward_scale", "warning", chosen[-1][0],
-                       f"the implicit rewards reached {chosen[-1][1]:+.1f} (chosen) and "
-                       f"{rejected[-1][1]:+.1f} (rejected): the policy has moved far from "
-                       f"the reference.",
-                       "a larger beta (the KL penalty's weight) or a lower learning rate.",
-                       "training: implicit-reward margin")
+    without bound (beta too small for the data); on held-out pairs (their last evaluation)
+    and on training batches (the last fifth), the series that fired named."""
+    for series, prefix, where in SERIES:
+        sat = trace.series(prefix + "rewards/saturated")
+        level = (sat[-1][1] if sat else None) if prefix else (_ends(sat) or (0.0, None))[1]
+        if level is not None and level > 0.5:
+            return Finding("reward_scale", "warning", sat[-1][0],
+                           f"on {series}, {level:.0%} of the pairs have a reward margin past "
+                           f"{SATURATED:g}, where the sigmoid loss gives no gradient.",
+                           "a smaller beta, fewer steps, beta_dpo (β set from each batch's "
+                           "margins), or ipo (whose loss does not saturate).",
+                           f"{where}: implicit-reward margin", series)
+        chosen = trace.series(prefix + "rewards/chosen")
+        rejected = trace.series(prefix + "rewards/rejected")
+        if chosen and rejected and max(abs(chosen[-1][1]), abs(rejected[-1][1])) > 20:
+            return Finding("reward_scale", "warning", chosen[-1][0],
+                           f"on {series}, the implicit rewards reached {chosen[-1][1]:+.1f} "
+                           f"(chosen) and {rejected[-1][1]:+.1f} (rejected): the policy has "
+                           f"moved far from the reference.",
+                           "a larger beta (the KL penalty's weight) or a lower learning rate.",
+                           f"{where}: implicit-reward margin", series)
     return None
 
 
 @check("reference_mismatch", live=False)
 def reference_mismatch(trace: RunTrace) -> Finding | None:
     """At the first step the policy is its reference, so every implicit reward is 0 and the
-    sigmoid loss is ln 2; anything else means the reference is not the starting policy."""
-    if not trace.train or not _needs_reference(trace.loss):
+    sigmoid loss is ln 2; anything else means the reference is not the starting policy. Read
+    at the baseline evaluation (held-out pairs at step 0) and at the first training step."""
+    if not _needs_reference(trace.loss):
         return None
-    first = trace.train[0]
-    rewards = [first.get("rewards/chosen"), first.get("rewards/rejected")]
-    if not all(isinstance(r, int | float) for r in rewards):
-        return None
-    off = max(abs(r) for r in rewards)
-    loss = first.get("loss")
-    if off > 0.05:
-        detail = f", and the loss is {loss:.4f}, not ln 2 = 0.6931" if (
-            trace.loss == "sigmoid" and isinstance(loss, float)) else ""
-        return Finding("reference_mismatch", "error", first.get("step"),
-                       f"at the first step the implicit rewards are {rewards[0]:+.4f} (chosen) "
-                       f"and {rewards[1]:+.4f} (rejected), not 0{detail}.",
-                       "make the reference the starting policy: reference=auto, or the same "
-                       "adapter or weights as model=; dropout off (disable_dropout=true).",
-                       "training: implicit-reward margin")
+    rows = ([r for r in trace.evals[:1] if r.get("step") == 0], trace.train[:1])
+    for (series, prefix, where), first in ((k, r[0]) for k, r in zip(SERIES, rows, strict=True)
+                                           if r):
+        rewards = [first.get(prefix + "rewards/chosen"), first.get(prefix + "rewards/rejected")]
+        loss = first.get(prefix + "loss")
+        if all(isinstance(r, int | float) for r in rewards) and max(map(abs, rewards)) > 0.05:
+            detail = f", and the loss is {loss:.4f}, not ln 2 = 0.6931" if (
+                trace.loss == "sigmoid" and isinstance(loss, float)) else ""
+            when = "at the baseline evaluation" if prefix else "at the first step"
+            return Finding("reference_mismatch", "error", first.get("step"),
+                           f"{when} ({series}) the implicit rewards are {rewards[0]:+.4f} "
+                           f"(chosen) and {rewards[1]:+.4f} (rejected), not 0{detail}.",
+                           "make the reference the starting policy: reference=auto, or the "
+                           "same adapter or weights as model=; dropout off "
+                           "(disable_dropout=true).", f"{where}: implicit-reward margin", series)
     return None
 
 
