@@ -59,8 +59,52 @@ def load_run(path: str | Path) -> RunData:
                    card.read_text() if card.is_file() else "")
 
 
+def ema(values: list[float], weight: float = 0.6) -> list[float]:
+    """The exponential moving average TensorBoard draws over a raw curve (its default weight,
+    debiased so that the first points are not pulled towards 0).
+
+    >>> [round(v, 3) for v in ema([1.0, 0.0, 0.0])]
+    [1.0, 0.375, 0.184]
+    """
+    out, last = [], 0.0
+    for i, v in enumerate(values, start=1):
+        last = weight * last + (1 - weight) * v
+        out.append(last / (1 - weight**i))
+    return out
+
+
+def scale_groups(series: dict[str, list[float]], ratio: float = 10.0) -> list[list[str]]:
+    """Keys grouped so that one axis shows each group: a key joins a group when its largest
+    magnitude is within ``ratio`` of the group's (a learning rate of 1e-3 and a gradient norm
+    of 2 get an axis each; chosen and rejected log-probs share one); a key that is 0 throughout
+    joins the first group.
+
+    >>> scale_groups({"grad_norm": [2.0, 1.5], "learning_rate": [1e-3, 5e-4], "loss": [0.7]})
+    [['grad_norm', 'loss'], ['learning_rate']]
+    """
+    size = {k: max((abs(v) for v in vs), default=0.0) for k, vs in series.items()}
+    groups: list[list[str]] = []
+    for key in sorted(series, key=lambda k: -size[k]):
+        home = next((g for g in groups if size[key] == 0 or size[g[0]] / size[key] <= ratio),
+                    None)
+        home.append(key) if home is not None else groups.append([key])
+    return [sorted(g, key=list(series).index) for g in groups]
+
+
+SMOOTH_FROM = 10  # noisy training curves with at least this many points get a smoothed line
+
+
+def _monotone(ys) -> bool:
+    """A schedule (the learning rate, a token count): smoothing it would only make it lag."""
+    steps = [b - a for a, b in zip(ys, ys[1:], strict=False)]
+    return all(d >= 0 for d in steps) or all(d <= 0 for d in steps)
+
+
 def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: Path
           ) -> Path | None:
+    """One PNG per panel: an axis per scale group (:func:`scale_groups`), stacked; noisy
+    training curves drawn raw (faint) under their moving average (:func:`ema`), a monotone
+    one (a schedule) as it is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,15 +116,26 @@ def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: P
     series = [s for s in series if s[2]]
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for run, key, points in series:
-        label = key if len(runs) == 1 else f"{run.name}: {key}"
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o" if len(points) < 12 else None, markersize=3, label=label)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    groups = scale_groups({k: [v for _, key, pts in series if key == k for _, v in pts]
+                           for k in dict.fromkeys(key for _, key, _ in series)})
+    fig, axes = plt.subplots(len(groups), 1, figsize=(6, 1.2 + 2.0 * len(groups)), sharex=True,
+                             squeeze=False)
+    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 8)
+    for ax, group in zip(axes[:, 0], groups, strict=True):
+        for run, key, points in (s for s in series if s[1] in group):
+            label = key if len(runs) == 1 else f"{run.name}: {key}"
+            xs, ys = zip(*points, strict=True)
+            color = next(colors)
+            if rows_of == "train" and len(points) >= SMOOTH_FROM and not _monotone(ys):
+                ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
+                ax.plot(xs, ema(list(ys)), color=color, label=f"{label} (EMA 0.6)")
+            else:
+                ax.plot(xs, ys, color=color, marker="o" if len(points) < 12 else None,
+                        markersize=3, label=label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_title(title, fontsize=10)
+    axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -184,7 +239,8 @@ def _write_page(runs: list[RunData], out: Path, figures: Path) -> Path:
                     f"<pre>{html.escape(r.card)}</pre></details>" for r in runs if r.card)
     names = ", ".join(html.escape(r.name) for r in runs)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>dpokit: {names}</title>
-<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{margin:4px}}
+<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}
+img{{margin:4px;vertical-align:top}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px}}
 </style></head><body><h1>dpokit report: {names}</h1>
 <p>{" ".join(f"{html.escape(str(r.path))}: {len(r.train)} training rows, {len(r.evals)} "
