@@ -42,3 +42,16 @@ def test_every_figure_a_run_logs_is_declared(tmp_path, tokenizer):
     undeclared = sorted(k for k in logged if lookup(k) is None)
     assert not undeclared, f"logged but not in the catalogue: {undeclared}"
     assert len(catalogue()) > 20
+
+
+def test_image_figures_are_found_and_headlined_and_an_eval_prefix_is_refused():
+    """eval/images.py declared its keys with the eval/ prefix that lookup strips, so its
+    headline (the reward of own samples) never showed."""
+    import dpokit.eval.images  # noqa: F401 (its declarations)
+
+    assert lookup("eval/img/reward").label == "reward of own samples"
+    assert lookup("eval/img/diversity") is not None
+    assert headline({"eval/img/reward": 0.25, "step": 3}) == "img/reward +0.2500"
+    with pytest.raises(ValueError, match="without the 'eval/' prefix"):
+        declare(Metric("eval/new/figure", "a figure"))
+    assert all(not m.key.startswith("eval/") for m in catalogue())

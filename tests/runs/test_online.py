@@ -138,3 +138,26 @@ def test_iterative_resume_continues_after_the_last_finished_round(tmp_path, tiny
         not torch.equal(after[k], round_one[k]) for k in after)
     lines = (tmp_path / "out" / "iterations.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [0, 1, 2]
+
+
+def test_online_and_iterative_odpo_build_the_offset_column_the_loss_reads(tmp_path,
+                                                                          tiny_model_dir):
+    """The online pair maker and the held-out set carry the objective's extra columns (ODPO's
+    offset from the two samples' scores); without them odpo_loss has no offset to read."""
+    import math
+
+    held = write_jsonl(tmp_path / "held.jsonl", [
+        {**r, "score_chosen": 3.0, "score_rejected": 1.0} for r in sentiment_rows(1)[:4]])
+    run = build_online_run(online_config(tmp_path / "a", tiny_model_dir, max_steps=2,
+                                         loss="odpo", eval_data=str(held)), log=lambda _: None)
+    assert run.trainer.eval_set is not None
+    result = run.trainer.train()
+    assert all(math.isfinite(m["loss"]) for m in result.history)
+    assert math.isfinite(result.eval_history[-1]["eval/loss"])
+    made = run.trainer.source.make_pairs(run.policy, list(run.trainer.source.prompts[:2]), 0)
+    assert made.examples and all(math.isfinite(p.extras["offset"]) for p in made.examples)
+    rounds = run_iterative(online_config(tmp_path / "b", tiny_model_dir, max_steps=1,
+                                         loss="odpo", **{"online.mode": "iterative",
+                                                         "online.iterations": 1}),
+                           log=lambda _: None)
+    assert len(rounds.rounds) == 2

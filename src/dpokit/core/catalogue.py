@@ -43,6 +43,9 @@ def declare(*metrics: Metric) -> None:
     """Add figures to the catalogue (a module declares what it computes, at import).
     Declaring a key again with other properties is an error: one key, one meaning."""
     for metric in metrics:
+        if metric.key.startswith(EVAL):  # lookup strips it: such a figure would never show
+            raise ValueError(f"metric {metric.key!r}: declare it without the {EVAL!r} prefix "
+                             f"(held-out figures are looked up as {EVAL}<key>)")
         known = _CATALOGUE.get(metric.key)
         if known is not None and known != metric:
             raise ValueError(f"metric {metric.key!r} declared twice, differently: {known} vs "

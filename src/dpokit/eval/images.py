@@ -28,9 +28,9 @@ from ..train.metrics import objective_metrics
 
 ImageReward = Callable[[torch.Tensor, list[str]], Any]  # (N, 3, H, W) in [-1, 1] -> (N,)
 
-declare(Metric("eval/img/reward", "reward of own samples", "{:+.4f}", headline=True),
-        Metric("eval/img/diversity", "mean pixel distance within a prompt", "{:.4f}"),
-        Metric("eval/img/reference_reward", "reward of the reference's samples", "{:+.4f}"))
+declare(Metric("img/reward", "reward of own samples", "{:+.4f}", headline=True),
+        Metric("img/diversity", "mean pixel distance within a prompt", "{:.4f}"),
+        Metric("img/reference_reward", "reward of the reference's samples", "{:+.4f}"))
 
 
 def diversity(samples: torch.Tensor) -> float:

@@ -189,9 +189,10 @@ def streaming_source(d: DataConfig, o: OptimConfig, loss: LossConfig, tokenizer,
                            digest.hexdigest(), collate.key, d.on_bad_rows == "skip")
 
 
-def _eval_pairs(d: DataConfig, loss: LossConfig, tokenizer,
-                objective: PreferenceObjective) -> ExampleSet | None:
-    """Held-out pairs read and tokenized up front (a streamed run's are few)."""
+def held_out_pairs(d: DataConfig, loss: LossConfig, tokenizer,
+                   objective: PreferenceObjective) -> ExampleSet | None:
+    """``eval_data``'s pairs read and tokenized up front with the objective's extra columns
+    (ODPO's offset): a streamed run's and an online run's held-out set."""
     if not d.eval_data:
         return None
     return build_pairs(load_records(d.eval_data, d.eval_split), tokenizer,
@@ -208,7 +209,7 @@ def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
         extra = services(cfg, tokenizer, log)  # its files read before the model loads
         decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
                                  hardware(cfg).device.kind, pairs=not objective.unpaired)
-        held = _eval_pairs(cfg.data, cfg.loss, tokenizer, objective)
+        held = held_out_pairs(cfg.data, cfg.loss, tokenizer, objective)
         policy = policy_for(cfg, tokenizer, objective.needs_reference)
         decision = proved(decision, policy, held or [], tokenizer.pad_token_id, cfg.data, log)
         cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)

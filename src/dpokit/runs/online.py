@@ -51,7 +51,7 @@ from ..policies.causal_lm.sampling import SamplingSettings
 from ..train import EvalSet, Trainer
 from ..train.folder import OutputDirError
 from ..train.online import MadePairs, OnlineSource
-from .causal_lm import laid_out, policy_for, services
+from .causal_lm import held_out_pairs, laid_out, policy_for, services
 from .common import (
     Examples,
     Run,
@@ -116,11 +116,12 @@ def sample_reward(model, tokenizer, prompts: list[PromptRow], reward: Reward,
     return RewardEstimate(est.mean, est.stderr, est.n, failed / max(len(flat), 1), examples[:4])
 
 
-def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward, sampler: Sampler
+def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward, sampler: Sampler,
+                    extra_columns: tuple[str, ...] = ()
                     ) -> Callable[[Any, list[PromptRow], int], MadePairs]:
     """The text side of online DPO: sample (with the policy's current weights), score, pair,
-    tokenize."""
-    settings = tokenize_settings(cfg.data, cfg.loss)
+    tokenize, with the objective's ``extra_columns`` (ODPO's offset, from the two scores)."""
+    settings = tokenize_settings(cfg.data, cfg.loss, extra_columns)
     o = cfg.online
 
     def make(policy, prompts: list[PromptRow], seed: int) -> MadePairs:
@@ -138,15 +139,6 @@ def make_pair_maker(cfg: TrainConfig, tokenizer, reward: Reward, sampler: Sample
         return MadePairs([], metrics)
 
     return make
-
-
-def _held_rows(cfg: TrainConfig, tokenizer):
-    """The held-out pairs (``data.eval_data``), tokenized, or None."""
-    if not cfg.data.eval_data:
-        return None
-    records = load_records(cfg.data.eval_data, cfg.data.eval_split)
-    return build_pairs(records, tokenizer, tokenize_settings(cfg.data, cfg.loss),
-                       cfg.data.on_bad_rows)
 
 
 def _eval_pairs(evaluation, cfg: TrainConfig, collate) -> EvalSet | None:
@@ -171,13 +163,14 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
     extra = services(cfg, tokenizer, log)
     decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
                              hardware(cfg).device.kind)
-    held_rows = _held_rows(cfg, tokenizer)
+    held_rows = held_out_pairs(cfg.data, cfg.loss, tokenizer, objective)
     policy = policy_for(cfg, tokenizer, objective.needs_reference)
     decision = proved(decision, policy, held_rows or [], tokenizer.pad_token_id, cfg.data, log)
     cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
     held = _eval_pairs(held_rows, cfg, collate)
     sampler = run_sampler(cfg)
-    source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, reward, sampler), collate,
+    source = OnlineSource(pool, make_pair_maker(cfg, tokenizer, reward, sampler,
+                                                  objective.extra_columns), collate,
                           cfg.optim.batch_size, cfg.online.prompts_per_step, cfg.optim.seed)
     log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each "
         f"({sampler.name}), reward {cfg.online.reward}")
@@ -217,7 +210,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
     round_services = services(cfg, tokenizer, log)  # one geometry monitor across rounds
     decision = decide_layout(cfg.model, cfg.data, base_model_name(cfg.model),
                              hardware(cfg).device.kind)
-    held_rows = _held_rows(cfg, tokenizer)
+    held_rows = held_out_pairs(cfg.data, cfg.loss, tokenizer, objective)
     policy = policy_for(cfg, tokenizer, True)
     decision = proved(decision, policy, held_rows or [], tokenizer.pad_token_id, cfg.data, log)
     cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
@@ -271,7 +264,8 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
             log(f"round {round_no}: {built.report.summary()}; mean reward of the samples "
                 f"{scored.mean_reward():+.4f}")
         train = build_pairs(load_records(str(pairs_file)), tokenizer,
-                            tokenize_settings(cfg.data, cfg.loss), cfg.data.on_bad_rows)
+                            tokenize_settings(cfg.data, cfg.loss, objective.extra_columns),
+                            cfg.data.on_bad_rows)
         # each round's metrics.jsonl opens with its baseline (step 0, eval_before) against the
         # round's own reference, the previous round's model
         round_cfg = dataclasses.replace(cfg, run=dataclasses.replace(
