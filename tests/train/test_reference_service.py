@@ -6,6 +6,7 @@ refusals, and TR-DPO's sync schedule. fp32; no model."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
@@ -265,3 +266,131 @@ def test_tr_dpo_syncs_every_ref_sync_every_steps_with_its_alpha():
     ReferenceService(quiet, objective(), settings(ref_sync_every=1), accelerator(),
                      torch.no_grad, "fp32").after_step(1)
     assert quiet.synced == []
+
+
+# --- what tools/mutate.py found unpinned in reference.py ------------------------------------
+
+
+def test_files_are_written_beside_their_target_then_renamed(tmp_path, monkeypatch):
+    import tempfile
+
+    from dpokit.train import reference
+
+    made = []
+    real = tempfile.mkstemp
+
+    def spy(*args, **kw):
+        made.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(reference.tempfile, "mkstemp", spy)
+    path = tmp_path / "two" / "levels" / "k.partial.pt"
+    save_partial(PartialTable(EXPECTED.clone(), {1}), path)
+    save_partial(PartialTable(EXPECTED.clone(), {1, 2}), path)  # the folder exists now
+    assert made == [{"dir": path.parent, "suffix": ".tmp"}] * 2  # same folder: an atomic rename
+    assert read_partial(path).done == {1, 2} and sorted(p.name for p in path.parent.iterdir()) \
+        == ["k.partial.pt"]
+
+
+def test_a_cache_file_holding_other_python_objects_is_not_loaded(tmp_path):
+    """Cache files are read with ``weights_only``: a pickled object is refused (recomputed),
+    even with a valid checksum."""
+    from dpokit.train.reference import _checksum
+
+    path = tmp_path / "key.pt"
+    values = EXPECTED.clone()
+    torch.save({"values": values, "sha256": _checksum(values), "extra": types.SimpleNamespace()},
+               path)
+    lines, calls = [], []
+    load_or_compute(tmp_path, "key", lambda: calls.append(1) or ReferenceTable(values),
+                    lines.append)
+    assert calls == [1] and "is corrupt (unreadable" in lines[0]
+
+
+def test_the_forward_pass_runs_without_gradient():
+    class Tracking(FakePolicy):
+        def reference_logps(self, batch):
+            self.grad = torch.is_grad_enabled()
+            return super().reference_logps(batch)
+
+    policy = Tracking()
+    service = ReferenceService(policy, objective(), settings(precompute_ref_logps=False),
+                               accelerator(), contextlib.nullcontext, "fp32")
+    service.scores(Batch([1]), "train")
+    assert policy.grad is False
+
+
+def test_an_interrupted_pass_is_kept_and_the_next_prepare_resumes_it(tmp_path, monkeypatch):
+    from dpokit.core import signals
+    from dpokit.train import reference
+
+    policy, lines = FakePolicy(fingerprint=True), []
+    calls = iter([False, True])
+    real = reference.stop_point
+
+    def stop_second(phase, kept="nothing was saved"):
+        if next(calls, False):
+            raise signals.Interrupted(15, phase=phase, kept=kept() if callable(kept) else kept)
+        return real(phase, kept)
+
+    monkeypatch.setattr(reference, "stop_point", stop_second)
+    service = ReferenceService(policy, objective(), settings(ref_cache_dir=str(tmp_path)),
+                               accelerator(), torch.no_grad, "fp32", log=lines.append)
+    with pytest.raises(signals.Interrupted, match="kept 1 of 3 train reference batches in"):
+        service.prepare("train", source())
+    [partial] = tmp_path.glob("*.partial.pt")
+    assert policy.calls == [PLAN[0]] and read_partial(partial).done == {0}
+    service.prepare("train", source())
+    assert policy.calls[1:] == PLAN[1:]  # only the others
+    assert any("(1 batches kept from an interrupted pass)" in line for line in lines)
+    assert not list(tmp_path.glob("*.partial.pt")) and len(list(tmp_path.glob("*.pt"))) == 1
+    torch.testing.assert_close(service.tables["train"].values, EXPECTED)
+    calls = iter([False, True])
+    plain = ReferenceService(FakePolicy(), objective(), settings(ref_cache_dir=str(tmp_path)),
+                             accelerator(), torch.no_grad, "fp32", log=lines.append)
+    with pytest.raises(signals.Interrupted, match="no reference batch was kept"):
+        plain.prepare("eval", source())  # unkeyed scores: nothing can be kept
+    assert not list(tmp_path.glob("*.partial.pt"))
+    assert not any("batches kept" in line for line in lines[-2:])
+
+
+def test_with_several_processes_each_ones_batches_are_summed(tmp_path):
+    reduced = []
+
+    def reduce(t, how):
+        reduced.append(how)
+        return t * 2
+
+    two = types.SimpleNamespace(num_processes=2, process_index=1, device=torch.device("cpu"),
+                                reduce=reduce)
+    service = ReferenceService(FakePolicy(), objective(), settings(), two, torch.no_grad, "fp32",
+                               log=lambda _: None)
+    service.prepare("train", source(fingerprint=None))
+    assert reduced == ["sum"]
+    torch.testing.assert_close(service.tables["train"].values, 2 * EXPECTED)
+    one = ReferenceService(FakePolicy(), objective(), settings(), accelerator(), torch.no_grad,
+                           "fp32", log=lambda _: None)
+    one.prepare("train", source(fingerprint=None))  # one process: no reduce to call
+    torch.testing.assert_close(one.tables["train"].values, EXPECTED)
+
+
+def test_the_default_cache_folder_is_under_the_cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path))
+    service = ReferenceService(FakePolicy(fingerprint=True), objective(), settings(),
+                               accelerator(), torch.no_grad, "fp32", log=lambda _: None)
+    service.prepare("train", source())
+    assert len(list((tmp_path / "ref_logps").glob("*.pt"))) == 1
+
+
+def test_tr_dpo_syncs_at_multiples_of_ref_sync_every():
+    policy = FakePolicy(reference_sync=True)
+    service = ReferenceService(policy, objective(), settings(
+        ref_sync=True, ref_sync_every=3, precompute_ref_logps=False), accelerator(),
+        torch.no_grad, "fp32")
+    at = []
+    for step in range(1, 10):
+        before = len(policy.synced)
+        service.after_step(step)
+        if len(policy.synced) > before:
+            at.append(step)
+    assert at == [3, 6, 9]
