@@ -294,16 +294,20 @@ class Runner:
                 except BaseException:  # noqa: B036  (the child must exit, whatever happened)
                     code = 99
                 os._exit(code)
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    code = os.waitstatus_to_exitcode(status)
-                    break
-                if time.monotonic() - start > timeout:
-                    _kill_group(pid)
-                    os.waitpid(pid, 0)
-                    return "timeout", time.monotonic() - start
-                time.sleep(0.05)
+            try:
+                while True:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        code = os.waitstatus_to_exitcode(status)
+                        break
+                    if time.monotonic() - start > timeout:
+                        _kill_group(pid)
+                        os.waitpid(pid, 0)
+                        return "timeout", time.monotonic() - start
+                    time.sleep(0.05)
+            except BaseException:  # Ctrl-C, SIGTERM: the mutant's tests stop with us
+                _kill_group(pid)
+                raise
         else:
             with open(log, "w") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "pytest", *self.args], cwd=REPO,
@@ -422,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-logs", action="store_true", help="keep the killed mutants' logs too")
     p.add_argument("-v", "--verbose", action="store_true", help="print every mutant")
     args = p.parse_args(argv)
+    # SIGTERM as Ctrl-C: the copy is removed and a running mutant's tests are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     modules: list[Path] = []
     for raw in args.paths:
