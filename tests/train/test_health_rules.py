@@ -410,3 +410,46 @@ def test_a_run_folder_is_read_into_a_trace(tmp_path):
     monitor = HealthMonitor(lambda _: None, loss="ipo", warn_increase=0.4)
     assert monitor.trace.loss == "ipo" and monitor.trace.warn_increase == 0.4
     assert HealthMonitor(lambda _: None).trace.warn_increase == 0.2
+
+
+def test_more_edges_the_mutator_found():
+    # the displacement's comparison is strict: a fall exactly the margin is tolerated
+    t = RunTrace(train_rows(rewards__chosen=[0.0, -0.25, -0.5], rewards__margins=[0.0, 0.25, 0.5]))
+    assert likelihood_displacement(t) is None
+    # over-fitting's floor of 0.02 for a small best loss
+    accurate = train_rows(rewards__accuracies=[0.97] * 5)
+    assert overfitting(RunTrace(accurate, eval_rows([2, 4, 6], loss=[0.15, 0.1, 0.13])))
+    # the training accuracy at the end is what counts, not at the start
+    rising = train_rows(rewards__accuracies=[0.5] * 4 + [0.99])
+    falling = train_rows(rewards__accuracies=[0.99] + [0.5] * 4)
+    held = eval_rows([2, 4, 6], loss=[0.5, 0.4, 0.6])
+    assert overfitting(RunTrace(rising, held)) is not None
+    assert overfitting(RunTrace(falling, held)) is None
+    # reward hacking reads the last KL, not the second
+    assert reward_hacking(hacking([0.05, 0.3, 1.8], [0.1, 0.1, 0.1])) is not None
+    assert reward_hacking(hacking([0.05, 1.8, 0.3], [0.1, 0.1, 0.1])) is None
+    assert reward_hacking(hacking([0.05, 1.8, 1.8], [0.1, 0.1, 0.5])) is None  # the last reward
+
+
+def test_held_out_series_edges():
+    """Held-out pairs: two evaluations are a course; the saturation of the last evaluation;
+    the baseline evaluation (step 0) alone can show a mismatched reference; the finding
+    quotes the first and last held-out values."""
+    two = RunTrace([], eval_rows([0, 10], rewards__chosen=[0.1, -0.6],
+                                 rewards__margins=[0.1, 0.5]))
+    found = likelihood_displacement(two)
+    assert found is not None and found.step == 10
+    three = RunTrace([], eval_rows([0, 10, 20], rewards__chosen=[0.1, -0.3, -0.6],
+                                   rewards__margins=[0.2, 0.3, 0.5]))
+    found = likelihood_displacement(three)
+    assert found.step == 20 and "fell to -0.600 (from +0.100)" in found.finding
+    assert "(+0.200 -> +0.500)" in found.finding
+    late = RunTrace([], eval_rows([0, 10, 20], rewards__saturated=[0.0, 0.1, 0.9]))
+    assert reward_scale(late).step == 20 and "90% of the pairs" in reward_scale(late).finding
+    assert reward_scale(RunTrace([], eval_rows([0, 10, 20],
+                                               rewards__saturated=[0.0, 0.9, 0.1]))) is None
+    baseline = RunTrace([{"step": 1, "rewards/chosen": 0.0, "rewards/rejected": 0.0}],
+                        eval_rows([0], rewards__chosen=[0.4], rewards__rejected=[0.0]),
+                        loss="sigmoid")
+    found = reference_mismatch(baseline)
+    assert found is not None and found.step == 0 and "baseline evaluation" in found.finding
