@@ -66,3 +66,31 @@ def test_every_loss_reports_its_rewards_detached():
         assert out.losses.requires_grad, name
         assert not out.chosen_rewards.requires_grad, name
         assert not out.rejected_rewards.requires_grad, name
+
+
+# the losses whose reported rewards are not β·(log π - log π_ref) of each answer, and why
+OTHER_REWARDS = {
+    "kto": "unpaired: the completion's and the KL sample's log-ratios",
+    "apo_zero_unpaired": "unpaired: the completion's and the KL sample's log-ratios",
+}
+
+
+def test_each_reference_loss_reports_beta_times_each_answers_log_ratio():
+    from dpokit.losses import available_losses
+
+    for name, spec in sorted(available_losses().items()):
+        if not spec.needs_reference or spec.name in OTHER_REWARDS or name != spec.name:
+            continue
+        out = spec.fn(C, R, RC, RR, LossParams(beta=0.3), _args(spec))
+        torch.testing.assert_close(out.chosen_rewards, 0.3 * (C - RC), msg=name)
+        torch.testing.assert_close(out.rejected_rewards, 0.3 * (R - RR), msg=name)
+
+
+def test_cal_dpo_pulls_each_log_ratio_to_plus_or_minus_one_over_two_beta():
+    """β = 0.25: targets ±2; at log-ratios (2, -2) only the contrastive term is left."""
+    fn = get_loss("cal_dpo").fn
+    zeros = torch.zeros(1)
+    out = fn(torch.tensor([2.0]), torch.tensor([-2.0]), zeros, zeros, LossParams(beta=0.25))
+    torch.testing.assert_close(out.losses, -logsigmoid(torch.tensor([4.0])))
+    out = fn(torch.tensor([1.0]), torch.tensor([0.0]), zeros, zeros, LossParams(beta=0.25))
+    torch.testing.assert_close(out.losses, -logsigmoid(torch.tensor([1.0])) + 1.0 + 4.0)
