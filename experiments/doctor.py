@@ -1,17 +1,19 @@
-"""`dpokit doctor` on runs built to go wrong in known ways, and on a healthy one.
+"""`dpokit doctor` on runs built to go wrong in known ways, and on the quickstart as shipped.
 
 Four short DPO + LoRA runs of the embedded SmolLM2-135M-Instruct, each through the command
 line as a user runs it (`dpokit train quickstart ...`), then `dpokit doctor --json` on its
 folder:
 
-- healthy: the quickstart as shipped (160 pairs, 3 epochs), evaluated every 20 steps;
+- quickstart: as shipped (160 pairs, 3 epochs), evaluated every 20 steps (its held-out chosen
+  answers lose more likelihood than the margin they buy: likelihood displacement, which the
+  checks saw once they read the held-out series);
 - displacement: near-identical pairs (the rejected answer is the chosen one with its last
   word replaced) at a large learning rate;
 - length: length-biased pairs (the chosen answer is two review sentences, the rejected one
   half a sentence), with the model's own samples measured at each evaluation;
 - overfitting: 8 pairs for 30 epochs, held-out pairs evaluated every 3 steps.
 
-Doctor must name each run's failure and find nothing in the healthy run. Writes
+Doctor must name each run's failure. Writes
 ``experiments/results/doctor.{json,md,png}``. ``--replot`` redraws from the JSON; ``--only
 NAME`` runs one of them again; ``--recheck`` runs doctor again on the saved run folders.
 
@@ -69,8 +71,8 @@ def runs() -> dict[str, dict]:
     """Each run: what it is built to show, the checks doctor must name, its overrides."""
     train = _rows(TRAIN)
     return {
-        "healthy": {"shows": "nothing wrong (the quickstart as shipped: 3 epochs)",
-                    "expect": [],
+        "quickstart": {"shows": "nothing on purpose (the quickstart as shipped: 3 epochs)",
+                       "expect": ["likelihood_displacement"],
                     "args": [f"train_data={TRAIN}", f"eval_data={HELD}", "eval_every=20",
                              "eval_before=true"]},
         "displacement": {
@@ -122,6 +124,22 @@ def run_one(name: str, spec: dict) -> dict:
             "findings": doctor(name), "metrics": metrics}
 
 
+def restore(name: str, spec: dict, metrics: list[dict]) -> None:
+    """A run folder rebuilt from the saved JSON, for ``--recheck`` where the folder is gone:
+    the run's metric rows as logged and its ``run.json`` (the recipe and the run's overrides,
+    which name its data files, written again by :func:`runs`), so doctor reads what it read
+    when the run ended."""
+    from dpokit.config import load_config
+    from dpokit.train.metrics import record_run
+
+    folder = OUT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    cfg = load_config(str(ROOT / "src/dpokit/recipes/quickstart.yaml"),
+                      [f"output_dir={folder.relative_to(ROOT)}", *spec["args"]])
+    record_run(folder, cfg.to_dict(), cfg.loss.name)
+
+
 def doctor(name: str) -> list[dict]:
     """`dpokit doctor --json` on the run's folder: its findings."""
     folder = OUT / name
@@ -142,8 +160,12 @@ def compute() -> dict:
     saved = results_dir() / "doctor.json"
     if "--recheck" in sys.argv:
         data = json.loads(saved.read_text())
+        specs = runs()
         for name, result in data["runs"].items():
+            if not (OUT / name / "metrics.jsonl").is_file():
+                restore(name, specs[name], result["metrics"])
             result["findings"] = doctor(name)
+        data["rechecked"] = time.strftime("%Y-%m-%d")
         return data
     results = json.loads(saved.read_text())["runs"] if only else {}
     results.update({name: run_one(name, spec) for name, spec in runs().items()
@@ -173,7 +195,10 @@ def write(data: dict) -> None:
         lines.append(f"| {name} | {r['shows']} | {', '.join(named(r)) or 'no findings'} | "
                      f"{', '.join(r['expect']) or 'no findings'} | "
                      f"{'yes' if verdict(r) else 'NO'} | {r['minutes']:.1f} |")
-    lines += ["", f"Hardware: {data['hardware']}.", "",
+    rechecked = (f" Findings re-checked on {data['rechecked']} (`--recheck`) by the current "
+                 f"checks over the same runs' saved metrics; the minutes are the training "
+                 f"runs'." if data.get("rechecked") else "")
+    lines += ["", f"Hardware: {data['hardware']}.{rechecked}", "",
               disjointness_line(data.get("disjointness", [])), ""]
     for name, r in data["runs"].items():
         for f in r["findings"]:
@@ -184,7 +209,7 @@ def write(data: dict) -> None:
 def plot(data: dict) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    panels = [("healthy", "rewards/margins", "training margin"),
+    panels = [("quickstart", "eval/rewards/chosen", "held-out chosen reward"),
               ("displacement", "rewards/chosen", "chosen reward (train)"),
               ("length", "eval/gen/length_tokens", "own samples' length (tokens)"),
               ("overfitting", "eval/loss", "held-out loss")]
