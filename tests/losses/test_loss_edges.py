@@ -94,3 +94,18 @@ def test_cal_dpo_pulls_each_log_ratio_to_plus_or_minus_one_over_two_beta():
     torch.testing.assert_close(out.losses, -logsigmoid(torch.tensor([4.0])))
     out = fn(torch.tensor([1.0]), torch.tensor([0.0]), zeros, zeros, LossParams(beta=0.25))
     torch.testing.assert_close(out.losses, -logsigmoid(torch.tensor([1.0])) + 1.0 + 4.0)
+
+
+def test_gw_dpo_refuses_a_batch_with_any_pair_out_of_order_and_declares_its_levels():
+    import pytest
+
+    from dpokit.losses.gravity import gap_and_privilege
+    from dpokit.losses.registry import _PARAMS
+
+    ok = gap_and_privilege(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 4.0]), levels=5)
+    assert all(torch.isfinite(t).all() for t in ok)
+    for obeyed, overridden in (([0.0, 2.0], [1.0, 1.0]), ([0.0, 1.0], [1.0, 5.0])):
+        with pytest.raises(ValueError, match="levels must satisfy"):
+            gap_and_privilege(torch.tensor(obeyed), torch.tensor(overridden), levels=5)
+    levels = _PARAMS["gw_levels"]
+    assert levels.check(2.0) is None and levels.check(1.5) is not None
