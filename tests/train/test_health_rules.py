@@ -453,3 +453,10 @@ def test_held_out_series_edges():
                         loss="sigmoid")
     found = reference_mismatch(baseline)
     assert found is not None and found.step == 0 and "baseline evaluation" in found.finding
+
+
+def test_a_flat_margin_is_no_displacement():
+    t = RunTrace(train_rows(rewards__chosen=[0.0, -0.5, -1.0], rewards__margins=[0.3, 0.3, 0.3]))
+    assert likelihood_displacement(t) is None
+    t = RunTrace([], eval_rows([0, 10], rewards__chosen=[0.0, -1.0], rewards__margins=[0.3, 0.3]))
+    assert likelihood_displacement(t) is None
