@@ -36,7 +36,8 @@ def test_scale_groups_split_what_a_shared_axis_would_flatten():
 def _run(folder, steps=30):
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"step": s, "loss": 0.69 - 0.01 * s + 0.02 * math.sin(s),
-             "grad_norm": 2.0 + math.cos(s), "learning_rate": 1e-3 * (1 - s / steps)}
+             "grad_norm": 2.0 + math.cos(s),
+             "learning_rate": 1e-3 * min(s / 5, (steps - s) / (steps - 5))}
             for s in range(1, steps + 1)]
     rows += [{"step": s, "eval/loss": 0.69 - 0.005 * s, "eval/rewards/margins": 0.05 * s}
              for s in (0, steps)]
@@ -47,7 +48,7 @@ def _run(folder, steps=30):
 def test_a_panel_gets_an_axis_per_scale_and_a_smoothed_training_line(tmp_path, monkeypatch):
     """learning_rate beside grad_norm (the "optimizer" panel) draws on two stacked axes; a
     noisy training curve of 30 points is drawn twice, raw (faint) and its EMA, the learning
-    rate (a schedule: monotone) once, as it is."""
+    rate (a schedule: warmup then decay) once, as it is."""
     import matplotlib.figure
 
     drawn = {}

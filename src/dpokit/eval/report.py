@@ -94,17 +94,23 @@ def scale_groups(series: dict[str, list[float]], ratio: float = 10.0) -> list[li
 SMOOTH_FROM = 10  # noisy training curves with at least this many points get a smoothed line
 
 
-def _monotone(ys) -> bool:
-    """A schedule (the learning rate, a token count): smoothing it would only make it lag."""
-    steps = [b - a for a, b in zip(ys, ys[1:], strict=False)]
-    return all(d >= 0 for d in steps) or all(d <= 0 for d in steps)
+def noisy(ys) -> bool:
+    """Whether a curve goes up and down more than a schedule does: its total variation is over
+    3x its range (a warmup-then-decay learning rate: 2x; a loss measured per batch: 10x and
+    more). A schedule is drawn as it is; smoothing it would only make it lag.
+
+    >>> noisy([0.0, 1.0, 0.5, 0.0]), noisy([0.0, 1.0, 0.0, 1.0, 0.0])
+    (False, True)
+    """
+    variation = sum(abs(b - a) for a, b in zip(ys, ys[1:], strict=False))
+    return variation > 3 * (max(ys) - min(ys)) > 0
 
 
 def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: Path
           ) -> Path | None:
     """One PNG per panel: an axis per scale group (:func:`scale_groups`), stacked; noisy
-    training curves drawn raw (faint) under their moving average (:func:`ema`), a monotone
-    one (a schedule) as it is."""
+    training curves (:func:`noisy`) drawn raw (faint) under their moving average
+    (:func:`ema`), a schedule as it is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +132,7 @@ def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: P
             label = key if len(runs) == 1 else f"{run.name}: {key}"
             xs, ys = zip(*points, strict=True)
             color = next(colors)
-            if rows_of == "train" and len(points) >= SMOOTH_FROM and not _monotone(ys):
+            if rows_of == "train" and len(points) >= SMOOTH_FROM and noisy(ys):
                 ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
                 ax.plot(xs, ema(list(ys)), color=color, label=f"{label} (EMA 0.6)")
             else:
