@@ -237,7 +237,7 @@ def dpokit_trainer(cfg, tok, rows: list[dict]):
     from dpokit.data.text import PairCollator, TokenizeSettings, build_pairs
     from dpokit.objectives import build_objective
     from dpokit.runs.causal_lm import policy_for
-    from dpokit.train import StaticSource, Trainer
+    from dpokit.train import StaticSource, make_trainer
 
     pairs = build_pairs(records(rows), tok, TokenizeSettings(
         max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length))
@@ -245,7 +245,7 @@ def dpokit_trainer(cfg, tok, rows: list[dict]):
     policy = policy_for(cfg, tok, objective.needs_reference)
     source = StaticSource(pairs, PairCollator(tok.pad_token_id, cfg.data.batch_layout),
                           cfg.optim.batch_size, shuffle=False)
-    return Trainer(cfg, policy, objective, source, log=lambda _: None)
+    return make_trainer(cfg, policy, objective, source, log=lambda _: None)
 
 
 def worker_dpokit(args, rows, path) -> dict:

@@ -59,7 +59,7 @@ def worker_dpokit(args, rows, path) -> dict:
     from dpokit.objectives import SFTObjective
     from dpokit.policies.causal_lm.models import load_tokenizer
     from dpokit.runs.causal_lm import policy_for
-    from dpokit.train import StaticSource, Trainer
+    from dpokit.train import StaticSource, make_trainer
 
     cfg = load_config(None, args.dpokit_set, model=path, lora=args.lora, learning_rate=args.lr,
                       lr_scheduler="constant", batch_size=args.batch, max_steps=args.steps,
@@ -74,7 +74,7 @@ def worker_dpokit(args, rows, path) -> dict:
     policy = policy_for(cfg, tok, needs_reference=False, pairs=False)
     source = StaticSource(data, SequenceCollator(tok.pad_token_id, cfg.data.batch_layout),
                           cfg.optim.batch_size, shuffle=False)
-    trainer = Trainer(cfg, policy, SFTObjective(), source, log=lambda _: None)
+    trainer = make_trainer(cfg, policy, SFTObjective(), source, log=lambda _: None)
     trainer._train_step, times = timed_step(trainer._train_step)
     history = trainer.train().history
     return {"times": times, "losses": [m["loss"] for m in history]}

@@ -100,7 +100,7 @@ def run_drpo(features, log) -> dict:
         OneStepGenerator,
         WordEncoder,
     )
-    from dpokit.train import Trainer
+    from dpokit.train import make_trainer
 
     torch.manual_seed(0)
     generator = OneStepGenerator(noise_dim=32, condition_dim=32, size=SIZE, width=64)
@@ -117,8 +117,8 @@ def run_drpo(features, log) -> dict:
     source = DrPOSource(training_prompts(), reward, drift_space, settings,
                         config.optim.batch_size, seed=config.optim.seed)
     started = time.perf_counter()
-    result = Trainer(config, policy, DrPOObjective(drift_space, settings), source,
-                     log=log).train()
+    result = make_trainer(config, policy, DrPOObjective(drift_space, settings), source,
+                          log=log).train()
     minutes = (time.perf_counter() - started) / 60
     after = evaluate_both(lambda p, s: policy.generate(p, seed=s), features, "after")
     return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,
@@ -146,7 +146,7 @@ def run_diffusion_dpo(features, log) -> dict:
         WordEncoder,
         apply_lora,
     )
-    from dpokit.train import Trainer
+    from dpokit.train import make_trainer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -187,7 +187,7 @@ def run_diffusion_dpo(features, log) -> dict:
     source = DiffusionSource(pairs, DiffusionPairCollator(num_timesteps=1000),
                              config.optim.batch_size, seed=config.optim.seed)
     started = time.perf_counter()
-    result = Trainer(config, policy, build_objective(config.loss), source, log=log).train()
+    result = make_trainer(config, policy, build_objective(config.loss), source, log=log).train()
     minutes = (time.perf_counter() - started) / 60
     after = evaluate_both(sample, features, "after")
     return {"base_loss": base.loss, "base_minutes": base_minutes, "minutes": minutes,

@@ -186,13 +186,13 @@ def auto_precision(monkeypatch, request):
     cpu = hardware.DeviceInfo("cpu", "test CPU", "AVX512" if native else "AVX2",
                               native_bf16=native, native_fp16=False)
     monkeypatch.setattr(hardware, "probe", lambda kind: cpu)
-    runs, resolve = AutoRuns(), loop.resolve
+    runs, build_parts = AutoRuns(), loop.build_parts
 
-    def counted(mixed_precision, *args, **kwargs):
-        runs.count += mixed_precision == "auto"
-        return resolve(mixed_precision, *args, **kwargs)
+    def counted(cfg, *args, **kwargs):  # every trainer's parts are built here, once per run
+        runs.count += cfg.optim.mixed_precision == "auto"
+        return build_parts(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "resolve", counted)
+    monkeypatch.setattr(loop, "build_parts", counted)
     yield runs
     if request.node.get_closest_marker("any_precision") is None:
         runs.check(request.node.nodeid)

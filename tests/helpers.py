@@ -16,7 +16,7 @@ from dpokit.data.text import (
 )
 from dpokit.objectives import SFTObjective, build_objective
 from dpokit.policies.causal_lm import CausalLMPolicy
-from dpokit.train import EvalSet, StaticSource, Trainer
+from dpokit.train import EvalSet, StaticSource, make_trainer
 
 # fp32 on every host (auto would pick bf16 where the CPU computes it natively): the tolerances of
 # the exact comparisons are fp32's; a test of bf16 sets mixed_precision=bf16, with BF16's
@@ -95,7 +95,7 @@ def tiny_trainer(tmp_path, tokenizer, model=None, rows=None, eval_rows=None, lor
     collate = PairCollator(tokenizer.pad_token_id, layout_of(config, model),
                            config.data.max_row_tokens)
     source, eval_set = sources(config, train, evaluation, collate)
-    return Trainer(config, policy, objective, source, eval_set, log=lambda _: None)
+    return make_trainer(config, policy, objective, source, eval_set, log=lambda _: None)
 
 
 def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora=False, **cfg):
@@ -110,7 +110,7 @@ def tiny_sft_trainer(tmp_path, tokenizer, rows, eval_rows=None, model=None, lora
                             attention_impl="sdpa_segments")
     collate = SequenceCollator(tokenizer.pad_token_id, layout_of(config, model, pairs=False))
     source, eval_set = sources(config, train, evaluation, collate)
-    return Trainer(config, policy, SFTObjective(), source, eval_set, log=lambda _: None)
+    return make_trainer(config, policy, SFTObjective(), source, eval_set, log=lambda _: None)
 
 
 def brevity_reward(prompt, completion) -> float:

@@ -163,13 +163,13 @@ def test_the_guard_catches_a_planted_import(tmp_path, planted, banned):
 
 def test_tests_mirror_src_and_generic_tests_build_their_own_policy():
     """Each test folder is a room of src/ (tests/policies/causal_lm <-> policies/causal_lm)
-    or one of the script folders bench/ and experiments/;
+    or one of the script folders bench/, experiments/ and tools/;
     tests of generic rooms build their policy from tests/helpers.py, never from a run
     builder, an application or the command line."""
     tests = Path(__file__).resolve().parent
     for folder in {p.parent for p in tests.rglob("test_*.py")} - {tests}:
         rel = folder.relative_to(tests)
-        top = rel.parts[0] in ("bench", "experiments")  # the repo's own script folders
+        top = rel.parts[0] in ("bench", "experiments", "tools")  # the repo's script folders
         mirrored = tests.parent / rel.parts[0] if top else ROOT / rel
         assert mirrored.is_dir(), f"tests/{rel} mirrors no folder of src/dpokit"
     for room_name in GENERIC:

@@ -15,7 +15,7 @@ from torch import nn
 from dpokit.config import load_config
 from dpokit.core import BasePolicy, Policy, PolicyCapabilities, SequenceScores
 from dpokit.objectives import build_objective
-from dpokit.train import EvalSet, StaticSource, Trainer
+from dpokit.train import EvalSet, StaticSource, make_trainer
 
 N_CONTEXTS, N_ITEMS = 4, 12
 
@@ -123,8 +123,8 @@ def test_recommender_policy_trains_through_the_same_trainer(tmp_path):
                       batch_size=8, num_epochs=5, progress_bar=False, log_with=[],
                       precompute_ref_logps=True, ref_cache_dir=None)
     source = StaticSource(item_pairs(0, 64), collate_items, batch_size=8)
-    trainer = Trainer(cfg, policy, build_objective(cfg.loss), source,
-                      EvalSet(item_pairs(1, 32), collate_items, 8), log=lambda _: None)
+    trainer = make_trainer(cfg, policy, build_objective(cfg.loss), source,
+                           EvalSet(item_pairs(1, 32), collate_items, 8), log=lambda _: None)
     before = trainer.evaluate()
     result = trainer.train()
     after = result.eval_history[-1]

@@ -14,7 +14,7 @@ from test_policy_interface import N_CONTEXTS, N_ITEMS, ItemBatch, RecommenderPol
 
 from dpokit.core import PolicyCapabilities, SequenceScores
 from dpokit.objectives import build_objective
-from dpokit.train import EvalSet, StaticSource, Trainer
+from dpokit.train import EvalSet, StaticSource, make_trainer
 
 
 class OnlineItemSource:
@@ -58,8 +58,8 @@ class OnlineItemSource:
 
 def _online_trainer(tmp_path, **cfg):
     config = tiny_config(tmp_path, **{"learning_rate": 0.05, "beta": 0.5, "max_steps": 40, **cfg})
-    return Trainer(config, RecommenderPolicy(), build_objective(config.loss), OnlineItemSource(),
-                   log=lambda _: None)
+    return make_trainer(config, RecommenderPolicy(), build_objective(config.loss),
+                        OnlineItemSource(), log=lambda _: None)
 
 
 def test_online_source_trains_on_the_policys_own_samples(tmp_path):
@@ -85,7 +85,7 @@ def test_online_source_resumes_exactly(tmp_path):
 def test_online_source_without_max_steps_is_refused(tmp_path):
     config = tiny_config(tmp_path)
     with pytest.raises(ValueError, match="no epochs .* set max_steps"):
-        Trainer(config, RecommenderPolicy(), build_objective(config.loss), OnlineItemSource())
+        make_trainer(config, RecommenderPolicy(), build_objective(config.loss), OnlineItemSource())
 
 
 class NoisyPolicy(RecommenderPolicy):
@@ -105,12 +105,12 @@ def test_random_scores_policy_refuses_precompute_and_trains_without_it(tmp_path)
                          num_epochs=5, batch_size=8)
     source = StaticSource(item_pairs(0, 64), collate_items, batch_size=8)
     with pytest.raises(ValueError, match="differently on every call .* precompute_ref_logps=false"):
-        Trainer(config, NoisyPolicy(), build_objective(config.loss), source)
+        make_trainer(config, NoisyPolicy(), build_objective(config.loss), source)
     config = tiny_config(tmp_path, precompute_ref_logps=False, learning_rate=0.05, beta=0.5,
                          num_epochs=5, batch_size=8)
     policy = NoisyPolicy()
-    trainer = Trainer(config, policy, build_objective(config.loss), source,
-                      EvalSet(item_pairs(1, 32), collate_items, 8), log=lambda _: None)
+    trainer = make_trainer(config, policy, build_objective(config.loss), source,
+                           EvalSet(item_pairs(1, 32), collate_items, 8), log=lambda _: None)
     result = trainer.train()
     assert result.eval_history[-1]["eval/rewards/accuracies"] == 1.0
 
@@ -121,8 +121,8 @@ def test_capabilities_are_declared_not_probed(tmp_path):
     from test_policy_interface import collate_items, item_pairs
 
     with pytest.raises(ValueError, match="declares reference_sync"):
-        Trainer(config, RecommenderPolicy(), build_objective(config.loss),
-                StaticSource(item_pairs(0, 8), collate_items, 8))
+        make_trainer(config, RecommenderPolicy(), build_objective(config.loss),
+                     StaticSource(item_pairs(0, 8), collate_items, 8))
     with pytest.raises(NotImplementedError, match="capability 'generation'"):
         RecommenderPolicy().generate(["hi"])
 
@@ -168,8 +168,9 @@ def test_metrics_reach_accelerate_trackers(tmp_path, tokenizer):
     from dpokit.train.strategy import make_accelerator
 
     config = trainer.cfg
-    trainer = Trainer(config, trainer.policy, trainer.objective, trainer.source,
-                      accelerator=make_accelerator([recording], str(tmp_path)), log=lambda _: None)
+    trainer = make_trainer(config, trainer.policy, trainer.objective, trainer.source,
+                           accelerator=make_accelerator([recording], str(tmp_path)),
+                           log=lambda _: None)
     trainer.train()
     trainer.close()
     assert [step for step, _ in recording.rows] == [1, 2]

@@ -35,7 +35,7 @@ from ..policies.causal_lm.lora import quantization_config
 from ..policies.causal_lm.models import load_causal_lm, load_tokenizer
 from ..policies.causal_lm.segments import MODULE as SEGMENTS_MODULE
 from ..policies.causal_lm.segments import SegmentSpec, install_segments
-from ..train import EvalSet, StreamingSource, Trainer
+from ..train import EvalSet, StreamingSource, make_trainer
 from .common import (
     Examples,
     Run,
@@ -217,7 +217,8 @@ def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
         log(f"train data {cfg.data.train_data}: {source.num_rows} rows, streamed")
         evaluation = None if held is None else EvalSet(
             held, collate, cfg.run.eval_batch_size, held.fingerprint(), collate.key)
-        trainer = Trainer(cfg, policy, objective, source, evaluation, log=log, **extra)
+        trainer = make_trainer(cfg, policy, objective, source, evaluation, log=log,
+                               hardware=hardware(cfg), **extra)
         decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
         train = ExampleSet([], DataReport())  # nothing held: rows come per step
         return Run(cfg, tokenizer, policy, objective, train, held, trainer)
@@ -229,7 +230,8 @@ def build_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     decision = proved(decision, policy, examples.train, tokenizer.pad_token_id, cfg.data, log)
     cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id)
     both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log, **extra)
+    trainer = make_trainer(cfg, policy, objective, both.train, both.eval, log=log,
+                           hardware=hardware(cfg), **extra)
     decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
     return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)
 
@@ -259,6 +261,7 @@ def build_sft_run(cfg: TrainConfig, log: Callable[[str], Any] = print) -> Run:
     decision = proved(decision, policy, examples.train, tokenizer.pad_token_id, cfg.data, log)
     cfg, collate = laid_out(cfg, decision, log, tokenizer.pad_token_id, sequences=True)
     both = sources(cfg.optim, cfg.data, cfg.run, examples, collate)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log, **extra)
+    trainer = make_trainer(cfg, policy, objective, both.train, both.eval, log=log,
+                           hardware=hardware(cfg), **extra)
     decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
     return Run(cfg, tokenizer, policy, objective, examples.train, examples.eval, trainer)

@@ -78,8 +78,10 @@ def check_named_files(cfg: TrainConfig) -> None:
 
 
 def hardware(cfg: TrainConfig) -> HardwareChoice:
-    """The run's device and precision (``optim.mixed_precision``'s auto resolved here)."""
-    return resolve_hardware(cfg.optim.mixed_precision, cfg.run.device)
+    """The run's device and precision (``optim.mixed_precision``'s auto resolved here), and
+    whether freed host memory stays in the heap (``run.host_memory``); the trainer takes it
+    from the builder (:func:`~dpokit.train.setup.build_parts`), it does not resolve again."""
+    return resolve_hardware(cfg.optim.mixed_precision, cfg.run.device, cfg.run.host_memory)
 
 
 def sampo_seed(loss: LossConfig, seed: int) -> int | None:

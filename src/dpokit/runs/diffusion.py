@@ -32,7 +32,7 @@ from ..policies.diffusion import (
     build_image_pairs,
 )
 from ..policies.diffusion.pipeline import PipelineParts, load_pipeline
-from ..train import Trainer
+from ..train import make_trainer
 from .common import Run, check_named_files, hardware, model_dtype, sources, tokenize_both
 
 
@@ -62,7 +62,8 @@ def _trainer(cfg: TrainConfig, build_rows, collator, objective, reference: bool,
     collate = collator(parts.scheduler.config.num_train_timesteps, o.seed,
                        noise_shape=parts.latent_shape)
     both = sources(o, d, cfg.run, examples, collate, DiffusionSource)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
+    trainer = make_trainer(cfg, policy, objective, both.train, both.eval, log=log,
+                           hardware=hardware(cfg))
     return Run(cfg, parts.tokenizer, policy, objective, examples.train, examples.eval, trainer)
 
 

@@ -48,7 +48,7 @@ from ..objectives import build_objective
 from ..policies.causal_lm.models import load_tokenizer
 from ..policies.causal_lm.samplers import Sampler, make_sampler
 from ..policies.causal_lm.sampling import SamplingSettings
-from ..train import EvalSet, Trainer
+from ..train import EvalSet, make_trainer
 from ..train.folder import OutputDirError
 from ..train.online import MadePairs, OnlineSource
 from .causal_lm import held_out_pairs, laid_out, policy_for, services
@@ -174,7 +174,8 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
                           cfg.optim.batch_size, cfg.online.prompts_per_step, cfg.optim.seed)
     log(f"online DPO: {len(pool)} prompts, {cfg.online.num_samples} samples each "
         f"({sampler.name}), reward {cfg.online.reward}")
-    trainer = Trainer(cfg, policy, objective, source, held, log=log, **extra)
+    trainer = make_trainer(cfg, policy, objective, source, held, log=log,
+                           hardware=hardware(cfg), **extra)
     decision.write(cfg.run.output_dir) if trainer.accelerator.is_main_process else None
     return Run(cfg, tokenizer, policy, objective, None, None, trainer)  # type: ignore[arg-type]
 
@@ -272,8 +273,8 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
             cfg.run, output_dir=str(round_dir)))
         source = sources(round_cfg.optim, round_cfg.data, round_cfg.run, Examples(train, None),
                          collate).train
-        trainer = Trainer(round_cfg, policy, objective, source, held_pairs, log=log,
-                          **round_services)
+        trainer = make_trainer(round_cfg, policy, objective, source, held_pairs, log=log,
+                               hardware=hardware(cfg), **round_services)
         trained = trainer.train()
         save_file({k: v.contiguous() for k, v in policy.trainable_state_dict().items()},
                   round_dir / ROUND_STATE)

@@ -40,7 +40,7 @@ from ..policies.vision_language.models import (
     load_vision_language_model,
     mrope_merge,
 )
-from ..train import Trainer
+from ..train import make_trainer
 from .common import (
     Run,
     base_model_name,
@@ -128,7 +128,8 @@ def _run(cfg: TrainConfig, log, objective, build, collate, needs_reference: bool
                                  sampo_seed=sampo_seed(cfg.loss, cfg.optim.seed) if pairs
                                  else None, seed=cfg.optim.seed)
     both = sources(cfg.optim, d, cfg.run, examples, collate)
-    trainer = Trainer(cfg, policy, objective, both.train, both.eval, log=log)
+    trainer = make_trainer(cfg, policy, objective, both.train, both.eval, log=log,
+                           hardware=hardware(cfg))
     return Run(cfg, tokenizer.tokenizer, policy, objective, examples.train, examples.eval,
                trainer)
 

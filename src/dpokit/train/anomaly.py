@@ -77,24 +77,25 @@ def record(folder: str | Path, step: int, what: str, first: str | None, batch: A
     return path
 
 
-def replay_step(trainer: Any, what: str, batches: Sequence[Any]) -> str:
-    """Replay the step's micro-batches ``batches`` one by one, through the trainer's engine's
-    modules and forward, until one shows a non-finite tensor; record it in the run folder
-    (main process) and return a clause for the guard's message (empty when the replay finds
-    nothing). Only in one process: a replay's forward and backward are collective under DDP,
-    FSDP2 and ZeRO, and the other processes would not join it."""
-    if trainer.world > 1:
+def replay_step(modules: Any, forward: Callable[[Any], torch.Tensor], batches: Sequence[Any],
+                *, what: str, step: int, folder: str | Path, world: int = 1,
+                is_main: bool = True) -> str:
+    """Replay the step's micro-batches ``batches`` one by one through ``forward`` (a batch ->
+    its per-example losses) with hooks on ``modules``, until one shows a non-finite tensor;
+    record it in the run ``folder`` (main process) and return a clause for the guard's
+    message (empty when the replay finds nothing). Only in one process (``world`` 1): a
+    replay's forward and backward are collective under DDP, FSDP2 and ZeRO, and the other
+    processes would not join it."""
+    if world > 1:
         return "; to name the first non-finite tensor, rerun this step in one process"
     found, shown = None, None
     for batch in batches:
-        found = first_nonfinite(trainer.engine.modules,
-                                lambda b=batch: trainer._forward(b, "train").losses)
+        found = first_nonfinite(modules, lambda b=batch: forward(b))
         if found:
             shown = batch
             break
-    if trainer.accelerator.is_main_process:
-        path = record(trainer.output_dir, trainer.step + 1, what, found,
-                      shown.to("cpu") if shown is not None else None)
+    if is_main:
+        path = record(folder, step, what, found, shown.to("cpu") if shown is not None else None)
         where = f"; first non-finite: {found}" if found else ""
         return f"{where}; recorded in {path}"
     return f"; first non-finite: {found}" if found else ""

@@ -8,14 +8,16 @@ in their own module: ``sources`` (data order), ``reference`` (precompute, cache,
 ``checkpoint``, ``folder`` (ownership, lock), ``resume`` (what may continue), ``signals``,
 ``strategy`` (launch), ``metrics`` (JSONL, trackers), ``optim``.
 
-    >>> trainer = Trainer(cfg, policy, objective, StaticSource(pairs, collate, 4))  # doctest: +SKIP
-    >>> result = trainer.train()                                                   # doctest: +SKIP
+The parts it loops with are built once, at the top, by :mod:`~dpokit.train.setup` (the run
+builder's composition root); :func:`make_trainer` builds both.
+
+    >>> trainer = make_trainer(cfg, policy, objective, StaticSource(pairs, 4))  # doctest: +SKIP
+    >>> result = trainer.train()                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-import random
 import signal
 import time
 import warnings
@@ -28,15 +30,12 @@ from typing import Any
 import torch
 
 from ..config.schema import TrainConfig
-from ..core.hardware import DTYPES, resolve, write_record
+from ..core.hardware import HardwareChoice, write_record
 from ..core.protocols import DataSource, Objective, ObjectiveOutput, Policy, Regularizer
-from ..core.signals import Interrupted, StopRequests, cooperative
+from ..core.signals import Interrupted, cooperative
 from ..core.types import MetricSums
 from .anomaly import replay_step
-from .checkpoint import CheckpointStore, model_card, push_to_hub, save_final
-from .engines import TorchEngine, ZeroEngine, zero_engine
-from .folder import RunFolder
-from .health import HealthMonitor
+from .checkpoint import model_card, push_to_hub, save_final
 from .metrics import (
     MetricsLogger,
     format_eval,
@@ -45,17 +44,9 @@ from .metrics import (
     record_run,
     reduce_metrics,
 )
-from .optim import build_optimizer, total_steps
-from .reference import ReferenceService, reference_precision
 from .resume import find_resumable, run_signature
+from .setup import LoopParts, autocast, build_parts
 from .sources import EvalSet
-from .strategy import (
-    check_launch,
-    check_strategy,
-    make_accelerator,
-    shard_settings,
-    warn_batch_level,
-)
 
 
 class NonFiniteError(RuntimeError):
@@ -73,73 +64,35 @@ class Trainer:
     """Trains any :class:`~dpokit.core.Policy` with any :class:`~dpokit.core.Objective` on
     any :class:`~dpokit.core.DataSource`."""
 
-    def __init__(self, cfg: TrainConfig, policy: Policy, objective: Objective, source: DataSource,
-                 eval_set: EvalSet | None = None, accelerator: Any = None,
-                 trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print,
+    def __init__(self, cfg: TrainConfig, parts: LoopParts, policy: Policy, objective: Objective,
+                 source: DataSource, eval_set: EvalSet | None = None, *,
+                 log: Callable[[str], None] = print,
                  evaluators: Sequence[Callable[[Policy], dict[str, float]]] = (),
                  regularizers: Sequence[Regularizer] = ()):
-        self.cfg, self.policy, self.objective = cfg, policy, objective
+        """``parts``: built by :func:`~dpokit.train.setup.build_parts` (the run builder's
+        composition root); the trainer keeps them and loops."""
+        self.cfg, self.parts, self.policy, self.objective = cfg, parts, policy, objective
         self.source, self.eval_set, self.log = source, eval_set, log
         self.evaluators = list(evaluators)  # more held-out figures (generation), eval/ keys
         self.evaluating = eval_set is not None or bool(self.evaluators)
         self.regularizers = list(regularizers)  # weight * value added to every step's loss
-        optim, run = cfg.optim, cfg.run
-        self.folder = RunFolder(run.output_dir, log=log)
-        self.folder.check_usable()  # before any compute
-        # the device and precision the hardware does natively (hardware.py); the loop applies
-        # its own autocast (accelerate's per-process state refuses a second mixed_precision)
-        self.hardware = resolve(optim.mixed_precision, run.device, run.host_memory)
-        self.precision = self.hardware.precision  # fp32 | bf16 | fp16
-        self.accelerator = accelerator or make_accelerator([*run.log_with, *trackers],
-                                                           run.output_dir,
-                                                           self.hardware.device.kind)
-        check_launch(self.accelerator, cfg.distributed.strategy)
-        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
-        self.folder.is_main = self.accelerator.is_main_process
-        self.stop = StopRequests(log)  # SIGINT / SIGTERM, read in every phase
-        source.shard(self.world, self.rank)
-        if self.world > 1:  # batch statistics (KTO's KL estimate, BCO's δ) pooled over processes
-            objective.reduce_sum = lambda t: self.accelerator.reduce(t, "sum")
-        warn_batch_level(objective, optim.grad_accum_steps, optim.batch_size, self.world)
-        self.total_steps = total_steps(optim, source.steps_per_epoch)
-        torch.manual_seed(optim.seed)
-        random.seed(optim.seed)
-        self.strategy = strategy = cfg.distributed.strategy
-        check_strategy(strategy, self.precision, self.hardware.reason, policy)
-        if strategy == "deepspeed":
-            self.engine: TorchEngine | ZeroEngine
-            self.engine, self.scheduler = zero_engine(policy, self.accelerator, optim,
-                                                      cfg.distributed, self.total_steps)
-        else:  # FSDP2 replaces the parameters: the optimizer comes after
-            modules = (policy.shard(shard_settings(self.accelerator, cfg.distributed,
-                                                   self.precision == "bf16"))
-                       if strategy == "fsdp" else policy.prepare(self.accelerator))
-            optimizer, self.scheduler = build_optimizer(policy.trainable_parameters(), optim,
-                                                        self.total_steps)
-            self.engine = TorchEngine(self.accelerator, optimizer, strategy, modules,
-                                      loss_scaling=self.precision == "fp16")
-        self.optimizer = self.engine.optimizer
-        precision = reference_precision(cfg.loss.ref_precision, self.precision)
-        self.reference = ReferenceService(policy, objective, cfg.loss, self.accelerator,
-                                          lambda: self.autocast(precision), precision,
-                                          log, self._progress)
-        self.checkpoints = CheckpointStore(run.output_dir, run.keep_checkpoints,
-                                           self.accelerator.is_main_process,
-                                           self.accelerator.wait_for_everyone)
-        self.output_dir = Path(run.output_dir)
+        self.folder, self.hardware, self.accelerator = parts.folder, parts.hardware, \
+            parts.accelerator
+        self.precision, self.world, self.rank = parts.precision, parts.world, parts.rank
+        self.stop, self.engine, self.scheduler = parts.stop, parts.engine, parts.scheduler
+        self.optimizer, self.reference = parts.engine.optimizer, parts.reference
+        self.checkpoints, self.health = parts.checkpoints, parts.health
+        self.total_steps, self.strategy = parts.total_steps, cfg.distributed.strategy
+        self.output_dir = Path(cfg.run.output_dir)
         self._metrics: MetricsLogger | None = None
-        self.health = HealthMonitor(log, objective.name)  # warns once per check that fires
         self._last_eval: dict = {}
         self._step_batches: list = []
         self.step = 0
 
     # --- precision ---------------------------------------------------------------------------
     def autocast(self, precision: str | None = None):
-        """Autocast of the forwards in the run's precision (or ``precision``: fp32, bf16,
-        fp16); off in fp32. Losses, reductions and log-prob sums stay fp32."""
-        precision = precision or self.precision
-        return torch.autocast(self.accelerator.device.type, dtype=DTYPES[precision],
-                              enabled=precision != "fp32")
+        """Autocast of the forwards in the run's precision (or ``precision``)."""
+        return autocast(self.accelerator.device.type, precision or self.precision)
 
     # --- one step ----------------------------------------------------------------------------
     def _forward(self, batch: Any, table: str | None) -> ObjectiveOutput:
@@ -152,7 +105,10 @@ class Trainer:
             latest = self.checkpoints.latest()
             kept = (f"the last good checkpoint, {latest}, is intact" if latest
                     else "no checkpoint was written")
-            found = replay_step(self, what, self._step_batches)  # names the first non-finite
+            found = replay_step(self.engine.modules, lambda b: self._forward(b, "train").losses,
+                                self._step_batches, what=what, step=self.step + 1,
+                                folder=self.output_dir, world=self.world,
+                                is_main=self.accelerator.is_main_process)  # the first NaN
             raise NonFiniteError(f"{what} is {value.item() if value.numel() == 1 else value} at "
                                  f"step {self.step + 1}; stopping before the optimizer step "
                                  f"({kept}){found}. Try a lower learning_rate or "
@@ -398,3 +354,16 @@ class Trainer:
         if self.world > 1 or (self._metrics is not None and self._metrics.trackers):
             self.accelerator.end_training()
 
+
+def make_trainer(cfg: TrainConfig, policy: Policy, objective: Objective, source: DataSource,
+                 eval_set: EvalSet | None = None, *, accelerator: Any = None,
+                 trackers: tuple[Any, ...] = (), log: Callable[[str], None] = print,
+                 evaluators: Sequence[Callable[[Policy], dict[str, float]]] = (),
+                 regularizers: Sequence[Regularizer] = (),
+                 hardware: HardwareChoice | None = None):
+    """The parts (:func:`build_parts`) and the :class:`~dpokit.train.loop.Trainer` that loops
+    with them."""
+    parts = build_parts(cfg, policy, objective, source, accelerator=accelerator,
+                        trackers=trackers, log=log, hardware=hardware)
+    return Trainer(cfg, parts, policy, objective, source, eval_set, log=log,
+                   evaluators=evaluators, regularizers=regularizers)

@@ -184,7 +184,7 @@ def test_image_pair_rows(tmp_path):
 
 
 def test_diffusion_dpo_trains_through_the_loop_with_lora(tmp_path):
-    from dpokit.train import Trainer
+    from dpokit.train import make_trainer
 
     encoder = WordEncoder(WORDS, dim=8).requires_grad_(False)
     unet = apply_lora(tiny_unet(), r=4, alpha=4)
@@ -194,9 +194,9 @@ def test_diffusion_dpo_trains_through_the_loop_with_lora(tmp_path):
     objective = sigmoid(200.0)
     source = DiffusionSource(pairs(8), collate, batch_size=8)
     with pytest.raises(ValueError, match="precompute_ref_logps=false"):
-        Trainer(tiny_config(tmp_path, precompute_ref_logps=True), policy, objective, source)
+        make_trainer(tiny_config(tmp_path, precompute_ref_logps=True), policy, objective, source)
     config = tiny_config(tmp_path, learning_rate=3e-3, max_steps=30, batch_size=8)
-    result = Trainer(config, policy, objective, source, log=lambda _: None).train()
+    result = make_trainer(config, policy, objective, source, log=lambda _: None).train()
     losses = [h["loss"] for h in result.history]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0: policy == reference
     assert sum(losses[-5:]) / 5 < math.log(2) - 0.05, losses
@@ -343,7 +343,7 @@ def pooled(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_drpo_raises_the_reward_through_the_loop(tmp_path):
-    from dpokit.train import Trainer
+    from dpokit.train import make_trainer
 
     torch.manual_seed(0)
     generator = OneStepGenerator(noise_dim=8, condition_dim=8, size=8, width=16)
@@ -353,8 +353,8 @@ def test_drpo_raises_the_reward_through_the_loop(tmp_path):
                         batch_size=2, seed=1)
     before = redness(policy.generate(["a red circle"] * 16, seed=5), []).mean()
     config = tiny_config(tmp_path, learning_rate=3e-3, max_steps=25)
-    result = Trainer(config, policy, DrPOObjective(pooled, settings), source,
-                     log=lambda _: None).train()
+    result = make_trainer(config, policy, DrPOObjective(pooled, settings), source,
+                          log=lambda _: None).train()
     after = redness(policy.generate(["a red circle"] * 16, seed=5), []).mean()
     assert after > before + 0.1, (before, after)
     assert "samples/reward" in result.history[0] and "drift/reference" in result.history[0]

@@ -20,7 +20,7 @@ from dpokit.policies.recommender import (
     collate_pairs,
     collate_sequences,
 )
-from dpokit.train import StaticSource, Trainer
+from dpokit.train import StaticSource, make_trainer
 
 CTX = Context(mode=1, start=(0.5, 0.5), items=(0, 1), signals=((1, .6, 0, 0), (0, 0, 0, 0)))
 
@@ -58,15 +58,16 @@ def test_bc_then_dpo_through_the_generic_trainer(tmp_path):
     exact = dict(mixed_precision="no")  # (the first DPO loss is ln 2 to fp32's rounding)
     cfg = load_config(None, output_dir=str(tmp_path / "bc"), learning_rate=1e-2, batch_size=8,
                       max_steps=15, log_with=[], progress_bar=False, **exact)
-    history = Trainer(cfg, policy, SFTObjective(), StaticSource(rows, collate_sequences, 8),
-                      log=lambda _: None).train().history
+    history = make_trainer(cfg, policy, SFTObjective(), StaticSource(rows, collate_sequences, 8),
+                           log=lambda _: None).train().history
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]  # clones the logged list
     dpo_policy = SessionPolicy(policy.model, reference=True)
     pairs = [ItemPair(i, CTX, (7, 3), (5, 6)) for i in range(16)]
     cfg = load_config(None, output_dir=str(tmp_path / "dpo"), learning_rate=1e-2,
                       batch_size=8, max_steps=10, log_with=[], progress_bar=False, **exact)
-    history = Trainer(cfg, dpo_policy, build_objective(cfg.loss), StaticSource(pairs, collate_pairs,
-                      8), log=lambda _: None).train().history
+    history = make_trainer(cfg, dpo_policy, build_objective(cfg.loss),
+                           StaticSource(pairs, collate_pairs, 8), log=lambda _: None
+                           ).train().history
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # starts at the reference
     assert history[-1]["loss"] < 0.4 and history[-1]["rewards/accuracies"] == 1.0
 
@@ -84,8 +85,8 @@ def test_the_saved_model_card_names_its_own_model_and_the_loader_reads_it_back(t
     rows = [ItemSequence(i, CTX, (5, 6)) for i in range(8)]
     cfg = load_config(None, output_dir=str(tmp_path / "bc"), batch_size=8, max_steps=1,
                       log_with=[], progress_bar=False)
-    trainer = Trainer(cfg, policy, SFTObjective(), StaticSource(rows, collate_sequences, 8),
-                      log=lambda _: None)
+    trainer = make_trainer(cfg, policy, SFTObjective(), StaticSource(rows, collate_sequences, 8),
+                           log=lambda _: None)
     trainer.train()
     final = trainer.save_final()
     card = (final / "README.md").read_text()

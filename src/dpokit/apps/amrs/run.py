@@ -32,7 +32,7 @@ from ...policies.recommender import (
     collate_pairs,
     collate_sequences,
 )
-from ...train import StaticSource, Trainer
+from ...train import StaticSource, Trainer, make_trainer
 from .rollouts import (
     evaluate_lists,
     greedy_lists,
@@ -187,7 +187,7 @@ def _trainer(cfg: TrainConfig, policy: SessionPolicy, objective, rows, collate, 
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(out)))
     source = StaticSource(rows, collate, cfg.optim.batch_size, cfg.optim.grad_accum_steps,
                           cfg.optim.seed, cfg.data.shuffle)
-    return Trainer(cfg, policy, objective, source, log=log)
+    return make_trainer(cfg, policy, objective, source, log=log)
 
 
 @dataclass
