@@ -30,3 +30,24 @@ def test_loss_needing_a_column_is_refused_without_it(tmp_path, tokenizer):
     cfg = load_config(None, loss="odpo", train_data=str(path), eval_data=None)
     with pytest.raises(DataError, match=r"pairs.jsonl, row 1, field 'offset': missing column"):
         load_pairs(cfg.data, cfg.loss, cfg.optim.seed, tokenizer, log=lambda _: None)
+
+
+def test_one_rule_chooses_the_tokenizer_for_every_run_kind(tmp_path):
+    """model.tokenizer when set; an adapter folder's own tokenizer when it saved one, else its
+    base's; else the model (online runs took the adapter folder itself, without a tokenizer)."""
+    import json
+
+    from dpokit.config import load_config
+    from dpokit.runs.common import tokenizer_name
+    from dpokit.runs.loading import tokenizer_source
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base"}))
+    assert tokenizer_source(str(adapter)) == "base"
+    assert tokenizer_source(str(adapter), "mine") == "mine"
+    (adapter / "tokenizer_config.json").write_text("{}")
+    assert tokenizer_source(str(adapter)) == str(adapter)
+    assert tokenizer_source("some/model") == "some/model"
+    cfg = load_config(None, [f"model={adapter}", "output_dir=unused"])
+    assert tokenizer_name(cfg.model) == str(adapter)

@@ -82,7 +82,7 @@ def build_policy(m: ModelConfig, choice: HardwareChoice, reference: str, *, toke
     """The model section's causal LM, ready to train on ``choice``'s device and precision:
     weights (4-bit for QLoRA), the adapter or LoRA, the ``reference`` kind."""
     check_device_supports(choice.device.kind, strategy=strategy, quantization=m.quantization)
-    tokenizer = tokenizer or load_tokenizer(m.tokenizer or base_model_name(m))
+    tokenizer = tokenizer or load_tokenizer(tokenizer_name(m))
     quantized = m.quantization == "4bit"
     # QLoRA computes in the training precision's half dtype (fp16 on a GPU without bf16)
     half = torch.float16 if choice.precision == "fp16" else torch.bfloat16

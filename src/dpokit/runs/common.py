@@ -28,6 +28,7 @@ from ..data.text.pairs import TokenizeSettings
 from ..policies.causal_lm.lora import adapter_base, add_reference_copy, apply_lora, load_adapter
 from ..policies.causal_lm.models import disable_dropout
 from ..train import EvalSet, StaticSource, Trainer
+from .loading import tokenizer_source
 
 
 @dataclass
@@ -120,8 +121,8 @@ def base_model_name(m: ModelConfig) -> str:
 
 
 def tokenizer_name(m: ModelConfig) -> str:
-    """``model.tokenizer``, else the base model's (an adapter folder names its base)."""
-    return m.tokenizer or adapter_base(m.name) or m.name
+    """The run's tokenizer (:func:`~dpokit.runs.loading.tokenizer_source`'s rule)."""
+    return tokenizer_source(m.name, m.tokenizer)
 
 
 def model_dtype(m: ModelConfig, precision: str) -> torch.dtype:

@@ -78,7 +78,7 @@ def _causal_lm(name: str, reference: str | None, dtype: torch.dtype) -> Policy:
     from ..policies.causal_lm.segments import SegmentSpec, install_segments
 
     base = adapter_base(name)
-    tokenizer = load_tokenizer(name if base is None or _has_tokenizer(name) else base)
+    tokenizer = load_tokenizer(tokenizer_source(name))
     segments = SegmentSpec.read(name)  # Instructional Segment Embeddings, installed again
     net = load_causal_lm(base or name, dtype)
     if segments is not None:  # an adapter holds its table; a full model's is read in here
@@ -127,3 +127,17 @@ def _diffusion(name: str, dtype: torch.dtype) -> Policy:
 
 def _has_tokenizer(folder: str) -> bool:
     return (Path(folder) / "tokenizer_config.json").is_file()
+
+
+def tokenizer_source(name: str, tokenizer: str | None = None) -> str:
+    """Where a causal LM's tokenizer loads from, the one rule of every run and loader:
+    ``tokenizer`` when set; an adapter folder's own tokenizer when it saved one (an SFT run's
+    added tokens), else its base's; else the model itself.
+
+    >>> tokenizer_source("HuggingFaceTB/SmolLM2-135M", "my-tokenizer")
+    'my-tokenizer'
+    """
+    if tokenizer:
+        return tokenizer
+    base = adapter_base(name)
+    return name if base is None or _has_tokenizer(name) else base

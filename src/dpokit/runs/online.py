@@ -60,6 +60,7 @@ from .common import (
     hardware,
     sources,
     tokenize_settings,
+    tokenizer_name,
 )
 from .layouts import decide_layout, proved
 
@@ -156,7 +157,7 @@ def build_online_run(cfg: TrainConfig, log=print) -> Run:
     if objective.unpaired:
         raise ValueError(f"online DPO makes pairs; loss {cfg.loss.name!r} trains on unpaired "
                          f"rows")
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    tokenizer = load_tokenizer(tokenizer_name(cfg.model))
     # every file and the reward before the model loads
     pool = prompt_pool(cfg.online.prompts or cfg.data.train_data or "")
     reward = load_reward(cfg.online.reward)
@@ -204,7 +205,7 @@ def run_iterative(cfg: TrainConfig, log=print) -> IterativeResult:
                          f"{cfg.loss.name!r} is not")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, reference="adapter_copy" if cfg.model.lora else "copy"))
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    tokenizer = load_tokenizer(tokenizer_name(cfg.model))
     reward = load_reward(o.reward)  # every file and the reward before the model loads
     pool = prompt_pool(o.prompts or cfg.data.train_data or "")
     held = prompt_pool(cfg.run.eval_prompts, "eval_prompts") if cfg.run.eval_prompts else None
