@@ -364,7 +364,9 @@ def mutate_module(module: Path, runner: Runner | None, args: argparse.Namespace)
     base_log = logs / f"{module.stem}.baseline.log"
     outcome, base = runner.run(args.baseline_timeout, base_log)
     if outcome != "passed":
-        print(f"{rel}: the unmutated tests do not pass ({outcome}); see {base_log}")
+        tail = base_log.read_text(errors="replace").splitlines()[-25:] if base_log.exists() \
+            else []
+        print(f"{rel}: the unmutated tests do not pass ({outcome}):\n" + "\n".join(tail))
         return {"module": rel, "error": f"baseline {outcome}"}
     timeout = args.timeout or max(10.0, 3 * base + 5)
     print(f"{rel}: {len(found)} mutants, trying {len(chosen)}; tests {' '.join(runner.tests)} "
