@@ -55,3 +55,17 @@ def test_image_figures_are_found_and_headlined_and_an_eval_prefix_is_refused():
     with pytest.raises(ValueError, match="without the 'eval/' prefix"):
         declare(Metric("eval/new/figure", "a figure"))
     assert all(not m.key.startswith("eval/") for m in catalogue())
+
+
+def test_a_reader_finds_every_declared_figure_without_importing_its_declarer():
+    """The catalogue loads its declarers itself (DECLARERS): the report and doctor import no
+    module only for the figures it declares. In a fresh process, so nothing is loaded yet."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dpokit.core.catalogue import lookup; "
+            "print(lookup('eval/img/reward').label, '|', lookup('stat/bco_delta').label, '|', "
+            "lookup('eval/geometry/style_tdi') is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "reward of own samples | BCO: running mean δ of the rewards | True", out

@@ -37,6 +37,25 @@ class Metric:
 
 
 _CATALOGUE: dict[str, Metric] = {}
+# the modules that declare figures, by name (core imports no room), imported on the first read
+# so that no reader (the report, doctor, a table) imports one only for its declarations
+DECLARERS = ("dpokit.core.types", "dpokit.losses", "dpokit.objectives.preference",
+             "dpokit.objectives.sft", "dpokit.train.engines", "dpokit.train.metrics",
+             "dpokit.eval.evaluate", "dpokit.eval.tdi", "dpokit.eval.style_regularizer",
+             "dpokit.eval.images")
+_loaded = False
+
+
+def _declared() -> dict[str, Metric]:
+    """The catalogue with every declarer's figures in it."""
+    global _loaded
+    if not _loaded:
+        import importlib
+
+        _loaded = True
+        for name in DECLARERS:
+            importlib.import_module(name)
+    return _CATALOGUE
 
 
 def declare(*metrics: Metric) -> None:
@@ -55,12 +74,12 @@ def declare(*metrics: Metric) -> None:
 
 def lookup(key: str) -> Metric | None:
     """The declared figure of a logged key (training or ``eval/``), or None."""
-    return _CATALOGUE.get(key[len(EVAL):] if key.startswith(EVAL) else key)
+    return _declared().get(key[len(EVAL):] if key.startswith(EVAL) else key)
 
 
 def catalogue() -> list[Metric]:
     """Every declared figure, in declaration order."""
-    return list(_CATALOGUE.values())
+    return list(_declared().values())
 
 
 def panels(keys: Iterable[str]) -> dict[str, list[str]]:

@@ -20,10 +20,7 @@ from typing import Any
 
 from ..core.catalogue import lookup, panels
 from ..core.paths import write_text_atomic
-from ..objectives import preference, sft  # noqa: F401  (the figures they declare)
-from ..train import engines  # noqa: F401
 from ..train.health import RunTrace, load_trace, run_checks
-from . import evaluate, style_regularizer, tdi  # noqa: F401
 
 
 @dataclass
