@@ -11,9 +11,12 @@ the held-out check every experiment runs before it reports a held-out figure.
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +149,100 @@ def disjointness_line(records: list[dict]) -> str:
             part += f", by design: {r['allowed']}"
         parts.append(part)
     return "Held out (checked in the script): " + "; ".join(parts) + "."
+
+
+# --- seeds and intervals: what every headline reports ----------------------------------------
+# A difference is a result only when its 95% interval excludes 0; otherwise "within noise".
+# Training noise: the spread of a figure over training seeds (a t interval of the mean).
+# Evaluation noise, separated: paired tests on the same items (McNemar for per-item
+# right/wrong; a cluster bootstrap where items share a task or a constraint).
+
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)  # df 1..20
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its 95% interval, over ``n`` units (seeds, or clusters resampled)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    unit: str = "seeds"
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def text(self, fmt: str = "{:+.3f}") -> str:
+        """``+0.017 [-0.003, +0.037], 3 seeds``"""
+        return (f"{fmt.format(self.mean)} [{fmt.format(self.low)}, {fmt.format(self.high)}], "
+                f"{self.n} {self.unit}")
+
+    def verdict(self) -> str:
+        return "a result" if self.excludes_zero else "within noise"
+
+
+def seed_interval(values: Sequence[float]) -> Interval:
+    """The mean over training seeds and its 95% t interval (one seed: no interval, the
+    endpoints are the mean and the verdict is "within noise").
+
+    >>> seed_interval([1.0, 2.0, 3.0]).text("{:.2f}")
+    '2.00 [-0.48, 4.48], 3 seeds'
+    """
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return Interval(mean, -math.inf, math.inf, n)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else NormalDist().inv_cdf(0.975)
+    half = t * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def mcnemar(a_right: Sequence[bool], b_right: Sequence[bool]) -> dict[str, float]:
+    """Exact McNemar test of two systems graded right / wrong on the same items: the items
+    only A gets right (``a_only``), only B (``b_only``), and the two-sided binomial p of that
+    split (ties of both right or both wrong carry no information).
+
+    >>> mcnemar([True, True, True, False], [False, False, True, False])
+    {'a_only': 2, 'b_only': 0, 'p': 0.5}
+    """
+    a_only = sum(a and not b for a, b in zip(a_right, b_right, strict=True))
+    b_only = sum(b and not a for a, b in zip(a_right, b_right, strict=True))
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return {"a_only": a_only, "b_only": b_only, "p": p}
+
+
+def cluster_bootstrap(differences: Sequence[float], clusters: Sequence[Hashable],
+                      draws: int = 2000, seed: int = 0) -> Interval:
+    """The mean of per-item differences (B - A on the same items) and its 95% percentile
+    interval, resampling whole clusters (the items of one task, or one constraint) so that
+    items that share one are not counted as independent.
+
+    >>> cluster_bootstrap([1.0, 1.0, -1.0, -1.0], ["a", "a", "b", "b"]).mean
+    0.0
+    """
+    import random
+
+    groups: dict[Hashable, list[float]] = {}
+    for d, c in zip(differences, clusters, strict=True):
+        groups.setdefault(c, []).append(d)
+    keys = list(groups)
+    rng = random.Random(seed)
+    means = []
+    for _ in range(draws):
+        picked = [groups[rng.choice(keys)] for _ in keys]
+        values = [v for g in picked for v in g]
+        means.append(sum(values) / len(values))
+    means.sort()
+    mean = sum(differences) / len(differences)
+    return Interval(mean, means[int(0.025 * draws)], means[int(0.975 * draws) - 1], len(keys),
+                    "clusters")
+
+
+def headline(name: str, interval: Interval, fmt: str = "{:+.3f}") -> str:
+    """The line a README or page quotes: the figure, its interval and what it supports."""
+    return f"{name}: {interval.text(fmt)} ({interval.verdict()})"
