@@ -262,7 +262,9 @@ class Runner:
         shutil.copytree(SRC / "dpokit", self.tmp / "dpokit",
                         ignore=shutil.ignore_patterns("__pycache__"))
         self.tests, self.fork = tests, fork
-        self.args = ["-x", "-q", "-p", "no:cacheprovider", *pytest_args, *tests]
+        # the project's own pytest settings, whatever the test paths (a copy's doctests too)
+        self.args = ["-x", "-q", "-p", "no:cacheprovider", "-c", str(REPO / "pyproject.toml"),
+                     "--rootdir", str(REPO), *pytest_args, *tests]
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(self.tmp)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
                                else [])), PYTHONDONTWRITEBYTECODE="1")
@@ -359,6 +361,8 @@ def mutate_module(module: Path, runner: Runner | None, args: argparse.Namespace)
             print(f"{rel}:{m.line}: {m.description}    | {source.splitlines()[m.line - 1].strip()}")
         return {"module": rel, "mutants": len(found), "tried": len(chosen)}
     copy_path = runner.copy_of(module)
+    if args.doctests and ">>>" in source:  # the module's own examples test it too
+        runner.args.append(str(copy_path))
     logs = Path(args.logs) if args.logs else runner.tmp / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     base_log = logs / f"{module.stem}.baseline.log"
@@ -420,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-timeout", type=float, default=600)
     p.add_argument("--changed", metavar="REF", help="only the lines changed since git REF")
     p.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    p.add_argument("--no-doctests", dest="doctests", action="store_false",
+                   help="leave out the module's own doctests (run by default when it has any)")
     p.add_argument("--no-fork", dest="fork", action="store_false",
                    help="a fresh interpreter per mutant (slower; no warm process)")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
