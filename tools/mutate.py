@@ -257,10 +257,17 @@ def covering_tests(module: Path) -> list[str]:
 class Runner:
     """Runs pytest on a copy of the package; ``fork``: from a warm process (torch imported)."""
 
-    def __init__(self, tests: list[str], pytest_args: list[str], fork: bool):
+    def __init__(self, tests: list[str], pytest_args: list[str], fork: bool,
+                 base: str | None = None):
         self.tmp = Path(tempfile.mkdtemp(prefix="dpokit-mutants-"))
-        shutil.copytree(SRC / "dpokit", self.tmp / "dpokit",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        if base is None:  # the working tree as it is
+            shutil.copytree(SRC / "dpokit", self.tmp / "dpokit",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:  # the package at a git ref (others' edits in progress left out)
+            archive = subprocess.run(["git", "archive", base, "src/dpokit"], cwd=REPO,
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "--strip-components=1", "-C", str(self.tmp)],
+                           input=archive, check=True)
         self.tests, self.fork = tests, fork
         # the project's own pytest settings, whatever the test paths (a copy's doctests too)
         self.args = ["-x", "-q", "-p", "no:cacheprovider", "-c", str(REPO / "pyproject.toml"),
@@ -361,6 +368,7 @@ def mutate_module(module: Path, runner: Runner | None, args: argparse.Namespace)
             print(f"{rel}:{m.line}: {m.description}    | {source.splitlines()[m.line - 1].strip()}")
         return {"module": rel, "mutants": len(found), "tried": len(chosen)}
     copy_path = runner.copy_of(module)
+    copy_path.write_text(source)  # the module as it is in the working tree
     if args.doctests and ">>>" in source:  # the module's own examples test it too
         runner.args.append(str(copy_path))
     logs = Path(args.logs) if args.logs else runner.tmp / "logs"
@@ -428,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out the module's own doctests (run by default when it has any)")
     p.add_argument("--no-fork", dest="fork", action="store_false",
                    help="a fresh interpreter per mutant (slower; no warm process)")
+    p.add_argument("--base", metavar="REF", help="the rest of the package from git REF "
+                   "(the mutated modules from the working tree): others' edits in progress "
+                   "in the same checkout stay out")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
     p.add_argument("--json", help="write every mutant's outcome to this file")
     p.add_argument("--logs", help="keep the pytest logs in this folder")
@@ -450,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             reports.append(mutate_module(module, None, args))
             continue
         tests = args.tests or covering_tests(module)
-        runner = Runner(tests, shlex.split(args.pytest_args), args.fork)
+        runner = Runner(tests, shlex.split(args.pytest_args), args.fork, args.base)
         try:
             reports.append(mutate_module(module, runner, args))
         finally:
