@@ -371,3 +371,17 @@ def test_a_pickle_planted_in_a_checkpoint_is_refused_without_running(tmp_path, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{name}: refused" in err, err
     assert not marker.exists()
+
+
+def test_a_resumed_quickstart_compares_with_the_step_0_row_of_its_metrics(tmp_path):
+    """A resumed run does not repeat its baseline evaluation: the before column is read
+    from metrics.jsonl, never the final evaluation compared with itself."""
+    from dpokit.cli.train import baseline
+
+    write_jsonl(tmp_path / "metrics.jsonl", [{"step": 0, "eval/loss": 0.693},
+                                             {"step": 1, "loss": 0.6}])
+    assert baseline([{"step": 0, "eval/loss": 0.5}], str(tmp_path))["eval/loss"] == 0.5
+    assert baseline([{"step": 4, "eval/loss": 0.4}], str(tmp_path))["eval/loss"] == 0.693
+    write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1, "loss": 0.6}])
+    with pytest.raises(ValueError, match="no baseline evaluation"):
+        baseline([{"step": 4, "eval/loss": 0.4}], str(tmp_path))

@@ -38,6 +38,9 @@ def test_unset_budgets_follow_the_set_ones_and_explicit_values_win():
     with pytest.raises(ConfigError, match="max_prompt_length=64 leaves no room for a "
                                           "completion in max_length=64"):
         load_config(None, ["max_length=64", "max_prompt_length=64"])
+    # where the followed value still cannot work, the error says it was derived
+    with pytest.raises(ConfigError, match=r"max_prompt_length=1 \(half of max_length=1\)"):
+        load_config(None, ["max_length=1"])
     lora = load_config(None, ["lora_r=4"])
     assert (lora.model.lora_r, lora.model.lora_alpha) == (4, 8)
     assert "lora_alpha=8 (2 x lora_r=4)" in lora.derived

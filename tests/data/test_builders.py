@@ -256,11 +256,13 @@ def test_threads_table_takes_suffixed_scores_and_votes():
                          {**base, "reply_id": "r2", "reply_text": "B.", "upvotes": "1.1k",
                           "downvotes": "100", "created": "5"},
                          {**base, "reply_id": "r3", "reply_text": "C.", "upvotes": "many",
+                          "created": "5"},
+                         {**base, "reply_id": "r4", "reply_text": "D.", "score": "lots",
                           "created": "5"}])
-    assert [r.values["score"] for r in rows[:2]] == [3100.0, 1000.0]
+    assert rows[1].values["score"] == 1000.0  # up - down
     built = vote_pairs(rows)
-    assert pairs_of(built) == [("r1", "r2")]
-    assert built.report.dropped["comment: score is not a number"] == 1
+    assert pairs_of(built) == [("r1", "r2")] and built.rows[0]["score_chosen"] == 3100.0
+    assert built.report.dropped["comment: score is not a number"] == 2  # "many", "lots"
 
 
 def test_scored_rows_take_suffixed_scores_and_count_what_is_not_a_number():

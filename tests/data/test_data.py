@@ -355,3 +355,28 @@ def test_skip_also_skips_rows_that_are_not_json(tmp_path, tokenizer):
     pairs = build_pairs(records, tokenizer, TokenizeSettings(), "skip", skipped)
     assert pairs.report.kept == 1 and sum(pairs.report.skipped.values()) == 2
     assert "invalid JSON" in pairs.report.summary() and "2 skipped" in pairs.report.summary()
+
+
+def test_peek_records_reads_the_first_row_of_every_format_and_names_a_bad_file(tmp_path):
+    """What a run opens before any weights: the first row, cheaply, or one line naming the
+    file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dpokit.data.io import peek_records
+
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 3
+    write_jsonl(tmp_path / "r.jsonl", rows)
+    (tmp_path / "r.csv").write_text("prompt,chosen,rejected\np,a,b\n")
+    (tmp_path / "r.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    for name in ("r.jsonl", "r.csv", "r.json", "r.parquet"):
+        assert peek_records(str(tmp_path / name)).values == rows[0], name
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    (tmp_path / "empty.csv").write_text("prompt,chosen,rejected\n")
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    for name, reason in (("bad.parquet", "unreadable file"), ("empty.csv", "no rows"),
+                         ("blank.jsonl", "no rows"), ("missing.json", "file not found")):
+        with pytest.raises(DataError, match=reason):
+            peek_records(str(tmp_path / name))
+    assert peek_records("Anthropic/hh-rlhf") is None  # a hub name: its own loader tells

@@ -76,3 +76,22 @@ def test_the_baseline_evaluation_shows_a_reference_that_is_not_the_starting_poli
     assert reference_mismatch(RunTrace([{"step": 1}], on, loss="sigmoid")) is None
     later = [{"step": 20, "eval/rewards/chosen": 0.3, "eval/rewards/rejected": 0.0}]
     assert reference_mismatch(RunTrace([{"step": 1}], later, loss="sigmoid")) is None
+
+
+def test_a_resumed_runs_live_checks_read_its_earlier_rows_and_do_not_warn_twice():
+    """After a resume the monitor holds the earlier session's rows (the step-0 baseline
+    among them): a held-out course spans the whole run, and what fired before is not
+    warned again."""
+    from dpokit.train.health import HealthMonitor
+
+    said = []
+    monitor = HealthMonitor(said.append, "sigmoid")
+    start = {"rewards/chosen": 0.0, "rewards/margins": 0.0, "rewards/rejected": 0.0}
+    monitor.preload([*CALM_TRAINING[:5], *held(start)])
+    end = {"rewards/chosen": -1.99, "rewards/margins": 1.41, "rewards/rejected": -3.4}
+    fired = monitor.observe({"step": 60, **{f"eval/{k}": v for k, v in end.items()}})
+    assert [f.check for f in fired] == ["likelihood_displacement"] and len(said) == 1
+    again = HealthMonitor(said.append, "sigmoid")
+    again.preload([*CALM_TRAINING[:5], *held(start), {"step": 60, **{
+        f"eval/{k}": v for k, v in end.items()}}])
+    assert again.observe({"step": 61, "loss": 0.5}) == [] and len(said) == 1

@@ -88,6 +88,8 @@ def cmd_quickstart(overrides: list[str]) -> int:
     started = time.perf_counter()
     recipe = resources.files("dpokit") / "recipes" / "quickstart.yaml"
     cfg = with_repo_paths(load_config(str(recipe), overrides))
+    if cfg.derived:
+        print(f"config: {'; '.join(cfg.derived)}")
     print(
         f"dpokit quickstart: DPO + LoRA on {cfg.model.name}, loss={cfg.loss.name}, "
         f"beta={cfg.loss.beta}"
@@ -98,7 +100,7 @@ def cmd_quickstart(overrides: list[str]) -> int:
     run = build_run(cfg)
     before_text = generate(run.policy, QUICKSTART_PROMPTS)
     result = run.trainer.train()  # evaluates at step 0 (eval_before, in metrics.jsonl) and last
-    before, after = result.eval_history[0], result.eval_history[-1]
+    before, after = baseline(result.eval_history, cfg.run.output_dir), result.eval_history[-1]
     after_text = generate(run.policy, QUICKSTART_PROMPTS)
     final = run.trainer.save_final()
     print("\n" + comparison_table(before, after))
@@ -111,6 +113,22 @@ def cmd_quickstart(overrides: list[str]) -> int:
     minutes = (time.perf_counter() - started) / 60
     print(f"{result.step} steps in {minutes:.1f} min; LoRA adapter saved to {final}")
     return 0
+
+
+def baseline(evals: list[dict], output_dir: str) -> dict:
+    """The step-0 evaluation: this session's first, or, for a resumed run (which does not
+    repeat it), the step-0 evaluation row of ``metrics.jsonl``."""
+    if evals and evals[0].get("step") == 0:
+        return evals[0]
+    from ..train.health import is_eval_row
+    from ..train.metrics import read_metrics
+
+    rows = read_metrics(Path(output_dir) / "metrics.jsonl").rows
+    row = next((r for r in rows if is_eval_row(r) and r.get("step") == 0), None)
+    if row is None:
+        raise ValueError(f"{output_dir}: no baseline evaluation (step 0) in metrics.jsonl to "
+                         f"compare with")
+    return row
 
 
 def cmd_losses() -> int:

@@ -52,9 +52,13 @@ def _declared() -> dict[str, Metric]:
     if not _loaded:
         import importlib
 
-        _loaded = True
-        for name in DECLARERS:
-            importlib.import_module(name)
+        _loaded = True  # (a declarer importing the catalogue reads it as it is)
+        try:
+            for name in DECLARERS:
+                importlib.import_module(name)
+        except BaseException:
+            _loaded = False  # a failed import is raised again at the next read, not hidden
+            raise
     return _CATALOGUE
 
 

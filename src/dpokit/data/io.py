@@ -251,9 +251,10 @@ def load_records(source: str, split: str = "train",
 
 def peek_records(source: str, split: str = "train") -> Record | None:
     """The first readable row of ``source``, read as cheaply as its format allows (JSON Lines
-    and CSV: up to that row; JSON, Parquet, a saved dataset: the whole source), so that a run
-    can name a missing or unreadable file before anything expensive. None for a hub dataset
-    name (only its loader can tell, and it does before any weights load).
+    and CSV: up to that row; Parquet: its first batch; JSON, a saved dataset: the whole
+    source), so that a run can name a missing or unreadable file before anything expensive.
+    None for a hub dataset name (only its loader can tell, and it does before any weights
+    load).
 
     >>> peek_records("missing.jsonl")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -261,10 +262,15 @@ def peek_records(source: str, split: str = "train") -> Record | None:
     """
     path = Path(source)
     suffix = path.suffix.lower()
+    if suffix == ".parquet" and path.is_file() and path.stat().st_size:
+        return _first_parquet_row(path)
     if suffix not in (".jsonl", ".csv"):
         if suffix not in _READERS and not path.exists() and not _looks_like_a_path(source):
             return None
-        return load_records(source, split)[0]
+        rows = load_records(source, split)
+        if not rows:
+            raise DataError(source, None, None, "no rows")
+        return rows[0]
     if not path.is_file():
         raise DataError(source, None, None, "a folder, not a file" if path.is_dir()
                         else "file not found")
@@ -283,6 +289,22 @@ def peek_records(source: str, split: str = "train") -> Record | None:
             return item
         first_error = first_error or item
     raise first_error or DataError(source, None, None, "empty file: no rows")
+
+
+def _first_parquet_row(path: Path) -> Record:
+    try:
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=1), None)
+    except ImportError as err:
+        raise DataError(str(path), None, None, "reading Parquet needs pyarrow: pip install "
+                        "'dpokit[data]'") from err
+    except Exception as err:  # a corrupt footer, another file renamed
+        raise DataError(str(path), None, None,
+                        f"unreadable file: {type(err).__name__}: {err}") from err
+    if batch is None or batch.num_rows == 0:
+        raise DataError(str(path), None, None, "empty file: no rows")
+    return Record(str(path), 1, batch.to_pylist()[0])
 
 
 def check_jsonl_spec(spec: str) -> None:

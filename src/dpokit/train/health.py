@@ -13,107 +13,23 @@ finished or crashed run.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..objectives.preference import SATURATED
-
-EVAL = "eval/"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """check: its name; severity: ``warning`` or ``error``; step: where the evidence points;
-    finding: one sentence quoting the numbers; remedy: what to try; panel: the title of the
-    report's plot that shows the evidence (``training: log-probs``)."""
-
-    check: str
-    severity: str
-    step: int | None
-    finding: str
-    remedy: str
-    panel: str | None = None
-    series: str | None = None  # which series fired: "held-out pairs" or "training batches"
-
-    def line(self) -> str:
-        return f"{self.check}: {self.finding} Try: {self.remedy}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class RunTrace:
-    """What the checks read: training rows, evaluation rows (``eval/`` keys), the loss's
-    name (``sigmoid``, ``sigmoid+sft``; None when unknown), the checkpoint steps kept."""
-
-    train: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    loss: str | None = None
-    checkpoints: list[int] = field(default_factory=list)
-    warn_increase: float = 0.2
-    config: dict[str, Any] = field(default_factory=dict)  # run.json's, when there is one
-    nonfinite: dict[str, Any] | None = None  # nonfinite.json: what the NaN guard replayed
-
-    def series(self, key: str) -> list[tuple[int, float]]:
-        """(step, value) of a key over the rows that carry it as a finite number."""
-        rows = self.evals if key.startswith(EVAL) else self.train
-        return [(int(r.get("step", 0)), float(r[key])) for r in rows
-                if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
-
-
-def is_eval_row(row: dict[str, Any]) -> bool:
-    """An evaluation's row of ``metrics.jsonl`` (its figures carry the ``eval/`` prefix)."""
-    return any(k.startswith(EVAL) for k in row)
-
-
-def _ends(points: list[tuple[int, float]], share: float = 0.2) -> tuple[float, float] | None:
-    """Means of the first and last ``share`` of a series (at least one point each)."""
-    if len(points) < 3:
-        return None
-    n = max(1, int(len(points) * share))
-    values = [v for _, v in points]
-    return sum(values[:n]) / n, sum(values[-n:]) / n
-
-
-@dataclass(frozen=True)
-class Course:
-    """Where a figure started and ended in one series: on held-out pairs, the first and the
-    last evaluation (the first is the baseline at step 0 when ``eval_before``); on training
-    batches, the means of the first and last fifth of the logged steps. ``panel``: the
-    report's plot of that series (``held out: ...`` / ``training: ...``)."""
-
-    series: str
-    start: float
-    end: float
-    step: int
-    panel: str
-
-
-HELD_OUT, TRAINING = "held-out pairs", "training batches"
-SERIES = ((HELD_OUT, EVAL, "held out"), (TRAINING, "", "training"))  # name, key prefix, panel
-
-
-def courses(trace: RunTrace, *keys: str, panel: str) -> list[tuple[Course, ...]]:
-    """The courses of ``keys`` (training names, ``rewards/chosen``) in each series that has
-    all of them: held-out pairs first (two evaluations suffice), then training batches
-    (three logged steps)."""
-    found = []
-    held = [trace.series(EVAL + k) for k in keys]
-    if all(len(s) >= 2 for s in held):
-        found.append(tuple(Course(HELD_OUT, s[0][1], s[-1][1], s[-1][0], f"held out: {panel}")
-                           for s in held))
-    ends = [_ends(trace.series(k)) for k in keys]
-    if all(e is not None for e in ends):
-        step = trace.train[-1].get("step")
-        found.append(tuple(Course(TRAINING, e[0], e[1], step, f"training: {panel}")
-                           for e in ends))
-    return found
-
+from .trace import (  # noqa: F401 (the trace's names, read from here by the readers too)
+    EVAL,
+    HELD_OUT,
+    SERIES,
+    TRAINING,
+    Course,
+    Finding,
+    RunTrace,
+    _ends,
+    courses,
+    is_eval_row,
+    load_trace,
+)
 
 Check = Callable[[RunTrace], "Finding | None"]
 CHECKS: dict[str, Check] = {}
@@ -344,33 +260,6 @@ def style_geometry(trace: RunTrace) -> Finding | None:
     return None
 
 
-def load_trace(folder: str | Path) -> tuple[RunTrace, list[str]]:
-    """A run folder's trace: the complete rows of ``metrics.jsonl``, the loss and
-    ``warn_increase`` from ``run.json``, the checkpoint steps kept; and the lines skipped (a
-    line a kill cut short)."""
-    from .metrics import MetricRows, read_metrics
-
-    folder = Path(folder)
-    metrics = folder / "metrics.jsonl"
-    read = read_metrics(metrics) if metrics.is_file() else MetricRows()  # (stopped at step 1)
-    trace = RunTrace()
-    for row in read.rows:
-        (trace.evals if is_eval_row(row) else trace.train).append(row)
-    try:
-        run = json.loads((folder / "run.json").read_text())
-        trace.loss, trace.config = run.get("objective"), run.get("config") or {}
-        trace.warn_increase = run["config"]["geometry"]["warn_increase"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no or an unreadable record: the checks that need the loss are skipped
-    try:
-        trace.nonfinite = json.loads((folder / "nonfinite.json").read_text())
-    except (OSError, ValueError):
-        pass
-    steps = [p.name.rpartition("-")[2] for p in (folder / "checkpoints").glob("step-*")]
-    trace.checkpoints = sorted(int(s) for s in steps if s.isdigit())
-    return trace, [f"{metrics}, {reason}" for reason in read.skipped]
-
-
 class HealthMonitor:
     """The live checks: fed every metrics row, run at each evaluation, each check warned
     once (``log``) the first time it fires."""
@@ -380,10 +269,16 @@ class HealthMonitor:
         self.trace = RunTrace(loss=loss, warn_increase=warn_increase)
         self.log, self.fired = log, set()
 
+    def preload(self, rows: list[dict[str, Any]]) -> None:
+        """The rows a resumed run's earlier session logged (its step-0 baseline included), so
+        that the live checks read the whole run; what they find there was warned then."""
+        for row in rows:
+            self.trace.add(row)
+        self.fired |= {f.check for f in run_checks(self.trace, LIVE)}
+
     def observe(self, row: dict[str, Any]) -> list[Finding]:
-        evaluation = is_eval_row(row)
-        (self.trace.evals if evaluation else self.trace.train).append(row)
-        if not evaluation:
+        self.trace.add(row)
+        if not is_eval_row(row):
             return []
         new = [f for f in run_checks(self.trace, LIVE) if f.check not in self.fired]
         for finding in new:

@@ -41,6 +41,7 @@ from .metrics import (
     format_eval,
     objective_metrics,
     progress_bar,
+    read_metrics,
     record_run,
     reduce_metrics,
 )
@@ -255,6 +256,9 @@ class Trainer:
         self.log(f"resume: continuing from {path} (step {self.step})")
         if self.accelerator.is_main_process:
             MetricsLogger.truncate(self.output_dir, self.step)
+            metrics = self.output_dir / "metrics.jsonl"
+            if metrics.is_file():  # the live checks read the whole run, its baseline too
+                self.health.preload(read_metrics(metrics).rows)
 
     def _record_hardware(self) -> None:
         """The device and precision (one line); in the run folder, ``hardware.json`` (versions,

@@ -334,7 +334,7 @@ def threads_rows(records: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
                 raise DataError(rec.source, rec.row, name, f"missing column: {name!r} "
                                 f"(a threads table needs {', '.join(THREAD_COLUMNS)})")
         if "score" in v and v["score"] not in (None, ""):
-            score = as_number(v["score"])
+            score = v["score"]  # parsed once, by vote_pairs (a NaN here would read as missing)
         else:
             score = _net_votes(v.get("upvotes"), v.get("downvotes"))
         title, text = str(v.get("thread_title") or ""), str(v.get("thread_text") or "")
