@@ -11,22 +11,31 @@ model and in the simulator, per signal, and under the stress tests (a mode switc
 context, a one-item history). Writes experiments/results/recommender.{md,json,png}.
 
     python experiments/recommender.py            # about a minute on 2 CPU cores
+    python experiments/recommender.py --seeds 5  # and 4 more replicates: the intervals
     python experiments/recommender.py --replot   # table and figure from recommender.json
+
+With ``--seeds N`` the whole pipeline (simulated world, logs, world model, BC, pairs, DPO,
+evaluation) runs again for seeds 1..N-1; the tables show seed 0, the headline the mean over
+the N seeds of each arm's true utility and of DPO - BC, with 95% t intervals
+(``common.seed_interval``): a difference is a result only when its interval excludes 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 from common import (  # noqa: E402
     ROOT,
     check_disjoint,
     disjointness_line,
+    headline,
     pyplot,
     results_dir,
     run_or_replot,
     save_table,
+    seed_interval,
 )
 
 from dpokit.apps.amrs.run import load_recommender_recipe, run_recommender  # noqa: E402
@@ -75,7 +84,26 @@ def write(data: dict) -> None:
                      + " | ".join(f"{data['stress'][t][name]['true_utility']:+.3f} "
                                   f"({data['stress'][t][name]['world_utility']:+.3f})"
                                   for t in tests) + f" | {a['new_items']:.3f} |")
+    lines += seed_lines(data)
     save_table("recommender", lines)
+
+
+def seed_lines(data: dict) -> list[str]:
+    """The headline over seeds: each arm's true utility and DPO - BC, mean and interval."""
+    seeds = data.get("seeds") or []
+    if len(seeds) < 2:
+        return ["", "One seed: no interval (run with --seeds 5)."]
+    arms = list(seeds[0]["true_utility"])
+    lines = ["", f"Over {len(seeds)} seeds (each a new world, logs, world model, BC, pairs and "
+             f"DPO; 95% t intervals; seeds {', '.join(str(s['seed']) for s in seeds)}):", ""]
+    for arm in arms:  # a level: its interval, no verdict (only a difference is tested)
+        interval = seed_interval([s["true_utility"][arm] for s in seeds])
+        lines.append(f"- true utility, {arm}: {interval.text()}")
+    for a, b in (("DPO", "behaviour cloning"), ("DPO", "logging policy"),
+                 ("greedy (world model)", "behaviour cloning")):
+        lines.append("- " + headline(f"{a} - {b}", seed_interval(
+            [s["true_utility"][a] - s["true_utility"][b] for s in seeds])))
+    return lines
 
 
 def plot(data: dict) -> None:
@@ -108,17 +136,31 @@ def plot(data: dict) -> None:
     fig.savefig(results_dir() / "recommender.png", dpi=120)
 
 
+def _recipe(seed: int):
+    recipe = load_recommender_recipe(str(ROOT / "src/dpokit/recipes/recommender.yaml"),
+                                     {"recommender.seed": seed, "bc.seed": seed,
+                                      "dpo.seed": seed} if seed else None)
+    recipe.output_dir = ROOT / recipe.output_dir
+    return recipe
+
+
 def run() -> dict:
     started = time.perf_counter()
-    recipe = load_recommender_recipe(str(ROOT / "src/dpokit/recipes/recommender.yaml"))
-    recipe.output_dir = ROOT / recipe.output_dir
+    recipe = _recipe(0)
     result = run_recommender(recipe)
+    count = int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 1
+    seeds = [{"seed": 0, "true_utility": {a: v["true_utility"] for a, v in result.arms.items()}}]
+    for seed in range(1, count):
+        other = run_recommender(_recipe(seed))
+        check_disjoint("users", other.users["held_out"], other.users["train"])
+        seeds.append({"seed": seed, "true_utility": {a: v["true_utility"]
+                                                     for a, v in other.arms.items()}})
     checked = [check_disjoint("users", result.users["held_out"], result.users["train"])]
     return {"minutes": (time.perf_counter() - started) / 60, "ece": result.ece,
             "disjointness": checked, "stress": result.stress,
             "pairs": result.pairs, "world": result.world_history,
             "calibration": result.calibration, "arms": result.arms,
-            "settings": dataclasses.asdict(recipe.settings),
+            "settings": dataclasses.asdict(recipe.settings), "seeds": seeds,
             "dpo_loss": [h.get("loss") for h in result.dpo_history]}
 
 
