@@ -51,3 +51,47 @@ def test_only_wpo_paper_asks_the_policy_for_its_sampling_norm(wpo, asked):
     if wpo == "paper":
         with pytest.raises(ValueError, match="token_distribution"):
             objective(Fake(token_distribution=False), BATCH, None)
+
+
+def test_the_pair_metrics_of_known_rewards():
+    from dpokit.core import LossOutput, PairLogps
+    from dpokit.objectives.preference import SATURATED, pair_metrics
+
+    c = torch.tensor([1.0, 2.0 * SATURATED, 0.5])
+    r = torch.tensor([0.0, 0.0, 0.5])
+    out = PairLogps(torch.tensor([-1.0, -4.0, -2.0]), torch.tensor([-2.0, -1.0, -2.0]),
+                    torch.tensor([1, 4, 2]), torch.tensor([2, 1, 4]))
+    means = pair_metrics(LossOutput(torch.zeros(3), c, r), out).means()
+    assert means["rewards/saturated"] == pytest.approx(1 / 3)  # only the second is past it
+    assert means["rewards/accuracies"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert means["rewards/accuracies_strict"] == pytest.approx(2 / 3)
+    assert means["rewards/margins"] == pytest.approx((1.0 + 2 * SATURATED) / 3)
+    assert means["logps/rejected"] == pytest.approx(-5 / 3)
+    assert means["logp_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert means["logp_accuracy_per_token"] == pytest.approx((0 + 0 + 1) / 3)  # -1 < -1/2
+
+
+def test_the_reference_free_losses_report_beta_times_each_log_prob_and_nll_per_token():
+    from dpokit.losses import get_loss
+
+    c, r = torch.tensor([-2.0, -6.0]), torch.tensor([-3.0, -1.0])
+    extras = {"chosen_tokens": torch.tensor([1.0, 3.0]), "rejected_tokens": torch.ones(2)}
+    out = get_loss("cpo").fn(c, r, None, None, LossParams(beta=0.5, nll_weight=1.0), extras)
+    torch.testing.assert_close(out.chosen_rewards, 0.5 * c)
+    torch.testing.assert_close(out.rejected_rewards, 0.5 * r)
+    nll = torch.tensor([2.0, 2.0])  # -(-2)/1 (a one-token answer), -(-6)/3
+    torch.testing.assert_close(out.losses, -torch.nn.functional.logsigmoid(0.5 * (c - r)) + nll)
+
+
+def test_the_registry_declares_what_each_loss_is():
+    import dataclasses
+
+    from dpokit.losses import get_loss
+    from dpokit.losses.registry import _PARAMS
+
+    assert not get_loss("sigmoid").length_normalized and get_loss("ipo_norm").length_normalized
+    assert get_loss("simpo").length_normalized and not get_loss("cpo").length_normalized
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_loss("sigmoid").needs_reference = False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _PARAMS["beta"].default = 1.0
