@@ -91,6 +91,8 @@ def test_the_registry_declares_what_each_loss_is():
 
     assert not get_loss("sigmoid").length_normalized and get_loss("ipo_norm").length_normalized
     assert get_loss("simpo").length_normalized and not get_loss("cpo").length_normalized
+    assert get_loss("beta_dpo").stochastic and not get_loss("bco_pair").stochastic
+    assert PreferenceObjective.from_names("bco_pair", None, LossParams()).pools_batch_stats
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_loss("sigmoid").needs_reference = False
     with pytest.raises(dataclasses.FrozenInstanceError):
