@@ -97,3 +97,15 @@ def test_the_registry_declares_what_each_loss_is():
         get_loss("sigmoid").needs_reference = False
     with pytest.raises(dataclasses.FrozenInstanceError):
         _PARAMS["beta"].default = 1.0
+
+
+def test_one_value_has_no_spread():
+    from dpokit.losses import Statistic
+    from dpokit.objectives.statistics import BatchMoments, StatisticTracker
+
+    assert BatchMoments.pooled(torch.tensor([3.0]), None).std.item() == 0.0
+    tracker = StatisticTracker(Statistic("g", lambda *a: None, "ema", gamma=0.5))
+    extras = tracker.observe(torch.tensor([3.0]), training=True)
+    assert extras["g"].item() == 1.5 and extras["g_std"].item() == 0.0
+    fresh = StatisticTracker(Statistic("g", lambda *a: None, "ema", gamma=0.5))
+    assert fresh.observe(torch.tensor([4.0]), training=False)["g_std"].item() == 0.0
