@@ -109,3 +109,12 @@ def test_one_value_has_no_spread():
     assert extras["g"].item() == 1.5 and extras["g_std"].item() == 0.0
     fresh = StatisticTracker(Statistic("g", lambda *a: None, "ema", gamma=0.5))
     assert fresh.observe(torch.tensor([4.0]), training=False)["g_std"].item() == 0.0
+
+
+def test_an_unknown_loss_suggests_the_three_nearest_names():
+    from dpokit.losses import get_loss
+
+    with pytest.raises(KeyError) as err:
+        get_loss("ipo_nor")
+    assert "Did you mean 'ipo_norm', 'sigmoid_norm', 'ipo'? Known:" in str(err.value)
+    assert get_loss("kto").batch_level  # its KL estimate is a batch mean
