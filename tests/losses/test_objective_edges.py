@@ -118,3 +118,19 @@ def test_an_unknown_loss_suggests_the_three_nearest_names():
         get_loss("ipo_nor")
     assert "Did you mean 'ipo_norm', 'sigmoid_norm', 'ipo'? Known:" in str(err.value)
     assert get_loss("kto").batch_level  # its KL estimate is a batch mean
+
+
+def test_kto_reports_the_completions_reward_beside_beta_z0():
+    """Desirable row 0, undesirable row 1; KL estimate z0 = 2 (given): the chosen rewards are
+    (β r_0, β z0), the rejected (β z0, β r_1)."""
+    from dpokit.losses import get_loss
+
+    c, rc = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])  # r = 2, -1
+    extras = {"label": torch.tensor([1.0, 0.0]), "kto_kl": torch.tensor(2.0)}
+    out = get_loss("kto").fn(c, torch.zeros(2), rc, torch.zeros(2), LossParams(beta=0.5),
+                             extras)
+    torch.testing.assert_close(out.chosen_rewards, torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(out.rejected_rewards, torch.tensor([1.0, -0.5]))
+    expected = torch.stack([1 - torch.sigmoid(torch.tensor(0.5 * (2 - 2))),
+                            1 - torch.sigmoid(torch.tensor(0.5 * (2 + 1)))])
+    torch.testing.assert_close(out.losses, expected)
