@@ -36,3 +36,13 @@ def test_the_report_counts_from_zero_and_names_the_biggest_drop_first():
     report.drop("none", 0)
     report.kept += 3
     assert report.summary() == "3 pairs written; dropped: 5 deleted, 2 tie"
+
+
+def test_the_mean_reward_of_the_scored_samples():
+    from dpokit.data.builders.sample import ScoredSamples
+    from dpokit.data.builders.scored import ScoredGroup
+
+    groups = [ScoredGroup("a", "p", [("x", 1.0), ("y", 2.0)]),
+              ScoredGroup("b", "q", [("z", 6.0), ("w", None)])]  # an unscored sample left out
+    assert ScoredSamples(groups, [[True, True], [True, False]]).mean_reward() == 3.0
+    assert ScoredSamples([], []).mean_reward() == 0.0
