@@ -46,3 +46,19 @@ def test_the_mean_reward_of_the_scored_samples():
               ScoredGroup("b", "q", [("z", 6.0), ("w", None)])]  # an unscored sample left out
     assert ScoredSamples(groups, [[True, True], [True, False]]).mean_reward() == 3.0
     assert ScoredSamples([], []).mean_reward() == 0.0
+
+
+def test_prompt_rows_read_prompts_references_and_ids():
+    from dpokit.data.builders.sample import PromptRow, SampleText, prompt_rows
+    from dpokit.data.io import DataError
+
+    rows = prompt_rows([{"prompt": "p1", "reference": "r1", "prompt_id": "a"},
+                        {"prompt": "p2", "chosen": "c2"}, {"prompt": "p3", "prompt_id": None}])
+    assert [(r.prompt, r.reference, r.prompt_id) for r in rows] == [
+        ("p1", "r1", "a"), ("p2", "c2", ""), ("p3", None, "")]
+    assert rows[0].id == "a" and rows[1].id and rows[1].id != rows[2].id  # from the prompt
+    with pytest.raises(DataError, match="prompt"):
+        prompt_rows([{"question": "no prompt"}])
+    assert SampleText("x").finished is True
+    with pytest.raises(AttributeError):
+        PromptRow("p").prompt = "q"  # records, frozen
