@@ -295,3 +295,17 @@ def test_pairs_votes_counts_suffixed_and_unreadable_scores(tmp_path, capsys):
     assert [(r["chosen_id"], r["rejected_id"], r["score_chosen"]) for r in rows] == [
         ("b", "a", 1200.0)]
     assert "1  comment: score is not a number" in capsys.readouterr().out
+
+
+def test_pairs_votes_min_ratio_domain_includes_1_and_refuses_below(tmp_path, capsys):
+    """min_ratio's domain is [1, inf): exactly 1 (any higher score wins) is allowed, below 1
+    would let the lower score win, refused before any work."""
+    comments = [{"post_id": "p", "post": "Q?", "post_score": 30, "comment_id": c,
+                 "parent_id": "", "text": c, "score": s, "created": ts}
+                for c, s, ts in [("a", 3, 10), ("b", 4, 20)]]
+    src = write_jsonl(tmp_path / "c.jsonl", comments)
+    out = tmp_path / "v.jsonl"
+    assert main(["pairs", "votes", str(src), "--out", str(out), "--min-ratio", "1"]) == 0
+    assert [json.loads(x)["chosen_id"] for x in out.read_text().splitlines()] == ["b"]
+    assert main(["pairs", "votes", str(src), "--out", str(out), "--min-ratio", "0.99"]) == 2
+    assert "--min-ratio: 0.99 is outside [1, inf)" in capsys.readouterr().err

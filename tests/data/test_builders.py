@@ -274,3 +274,29 @@ def test_scored_rows_take_suffixed_scores_and_count_what_is_not_a_number():
     long = pair_scored(scored_groups([{"prompt": "Q", "response": "a", "score": "2k"},
                                       {"prompt": "Q", "response": "b", "score": 7}]))
     assert [(r["chosen"], r["rejected"]) for r in long.rows] == [("a", "b")]
+
+
+def test_an_iso_time_without_a_zone_is_utc_whatever_the_machines_zone(monkeypatch):
+    """A naive ISO time is read as UTC, not as the local time of the machine that builds."""
+    import time
+
+    from dpokit.data.builders.votes import parse_time
+    from dpokit.data.io import Record
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        row = Record("rows", 1, {})
+        assert parse_time("2024-01-01T00:00:00", row) == 1704067200.0
+        assert parse_time("2024-01-01T00:00:00Z", row) == 1704067200.0
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_a_reddit_parent_with_a_prefix_and_no_id_is_not_a_top_level_comment():
+    stream = [{"id": "abc", "title": "Q?", "selftext": "", "score": 50, "created_utc": 1},
+              {"id": "c1", "link_id": "t3_abc", "parent_id": "t1_", "body": "odd", "score": 9,
+               "created_utc": 5}]
+    [row] = reddit_rows(stream)
+    assert row.values["parent_id"] == "t1_"  # kept as read: it names no post
