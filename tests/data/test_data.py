@@ -380,3 +380,16 @@ def test_peek_records_reads_the_first_row_of_every_format_and_names_a_bad_file(t
         with pytest.raises(DataError, match=reason):
             peek_records(str(tmp_path / name))
     assert peek_records("Anthropic/hh-rlhf") is None  # a hub name: its own loader tells
+
+
+def test_jsonl_shards_come_in_name_order_from_a_folder_and_from_a_glob(tmp_path):
+    """A streamed run's order is the shards' names' (what a resumed run must see again), not
+    the order the file system lists them in."""
+    from dpokit.data.io import jsonl_shards
+
+    names = [f"shard-{i:02d}.jsonl" for i in (7, 3, 11, 0, 9, 5, 1, 10, 2, 8, 4, 6)]
+    for name in names:
+        (tmp_path / name).write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    want = [tmp_path / n for n in sorted(names)]
+    assert jsonl_shards(str(tmp_path)) == want
+    assert jsonl_shards(str(tmp_path / "shard-*.jsonl")) == want
