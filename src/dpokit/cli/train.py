@@ -81,15 +81,12 @@ def cmd_sft(recipe: str | None, overrides: list[str]) -> int:
 
 
 def cmd_quickstart(overrides: list[str]) -> int:
-    from ..config import load_config
     from ..eval import comparison_table, generate
     from ..runs.causal_lm import build_run
 
     started = time.perf_counter()
     recipe = resources.files("dpokit") / "recipes" / "quickstart.yaml"
-    cfg = with_repo_paths(load_config(str(recipe), overrides))
-    if cfg.derived:
-        print(f"config: {'; '.join(cfg.derived)}")
+    cfg = load(str(recipe), overrides)  # (its first line says what followed)
     print(
         f"dpokit quickstart: DPO + LoRA on {cfg.model.name}, loss={cfg.loss.name}, "
         f"beta={cfg.loss.beta}"

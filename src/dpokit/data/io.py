@@ -228,12 +228,7 @@ def load_records(source: str, split: str = "train",
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         return _read_hf_dataset(source, split)
-    if path.is_dir():
-        raise DataError(source, None, None, "a folder, not a file")
-    if not path.is_file():
-        raise DataError(source, None, None, "file not found")
-    if path.stat().st_size == 0:
-        raise DataError(source, None, None, "empty file: no rows")
+    _check_file(source, path)
     try:
         records = reader(path, bad_rows)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
@@ -249,6 +244,16 @@ def load_records(source: str, split: str = "train",
     return records
 
 
+def _check_file(source: str, path: Path) -> None:
+    """A data file that is there, a file, and not empty; else one line naming it."""
+    if path.is_dir():
+        raise DataError(source, None, None, "a folder, not a file")
+    if not path.is_file():
+        raise DataError(source, None, None, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(source, None, None, "empty file: no rows")
+
+
 def peek_records(source: str, split: str = "train") -> Record | None:
     """The first readable row of ``source``, read as cheaply as its format allows (JSON Lines
     and CSV: up to that row; Parquet: its first batch; JSON, a saved dataset: the whole
@@ -262,18 +267,16 @@ def peek_records(source: str, split: str = "train") -> Record | None:
     """
     path = Path(source)
     suffix = path.suffix.lower()
-    if suffix == ".parquet" and path.is_file() and path.stat().st_size:
-        return _first_parquet_row(path)
-    if suffix not in (".jsonl", ".csv"):
+    if suffix not in (".jsonl", ".csv", ".parquet"):
         if suffix not in _READERS and not path.exists() and not _looks_like_a_path(source):
             return None
         rows = load_records(source, split)
         if not rows:
             raise DataError(source, None, None, "no rows")
         return rows[0]
-    if not path.is_file():
-        raise DataError(source, None, None, "a folder, not a file" if path.is_dir()
-                        else "file not found")
+    _check_file(source, path)
+    if suffix == ".parquet":
+        return _first_parquet_row(path)
     if suffix == ".csv":
         try:
             with path.open(encoding="utf-8-sig", newline="") as handle:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +91,6 @@ def scale_groups(series: dict[str, list[float]], ratio: float = 10.0) -> list[li
 SMOOTH_FROM = 10  # noisy training curves with at least this many points get a smoothed line
 
 
-def _finite(value: Any) -> bool:
-    """A number a curve can draw (a NaN would turn its moving average NaN from there on)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def noisy(ys) -> bool:
     """Whether a curve goes up and down more than a schedule does: its total variation is over
     3x its range (a warmup-then-decay learning rate: 2x; a loss measured per batch: 10x and
@@ -119,9 +113,7 @@ def _plot(runs: list[RunData], rows_of: str, keys: list[str], title: str, out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(run, key, [(r["step"], r[key]) for r in getattr(run, rows_of)
-                          if _finite(r.get(key))])
-              for run in runs for key in keys]
+    series = [(run, key, run.trace.series(key)) for run in runs for key in keys]
     series = [s for s in series if s[2]]
     if not series:
         return None

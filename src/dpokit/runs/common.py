@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from ..config.schema import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from ..config.schema import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    fields_where,
+)
 from ..core.hardware import DTYPES, HardwareChoice
 from ..core.hardware import resolve as resolve_hardware
 from ..core.protocols import Objective, Policy
@@ -64,8 +72,6 @@ def check_named_files(cfg: TrainConfig) -> None:
     Traceback (most recent call last):
     dpokit.data.io.DataError: nowhere.jsonl: file not found
     """
-    from ..config.schema import fields_where
-
     for section, name in fields_where("path"):
         source = getattr(getattr(cfg, section), name)
         if not source:

@@ -72,7 +72,7 @@ class Trainer:
                  regularizers: Sequence[Regularizer] = ()):
         """``parts``: built by :func:`~dpokit.train.setup.build_parts` (the run builder's
         composition root); the trainer keeps them and loops."""
-        self.cfg, self.parts, self.policy, self.objective = cfg, parts, policy, objective
+        self.cfg, self.policy, self.objective = cfg, policy, objective
         self.source, self.eval_set, self.log = source, eval_set, log
         self.evaluators = list(evaluators)  # more held-out figures (generation), eval/ keys
         self.evaluating = eval_set is not None or bool(self.evaluators)

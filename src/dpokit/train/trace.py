@@ -56,10 +56,12 @@ class RunTrace:
         (self.evals if is_eval_row(row) else self.train).append(row)
 
     def series(self, key: str) -> list[tuple[int, float]]:
-        """(step, value) of a key over the rows that carry it as a finite number."""
+        """(step, value) of a key over the rows that carry it as a finite number (not a
+        boolean)."""
         rows = self.evals if key.startswith(EVAL) else self.train
         return [(int(r.get("step", 0)), float(r[key])) for r in rows
-                if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+                if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)
+                and math.isfinite(r[key])]
 
 
 def is_eval_row(row: dict[str, Any]) -> bool:
