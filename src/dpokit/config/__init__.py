@@ -206,10 +206,10 @@ def validate(cfg: TrainConfig) -> None:
     if m.adapter and not m.lora:
         raise ConfigError("adapter= starts LoRA training from an adapter: it needs lora=true")
     if d.max_prompt_length >= d.max_length:
-        derived = next((f" ({n})" for n in cfg.derived if n.startswith("max_prompt_length=")),
-                       "")
+        named = next((n for n in cfg.derived if n.startswith("max_prompt_length=")),
+                     f"max_prompt_length={d.max_prompt_length}")  # a derived one says so
         raise ConfigError(
-            f"max_prompt_length={d.max_prompt_length}{derived} leaves no room for a "
+            f"{named} leaves no room for a "
             f"completion in max_length={d.max_length}: set the two so that the prompt's "
             f"budget is the smaller"
         )
